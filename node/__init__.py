@@ -1,0 +1,1 @@
+"""The participant's node: events, clock, identity, store, app, cli."""

@@ -1,0 +1,167 @@
+"""The composition root: one running node = identity + store + projections (+ sync later).
+
+Why here: ``sync`` and ``projections`` may not import each other (docs/architecture.md
+§dependency-rule); this module is where they meet. Commands of the CLI and pages of the
+web UI call ``Node`` and nothing below it.
+
+Writing: ``Node.post(body)`` validates the typed body, checks what only this node can
+check (the referenced item exists, the person confirming is the holder), then appends.
+The event is durable when ``post`` returns.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import click
+from nacl.signing import SigningKey
+
+from node import body as b
+from node.errors import UsageError
+from node.events import Envelope
+from node.identity import (
+    Group,
+    load_device_key,
+    load_group,
+    save_device_key,
+    save_group,
+)
+from node.store import Store
+from projections import views
+from projections.board import ALLOWED_FROM
+from projections.runner import Runner
+
+LOG_FILE = "log.db"
+
+
+def default_data_dir() -> Path:
+    """POTLUCK_HOME, else the platform's per-user data directory."""
+    env = os.environ.get("POTLUCK_HOME")
+    return Path(env) if env else Path(click.get_app_dir("potluck"))
+
+
+class Node:
+    """A participant's node, opened on a data directory."""
+
+    def __init__(self, data_dir: Path, key: SigningKey, store: Store, runner: Runner) -> None:
+        self.data_dir = data_dir
+        self.key = key
+        self.author = bytes(key.verify_key)
+        self.store = store
+        self.runner = runner
+
+    @property
+    def group(self) -> Group:
+        return self.store.group
+
+    @classmethod
+    async def open(cls, data_dir: Path) -> Node:
+        key = load_device_key(data_dir)
+        group = load_group(data_dir)
+        return await cls._start(data_dir, key, group)
+
+    @classmethod
+    async def _start(cls, data_dir: Path, key: SigningKey, group: Group) -> Node:
+        store = await Store.open(data_dir / LOG_FILE, group)
+        runner = Runner()
+        try:
+            stale = await store.write(runner.setup)
+            if stale:
+                await store.write(runner.rebuild)
+        except BaseException:
+            await store.close()
+            raise
+        store.add_hook(runner)
+        return cls(data_dir, key, store, runner)
+
+    @classmethod
+    async def init(cls, data_dir: Path, name: str, group: Group) -> Node:
+        """Create a node in an empty ``data_dir`` and append its ``member.joined``."""
+        if (data_dir / LOG_FILE).exists() or (data_dir / "device.key").exists():
+            raise UsageError(f"{data_dir} already holds a Potluck node")
+        joined = b.MemberJoined(name=name, proof=bytes(32))  # validates the name first
+        data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(data_dir, 0o700)
+        key = SigningKey.generate()
+        save_device_key(data_dir, key)
+        save_group(data_dir, group)
+        node = await cls._start(data_dir, key, group)
+        first = node.store.first_event_body(joined.name, node.author)
+        await node.store.append(key, [("member.joined", first)])
+        return node
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    # -- writing -------------------------------------------------------------------
+
+    async def post(self, body: b.BaseBody) -> Envelope:
+        """Check ``body`` against what this node knows, then append it durably."""
+        await self._check_references(body)
+        [envelope] = await self.store.append(self.key, [(body.TYPE, body.to_body())])
+        return envelope
+
+    async def _check_references(self, body: b.BaseBody) -> None:
+        known = await self.store.read(lambda db: views.known_slugs(db))
+        for field, kind in (("item", "items"), ("location", "locations"), ("role", "roles")):
+            slug = getattr(body, field, None)
+            if isinstance(slug, str) and not isinstance(body, (b.ItemDefined,
+                                                               b.LocationDefined,
+                                                               b.RoleDefined)):
+                if slug not in known[kind]:
+                    raise UsageError(f"unknown {field} '{slug}': add it first with "
+                                     f"'potluck {field} add'")
+        if isinstance(body, b.ClaimMade):
+            await self._check_claimable(body)
+        elif isinstance(body, b.ClaimStep):
+            await self._check_claim_step(body)
+
+    async def _check_claimable(self, body: b.ClaimMade) -> None:
+        entry = await self.store.read(lambda db: views.board_entry(db, body.target))
+        if entry is None:
+            raise UsageError("that offer or need is not on this node's board")
+        if entry["status"] != "open":
+            raise UsageError(f"that {entry['kind']} was withdrawn")
+
+    async def _check_claim_step(self, body: b.ClaimStep) -> None:
+        claim = await self.store.read(lambda db: views.claim(db, body.claim))
+        if claim is None:
+            raise UsageError("that claim is not on this node's board")
+        step = body.TYPE.split(".")[1]
+        holder = claim["holder"] == self.author
+        claimant = claim["claimant"] == self.author
+        if step in ("confirmed", "declined") and not holder:
+            raise UsageError(f"only the person who posted the {claim['kind']} can "
+                             f"{step[:-1] if step.endswith('ed') else step} its claims")
+        if step == "released" and not claimant:
+            raise UsageError("only the person who made the claim can release it")
+        if step == "fulfilled" and not (holder or claimant):
+            raise UsageError("only the holder or the claimant can mark a claim fulfilled")
+        if claim["status"] not in ALLOWED_FROM[step]:
+            raise UsageError(f"that claim is already {claim['status']}")
+
+    # -- finding things ------------------------------------------------------------
+
+    async def resolve(self, prefix: str, types: Sequence[str]) -> bytes:
+        """The id (hash) of the entity whose id starts with ``prefix``."""
+        return (await self.store.resolve(prefix, types)).hash
+
+    async def resolve_member(self, who: str) -> bytes:
+        """A member by exact name (case-insensitive) or by key prefix."""
+        members = await self.store.read(views.members)
+        by_name = [m for m in members if m["name"].lower() == who.strip().lower()]
+        if len(by_name) == 1:
+            return bytes.fromhex(by_name[0]["key"])
+        by_key = [m for m in members if m["key"].startswith(who.strip().lower())]
+        if len(by_name) > 1 or (len(by_key) > 1 and len(who) >= 6):
+            raise UsageError(f"'{who}' matches more than one member: use their key")
+        if len(by_key) == 1 and len(who) >= 6:
+            return bytes.fromhex(by_key[0]["key"])
+        raise UsageError(f"no member called '{who}'")
+
+    async def iter_log(self, *, type_: str | None = None,
+                       author: bytes | None = None) -> AsyncIterator[Envelope]:
+        async for envelope in self.store.iter_events(type_=type_, author=author):
+            yield envelope

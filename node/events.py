@@ -1,0 +1,333 @@
+"""The signed event envelope: canonical encoding, hash, signature, pure validation.
+
+Wire form (docs/events.md §envelope): one msgpack map with string keys in sorted order
+and the smallest integer encodings (msgpack's own), binary fields as ``bin``, text as
+``str``. The *signed bytes* are that map without ``sig``; ``sig`` is Ed25519 over them and
+``hash = BLAKE2b-256(signed bytes)``. Decoding re-encodes and demands the same bytes, so
+there is exactly one encoding of each event and hashes agree on every node.
+
+Why a chain check here: an author's events link by ``prev``. Once a batch's hashes
+chain and the last event's signature verifies, every earlier event in the batch is
+authenticated by the hash chain (``verify_chain``); checking every signature is the
+slow path.
+
+Pure: no I/O. The store looks up prev/deps and calls the rule functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+import msgpack
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from node.errors import (
+    BadSignature,
+    HlcRegression,
+    MalformedEvent,
+    OversizedEvent,
+    PrevMismatch,
+    SeqGap,
+    UnknownGroup,
+)
+
+ENVELOPE_VERSION = 1
+KEY_BYTES = 32
+HASH_BYTES = 32
+SIG_BYTES = 64
+MAX_EVENT_BYTES = 64 * 1024
+MAX_DEPS = 512
+MAX_TYPE_CHARS = 64
+
+# msgpack values a body may hold; dict keys are str.
+Value: TypeAlias = "None | bool | int | float | str | bytes | list[Value] | dict[str, Value]"
+Body: TypeAlias = "dict[str, Value]"
+
+
+def canonical(value: object) -> object:
+    """Return ``value`` with every map's keys sorted, so packing is deterministic."""
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise MalformedEvent(f"map key {key!r} is not a string")
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(item) for item in value]
+    return value
+
+
+def _is_canonical_order(value: object) -> bool:
+    """True when every map in ``value`` already has its keys in sorted order."""
+    if isinstance(value, dict):
+        keys = list(value)
+        if keys != sorted(keys):
+            return False
+        return all(_is_canonical_order(item) for item in value.values())
+    if isinstance(value, list):
+        return all(_is_canonical_order(item) for item in value)
+    return True
+
+
+_TOP_ORDER = {
+    False: ("author", "body", "deps", "group", "hlc", "prev", "seq", "sig", "type", "v"),
+    True: ("author", "body", "deps", "group", "hlc", "seq", "sig", "type", "v"),
+}
+
+
+def pack(value: object) -> bytes:
+    """Canonical msgpack bytes of ``value``."""
+    return _packb(canonical(value))
+
+
+def _packb(value: object) -> bytes:
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    return packed
+
+
+def blake2b256(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=HASH_BYTES).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One signed event, immutable. ``raw`` is its wire bytes, ``hash`` its id."""
+
+    group: bytes
+    author: bytes
+    seq: int
+    prev: bytes | None
+    deps: tuple[bytes, ...]
+    hlc: int
+    type: str
+    body: Body
+    sig: bytes
+    raw: bytes = field(repr=False, compare=False)
+    hash: bytes = field(compare=False)
+    v: int = ENVELOPE_VERSION
+
+    @property
+    def key(self) -> tuple[int, bytes, int]:
+        """The canonical order of projections: (hlc, author, seq)."""
+        return (self.hlc, self.author, self.seq)
+
+    def signed_fields(self) -> dict[str, object]:
+        return _signed_fields(
+            self.v, self.group, self.author, self.seq, self.prev, self.deps,
+            self.hlc, self.type, self.body,
+        )
+
+
+def _signed_fields(
+    v: int, group: bytes, author: bytes, seq: int, prev: bytes | None,
+    deps: Sequence[bytes], hlc: int, type_: str, body: Mapping[str, object],
+) -> dict[str, object]:
+    """The signed map, built with its keys already in canonical (sorted) order."""
+    fields: dict[str, object] = {
+        "author": author, "body": body, "deps": list(deps), "group": group, "hlc": hlc,
+    }
+    if prev is not None:
+        fields["prev"] = prev
+    fields["seq"] = seq
+    fields["type"] = type_
+    fields["v"] = v
+    return fields
+
+
+@dataclass(frozen=True, slots=True)
+class Unsigned:
+    """An event with every field chosen but not yet signed.
+
+    Its hash is already known (it covers the signed bytes, not the signature), so a
+    writer can chain many events first and sign them all at once, in parallel.
+    """
+
+    group: bytes
+    author: bytes
+    seq: int
+    prev: bytes | None
+    deps: tuple[bytes, ...]
+    hlc: int
+    type: str
+    body: Body
+    signed: bytes
+    hash: bytes
+
+
+def prepare(
+    author: bytes, *, group: bytes, seq: int, prev: bytes | None,
+    deps: Sequence[bytes], hlc: int, type: str, body: Mapping[str, object],
+) -> Unsigned:
+    """Fix an event's fields and compute its hash; the body is canonicalised here."""
+    body_c = canonical(dict(body))
+    assert isinstance(body_c, dict)
+    deps_c = tuple(sorted(set(deps)))
+    signed = _packb(_signed_fields(ENVELOPE_VERSION, group, author, seq, prev, deps_c, hlc,
+                                   type, body_c))
+    if len(signed) + SIG_BYTES + 5 > MAX_EVENT_BYTES:
+        raise OversizedEvent(f"event is over {MAX_EVENT_BYTES} bytes")
+    return Unsigned(group, author, seq, prev, deps_c, hlc, type, body_c, signed,
+                    blake2b256(signed))
+
+
+def seal(u: Unsigned, sig: bytes) -> Envelope:
+    """Attach the signature made over ``u.signed``."""
+    fields = _signed_fields(ENVELOPE_VERSION, u.group, u.author, u.seq, u.prev, u.deps,
+                            u.hlc, u.type, u.body)
+    return Envelope(
+        group=u.group, author=u.author, seq=u.seq, prev=u.prev, deps=u.deps, hlc=u.hlc,
+        type=u.type, body=u.body, sig=sig, raw=_packb(_with_sig(fields, sig)), hash=u.hash,
+    )
+
+
+def create(
+    key: SigningKey, *, group: bytes, seq: int, prev: bytes | None,
+    deps: Sequence[bytes], hlc: int, type: str, body: Mapping[str, object],
+) -> Envelope:
+    """Sign a new event. The caller (the node) picks seq, prev, deps and hlc."""
+    unsigned = prepare(bytes(key.verify_key), group=group, seq=seq, prev=prev, deps=deps,
+                       hlc=hlc, type=type, body=body)
+    return seal(unsigned, key.sign(unsigned.signed).signature)
+
+
+def _with_sig(signed_fields: dict[str, object], sig: bytes) -> dict[str, object]:
+    """The full map: ``sig`` sorts between ``seq`` and ``type``."""
+    full: dict[str, object] = {}
+    for name, value in signed_fields.items():
+        if name == "type":
+            full["sig"] = sig
+        full[name] = value
+    return full
+
+
+def decode(raw: bytes) -> Envelope:
+    """Parse wire bytes into an Envelope, checking structure, not signature or chain.
+
+    Raises OversizedEvent or MalformedEvent naming the bad field.
+    """
+    if len(raw) > MAX_EVENT_BYTES:
+        raise OversizedEvent(f"event is {len(raw)} bytes, limit {MAX_EVENT_BYTES}")
+    try:
+        fields = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises many types for bad input
+        raise MalformedEvent(f"not msgpack: {exc}") from None
+    if not isinstance(fields, dict):
+        raise MalformedEvent("event is not a map")
+    expected = {"v", "group", "author", "seq", "deps", "hlc", "type", "body", "sig"}
+    keys = set(fields)
+    missing = expected - keys
+    if missing:
+        raise MalformedEvent(f"missing field {sorted(missing)[0]}")
+    extra = keys - expected - {"prev"}
+    if extra:
+        raise MalformedEvent(f"unknown field {sorted(extra)[0]}")
+    v = fields["v"]
+    if v != ENVELOPE_VERSION or type(v) is not int:
+        raise MalformedEvent(f"v: envelope version {v!r} not supported")
+    group = _bin(fields, "group", KEY_BYTES)
+    author = _bin(fields, "author", KEY_BYTES)
+    seq = fields["seq"]
+    if type(seq) is not int or seq < 1:
+        raise MalformedEvent(f"seq: {seq!r} is not a positive integer")
+    prev = fields.get("prev")
+    if seq == 1:
+        if "prev" in fields:
+            raise MalformedEvent("prev: must be absent when seq is 1")
+    else:
+        prev = _bin(fields, "prev", HASH_BYTES)
+    deps = fields["deps"]
+    if not isinstance(deps, list) or len(deps) > MAX_DEPS:
+        raise MalformedEvent(f"deps: must be a list of at most {MAX_DEPS} hashes")
+    for dep in deps:
+        if not isinstance(dep, bytes) or len(dep) != HASH_BYTES:
+            raise MalformedEvent("deps: every dep must be a 32-byte hash")
+    if deps != sorted(set(deps)):
+        raise MalformedEvent("deps: must be sorted and unique")
+    hlc = fields["hlc"]
+    if type(hlc) is not int or not 0 < hlc < (1 << 64):
+        raise MalformedEvent(f"hlc: {hlc!r} is not a 64-bit unsigned integer")
+    type_ = fields["type"]
+    if not isinstance(type_, str) or not 0 < len(type_) <= MAX_TYPE_CHARS:
+        raise MalformedEvent("type: must be a non-empty string")
+    body = fields["body"]
+    if not isinstance(body, dict):
+        raise MalformedEvent("body: must be a map")
+    sig = _bin(fields, "sig", SIG_BYTES)
+    top = tuple(fields)
+    if (top != _TOP_ORDER[seq == 1] or not _is_canonical_order(body)
+            or _packb(fields) != raw):
+        raise MalformedEvent("encoding is not canonical")
+    signed = _packb(_signed_fields(v, group, author, seq, prev, deps, hlc, type_, body))
+    return Envelope(
+        group=group, author=author, seq=seq, prev=prev, deps=tuple(deps), hlc=hlc,
+        type=type_, body=body, sig=sig, raw=raw, hash=blake2b256(signed),
+    )
+
+
+def _bin(fields: Mapping[str, object], name: str, size: int) -> bytes:
+    value = fields.get(name)
+    if not isinstance(value, bytes) or len(value) != size:
+        raise MalformedEvent(f"{name}: must be {size} bytes")
+    return value
+
+
+def verify_signature(envelope: Envelope) -> None:
+    """Raise BadSignature unless the author's key signed the event."""
+    signed = _packb(envelope.signed_fields())
+    try:
+        VerifyKey(envelope.author).verify(signed, envelope.sig)
+    except (BadSignatureError, ValueError):
+        raise BadSignature(
+            f"signature of event {envelope.author.hex()[:12]}/{envelope.seq} "
+            "does not verify"
+        ) from None
+
+
+def check_group(envelope: Envelope, group: bytes) -> None:
+    if envelope.group != group:
+        raise UnknownGroup(f"event belongs to group {envelope.group.hex()[:12]}, "
+                           f"not this group {group.hex()[:12]}")
+
+
+def check_follows(envelope: Envelope, previous: Envelope | None) -> None:
+    """Check that ``envelope`` continues ``previous`` (the author's seq-1 event).
+
+    ``previous`` is None only when envelope.seq == 1.
+    """
+    if previous is None:
+        if envelope.seq != 1:
+            raise SeqGap(f"seq {envelope.seq} of {envelope.author.hex()[:12]} "
+                         "arrived before its predecessor")
+        return
+    if envelope.seq != previous.seq + 1:
+        raise SeqGap(f"seq {envelope.seq} does not follow seq {previous.seq}")
+    if envelope.prev != previous.hash:
+        raise PrevMismatch(f"prev of seq {envelope.seq} is not the hash of seq "
+                           f"{previous.seq}")
+    check_hlc_above(envelope, previous.hlc, "prev")
+
+
+def check_hlc_above(envelope: Envelope, hlc: int, what: str) -> None:
+    if envelope.hlc <= hlc:
+        raise HlcRegression(f"hlc of seq {envelope.seq} is not above its {what}")
+
+
+def verify_chain(batch: Sequence[Envelope], previous: Envelope | None) -> None:
+    """Authenticate a contiguous batch of one author's events cheaply.
+
+    Checks each event follows the one before (seq, prev hash, hlc) and verifies only
+    the last signature: the signed hash chain covers the rest (docs/protocol.md §batch).
+    """
+    if not batch:
+        return
+    author = batch[0].author
+    before = previous
+    for envelope in batch:
+        if envelope.author != author:
+            raise MalformedEvent("a chain batch must hold one author's events")
+        check_follows(envelope, before)
+        before = envelope
+    verify_signature(batch[-1])

@@ -1,0 +1,112 @@
+"""Who this node is and which group it belongs to.
+
+A *device key* (Ed25519) signs every event the node writes; its public half is the
+``author`` of those events. A *group* is a 32-byte random id, a 32-byte random secret and
+a readable name. Knowing the secret is what makes someone a member: it opens sync
+sessions (docs/protocol.md) and it makes the *membership proof* that an author's first
+event (``member.joined``) must carry, so a stranger's key cannot write into the log even
+through a relay.
+
+Files (docs/architecture.md §data-dir), written with mode 0600 and atomically
+(write to a temporary file, fsync, rename):
+    device.key   the 32-byte Ed25519 seed
+    group.bin    msgpack {"id", "secret", "name"}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+from nacl.signing import SigningKey
+
+from node.errors import UsageError
+
+GROUP_ID_BYTES = 32
+GROUP_SECRET_BYTES = 32
+DEVICE_KEY_FILE = "device.key"
+GROUP_FILE = "group.bin"
+_PROOF_CONTEXT = b"potluck member proof v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    id: bytes
+    secret: bytes
+    name: str
+
+    @classmethod
+    def new(cls, name: str) -> Group:
+        name = name.strip()
+        if not name or len(name) > 100:
+            raise UsageError("group name must be 1 to 100 characters")
+        return cls(secrets.token_bytes(GROUP_ID_BYTES),
+                   secrets.token_bytes(GROUP_SECRET_BYTES), name)
+
+
+def membership_proof(group: Group, author: bytes) -> bytes:
+    """Keyed BLAKE2b of the author under the group secret: only members can make it."""
+    return hashlib.blake2b(_PROOF_CONTEXT + group.id + author, digest_size=32,
+                           key=group.secret).digest()
+
+
+def check_membership_proof(group: Group, author: bytes, proof: object) -> bool:
+    return isinstance(proof, bytes) and hmac.compare_digest(
+        proof, membership_proof(group, author))
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` so that a crash leaves either the old file or the new, 0600."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_device_key(data_dir: Path, key: SigningKey) -> None:
+    write_private(data_dir / DEVICE_KEY_FILE, bytes(key))
+
+
+def load_device_key(data_dir: Path) -> SigningKey:
+    path = data_dir / DEVICE_KEY_FILE
+    try:
+        seed = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"no Potluck node in {data_dir}: run 'potluck init' first") from None
+    if len(seed) != 32:
+        raise UsageError(f"{path} is damaged: expected a 32-byte key, found {len(seed)} bytes")
+    return SigningKey(seed)
+
+
+def save_group(data_dir: Path, group: Group) -> None:
+    data = msgpack.packb({"id": group.id, "secret": group.secret, "name": group.name},
+                         use_bin_type=True)
+    write_private(data_dir / GROUP_FILE, data)
+
+
+def load_group(data_dir: Path) -> Group:
+    path = data_dir / GROUP_FILE
+    try:
+        fields = msgpack.unpackb(path.read_bytes(), raw=False)
+        group = Group(bytes(fields["id"]), bytes(fields["secret"]), str(fields["name"]))
+    except FileNotFoundError:
+        raise UsageError(f"no Potluck node in {data_dir}: run 'potluck init' first") from None
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+        raise UsageError(f"{path} is damaged: it does not hold a group") from None
+    if len(group.id) != GROUP_ID_BYTES or len(group.secret) != GROUP_SECRET_BYTES:
+        raise UsageError(f"{path} is damaged: group id or secret has the wrong length")
+    return group

@@ -1,0 +1,591 @@
+"""The append-only log in SQLite: the only module that touches the database.
+
+Why one module: every write (events, heads, held events, fork evidence and, through
+hooks, the projections) happens in one SQLite transaction on one thread, so a node
+killed at any instant restarts with a log and projections that agree
+(docs/reliability.md). aiosqlite owns that thread; ``Store._run`` hands it a whole
+batch at once instead of one statement at a time, because each hop between the event
+loop and the thread costs more than the inserts themselves.
+
+Durability: WAL with ``synchronous=FULL``: ``append`` and ``receive`` return only after
+the commit reached the disk, so whatever they return is acknowledged.
+
+What the log accepts (docs/events.md §validity), checked here because it needs the
+database: the event belongs to this group; it continues its author's chain (seq, prev,
+hlc); seq 1 is a ``member.joined`` carrying a valid membership proof; every dep is
+present and below the event's hlc. An event whose predecessor or deps have not arrived
+is *held* in ``pending`` (not dropped) and released when they arrive. A second event
+with the same (author, seq) is an *equivocation*: both are kept in ``forks`` as
+evidence and the first stays in the log.
+
+Memory stays bounded: reads stream in chunks (``read_since``, ``iter_canonical``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import aiosqlite
+from nacl.signing import SigningKey
+
+from node import events
+from node.clock import HybridClock
+from node.errors import (
+    AmbiguousId,
+    InvalidEvent,
+    NotAMember,
+    NotFound,
+    StorageError,
+    UsageError,
+)
+from node.events import Envelope
+from node.identity import Group, check_membership_proof, membership_proof
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+CHUNK = 500
+
+ProjectionHook = Callable[[sqlite3.Connection, Sequence[Envelope]], None]
+"""Called inside the write transaction with the events just added to the log."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    id     INTEGER PRIMARY KEY,   -- local arrival order: the projections' checkpoint
+    hkey   INTEGER NOT NULL,      -- first 8 bytes of hash, order-preserving: prefix search
+    hash   BLOB NOT NULL,
+    author BLOB NOT NULL,
+    seq    INTEGER NOT NULL,
+    hlc    INTEGER NOT NULL,
+    type   TEXT NOT NULL,
+    raw    BLOB NOT NULL,
+    UNIQUE (author, seq)
+);
+CREATE INDEX IF NOT EXISTS events_by_hkey ON events (hkey);
+CREATE INDEX IF NOT EXISTS events_by_order ON events (hlc, author, seq);
+CREATE TABLE IF NOT EXISTS heads (
+    author BLOB PRIMARY KEY, seq INTEGER NOT NULL, hash BLOB NOT NULL, hlc INTEGER NOT NULL
+) WITHOUT ROWID;
+-- What each author had seen of each other author when writing (from deps): the
+-- causal knowledge that lets projections tell "after" from "concurrent".
+CREATE TABLE IF NOT EXISTS seen (
+    author BLOB NOT NULL, seq INTEGER NOT NULL, other BLOB NOT NULL, other_seq INTEGER NOT NULL,
+    PRIMARY KEY (author, other, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending (
+    hash    BLOB PRIMARY KEY,
+    author  BLOB NOT NULL,
+    seq     INTEGER NOT NULL,
+    waiting BLOB,                -- the dep hash it waits for, NULL when it waits for seq-1
+    raw     BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pending_by_chain ON pending (author, seq);
+CREATE INDEX IF NOT EXISTS pending_by_dep ON pending (waiting);
+CREATE TABLE IF NOT EXISTS forks (
+    author BLOB NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL, raw BLOB NOT NULL,
+    PRIMARY KEY (author, seq, hash)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    seq: int
+    hash: bytes
+    hlc: int
+
+
+@dataclass(slots=True)
+class ReceiveResult:
+    """What ``Store.receive`` did with each event it was given."""
+
+    stored: list[Envelope] = field(default_factory=list)
+    duplicates: int = 0
+    held: int = 0
+    rejected: list[tuple[Envelope, InvalidEvent]] = field(default_factory=list)
+    forks: list[tuple[bytes, int]] = field(default_factory=list)
+
+
+def hash_key(hash_: bytes) -> int:
+    """The first 8 bytes as a signed int whose order is the bytes' order."""
+    return int.from_bytes(hash_[:8], "big") - (1 << 63)
+
+
+class Store:
+    """The log of one node. Open with ``await Store.open(path, group)``."""
+
+    def __init__(self, conn: aiosqlite.Connection, group: Group) -> None:
+        self._conn = conn
+        self.group = group
+        self._hooks: list[ProjectionHook] = []
+        self.clock = HybridClock()
+
+    @classmethod
+    async def open(cls, path: Path, group: Group) -> Store:
+        try:
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the log at {path}: {exc}") from None
+        store = cls(conn, group)
+        try:
+            await store._run(store._setup, write=False)
+        except BaseException:
+            await conn.close()
+            raise
+        return store
+
+    def _setup(self, db: sqlite3.Connection) -> None:
+        db.execute("PRAGMA busy_timeout = 10000")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StorageError(f"the log cannot use write-ahead logging (mode {mode})")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("BEGIN IMMEDIATE")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            db.execute("INSERT INTO meta VALUES ('schema', ?), ('group', ?)",
+                       (SCHEMA_VERSION, self.group.id))
+        elif row[0] != SCHEMA_VERSION:
+            db.execute("ROLLBACK")
+            raise StorageError(f"the log has schema {row[0]}; this Potluck reads "
+                               f"{SCHEMA_VERSION}")
+        else:
+            stored = db.execute("SELECT value FROM meta WHERE key = 'group'").fetchone()
+            if stored is None or stored[0] != self.group.id:
+                db.execute("ROLLBACK")
+                raise StorageError("the log belongs to another group than group.bin")
+        db.execute("COMMIT")
+        top = db.execute("SELECT max(hlc) FROM events").fetchone()[0]
+        self.clock.observe(top or 0)
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    def add_hook(self, hook: ProjectionHook) -> None:
+        """Run ``hook`` inside every transaction that adds events to the log."""
+        self._hooks.append(hook)
+
+    # -- the thread boundary -------------------------------------------------------
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        """Run ``fn`` on the database thread; with ``write``, inside one transaction.
+
+        aiosqlite's queue is the documented-by-source way to run a callable on its
+        thread (decision 0002); this is the only place that reaches for it.
+        """
+
+        def call() -> T:
+            db = self._conn._conn
+            if not write:
+                return fn(db)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        try:
+            result: T = await self._conn._execute(call)  # type: ignore[no-untyped-call]
+            return result
+        except sqlite3.Error as exc:
+            raise StorageError(_describe_sqlite_error(exc)) from None
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only ``fn`` on the database thread (for projections' queries)."""
+        return await self._run(fn, write=False)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one write transaction (for projections' rebuild)."""
+        return await self._run(fn, write=True)
+
+    # -- writing -------------------------------------------------------------------
+
+    async def append(
+        self, key: SigningKey, drafts: Sequence[tuple[str, Mapping[str, object]]]
+    ) -> list[Envelope]:
+        """Sign and durably append this node's new events, in order; return them.
+
+        seq, prev, deps and hlc are chosen inside the write transaction, so two
+        processes appending for the same device key never fork it.
+        """
+        return await self._run(lambda db: self._append(db, key, drafts), write=True)
+
+    def _append(
+        self, db: sqlite3.Connection, key: SigningKey,
+        drafts: Sequence[tuple[str, Mapping[str, object]]],
+    ) -> list[Envelope]:
+        author = bytes(key.verify_key)
+        heads = _load_heads(db)
+        head = heads.get(author)
+        top = db.execute("SELECT max(hlc) FROM events").fetchone()[0]
+        self.clock.observe(top or 0)
+        # deps: the heads of other authors that moved since this author last wrote,
+        # so that deps plus the chain give each event's full causal past (seen table).
+        deps: list[bytes] = []
+        dep_hlcs: list[int] = []
+        for other, other_head in heads.items():
+            if other == author:
+                continue
+            row = db.execute(
+                "SELECT other_seq FROM seen WHERE author = ? AND other = ? "
+                "ORDER BY seq DESC LIMIT 1", (author, other)).fetchone()
+            if row is None or row[0] < other_head.seq:
+                deps.append(other_head.hash)
+                dep_hlcs.append(other_head.hlc)
+        deps = deps[: events.MAX_DEPS]
+        unsigned: list[events.Unsigned] = []
+        prev = head
+        for type_, body in drafts:
+            hlc = self.clock.tick(prev.hlc if prev else 0, *dep_hlcs)
+            u = events.prepare(
+                author, group=self.group.id, seq=prev.seq + 1 if prev else 1,
+                prev=prev.hash if prev else None, deps=deps, hlc=hlc, type=type_, body=body,
+            )
+            unsigned.append(u)
+            prev = Head(u.seq, u.hash, u.hlc)
+            deps, dep_hlcs = [], []
+        written = [events.seal(u, sig) for u, sig in zip(unsigned, sign_all(key, unsigned))]
+        if written and written[0].seq == 1:
+            _check_first(self.group, written[0])
+        self._insert_many(db, written, heads)
+        self._run_hooks(db, written)
+        return written
+
+    def first_event_body(self, name: str, author: bytes) -> dict[str, object]:
+        """The body of ``member.joined`` with this author's membership proof."""
+        return {"name": name, "proof": membership_proof(self.group, author)}
+
+    def _insert(self, db: sqlite3.Connection, env: Envelope, heads: dict[bytes, Head]) -> None:
+        self._insert_many(db, [env], heads)
+
+    def _insert_many(
+        self, db: sqlite3.Connection, batch: Sequence[Envelope], heads: dict[bytes, Head]
+    ) -> None:
+        """Insert events that are already validated, and move their authors' heads."""
+        db.executemany(
+            "INSERT INTO events (hkey, hash, author, seq, hlc, type, raw) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(hash_key(e.hash), e.hash, e.author, e.seq, e.hlc, e.type, e.raw) for e in batch])
+        moved: dict[bytes, Head] = {}
+        for env in batch:
+            moved[env.author] = heads[env.author] = Head(env.seq, env.hash, env.hlc)
+            if env.deps:
+                for dep_author, dep_seq in _resolve(db, env.deps).values():
+                    db.execute("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)",
+                               (env.author, env.seq, dep_author, dep_seq))
+        db.executemany("INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?)",
+                       [(a, h.seq, h.hash, h.hlc) for a, h in moved.items()])
+
+    def _run_hooks(self, db: sqlite3.Connection, added: Sequence[Envelope]) -> None:
+        if added:
+            for hook in self._hooks:
+                hook(db, added)
+
+    async def receive(self, batch: Iterable[Envelope]) -> ReceiveResult:
+        """Store events from a peer or a bundle; idempotent; durable on return.
+
+        Signatures: a run of one author's events that chain by prev is authenticated
+        by the signature of its last event (docs/protocol.md §batch); a run whose last
+        signature fails falls back to checking each event.
+        """
+        envelopes = sorted({e.hash: e for e in batch}.values(), key=lambda e: (e.author, e.seq))
+        authentic = _authenticate(envelopes)
+        return await self._run(lambda db: self._receive(db, envelopes, authentic), write=True)
+
+    def _receive(
+        self, db: sqlite3.Connection, envelopes: list[Envelope], authentic: set[bytes]
+    ) -> ReceiveResult:
+        result = ReceiveResult()
+        heads = _load_heads(db)
+        work = list(envelopes)
+        while work:
+            released: list[Envelope] = []
+            for env in work:
+                outcome = self._accept(db, env, heads, env.hash in authentic, result)
+                if outcome is not None:
+                    result.stored.append(outcome)
+                    released.extend(_release(db, outcome))
+            work = released
+            authentic.update(e.hash for e in released)  # held events were authenticated
+        self._run_hooks(db, result.stored)
+        for env in result.stored:
+            self.clock.observe(env.hlc)
+        return result
+
+    def _accept(
+        self, db: sqlite3.Connection, env: Envelope, heads: dict[bytes, Head],
+        is_authentic: bool, result: ReceiveResult,
+    ) -> Envelope | None:
+        """Store ``env`` if it is valid and ready; hold, count or reject it otherwise."""
+        try:
+            events.check_group(env, self.group.id)
+            if not is_authentic:
+                events.verify_signature(env)
+        except InvalidEvent as exc:
+            result.rejected.append((env, exc))
+            return None
+        existing = db.execute("SELECT hash FROM events WHERE author = ? AND seq = ?",
+                              (env.author, env.seq)).fetchone()
+        if existing is not None:
+            if existing[0] == env.hash:
+                result.duplicates += 1
+            else:
+                _record_fork(db, env)
+                result.forks.append((env.author, env.seq))
+            return None
+        head = heads.get(env.author)
+        if env.seq > (head.seq if head else 0) + 1:
+            _hold(db, env, None)
+            result.held += 1
+            return None
+        try:
+            if head is None:
+                events.check_follows(env, None)
+                _check_first(self.group, env)
+            else:
+                if env.prev != head.hash:
+                    events.check_follows(env, _stub(head, env.author))
+                events.check_hlc_above(env, head.hlc, "prev")
+            if env.deps:
+                found = _resolve(db, env.deps)
+                missing = [d for d in env.deps if d not in found]
+                if missing:
+                    _hold(db, env, missing[0])
+                    result.held += 1
+                    return None
+                for dep in env.deps:
+                    row = db.execute("SELECT hlc FROM events WHERE hkey = ? AND hash = ?",
+                                     (hash_key(dep), dep)).fetchone()
+                    events.check_hlc_above(env, row[0], "dep")
+        except InvalidEvent as exc:
+            result.rejected.append((env, exc))
+            return None
+        self._insert(db, env, heads)
+        db.execute("DELETE FROM pending WHERE hash = ?", (env.hash,))
+        return env
+
+    # -- reading -------------------------------------------------------------------
+
+    async def heads(self) -> dict[bytes, Head]:
+        return await self._run(_load_heads, write=False)
+
+    async def vector(self) -> dict[bytes, tuple[int, bytes]]:
+        """author -> (seq, head hash): what this node has, for sync."""
+        return {a: (h.seq, h.hash) for a, h in (await self.heads()).items()}
+
+    async def count(self) -> int:
+        return int(await self._run(
+            lambda db: db.execute("SELECT count(*) FROM events").fetchone()[0], write=False))
+
+    async def read_raw(self, author: bytes, from_seq: int, limit: int = CHUNK) -> list[bytes]:
+        """Up to ``limit`` wire encodings of ``author``'s events from ``from_seq`` on."""
+        return await self._run(lambda db: [r[0] for r in db.execute(
+            "SELECT raw FROM events WHERE author = ? AND seq >= ? ORDER BY seq LIMIT ?",
+            (author, from_seq, limit))], write=False)
+
+    async def read_since(
+        self, vector: Mapping[bytes, int], chunk: int = CHUNK
+    ) -> AsyncIterator[list[Envelope]]:
+        """Stream what a peer with ``vector`` (author -> seq) lacks, author by author."""
+        for author, head in (await self.heads()).items():
+            seq = vector.get(author, 0) + 1
+            while seq <= head.seq:
+                raws = await self.read_raw(author, seq, chunk)
+                if not raws:
+                    break
+                batch = [events.decode(raw) for raw in raws]
+                yield batch
+                seq = batch[-1].seq + 1
+
+    async def get(self, hash_: bytes) -> Envelope | None:
+        row = await self._run(lambda db: db.execute(
+            "SELECT raw FROM events WHERE hkey = ? AND hash = ?",
+            (hash_key(hash_), hash_)).fetchone(), write=False)
+        return events.decode(row[0]) if row else None
+
+    async def resolve(self, prefix: str, types: Sequence[str]) -> Envelope:
+        """The one event of ``types`` whose hash starts with hex ``prefix`` (>= 6 chars)."""
+        return await self._run(lambda db: resolve_prefix(db, prefix, types), write=False)
+
+    async def iter_events(
+        self, *, type_: str | None = None, author: bytes | None = None, chunk: int = CHUNK
+    ) -> AsyncIterator[Envelope]:
+        """Every event in canonical order (hlc, author, seq), streamed in chunks."""
+        after: tuple[int, bytes, int] = (-1, b"", 0)
+        while True:
+            rows = await self._run(
+                lambda db: _canonical_chunk(db, after, chunk, type_, author), write=False)
+            for row in rows:
+                yield events.decode(row)
+            if len(rows) < chunk:
+                return
+            last = events.decode(rows[-1])
+            after = last.key
+
+    async def forks(self) -> list[tuple[bytes, int, int]]:
+        """(author, seq, number of conflicting versions) for every equivocation seen."""
+        return await self._run(lambda db: [
+            (r[0], r[1], r[2]) for r in db.execute(
+                "SELECT author, seq, count(*) FROM forks GROUP BY author, seq")], write=False)
+
+    async def pending_count(self) -> int:
+        return int(await self._run(
+            lambda db: db.execute("SELECT count(*) FROM pending").fetchone()[0], write=False))
+
+
+_signers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="potluck-sign")
+
+
+def sign_all(key: SigningKey, unsigned: Sequence[events.Unsigned]) -> list[bytes]:
+    """Signatures of every event, made on two threads (libsodium releases the GIL)."""
+    if len(unsigned) < 64:
+        return [key.sign(u.signed).signature for u in unsigned]
+    half = len(unsigned) // 2
+
+    def sign_part(part: Sequence[events.Unsigned]) -> list[bytes]:
+        return [key.sign(u.signed).signature for u in part]
+
+    later = _signers.submit(sign_part, unsigned[half:])
+    return sign_part(unsigned[:half]) + later.result()
+
+
+def _canonical_chunk(
+    db: sqlite3.Connection, after: tuple[int, bytes, int], limit: int,
+    type_: str | None, author: bytes | None,
+) -> list[bytes]:
+    sql = "SELECT raw FROM events WHERE (hlc, author, seq) > (?, ?, ?)"
+    params: list[object] = list(after)
+    if type_ is not None:
+        sql += " AND type = ?"
+        params.append(type_)
+    if author is not None:
+        sql += " AND author = ?"
+        params.append(author)
+    sql += " ORDER BY hlc, author, seq LIMIT ?"
+    params.append(limit)
+    return [row[0] for row in db.execute(sql, params)]
+
+
+def resolve_prefix(db: sqlite3.Connection, prefix: str, types: Sequence[str]) -> Envelope:
+    """Find the event whose hash begins with ``prefix``, as git finds a commit."""
+    text = prefix.strip().lower()
+    if len(text) < 6 or len(text) > 64 or any(c not in "0123456789abcdef" for c in text):
+        raise UsageError(f"'{prefix}' is not an id: ids are at least 6 hex characters")
+    low = bytes.fromhex((text + "0" * 64)[:64])
+    high = bytes.fromhex((text + "f" * 64)[:64])
+    marks = ",".join("?" * len(types))
+    rows = db.execute(
+        f"SELECT raw, hash FROM events WHERE hkey BETWEEN ? AND ? AND type IN ({marks}) "
+        "LIMIT 50", (hash_key(low), hash_key(high), *types)).fetchall()
+    matches = [raw for raw, hash_ in rows if hash_.hex().startswith(text)]
+    if not matches:
+        raise NotFound(f"no {' or '.join(t.split('.')[0] for t in types)} with id {prefix}")
+    if len(matches) > 1:
+        raise AmbiguousId(f"id {prefix} matches {len(matches)} entries: give more characters")
+    return events.decode(matches[0])
+
+
+def _load_heads(db: sqlite3.Connection) -> dict[bytes, Head]:
+    return {row[0]: Head(row[1], row[2], row[3])
+            for row in db.execute("SELECT author, seq, hash, hlc FROM heads")}
+
+
+def _resolve(db: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes, tuple[bytes, int]]:
+    """Map the present ones among ``hashes`` to (author, seq)."""
+    found: dict[bytes, tuple[bytes, int]] = {}
+    for hash_ in hashes:
+        row = db.execute("SELECT author, seq FROM events WHERE hkey = ? AND hash = ?",
+                         (hash_key(hash_), hash_)).fetchone()
+        if row is not None:
+            found[hash_] = (row[0], row[1])
+    return found
+
+
+def _check_first(group: Group, env: Envelope) -> None:
+    if env.type != "member.joined" or not check_membership_proof(
+            group, env.author, env.body.get("proof")):
+        raise NotAMember(f"author {env.author.hex()[:12]} did not join with a valid "
+                         "membership proof")
+
+
+def _stub(head: Head, author: bytes) -> Envelope:
+    """A stand-in for the stored head, enough for ``check_follows``."""
+    return Envelope(group=b"", author=author, seq=head.seq, prev=None, deps=(), hlc=head.hlc,
+                    type="", body={}, sig=b"", raw=b"", hash=head.hash)
+
+
+def _hold(db: sqlite3.Connection, env: Envelope, waiting: bytes | None) -> None:
+    db.execute("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?, ?)",
+               (env.hash, env.author, env.seq, waiting, env.raw))
+
+
+def _release(db: sqlite3.Connection, stored: Envelope) -> list[Envelope]:
+    """Held events that ``stored`` may unblock: the author's next, and dependants."""
+    rows = db.execute(
+        "SELECT raw FROM pending WHERE (author = ? AND seq = ?) OR waiting = ?",
+        (stored.author, stored.seq + 1, stored.hash)).fetchall()
+    return [events.decode(row[0]) for row in rows]
+
+
+def _record_fork(db: sqlite3.Connection, env: Envelope) -> None:
+    db.execute("INSERT OR IGNORE INTO forks SELECT author, seq, hash, raw FROM events "
+               "WHERE author = ? AND seq = ?", (env.author, env.seq))
+    db.execute("INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?)",
+               (env.author, env.seq, env.hash, env.raw))
+
+
+def _authenticate(envelopes: Sequence[Envelope]) -> set[bytes]:
+    """Hashes whose signature is covered: by its own, or by a later event chaining to it.
+
+    ``envelopes`` is sorted by (author, seq). Pure CPU; runs before the transaction.
+    """
+    good: set[bytes] = set()
+    run: list[Envelope] = []
+
+    def close_run() -> None:
+        if not run:
+            return
+        try:
+            events.verify_signature(run[-1])
+            good.update(e.hash for e in run)
+        except InvalidEvent:
+            for env in run:  # slow path: find the events that do verify
+                try:
+                    events.verify_signature(env)
+                    good.add(env.hash)
+                except InvalidEvent:
+                    pass
+        run.clear()
+
+    for env in envelopes:
+        if run and not (env.author == run[-1].author and env.seq == run[-1].seq + 1
+                        and env.prev == run[-1].hash):
+            close_run()
+        run.append(env)
+    close_run()
+    return good
+
+
+def _describe_sqlite_error(exc: sqlite3.Error) -> str:
+    text = str(exc)
+    if "disk is full" in text or "database or disk is full" in text:
+        return "the disk is full: free some space; nothing was written"
+    if "readonly" in text or "read-only" in text:
+        return "the data directory is read-only: nothing was written"
+    if "malformed" in text or "not a database" in text:
+        return f"the database is damaged ({text}): run 'potluck doctor'"
+    if "locked" in text or "busy" in text:
+        return f"the database is busy ({text}): try again"
+    return f"database error: {text}"

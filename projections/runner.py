@@ -1,0 +1,276 @@
+"""The runner: keeps every projection's tables equal to a fold of the log.
+
+It runs inside the store's write transaction (``Store.add_hook``), so events, fold
+states, rows and the index move together: a node killed at any instant restarts with
+projections that match its log.
+
+Per batch: events are parsed (unknown types and bodies that fail validation are
+skipped: they stay in the log and are relayed, docs/events.md §forward-compatibility),
+sorted into canonical order and handed to each projection. For each entity touched, the
+stored state is loaded once; an event that sorts after the entity's last key is applied
+incrementally; otherwise the entity is re-folded from its own events, found through
+``proj_index`` (entity -> events), never from the whole log. At the end each touched
+entity's rows are replaced and its state saved.
+
+``rebuild`` drops everything and streams the whole log through the same path in
+canonical order; ``digest`` hashes the canonical rows so two nodes can compare.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import msgpack
+
+from node import body as b
+from node.errors import InvalidEvent
+from node.events import Envelope
+from node.store import hash_key
+from projections.board import Board
+from projections.catalog import Catalog
+from projections.fold import Causality, Event, Key, Projection, State
+from projections.inventory import Inventory
+from projections.roster import Roster
+
+REBUILD_CHUNK = 2000
+ENTITY_COLUMN = "_entity"
+
+_INTERNAL = """
+CREATE TABLE IF NOT EXISTS proj_meta (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS proj_state (
+    entity TEXT PRIMARY KEY, last BLOB NOT NULL, state BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS proj_index (
+    entity TEXT NOT NULL, hlc INTEGER NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (entity, hlc, author, seq)
+) WITHOUT ROWID
+"""
+
+
+def all_projections() -> tuple[Projection, ...]:
+    """Every projection, in the fixed order the digest uses."""
+    projections: tuple[Projection, ...] = (Catalog(), Board(), Inventory(), Roster())
+    return projections
+
+
+def to_event(env: Envelope) -> Event | None:
+    """Parse an envelope for folding; None for types and bodies projections skip."""
+    if env.type not in b.TYPES:
+        return None
+    try:
+        parsed = b.parse(env.type, env.body)
+    except InvalidEvent:
+        return None
+    if parsed is None:
+        return None
+    return Event(env.hash, env.author, env.seq, env.hlc, parsed)
+
+
+def _unpack_event(raw: bytes, hash_: bytes) -> Event | None:
+    fields = msgpack.unpackb(raw, raw=False)
+    type_ = fields["type"]
+    if type_ not in b.TYPES:
+        return None
+    try:
+        parsed = b.parse(type_, fields["body"])
+    except InvalidEvent:
+        return None
+    if parsed is None:
+        return None
+    return Event(hash_, fields["author"], fields["seq"], fields["hlc"], parsed)
+
+
+class LogCausality:
+    """``Causality`` from the store's ``seen`` table: deps give each author's knowledge."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def happened_before(self, earlier: Sequence[object], later: Sequence[object]) -> bool:
+        _, e_author, e_seq = earlier
+        _, l_author, l_seq = later
+        assert isinstance(e_seq, int) and isinstance(l_seq, int)
+        if e_author == l_author:
+            return e_seq < l_seq
+        row = self._db.execute(
+            "SELECT other_seq FROM seen WHERE author = ? AND other = ? AND seq <= ? "
+            "ORDER BY seq DESC LIMIT 1", (l_author, e_author, l_seq)).fetchone()
+        return row is not None and row[0] >= e_seq
+
+
+class Runner:
+    """Materialises ``projections`` into SQLite tables; use as a store hook."""
+
+    def __init__(self, projections: Sequence[Projection] | None = None) -> None:
+        self.projections = tuple(projections or all_projections())
+
+    # -- schema --------------------------------------------------------------------
+
+    def setup(self, db: sqlite3.Connection) -> bool:
+        """Create missing tables; return True when a projection's version changed."""
+        for statement in _INTERNAL.split(";"):
+            db.execute(statement)
+        stale = False
+        for projection in self.projections:
+            row = db.execute("SELECT version FROM proj_meta WHERE name = ?",
+                             (projection.NAME,)).fetchone()
+            if row is None or row[0] != projection.VERSION:
+                stale = True
+            for table in projection.TABLES:
+                columns = ", ".join(f'"{name}" {kind}' for name, kind in table.columns)
+                key = ", ".join(f'"{k}"' for k in table.key)
+                db.execute(f'CREATE TABLE IF NOT EXISTS "{table.name}" ('
+                           f'{ENTITY_COLUMN} TEXT NOT NULL, {columns}, PRIMARY KEY ({key}))')
+                db.execute(f'CREATE INDEX IF NOT EXISTS "{table.name}_by_entity" '
+                           f'ON "{table.name}" ({ENTITY_COLUMN})')
+        return stale
+
+    def _drop(self, db: sqlite3.Connection) -> None:
+        for projection in self.projections:
+            for table in projection.TABLES:
+                db.execute(f'DROP TABLE IF EXISTS "{table.name}"')
+        for name in ("proj_meta", "proj_state", "proj_index"):
+            db.execute(f"DROP TABLE IF EXISTS {name}")
+
+    # -- folding -------------------------------------------------------------------
+
+    def __call__(self, db: sqlite3.Connection, added: Sequence[Envelope]) -> None:
+        """The store hook: fold events just added to the log."""
+        parsed = [e for e in map(to_event, added) if e is not None]
+        self.apply(db, parsed)
+
+    def apply(self, db: sqlite3.Connection, batch: Sequence[Event]) -> None:
+        if not batch:
+            return
+        ordered = sorted(batch, key=lambda e: e.key)
+        causality = LogCausality(db)
+        lookup = _event_lookup(db)
+        for projection in self.projections:
+            self._apply_one(db, projection, ordered, causality, lookup)
+
+    def _apply_one(
+        self, db: sqlite3.Connection, projection: Projection, ordered: Sequence[Event],
+        causality: Causality, lookup: Callable[[bytes], Event | None],
+    ) -> None:
+        states: dict[str, tuple[State | None, Key | None]] = {}
+        late: set[str] = set()
+        index: list[tuple[str, int, bytes, int]] = []
+        for event in ordered:
+            if event.body.TYPE not in projection.TYPES:
+                continue
+            for entity in projection.entities(event, lookup):
+                index.append((entity, event.hlc, event.author, event.seq))
+                if entity in late:
+                    continue
+                if entity not in states:
+                    states[entity] = _load_state(db, entity)
+                state, last = states[entity]
+                if last is not None and event.key <= last:
+                    late.add(entity)
+                    continue
+                new = projection.apply(entity, state, event, causality)
+                if new is None:
+                    late.add(entity)
+                    continue
+                states[entity] = (new, event.key)
+        if not index:
+            return
+        db.executemany("INSERT OR IGNORE INTO proj_index VALUES (?, ?, ?, ?)", index)
+        for entity in late:
+            history = list(_entity_events(db, entity))
+            states[entity] = (projection.fold(entity, history, causality),
+                              history[-1].key if history else None)
+        for entity, (state, last) in states.items():
+            self._write(db, projection, entity, state, last)
+
+    def _write(self, db: sqlite3.Connection, projection: Projection, entity: str,
+               state: State | None, last: Key | None) -> None:
+        for table in projection.TABLES:
+            db.execute(f'DELETE FROM "{table.name}" WHERE {ENTITY_COLUMN} = ?', (entity,))
+        if state is None or last is None:
+            db.execute("DELETE FROM proj_state WHERE entity = ?", (entity,))
+            return
+        for table_name, rows in projection.rows(entity, state).items():
+            if rows:
+                marks = ", ".join("?" * (len(rows[0]) + 1))
+                db.executemany(f'INSERT INTO "{table_name}" VALUES ({marks})',
+                               [(entity, *row) for row in rows])
+        db.execute("INSERT OR REPLACE INTO proj_state VALUES (?, ?, ?)",
+                   (entity, _pack(list(last)), _pack(state)))
+
+    def rebuild(self, db: sqlite3.Connection) -> int:
+        """Drop every projection and fold the whole log again; return events folded."""
+        self._drop(db)
+        self.setup(db)
+        folded = 0
+        for chunk in _canonical_chunks(db, REBUILD_CHUNK):
+            self.apply(db, chunk)
+            folded += len(chunk)
+        self.mark_current(db)
+        return folded
+
+    def mark_current(self, db: sqlite3.Connection) -> None:
+        db.executemany("INSERT OR REPLACE INTO proj_meta VALUES (?, ?)",
+                       [(p.NAME, p.VERSION) for p in self.projections])
+
+    def digest(self, db: sqlite3.Connection) -> str:
+        """BLAKE2b-256 over every projection row in canonical order, as hex."""
+        h = hashlib.blake2b(digest_size=32)
+        for projection in self.projections:
+            for table in projection.TABLES:
+                columns = ", ".join(f'"{name}"' for name, _ in table.columns)
+                order = ", ".join(f'"{k}"' for k in table.key)
+                h.update(_pack(table.name))
+                for row in db.execute(f'SELECT {columns} FROM "{table.name}" ORDER BY {order}'):
+                    h.update(_pack(list(row)))
+        return h.hexdigest()
+
+
+def _pack(value: object) -> bytes:
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    return packed
+
+
+def _load_state(db: sqlite3.Connection, entity: str) -> tuple[State | None, Key | None]:
+    row = db.execute("SELECT last, state FROM proj_state WHERE entity = ?",
+                     (entity,)).fetchone()
+    if row is None:
+        return None, None
+    hlc, author, seq = msgpack.unpackb(row[0], raw=False)
+    return msgpack.unpackb(row[1], raw=False), (hlc, author, seq)
+
+
+def _entity_events(db: sqlite3.Connection, entity: str) -> Iterator[Event]:
+    rows = db.execute(
+        "SELECT e.raw, e.hash FROM proj_index i JOIN events e "
+        "ON e.author = i.author AND e.seq = i.seq WHERE i.entity = ? "
+        "ORDER BY i.hlc, i.author, i.seq", (entity,))
+    for raw, hash_ in rows:
+        event = _unpack_event(raw, hash_)
+        if event is not None:
+            yield event
+
+
+def _event_lookup(db: sqlite3.Connection) -> Callable[[bytes], Event | None]:
+    def lookup(hash_: bytes) -> Event | None:
+        row = db.execute("SELECT raw FROM events WHERE hkey = ? AND hash = ?",
+                         (hash_key(hash_), hash_)).fetchone()
+        return _unpack_event(row[0], hash_) if row else None
+    return lookup
+
+
+def _canonical_chunks(db: sqlite3.Connection, size: int) -> Iterable[list[Event]]:
+    """The whole log in canonical order, ``size`` events at a time (bounded memory)."""
+    after: tuple[int, bytes, int] = (-1, b"", 0)
+    while True:
+        rows = db.execute(
+            "SELECT raw, hash, hlc, author, seq FROM events WHERE (hlc, author, seq) > "
+            "(?, ?, ?) ORDER BY hlc, author, seq LIMIT ?", (*after, size)).fetchall()
+        if not rows:
+            return
+        chunk = [e for e in (_unpack_event(r[0], r[1]) for r in rows) if e is not None]
+        yield chunk
+        last = rows[-1]
+        after = (last[2], last[3], last[4])

@@ -1,0 +1,1 @@
+"""How logs meet: sans-I/O protocol, websocket transport, peer manager."""
