@@ -11,8 +11,9 @@ The event is durable when ``post`` returns.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import click
@@ -32,6 +33,12 @@ from node.store import Store
 from projections import views
 from projections.board import ALLOWED_FROM
 from projections.runner import Runner
+from sync import peers as peer_table
+from sync.peers import PeerManager
+from sync.protocol import State
+from sync.transport import DialError, connect_session, parse_address
+
+DEFAULT_PORT = 7717
 
 LOG_FILE = "log.db"
 
@@ -165,3 +172,72 @@ class Node:
                        author: bytes | None = None) -> AsyncIterator[Envelope]:
         async for envelope in self.store.iter_events(type_=type_, author=author):
             yield envelope
+
+    # -- sync ----------------------------------------------------------------------
+
+    async def names(self) -> dict[bytes, str]:
+        return {bytes.fromhex(m["key"]): m["name"] for m in await self.store.read(views.members)}
+
+    async def sync_once(self, address: str) -> dict[str, object]:
+        """Catch up both ways with the node at ``address``, then close: ``potluck sync``."""
+        host, port = _address(address)
+        try:
+            session = await connect_session(f"{host}:{port}", self.key, self.store,
+                                            one_shot=True)
+        except DialError as exc:
+            raise UsageError(str(exc)) from None
+        await session.run()
+        key = session.peer_key
+        if session.protocol.state != State.CLOSED:
+            raise UsageError(f"sync with {address} failed: {session.error or 'connection lost'}")
+        return {"address": f"{host}:{port}", "peer": key.hex() if key else None,
+                "peer_name": (await self.names()).get(key) if key else None,
+                "received": session.stats.events_in, "sent": session.stats.events_out,
+                "bytes_in": session.stats.bytes_in, "bytes_out": session.stats.bytes_out}
+
+    async def serve(self, *, listen: str | None, peers: Sequence[str],
+                    stop: asyncio.Event, say: Callable[[str], None]) -> None:
+        """Run sessions until ``stop`` is set: listen, dial ``peers``, push, relay."""
+        names: dict[bytes, str] = await self.names()
+
+        def refresh() -> None:
+            task = asyncio.get_running_loop().create_task(self.names())
+            task.add_done_callback(lambda t: names.update(t.result()) if not t.exception()
+                                   else None)
+
+        self.store.on_change(refresh)
+        manager = PeerManager(self.store, self.key, say=say, name_of=names.get)
+        host, port = _address(listen) if listen else (None, None)
+        try:
+            await manager.start(host, port)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+        for address in peers:
+            peer_host, peer_port = _address(address)
+            manager.add_peer(f"{peer_host}:{peer_port}", "manual")
+        try:
+            await stop.wait()
+        finally:
+            await manager.stop()
+
+    async def remember_peer(self, address: str, found: str) -> None:
+        host, port = _address(address)
+        await self.store.write(lambda db: peer_table.remember(db, f"{host}:{port}", found))
+
+    async def peers(self) -> list[dict[str, object]]:
+        """Known and connected peers: the schema of ``potluck peers --json``."""
+        names = await self.names()
+        rows = await self.store.read(peer_table.known_peers)
+        return [{"address": r.address, "key": r.key.hex() if r.key else None,
+                 "name": names.get(r.key) if r.key else None, "found": r.found,
+                 "connected": r.connected,
+                 "last_seen": views.ms_time(r.last_seen) if r.last_seen else None,
+                 "behind": r.behind, "ahead": r.ahead, "last_error": r.last_error}
+                for r in rows]
+
+
+def _address(text: str) -> tuple[str, int]:
+    try:
+        return parse_address(text, DEFAULT_PORT)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None

@@ -2,9 +2,11 @@
 
 Wire form (docs/events.md §envelope): one msgpack map with string keys in sorted order
 and the smallest integer encodings (msgpack's own), binary fields as ``bin``, text as
-``str``. The *signed bytes* are that map without ``sig``; ``sig`` is Ed25519 over them and
-``hash = BLAKE2b-256(signed bytes)``. Decoding re-encodes and demands the same bytes, so
-there is exactly one encoding of each event and hashes agree on every node.
+``str``. The *signed bytes* are that map without ``sig``; ``sig`` is Ed25519 over them;
+``hash = BLAKE2b-256(wire bytes)``, signature included, so that the next event's ``prev``
+commits to this one's signature too (decision 0007). Decoding re-encodes and demands
+the same bytes, so there is exactly one encoding of each event and hashes agree on
+every node.
 
 Why a chain check here: an author's events link by ``prev``. Once a batch's hashes
 chain and the last event's signature verifies, every earlier event in the batch is
@@ -61,10 +63,10 @@ def canonical(value: object) -> object:
 
 
 def _is_canonical_order(value: object) -> bool:
-    """True when every map in ``value`` already has its keys in sorted order."""
+    """True when every map in ``value`` has string keys already in sorted order."""
     if isinstance(value, dict):
         keys = list(value)
-        if keys != sorted(keys):
+        if not all(type(k) is str for k in keys) or keys != sorted(keys):
             return False
         return all(_is_canonical_order(item) for item in value.values())
     if isinstance(value, list):
@@ -137,60 +139,28 @@ def _signed_fields(
     return fields
 
 
-@dataclass(frozen=True, slots=True)
-class Unsigned:
-    """An event with every field chosen but not yet signed.
-
-    Its hash is already known (it covers the signed bytes, not the signature), so a
-    writer can chain many events first and sign them all at once, in parallel.
-    """
-
-    group: bytes
-    author: bytes
-    seq: int
-    prev: bytes | None
-    deps: tuple[bytes, ...]
-    hlc: int
-    type: str
-    body: Body
-    signed: bytes
-    hash: bytes
-
-
-def prepare(
-    author: bytes, *, group: bytes, seq: int, prev: bytes | None,
-    deps: Sequence[bytes], hlc: int, type: str, body: Mapping[str, object],
-) -> Unsigned:
-    """Fix an event's fields and compute its hash; the body is canonicalised here."""
-    body_c = canonical(dict(body))
-    assert isinstance(body_c, dict)
-    deps_c = tuple(sorted(set(deps)))
-    signed = _packb(_signed_fields(ENVELOPE_VERSION, group, author, seq, prev, deps_c, hlc,
-                                   type, body_c))
-    if len(signed) + SIG_BYTES + 5 > MAX_EVENT_BYTES:
-        raise OversizedEvent(f"event is over {MAX_EVENT_BYTES} bytes")
-    return Unsigned(group, author, seq, prev, deps_c, hlc, type, body_c, signed,
-                    blake2b256(signed))
-
-
-def seal(u: Unsigned, sig: bytes) -> Envelope:
-    """Attach the signature made over ``u.signed``."""
-    fields = _signed_fields(ENVELOPE_VERSION, u.group, u.author, u.seq, u.prev, u.deps,
-                            u.hlc, u.type, u.body)
-    return Envelope(
-        group=u.group, author=u.author, seq=u.seq, prev=u.prev, deps=u.deps, hlc=u.hlc,
-        type=u.type, body=u.body, sig=sig, raw=_packb(_with_sig(fields, sig)), hash=u.hash,
-    )
-
-
 def create(
     key: SigningKey, *, group: bytes, seq: int, prev: bytes | None,
     deps: Sequence[bytes], hlc: int, type: str, body: Mapping[str, object],
 ) -> Envelope:
-    """Sign a new event. The caller (the node) picks seq, prev, deps and hlc."""
-    unsigned = prepare(bytes(key.verify_key), group=group, seq=seq, prev=prev, deps=deps,
-                       hlc=hlc, type=type, body=body)
-    return seal(unsigned, key.sign(unsigned.signed).signature)
+    """Sign a new event. The caller (the node) picks seq, prev, deps and hlc.
+
+    The body is canonicalised here; a peer's ``decode(raw)`` gives an equal value.
+    """
+    author = bytes(key.verify_key)
+    body_c = canonical(dict(body))
+    assert isinstance(body_c, dict)
+    deps_c = tuple(sorted(set(deps)))
+    fields = _signed_fields(ENVELOPE_VERSION, group, author, seq, prev, deps_c, hlc, type,
+                            body_c)
+    sig = key.sign(_packb(fields)).signature
+    raw = _packb(_with_sig(fields, sig))
+    if len(raw) > MAX_EVENT_BYTES:
+        raise OversizedEvent(f"event is {len(raw)} bytes, limit {MAX_EVENT_BYTES}")
+    return Envelope(
+        group=group, author=author, seq=seq, prev=prev, deps=deps_c, hlc=hlc, type=type,
+        body=body_c, sig=sig, raw=raw, hash=blake2b256(raw),
+    )
 
 
 def _with_sig(signed_fields: dict[str, object], sig: bytes) -> dict[str, object]:
@@ -260,10 +230,9 @@ def decode(raw: bytes) -> Envelope:
     if (top != _TOP_ORDER[seq == 1] or not _is_canonical_order(body)
             or _packb(fields) != raw):
         raise MalformedEvent("encoding is not canonical")
-    signed = _packb(_signed_fields(v, group, author, seq, prev, deps, hlc, type_, body))
     return Envelope(
         group=group, author=author, seq=seq, prev=prev, deps=tuple(deps), hlc=hlc,
-        type=type_, body=body, sig=sig, raw=raw, hash=blake2b256(signed),
+        type=type_, body=body, sig=sig, raw=raw, hash=blake2b256(raw),
     )
 
 

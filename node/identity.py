@@ -42,11 +42,24 @@ class Group:
 
     @classmethod
     def new(cls, name: str) -> Group:
+        return cls.from_secret(secrets.token_bytes(GROUP_SECRET_BYTES), name)
+
+    @classmethod
+    def from_secret(cls, secret: bytes, name: str) -> Group:
+        """The group whose secret is ``secret``: its id is derived, so an invite
+        need only carry the secret (decision 0006)."""
         name = name.strip()
         if not name or len(name) > 100:
             raise UsageError("group name must be 1 to 100 characters")
-        return cls(secrets.token_bytes(GROUP_ID_BYTES),
-                   secrets.token_bytes(GROUP_SECRET_BYTES), name)
+        if len(secret) != GROUP_SECRET_BYTES:
+            raise UsageError("a group secret is 32 bytes")
+        return cls(group_id_of(secret), secret, name)
+
+
+def group_id_of(secret: bytes) -> bytes:
+    """The public group id: a one-way function of the secret."""
+    return hashlib.blake2b(b"potluck group id v1", digest_size=GROUP_ID_BYTES,
+                           key=secret).digest()
 
 
 def membership_proof(group: Group, author: bytes) -> bytes:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -124,6 +123,7 @@ class Store:
         self._conn = conn
         self.group = group
         self._hooks: list[ProjectionHook] = []
+        self._listeners: list[Callable[[], None]] = []
         self.clock = HybridClock()
 
     @classmethod
@@ -174,6 +174,18 @@ class Store:
         """Run ``hook`` inside every transaction that adds events to the log."""
         self._hooks.append(hook)
 
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on the event loop) after each commit that added events.
+
+        Other processes writing the same file are not seen here: readers that must
+        notice them also poll ``last_id`` (sync/peers.py does).
+        """
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
     # -- the thread boundary -------------------------------------------------------
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
@@ -220,7 +232,9 @@ class Store:
         seq, prev, deps and hlc are chosen inside the write transaction, so two
         processes appending for the same device key never fork it.
         """
-        return await self._run(lambda db: self._append(db, key, drafts), write=True)
+        written = await self._run(lambda db: self._append(db, key, drafts), write=True)
+        self._changed()
+        return written
 
     def _append(
         self, db: sqlite3.Connection, key: SigningKey,
@@ -245,18 +259,17 @@ class Store:
                 deps.append(other_head.hash)
                 dep_hlcs.append(other_head.hlc)
         deps = deps[: events.MAX_DEPS]
-        unsigned: list[events.Unsigned] = []
+        written: list[Envelope] = []
         prev = head
         for type_, body in drafts:
             hlc = self.clock.tick(prev.hlc if prev else 0, *dep_hlcs)
-            u = events.prepare(
-                author, group=self.group.id, seq=prev.seq + 1 if prev else 1,
+            envelope = events.create(
+                key, group=self.group.id, seq=prev.seq + 1 if prev else 1,
                 prev=prev.hash if prev else None, deps=deps, hlc=hlc, type=type_, body=body,
             )
-            unsigned.append(u)
-            prev = Head(u.seq, u.hash, u.hlc)
+            written.append(envelope)
+            prev = Head(envelope.seq, envelope.hash, envelope.hlc)
             deps, dep_hlcs = [], []
-        written = [events.seal(u, sig) for u, sig in zip(unsigned, sign_all(key, unsigned))]
         if written and written[0].seq == 1:
             _check_first(self.group, written[0])
         self._insert_many(db, written, heads)
@@ -293,16 +306,23 @@ class Store:
             for hook in self._hooks:
                 hook(db, added)
 
-    async def receive(self, batch: Iterable[Envelope]) -> ReceiveResult:
+    async def receive(
+        self, batch: Iterable[Envelope], *, authenticated: bool = False
+    ) -> ReceiveResult:
         """Store events from a peer or a bundle; idempotent; durable on return.
 
         Signatures: a run of one author's events that chain by prev is authenticated
         by the signature of its last event (docs/protocol.md §batch); a run whose last
-        signature fails falls back to checking each event.
+        signature fails falls back to checking each event. ``authenticated`` says the
+        caller already did that (the sync core verifies every batch it hands over).
         """
         envelopes = sorted({e.hash: e for e in batch}.values(), key=lambda e: (e.author, e.seq))
-        authentic = _authenticate(envelopes)
-        return await self._run(lambda db: self._receive(db, envelopes, authentic), write=True)
+        authentic = ({e.hash for e in envelopes} if authenticated
+                     else _authenticate(envelopes))
+        result = await self._run(lambda db: self._receive(db, envelopes, authentic), write=True)
+        if result.stored:
+            self._changed()
+        return result
 
     def _receive(
         self, db: sqlite3.Connection, envelopes: list[Envelope], authentic: set[bytes]
@@ -371,6 +391,7 @@ class Store:
                     events.check_hlc_above(env, row[0], "dep")
         except InvalidEvent as exc:
             result.rejected.append((env, exc))
+            db.execute("DELETE FROM pending WHERE hash = ?", (env.hash,))
             return None
         self._insert(db, env, heads)
         db.execute("DELETE FROM pending WHERE hash = ?", (env.hash,))
@@ -409,6 +430,19 @@ class Store:
                 yield batch
                 seq = batch[-1].seq + 1
 
+    async def last_id(self) -> int:
+        """The local arrival number of the newest event (0 for an empty log)."""
+        return int(await self._run(
+            lambda db: db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0],
+            write=False))
+
+    async def read_after(self, last_id: int, limit: int = CHUNK) -> list[tuple[int, bytes, int, bytes]]:
+        """(id, author, seq, raw) of events that arrived after ``last_id``, in arrival order."""
+        return await self._run(lambda db: [
+            (r[0], r[1], r[2], r[3]) for r in db.execute(
+                "SELECT id, author, seq, raw FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                (last_id, limit))], write=False)
+
     async def get(self, hash_: bytes) -> Envelope | None:
         row = await self._run(lambda db: db.execute(
             "SELECT raw FROM events WHERE hkey = ? AND hash = ?",
@@ -443,22 +477,6 @@ class Store:
     async def pending_count(self) -> int:
         return int(await self._run(
             lambda db: db.execute("SELECT count(*) FROM pending").fetchone()[0], write=False))
-
-
-_signers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="potluck-sign")
-
-
-def sign_all(key: SigningKey, unsigned: Sequence[events.Unsigned]) -> list[bytes]:
-    """Signatures of every event, made on two threads (libsodium releases the GIL)."""
-    if len(unsigned) < 64:
-        return [key.sign(u.signed).signature for u in unsigned]
-    half = len(unsigned) // 2
-
-    def sign_part(part: Sequence[events.Unsigned]) -> list[bytes]:
-        return [key.sign(u.signed).signature for u in part]
-
-    later = _signers.submit(sign_part, unsigned[half:])
-    return sign_part(unsigned[:half]) + later.result()
 
 
 def _canonical_chunk(
@@ -527,7 +545,8 @@ def _stub(head: Head, author: bytes) -> Envelope:
 
 
 def _hold(db: sqlite3.Connection, env: Envelope, waiting: bytes | None) -> None:
-    db.execute("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?, ?)",
+    # REPLACE: an event released and held again waits for something else now.
+    db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?)",
                (env.hash, env.author, env.seq, waiting, env.raw))
 
 

@@ -31,7 +31,12 @@ def _flags(text: str | None) -> list[str]:
 
 def hlc_time(hlc: int) -> str:
     """The wall-clock part of an hlc as ISO 8601 UTC, to the second."""
-    moment = datetime.datetime.fromtimestamp(wall_ms(hlc) / 1000, tz=datetime.UTC)
+    return ms_time(wall_ms(hlc))
+
+
+def ms_time(ms: int) -> str:
+    """Unix milliseconds as ISO 8601 UTC, to the second."""
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 

@@ -1,0 +1,102 @@
+"""Errors of sync, as a tree.
+
+Why a tree: a peer that breaks docs/protocol.md (``ProtocolError``) ends that one
+connection with a stable ``code`` that travels in the error frame; this side calling
+the API wrongly (``LocalProtocolError``) is a bug in the driver and must not be
+blamed on the peer. Codes are listed in docs/protocol.md §errors.
+
+    PotluckError                      (node.errors)
+    └── SyncError
+        ├── ProtocolError             the connection ends; ``code``, ``reason``
+        │   ├── VersionMismatch       version-mismatch: no protocol version in common
+        │   ├── HandshakeFailed       handshake-failed: wrong group secret or bad key proof
+        │   ├── FrameTooLarge         frame-too-large: frame or batch over its limit
+        │   ├── DecryptFailed         decrypt-failed: flipped bit, replay, reorder, wrong key
+        │   ├── MalformedFrame        malformed-frame: not msgpack, or a field is wrong
+        │   ├── UnknownMessage        unknown-message: message type not in this version
+        │   ├── UnexpectedMessage     unexpected-message: not allowed in this state
+        │   ├── CreditExceeded        credit-exceeded: more event bytes than granted
+        │   ├── EventRejected         an event of a batch is invalid: its InvalidEvent code
+        │   ├── ConnectionLost        connection-lost: end of stream before both byes
+        │   └── RemoteError           the peer sent an error frame: the peer's code
+        └── LocalProtocolError        this side used the API wrongly; nothing was sent
+"""
+
+from __future__ import annotations
+
+from node.errors import InvalidEvent, PotluckError
+
+
+class SyncError(PotluckError):
+    """Root of every error sync/ raises on purpose."""
+
+
+class ProtocolError(SyncError):
+    """The connection cannot go on. ``code`` is stable and sent on the wire."""
+
+    code = "protocol-error"
+
+    def __init__(self, reason: str, *, code: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.reason}"
+
+
+class VersionMismatch(ProtocolError):
+    code = "version-mismatch"
+
+
+class HandshakeFailed(ProtocolError):
+    """The peer did not prove the group secret and its device key; it learnt nothing."""
+
+    code = "handshake-failed"
+
+
+class FrameTooLarge(ProtocolError):
+    code = "frame-too-large"
+
+
+class DecryptFailed(ProtocolError):
+    code = "decrypt-failed"
+
+
+class MalformedFrame(ProtocolError):
+    code = "malformed-frame"
+
+
+class UnknownMessage(ProtocolError):
+    code = "unknown-message"
+
+
+class UnexpectedMessage(ProtocolError):
+    """A known message in a state that does not allow it; the reason names the state."""
+
+    code = "unexpected-message"
+
+
+class CreditExceeded(ProtocolError):
+    code = "credit-exceeded"
+
+
+class EventRejected(ProtocolError):
+    """An event of a received batch breaks a rule; ``code`` is the InvalidEvent's code."""
+
+    def __init__(self, cause: InvalidEvent) -> None:
+        super().__init__(str(cause), code=cause.code)
+        self.cause = cause
+
+
+class ConnectionLost(ProtocolError):
+    code = "connection-lost"
+
+
+class RemoteError(ProtocolError):
+    """The peer ended the connection with an error frame; ``code`` is the peer's."""
+
+
+class LocalProtocolError(SyncError):
+    """This side called the protocol API wrongly (a driver bug); nothing was sent."""

@@ -1,0 +1,287 @@
+"""The peer manager: who we talk to, how we find them again, and what they get pushed.
+
+It listens for sessions, dials known addresses (reconnecting with exponential backoff
+and jitter), and pushes every event that enters the log, local or received, to every
+open session: that one rule is both live push and relay, and the sync core drops what
+a peer already has, so nothing echoes back and nothing storms.
+
+New events are noticed two ways: the store calls us after a commit in this process,
+and a short poll of the log's last id catches events appended by another process
+(a ``potluck offer post`` typed beside a running ``potluck serve``).
+
+Peers are remembered in the log's database (``peers`` table) so ``potluck peers`` can
+read them from another process while ``serve`` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+
+from nacl.signing import SigningKey
+from websockets.asyncio.server import Server
+
+from node.events import Envelope
+from node.store import Store
+from sync.transport import DialError, Session, connect_session, listen
+
+POLL_SECONDS = 0.2
+STATUS_SECONDS = 1.0
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 60.0
+STABLE_SECONDS = 30.0  # a session that lasted this long resets the backoff
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS peers (
+    address   TEXT PRIMARY KEY,      -- host:port we dial, or 'inbound:<key hex>'
+    key       BLOB,                  -- the peer's device key, once authenticated
+    found     TEXT NOT NULL,         -- manual, invite, mdns, bundle, inbound
+    dial      INTEGER NOT NULL,      -- 1 when we dial this address ourselves
+    connected INTEGER NOT NULL DEFAULT 0,
+    last_seen INTEGER,               -- unix ms of the last frame or connect
+    behind    INTEGER,               -- events we hold that the peer lacks
+    ahead     INTEGER,               -- events the peer holds that we lack
+    last_error TEXT
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRow:
+    address: str
+    key: bytes | None
+    found: str
+    dial: bool
+    connected: bool
+    last_seen: int | None
+    behind: int | None
+    ahead: int | None
+    last_error: str | None
+
+
+def setup(db: sqlite3.Connection) -> None:
+    db.execute(_SCHEMA)
+
+
+def known_peers(db: sqlite3.Connection) -> list[PeerRow]:
+    if _missing(db):
+        return []
+    return [PeerRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5], r[6], r[7], r[8])
+            for r in db.execute("SELECT address, key, found, dial, connected, last_seen, "
+                                "behind, ahead, last_error FROM peers ORDER BY address")]
+
+
+def _missing(db: sqlite3.Connection) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE name = 'peers'").fetchone() is None
+
+
+def remember(db: sqlite3.Connection, address: str, found: str) -> None:
+    """Add a dial address (kept across restarts); an existing one keeps how it was found."""
+    setup(db)
+    db.execute("INSERT OR IGNORE INTO peers (address, found, dial) VALUES (?, ?, 1)",
+               (address, found))
+
+
+def lag(ours: dict[bytes, tuple[int, bytes]],
+        theirs: dict[bytes, tuple[int, bytes]]) -> tuple[int, int]:
+    """(events the peer lacks from us, events we lack from the peer)."""
+    behind = sum(max(0, seq - theirs.get(a, (0, b""))[0]) for a, (seq, _) in ours.items())
+    ahead = sum(max(0, seq - ours.get(a, (0, b""))[0]) for a, (seq, _) in theirs.items())
+    return behind, ahead
+
+
+class PeerManager:
+    """Runs the sessions of one node. ``say`` receives one status line per change."""
+
+    def __init__(self, store: Store, key: SigningKey, *,
+                 say: Callable[[str], None] = lambda line: None,
+                 name_of: Callable[[bytes], str | None] = lambda key: None) -> None:
+        self.store = store
+        self.key = key
+        self.say = say
+        self.name_of = name_of
+        self.sessions: set[Session] = set()
+        self._server: Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dialing: set[str] = set()
+        self._wake = asyncio.Event()
+        self._running = False
+        self._caught_up: set[Session] = set()
+        self._found: dict[str, str] = {}
+
+    async def start(self, host: str | None = None, port: int | None = None) -> int | None:
+        """Start pushing and, when ``host`` is given, listening; return the bound port."""
+        await self.store.write(setup)
+        await self.store.write(lambda db: db.execute("UPDATE peers SET connected = 0"))
+        self._running = True
+        self.store.on_change(self._wake.set)
+        self._spawn(self._feed())
+        self._spawn(self._status())
+        bound: int | None = None
+        if host is not None and port is not None:
+            self._server = await listen(host, port, self.key, self.store, self._serve_session,
+                                        on_stored=self._stored)
+            bound = self._server.sockets[0].getsockname()[1] if self._server.sockets else port
+            self.say(f"listening on {host}:{bound}")
+        for row in await self.store.read(known_peers):
+            if row.dial:
+                self.add_peer(row.address, row.found)
+        return bound
+
+    def add_peer(self, address: str, found: str = "manual") -> None:
+        """Keep a session to ``address`` open from now on (remembered across restarts)."""
+        if address in self._dialing or not self._running:
+            return
+        self._dialing.add(address)
+        self._found[address] = found
+        self._spawn(self._dial_loop(address, found))
+
+    async def stop(self) -> None:
+        """Close every session and stop listening; returns when all tasks ended."""
+        self._running = False
+        if self._server is not None:
+            self._server.close()
+        await asyncio.gather(*(s.close() for s in list(self.sessions)),
+                             return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+        with contextlib.suppress(Exception):
+            await self.store.write(lambda db: db.execute("UPDATE peers SET connected = 0"))
+
+    # -- sessions ------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve_session(self, session: Session) -> None:
+        await self._run_session(session, None, "inbound")
+
+    async def _dial_loop(self, address: str, found: str) -> None:
+        await self.store.write(lambda db: remember(db, address, found))
+        delay = BACKOFF_FIRST
+        while self._running:
+            began = time.monotonic()
+            try:
+                session = await connect_session(address, self.key, self.store,
+                                                on_stored=self._stored)
+            except DialError as exc:
+                await self._record(address, None, connected=False, error=str(exc), found=found)
+            else:
+                await self._run_session(session, address, found)
+            if time.monotonic() - began > STABLE_SECONDS:
+                delay = BACKOFF_FIRST
+            if not self._running:
+                return
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _run_session(self, session: Session, address: str | None, found: str) -> None:
+        """Track ``session`` while driving it to its end."""
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            await self._ended(session, address, found)
+
+    async def _ended(self, session: Session, address: str | None, found: str) -> None:
+        self.sessions.discard(session)
+        self._caught_up.discard(session)
+        key = session.peer_key
+        if key is not None:
+            self.say(f"peer lost: {self._label(key)} at {session.address}"
+                     + (f" ({session.error})" if session.error else ""))
+        await self._record(address or _inbound(key), key, connected=False,
+                           error=session.error, found=found)
+
+    def _stored(self, session: Session, stored: Sequence[Envelope]) -> None:
+        self._wake.set()  # relay: the feed pushes them to every other session
+
+    async def _feed(self) -> None:
+        """Push every event that enters the log to every open session, in arrival order."""
+        last = await self.store.last_id()
+        while self._running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+            self._wake.clear()
+            while True:
+                rows = await self.store.read_after(last, 1000)
+                if not rows:
+                    break
+                last = rows[-1][0]
+                runs: list[tuple[bytes, list[bytes]]] = []
+                for _id, author, _seq, raw in rows:
+                    if runs and runs[-1][0] == author:
+                        runs[-1][1].append(raw)
+                    else:
+                        runs.append((author, [raw]))
+                for session in list(self.sessions):
+                    for author, raws in runs:
+                        session.push(author, raws)
+                    with contextlib.suppress(Exception):
+                        await session.flush()
+
+    async def _status(self) -> None:
+        """Record each session's lag and say when a peer is connected and caught up."""
+        while self._running:
+            await asyncio.sleep(STATUS_SECONDS / 4)
+            if not self.sessions:
+                continue
+            ours = await self.store.vector()
+            for session in list(self.sessions):
+                key = session.peer_key
+                if key is None or not session.protocol.peer_vector_complete:
+                    continue
+                behind, ahead = lag(ours, session.protocol.peer_vector)
+                address = (session.address if session.protocol.role.name == "INITIATOR"
+                           else _inbound(key))
+                if session not in self._caught_up and ahead == 0 and behind == 0:
+                    self._caught_up.add(session)
+                    self.say(f"caught up with {self._label(key)}: received "
+                             f"{session.stats.events_in} events, sent "
+                             f"{session.stats.events_out}")
+                await self._record(address, key, connected=True, behind=behind, ahead=ahead,
+                                   found=self._found.get(address, "inbound"))
+
+    async def _record(self, address: str, key: bytes | None, *, connected: bool,
+                      error: str | None = None, behind: int | None = None,
+                      ahead: int | None = None, found: str = "inbound") -> None:
+        now = int(time.time() * 1000)
+
+        def write(db: sqlite3.Connection) -> None:
+            new = db.execute("SELECT connected FROM peers WHERE address = ?",
+                             (address,)).fetchone()
+            db.execute(
+                "INSERT INTO peers (address, key, found, dial, connected, last_seen, behind, "
+                "ahead, last_error) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (address) DO UPDATE SET key = coalesce(excluded.key, key), "
+                "connected = excluded.connected, "
+                "last_seen = CASE WHEN excluded.key IS NULL THEN last_seen "
+                "ELSE excluded.last_seen END, "
+                "behind = coalesce(excluded.behind, behind), "
+                "ahead = coalesce(excluded.ahead, ahead), last_error = excluded.last_error",
+                (address, key, found, int(connected), now if key else None, behind, ahead,
+                 error))
+            if connected and (new is None or not new[0]) and key is not None:
+                self.say(f"peer connected: {self._label(key)} at {address}")
+
+        with contextlib.suppress(Exception):
+            await self.store.write(write)
+
+    def _label(self, key: bytes) -> str:
+        name = self.name_of(key)
+        return f"{name} ({key.hex()[:8]})" if name else key.hex()[:8]
+
+
+def _inbound(key: bytes | None) -> str:
+    return "inbound:" + (key.hex() if key else "unknown")

@@ -1,0 +1,730 @@
+"""The sync protocol core: one connection as a sans-I/O state machine.
+
+How it works
+============
+
+A ``SyncProtocol`` is one side of one connection. It never touches a socket, a clock,
+the disk or the event loop. The transport feeds it what arrived and writes what it
+produced; the node answers the questions it asks. Everything that happens on the wire
+is decided here, so the whole protocol can be tested by handing bytes from one object
+to another (docs/protocol.md is the specification; § numbers below refer to it).
+
+*Inputs* are ``receive_data(frame)`` for each binary websocket frame and
+``receive_eof()`` when the stream ends; *commands* are ``send_have``,
+``send_events``, ``send_credit``, ``send_bye`` and ``fail``. *Outputs* are read
+back and drained: ``data_to_send()`` (frames to write, in order),
+``events_received()`` (verified batches for the store), ``requests()`` (what the
+node must look up: ``VectorWanted``, ``EventsWanted``), ``close_expected()`` and
+``error``. Call the outputs after every input or command.
+
+*States.* Every side first sends ``hello`` (protocol name, versions); both pick the
+highest common version, so they agree without another round trip (§versions). Then
+the three Noise messages run (§handshake): the initiator, the websocket client, waits
+for message 2; the responder for messages 1 and 3. After them the connection is
+OPEN and every frame is AEAD-encrypted with a per-direction counter as nonce
+(§frames). ``bye`` is a half close: "I will send no more have or events". The side
+that said it is LOCAL_DONE, the side that heard it PEER_DONE, and both byes make it
+CLOSED. Any error makes it FAILED. Every legal step, for messages received and for
+commands given, is one entry of ``TRANSITIONS``: (role, state, message or command)
+-> next state. Anything missing there is refused: a message is an
+``UnexpectedMessage`` naming the state, a command a ``LocalProtocolError``. Once
+CLOSED or FAILED, commands are ignored, because drivers race with endings.
+
+*Errors.* ``receive_data`` never raises for what the peer does. The first
+``ProtocolError`` is recorded in ``error``, the state becomes FAILED, and, once the
+handshake is done, an encrypted ``error`` frame with the code goes out so the peer
+knows why; before that nothing is said to a peer that has not proven itself. Then
+``close_expected()`` is true. Later input is discarded.
+
+*Catch-up.* Both sides send their vector (author -> seq, head hash) in ``have``
+messages, the last one flagged ``end``. Once the peer's vector is complete, every
+author where we are ahead, or at the same seq with a different head (a fork), becomes
+an ``EventsWanted`` for the node, which reads its log and calls ``send_events``. The
+core remembers what the peer has (its vector plus everything sent or received since),
+drops events the peer already has, and refuses to open a gap: a batch that starts
+past the peer's head becomes an ``EventsWanted`` for the missing range instead. So
+live push and relay are just ``send_events`` to every connection; nothing echoes.
+
+*Flow control.* The receiver grants credit in bytes of event data (§credit): its
+window on open, then more with ``send_credit`` as it stores batches. The sender packs
+events of one author into frames of at most 1 MiB of events, never beyond its credit;
+the rest waits in a queue (``outgoing_backlog``) until credit comes. A peer that
+sends beyond its credit fails with ``credit-exceeded``.
+
+*Verification.* Each received batch is decoded event by event, checked to be one
+author's contiguous chain, checked against the group and the ``validate`` hook, and
+authenticated by its hash links plus the signature of its last event (§batch). A batch
+that starts mid-chain is authentic in itself; the store still links its first event to
+its own head (``Received.from_genesis`` is false).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+import msgpack
+from nacl.signing import SigningKey
+
+from node.errors import InvalidEvent, MalformedEvent
+from node.events import (
+    HASH_BYTES,
+    KEY_BYTES,
+    MAX_EVENT_BYTES,
+    Envelope,
+    check_group,
+    decode,
+    verify_chain,
+    verify_signature,
+)
+from sync.errors import (
+    ConnectionLost,
+    CreditExceeded,
+    EventRejected,
+    FrameTooLarge,
+    LocalProtocolError,
+    MalformedFrame,
+    ProtocolError,
+    RemoteError,
+    UnexpectedMessage,
+    UnknownMessage,
+    VersionMismatch,
+)
+from sync.handshake import TAG_BYTES, Handshake, Session
+
+PROTOCOL_NAME: Final = "potluck-sync"
+VERSIONS: Final = (1,)
+
+# Limits, docs/protocol.md §limits.
+MAX_BATCH_BYTES: Final = 1 << 20  # event bytes in one events message
+MAX_MESSAGE_BYTES: Final = MAX_BATCH_BYTES + (64 << 10)  # plaintext of any frame
+MAX_FRAME_BYTES: Final = MAX_MESSAGE_BYTES + TAG_BYTES  # any frame on the wire
+MAX_CLEAR_FRAME_BYTES: Final = 4096  # hello and handshake frames
+MAX_HAVE_ENTRIES: Final = 8192
+MAX_VERSIONS: Final = 32
+MAX_CREDIT_GRANT: Final = (1 << 32) - 1
+MAX_CREDIT: Final = 1 << 40
+DEFAULT_WINDOW: Final = 4 << 20
+MAX_REASON_CHARS: Final = 1024
+CODE_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+
+# What msgpack.unpackb raises for bad input (all ValueError subclasses in msgpack 1.x).
+_UNPACK_ERRORS: Final = (ValueError, TypeError, msgpack.exceptions.UnpackException)
+
+Vector: TypeAlias = Mapping[bytes, tuple[int, bytes]]
+Message: TypeAlias = dict[str, object]
+
+
+class Role(enum.Enum):
+    INITIATOR = "initiator"  # the side that dialled (websocket client)
+    RESPONDER = "responder"
+
+
+class State(enum.Enum):
+    HELLO = "hello"  # our hello is sent; waiting for the peer's
+    AWAIT_MESSAGE_1 = "await-message-1"  # responder
+    AWAIT_MESSAGE_2 = "await-message-2"  # initiator
+    AWAIT_MESSAGE_3 = "await-message-3"  # responder
+    OPEN = "open"
+    LOCAL_DONE = "local-done"  # we said bye; the peer may still send
+    PEER_DONE = "peer-done"  # the peer said bye; we may still send
+    CLOSED = "closed"  # both said bye
+    FAILED = "failed"
+
+
+# Message types on the wire (§messages) ...
+HELLO, HANDSHAKE, HAVE, EVENTS, CREDIT, ERROR, BYE = (
+    "hello", "handshake", "have", "events", "credit", "error", "bye")
+MESSAGE_TYPES: Final = frozenset({HELLO, HANDSHAKE, HAVE, EVENTS, CREDIT, ERROR, BYE})
+# ... and this side's commands, which move the state too.
+SEND_HAVE, SEND_EVENTS, SEND_CREDIT, SEND_BYE = (
+    "send have", "send events", "send credit", "send bye")
+
+_AFTER_HANDSHAKE: Final[dict[State, dict[str, State]]] = {
+    State.OPEN: {
+        HAVE: State.OPEN, EVENTS: State.OPEN, CREDIT: State.OPEN,
+        BYE: State.PEER_DONE, ERROR: State.FAILED,
+        SEND_HAVE: State.OPEN, SEND_EVENTS: State.OPEN, SEND_CREDIT: State.OPEN,
+        SEND_BYE: State.LOCAL_DONE,
+    },
+    State.LOCAL_DONE: {
+        HAVE: State.LOCAL_DONE, EVENTS: State.LOCAL_DONE, CREDIT: State.LOCAL_DONE,
+        BYE: State.CLOSED, ERROR: State.FAILED,
+        SEND_CREDIT: State.LOCAL_DONE,
+    },
+    State.PEER_DONE: {
+        CREDIT: State.PEER_DONE, ERROR: State.FAILED,
+        SEND_HAVE: State.PEER_DONE, SEND_EVENTS: State.PEER_DONE,
+        SEND_CREDIT: State.PEER_DONE, SEND_BYE: State.CLOSED,
+    },
+    State.CLOSED: {},
+    State.FAILED: {},
+}
+
+# Every transition of the protocol (docs/protocol.md §states): role -> state ->
+# message received or command given -> next state.
+TRANSITIONS: Final[Mapping[Role, Mapping[State, Mapping[str, State]]]] = {
+    Role.INITIATOR: {
+        State.HELLO: {HELLO: State.AWAIT_MESSAGE_2},
+        State.AWAIT_MESSAGE_2: {HANDSHAKE: State.OPEN},
+        **_AFTER_HANDSHAKE,
+    },
+    Role.RESPONDER: {
+        State.HELLO: {HELLO: State.AWAIT_MESSAGE_1},
+        State.AWAIT_MESSAGE_1: {HANDSHAKE: State.AWAIT_MESSAGE_3},
+        State.AWAIT_MESSAGE_3: {HANDSHAKE: State.OPEN},
+        **_AFTER_HANDSHAKE,
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One verified batch of one author's events, in seq order.
+
+    Every envelope is authentic: the links inside the batch and the last signature
+    were checked (§batch). When ``from_genesis`` is false the batch starts mid-chain
+    and the store must check that ``envelopes[0]`` follows its head
+    (``node.events.check_follows``). After storing, return ``size`` bytes of credit
+    with ``send_credit``.
+    """
+
+    author: bytes
+    envelopes: tuple[Envelope, ...]
+    size: int
+
+    @property
+    def from_genesis(self) -> bool:
+        return self.envelopes[0].seq == 1
+
+
+@dataclass(frozen=True, slots=True)
+class VectorWanted:
+    """The handshake is done: answer with ``send_have(store heads)``."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventsWanted:
+    """The peer lacks events of ``author``: answer with ``send_events`` from ``from_seq``.
+
+    ``from_seq`` is the peer's own head seq when it has one: the core drops that
+    overlap unless its hash differs from ``peer_head``, which is how a fork's
+    evidence reaches the peer. Read and send in slices while ``outgoing_backlog``
+    is small, so memory stays bounded.
+    """
+
+    author: bytes
+    from_seq: int
+    peer_seq: int
+    peer_head: bytes | None
+
+
+Request: TypeAlias = VectorWanted | EventsWanted
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    author: bytes
+    raws: list[bytes]
+    pos: int = 0
+
+
+class SyncProtocol:
+    """One side of one sync connection; see the module essay and docs/protocol.md.
+
+    ``group`` (when given) refuses events of another group; ``validate`` is called on
+    every received envelope and may raise an InvalidEvent (for instance NotAMember).
+    ``window`` is the credit granted to the peer on open. ``ephemeral`` fixes the
+    X25519 ephemeral key, for tests only. Right after construction ``data_to_send()``
+    holds our hello.
+    """
+
+    def __init__(
+        self, role: Role, *, device_key: SigningKey, group_secret: bytes,
+        group: bytes | None = None, validate: Callable[[Envelope], None] | None = None,
+        versions: Sequence[int] = VERSIONS, window: int = DEFAULT_WINDOW,
+        ephemeral: bytes | None = None,
+    ) -> None:
+        if not versions or not all(type(v) is int and 1 <= v <= 0xFFFF for v in versions):
+            raise LocalProtocolError("versions must be integers 1..65535")
+        if not MAX_EVENT_BYTES <= window <= MAX_CREDIT_GRANT:
+            raise LocalProtocolError(
+                f"window must be {MAX_EVENT_BYTES}..{MAX_CREDIT_GRANT} bytes")
+        if len(group_secret) != 32:
+            raise LocalProtocolError("group secret must be 32 bytes")
+        self.role = role
+        self._device_key = device_key
+        self._group_secret = group_secret
+        self._group = group
+        self._validate = validate
+        self._versions = sorted(set(versions))
+        self._window = window
+        self._ephemeral = ephemeral
+        self._state = State.HELLO
+        self._error: ProtocolError | None = None
+        self._eof = False
+        self.version: int | None = None
+        self._handshake: Handshake | None = None
+        self._session: Session | None = None
+        self._out: list[bytes] = []
+        self._received: list[Received] = []
+        self._requests: list[Request] = []
+        self._pending_wants: set[EventsWanted] = set()
+        self._ours: dict[bytes, tuple[int, bytes]] = {}
+        self._peer: dict[bytes, tuple[int, bytes]] = {}
+        self._peer_vector_complete = False
+        self._credit_in = 0  # event bytes the peer may still send us
+        self._credit_out = 0  # event bytes we may still send
+        self._queue: deque[_Outgoing] = deque()
+        self._backlog = 0
+        self._bye_requested = False
+        self._handlers: dict[str, Callable[[Message], None]] = {
+            HELLO: self._on_hello, HANDSHAKE: self._on_handshake, HAVE: self._on_have,
+            EVENTS: self._on_events, CREDIT: self._on_credit, ERROR: self._on_error,
+            BYE: self._on_bye,
+        }
+        self._hello = _pack({"t": HELLO, "protocol": PROTOCOL_NAME,
+                             "versions": self._versions})
+        self._peer_hello = b""
+        self._out.append(self._hello)
+
+    # -- what the driver reads ------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def error(self) -> ProtocolError | None:
+        """Why the connection failed (ours or the peer's ``RemoteError``), else None."""
+        return self._error
+
+    @property
+    def peer_key(self) -> bytes | None:
+        """The peer's Ed25519 device key, proven by the handshake; None before it."""
+        return self._session.peer_key if self._session is not None else None
+
+    @property
+    def peer_vector(self) -> dict[bytes, tuple[int, bytes]]:
+        """What the peer has, as far as we know: author -> (seq, head hash)."""
+        return dict(self._peer)
+
+    @property
+    def peer_vector_complete(self) -> bool:
+        """True once the peer's first whole vector arrived."""
+        return self._peer_vector_complete
+
+    @property
+    def can_send_events(self) -> bool:
+        """True when ``send_have`` and ``send_events`` are allowed now."""
+        return self._state in (State.OPEN, State.PEER_DONE) and not self._bye_requested
+
+    @property
+    def outgoing_backlog(self) -> int:
+        """Event bytes queued by ``send_events`` and waiting for the peer's credit."""
+        return self._backlog
+
+    @property
+    def credit(self) -> int:
+        """Event bytes we may send before the peer grants more."""
+        return self._credit_out
+
+    def data_to_send(self) -> list[bytes]:
+        """Frames to write, in order, each as one binary websocket frame. Drains."""
+        out, self._out = self._out, []
+        return out
+
+    def events_received(self) -> list[Received]:
+        """Verified batches to store, in arrival order. Drains."""
+        out, self._received = self._received, []
+        return out
+
+    def requests(self) -> list[Request]:
+        """What the node must look up and answer with a command. Drains."""
+        out, self._requests = self._requests, []
+        self._pending_wants.clear()
+        return out
+
+    def close_expected(self) -> bool:
+        """True once the connection is over: write ``data_to_send()``, then close."""
+        return self._state in (State.CLOSED, State.FAILED)
+
+    # -- inputs ---------------------------------------------------------------------
+
+    def receive_data(self, frame: bytes) -> None:
+        """Feed one binary frame. Never raises for the peer's faults: see ``error``."""
+        if self._state is State.FAILED or self._eof:
+            return
+        try:
+            kind, message = self._open_frame(frame)
+            if kind == HELLO:
+                self._peer_hello = frame
+            self._state = self._next(kind)
+            self._handlers[kind](message)
+        except ProtocolError as exc:
+            self._fail(exc)
+
+    def receive_eof(self) -> None:
+        """The stream ended. Before both byes this is ``connection-lost``."""
+        if self._eof:
+            return
+        self._eof = True
+        if not self.close_expected():
+            self._fail(ConnectionLost(
+                f"stream ended in state {self._state.name} before both sides said bye"))
+
+    # -- commands -------------------------------------------------------------------
+
+    def send_have(self, vector: Vector) -> None:
+        """Send (part of) our vector: author -> (seq, head hash). Call on VectorWanted
+        with the store's heads; later calls announce newer heads."""
+        if self.close_expected():
+            return
+        self._check_command(SEND_HAVE)
+        entries: list[list[object]] = []
+        for author, (seq, head) in vector.items():
+            if (len(author) != KEY_BYTES or type(seq) is not int or seq < 1
+                    or len(head) != HASH_BYTES):
+                raise LocalProtocolError("vector entries are author -> (seq >= 1, head)")
+            _advance(self._ours, author, seq, head)
+            entries.append([author, seq, head])
+        chunks = [entries[i:i + MAX_HAVE_ENTRIES]
+                  for i in range(0, len(entries), MAX_HAVE_ENTRIES)] or [[]]
+        for i, chunk in enumerate(chunks):
+            self._write({"t": HAVE, "vector": chunk, "end": i == len(chunks) - 1})
+        if self._peer_vector_complete:
+            for author in vector:
+                self._compare(author)
+
+    def send_events(self, raws: Sequence[bytes]) -> None:
+        """Queue encoded events of ONE author, contiguous, in seq order.
+
+        Events the peer already has are dropped; a batch that would leave a gap
+        becomes an EventsWanted instead; before the peer's vector is complete the
+        batch is only remembered (the vector comparison will ask for it). Frames go
+        out as credit allows: check ``outgoing_backlog`` before reading more.
+        """
+        if self.close_expected():
+            return
+        self._check_command(SEND_EVENTS)
+        if not raws:
+            return
+        author, first_seq = _peek(raws[0])
+        last_author, last_seq = _peek(raws[-1])
+        if last_author != author or last_seq - first_seq != len(raws) - 1:
+            raise LocalProtocolError("send_events takes one author's contiguous events")
+        last_hash = _hash_of(raws[-1])
+        _advance(self._ours, author, last_seq, last_hash)
+        if not self._peer_vector_complete:
+            return
+        peer_seq, peer_head = self._peer.get(author, (0, None))
+        if last_seq < peer_seq:
+            return
+        i = max(0, peer_seq - first_seq)
+        if first_seq + i == peer_seq and _hash_of(raws[i]) == peer_head:
+            i += 1  # the overlap: the peer has this very event
+        if i == len(raws):
+            return
+        if first_seq + i > peer_seq + 1:
+            self._want(author, peer_seq, peer_head)
+            return
+        batch = list(raws[i:])
+        self._peer[author] = (last_seq, last_hash)
+        self._queue.append(_Outgoing(author, batch))
+        self._backlog += sum(len(raw) for raw in batch)
+        self._flush()
+
+    def send_credit(self, size: int) -> None:
+        """Let the peer send ``size`` more event bytes; call after storing a batch
+        with its ``Received.size``."""
+        if self.close_expected():
+            return
+        self._check_command(SEND_CREDIT)
+        if type(size) is not int or not 1 <= size <= MAX_CREDIT_GRANT:
+            raise LocalProtocolError(f"credit must be 1..{MAX_CREDIT_GRANT} bytes")
+        if self._credit_in + size > MAX_CREDIT:
+            raise LocalProtocolError("outstanding credit would pass 2^40 bytes")
+        self._credit_in += size
+        self._write({"t": CREDIT, "bytes": size})
+
+    def send_bye(self) -> None:
+        """Promise to send no more have or events. The bye frame follows every queued
+        event, so it may wait for credit; until then the state does not change."""
+        if self.close_expected():
+            return
+        self._check_command(SEND_BYE)
+        self._bye_requested = True
+        self._flush()
+
+    def fail(self, code: str, reason: str) -> None:
+        """End the connection with ``code`` (e.g. the store refused an event)."""
+        if self.close_expected():
+            return
+        if not CODE_PATTERN.fullmatch(code):
+            raise LocalProtocolError(f"error code {code!r} is not [a-z0-9-], 1..64 chars")
+        self._fail(ProtocolError(reason, code=code))
+
+    # -- the machine ----------------------------------------------------------------
+
+    def _next(self, kind: str) -> State:
+        """The transition for message ``kind`` from here; refuse what the table lacks."""
+        next_state = TRANSITIONS[self.role][self._state].get(kind)
+        if next_state is None:
+            raise UnexpectedMessage(f"{kind} message not allowed in state {self._state.name}")
+        return next_state
+
+    def _check_command(self, command: str) -> None:
+        if command not in TRANSITIONS[self.role][self._state]:
+            raise LocalProtocolError(f"cannot {command} in state {self._state.name}")
+        if self._bye_requested and command != SEND_CREDIT:
+            raise LocalProtocolError(f"cannot {command} after send_bye")
+
+    def _fail(self, exc: ProtocolError) -> None:
+        if self._error is not None:
+            return  # the first error is the reason
+        tell_peer = (self._session is not None and not self._eof
+                     and not isinstance(exc, RemoteError))
+        self._state = State.FAILED
+        self._error = exc
+        self._queue.clear()
+        self._backlog = 0
+        if tell_peer:
+            self._write({"t": ERROR, "code": exc.code,
+                         "reason": exc.reason[:MAX_REASON_CHARS]})
+
+    def _write(self, message: Message) -> None:
+        data = _pack(message)
+        if self._session is not None:
+            data = self._session.send.encrypt(data)
+        self._out.append(data)
+
+    def _open_frame(self, frame: bytes) -> tuple[str, Message]:
+        """Size check, decrypt, parse: a map with a known string type ``t``."""
+        limit = MAX_FRAME_BYTES if self._session is not None else MAX_CLEAR_FRAME_BYTES
+        if len(frame) > limit:
+            raise FrameTooLarge(
+                f"frame of {len(frame)} bytes, limit {limit} in state {self._state.name}")
+        data = self._session.receive.decrypt(frame) if self._session is not None else frame
+        try:
+            message = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        except _UNPACK_ERRORS:
+            raise MalformedFrame("frame is not one msgpack value") from None
+        if not isinstance(message, dict):
+            raise MalformedFrame("frame is not a msgpack map")
+        kind = message.get("t")
+        if not isinstance(kind, str):
+            raise MalformedFrame("frame has no string field t")
+        if kind not in MESSAGE_TYPES:
+            raise UnknownMessage(f"unknown message type {_show(kind)}")
+        return kind, message
+
+    def _on_hello(self, message: Message) -> None:
+        protocol, versions = message.get("protocol"), message.get("versions")
+        if protocol != PROTOCOL_NAME:
+            raise VersionMismatch(f"peer speaks {_show(protocol)}, not {PROTOCOL_NAME!r}")
+        if (not isinstance(versions, list) or not 1 <= len(versions) <= MAX_VERSIONS
+                or not all(type(v) is int and 1 <= v <= 0xFFFF for v in versions)):
+            raise MalformedFrame("hello: versions must be a list of 1..32 integers")
+        common = set(self._versions) & set(versions)
+        if not common:
+            raise VersionMismatch(
+                f"peer speaks {PROTOCOL_NAME} versions {sorted(versions)}, this node "
+                f"speaks {self._versions}: upgrade the older node")
+        self.version = max(common)
+        initiator = self.role is Role.INITIATOR
+        first, second = ((self._hello, self._peer_hello) if initiator
+                         else (self._peer_hello, self._hello))
+        # Both hellos are the Noise prologue: a downgrade fails the handshake (§versions).
+        prologue = b"".join(len(h).to_bytes(4, "big") + h for h in (first, second))
+        self._handshake = Handshake(
+            initiator=initiator, device_key=self._device_key,
+            group_secret=self._group_secret, prologue=prologue, ephemeral=self._ephemeral)
+        if initiator:
+            self._write({"t": HANDSHAKE, "noise": self._handshake.start()})
+
+    def _on_handshake(self, message: Message) -> None:
+        noise = message.get("noise")
+        if not isinstance(noise, bytes):
+            raise MalformedFrame("handshake: noise must be bytes")
+        assert self._handshake is not None
+        reply = self._handshake.receive(noise)
+        if reply is not None:
+            self._write({"t": HANDSHAKE, "noise": reply})
+        session = self._handshake.session
+        if session is not None:
+            self._session, self._handshake = session, None
+            self._credit_in = self._window
+            self._write({"t": CREDIT, "bytes": self._window})
+            self._requests.append(VectorWanted())
+
+    def _on_have(self, message: Message) -> None:
+        vector, end = message.get("vector"), message.get("end", False)
+        if not isinstance(vector, list) or len(vector) > MAX_HAVE_ENTRIES:
+            raise MalformedFrame(f"have: vector must be a list of at most "
+                                 f"{MAX_HAVE_ENTRIES} entries")
+        if not isinstance(end, bool):
+            raise MalformedFrame("have: end must be a boolean")
+        authors: list[bytes] = []
+        for entry in vector:
+            author, seq, head = _have_entry(entry)
+            known = self._peer.get(author)
+            # The peer's first vector is the truth; later ones only move forward.
+            if not self._peer_vector_complete or known is None or seq > known[0]:
+                self._peer[author] = (seq, head)
+            authors.append(author)
+        if self._peer_vector_complete:
+            for author in authors:
+                self._compare(author)
+        elif end:
+            self._peer_vector_complete = True
+            for author in list(self._ours):
+                self._compare(author)
+
+    def _on_events(self, message: Message) -> None:
+        author, raws = message.get("author"), message.get("events")
+        if not isinstance(author, bytes) or len(author) != KEY_BYTES:
+            raise MalformedFrame("events: author must be 32 bytes")
+        if (not isinstance(raws, list) or not raws
+                or not all(isinstance(raw, bytes) for raw in raws)):
+            raise MalformedFrame("events: events must be a non-empty list of bytes")
+        size = sum(len(raw) for raw in raws)
+        if size > MAX_BATCH_BYTES:
+            raise FrameTooLarge(f"events batch of {size} bytes, limit {MAX_BATCH_BYTES}")
+        if size > self._credit_in:
+            raise CreditExceeded(
+                f"peer sent {size} event bytes with only {self._credit_in} granted")
+        self._credit_in -= size
+        try:
+            envelopes = tuple(decode(raw) for raw in raws)
+            for envelope in envelopes:
+                if envelope.author != author:
+                    raise MalformedEvent("an event's author is not the batch's author")
+                if self._group is not None:
+                    check_group(envelope, self._group)
+                if self._validate is not None:
+                    self._validate(envelope)
+            _verify_batch(envelopes)
+        except InvalidEvent as exc:
+            raise EventRejected(exc) from None
+        last = envelopes[-1]
+        _advance(self._ours, author, last.seq, last.hash)
+        _advance(self._peer, author, last.seq, last.hash)
+        self._received.append(Received(author, envelopes, size))
+
+    def _on_credit(self, message: Message) -> None:
+        size = message.get("bytes")
+        if type(size) is not int or not 1 <= size <= MAX_CREDIT_GRANT:
+            raise MalformedFrame(f"credit: bytes must be 1..{MAX_CREDIT_GRANT}")
+        if self._credit_out + size > MAX_CREDIT:
+            raise MalformedFrame("credit: outstanding credit would pass 2^40 bytes")
+        self._credit_out += size
+        self._flush()
+
+    def _on_error(self, message: Message) -> None:
+        code, reason = message.get("code"), message.get("reason", "")
+        if not isinstance(code, str) or not CODE_PATTERN.fullmatch(code):
+            raise MalformedFrame("error: code must be [a-z0-9-], 1..64 chars")
+        if not isinstance(reason, str):
+            raise MalformedFrame("error: reason must be a string")
+        self._error = RemoteError(reason[:MAX_REASON_CHARS], code=code)
+        self._queue.clear()
+        self._backlog = 0
+
+    def _on_bye(self, message: Message) -> None:
+        """Nothing to do: the transition is the whole meaning of bye."""
+
+    def _compare(self, author: bytes) -> None:
+        """Ask the node for what the peer lacks of ``author``, if anything (§catch-up)."""
+        ours = self._ours.get(author)
+        if ours is None or not self.can_send_events:
+            return
+        peer_seq, peer_head = self._peer.get(author, (0, None))
+        if ours[0] > peer_seq or (ours[0] == peer_seq and ours[1] != peer_head):
+            self._want(author, peer_seq, peer_head)
+
+    def _want(self, author: bytes, peer_seq: int, peer_head: bytes | None) -> None:
+        request = EventsWanted(author, max(1, peer_seq), peer_seq, peer_head)
+        if request not in self._pending_wants:
+            self._pending_wants.add(request)
+            self._requests.append(request)
+
+    def _flush(self) -> None:
+        """Write queued events as credit allows, then a requested bye."""
+        while self._queue:
+            item = self._queue[0]
+            budget = min(MAX_BATCH_BYTES, self._credit_out)
+            size, end = 0, item.pos
+            while end < len(item.raws) and size + len(item.raws[end]) <= budget:
+                size += len(item.raws[end])
+                end += 1
+            if end == item.pos:
+                return  # waiting for credit
+            batch, item.pos = item.raws[item.pos:end], end
+            self._credit_out -= size
+            self._backlog -= size
+            self._write({"t": EVENTS, "author": item.author, "events": batch})
+            if item.pos == len(item.raws):
+                self._queue.popleft()
+        if self._bye_requested:
+            self._bye_requested = False
+            self._state = TRANSITIONS[self.role][self._state][SEND_BYE]
+            self._write({"t": BYE})
+
+
+def _pack(message: Message) -> bytes:
+    data: bytes = msgpack.packb(message, use_bin_type=True)
+    return data
+
+
+def _show(value: object) -> str:
+    """A short, safe rendering of a peer's value for an error reason."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _advance(table: dict[bytes, tuple[int, bytes]], author: bytes, seq: int,
+             head: bytes) -> None:
+    known = table.get(author)
+    if known is None or seq > known[0]:
+        table[author] = (seq, head)
+
+
+def _have_entry(entry: object) -> tuple[bytes, int, bytes]:
+    if isinstance(entry, list) and len(entry) == 3:
+        author, seq, head = entry
+        if (isinstance(author, bytes) and len(author) == KEY_BYTES
+                and type(seq) is int and 1 <= seq < (1 << 64)
+                and isinstance(head, bytes) and len(head) == HASH_BYTES):
+            return author, seq, head
+    raise MalformedFrame("have: each entry is [author (32 bytes), seq >= 1, head (32 bytes)]")
+
+
+def _peek(raw: bytes) -> tuple[bytes, int]:
+    """Author and seq of one of our own encoded events, without full verification."""
+    try:
+        fields = msgpack.unpackb(raw, raw=False)
+        author, seq = fields["author"], fields["seq"]
+    except (*_UNPACK_ERRORS, KeyError):  # anything that is not an event map
+        raise LocalProtocolError("send_events takes encoded events (Envelope.raw)") from None
+    if not isinstance(author, bytes) or type(seq) is not int:
+        raise LocalProtocolError("send_events takes encoded events (Envelope.raw)")
+    return author, seq
+
+
+def _hash_of(raw: bytes) -> bytes:
+    try:
+        return decode(raw).hash
+    except InvalidEvent as exc:
+        raise LocalProtocolError(f"send_events: {exc}") from None
+
+
+def _verify_batch(envelopes: tuple[Envelope, ...]) -> None:
+    """Links inside the batch and the last signature (§batch); raise InvalidEvent."""
+    if len(envelopes) == 1:
+        verify_signature(envelopes[0])
+    else:
+        verify_chain(envelopes[1:], previous=envelopes[0])

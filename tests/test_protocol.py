@@ -1,0 +1,719 @@
+"""The sync protocol core, bytes in and bytes out: two SyncProtocol objects wired in memory.
+
+No sockets: ``pump`` hands every frame one side writes to the other (docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from node.errors import NotAMember
+from node.events import Envelope, create, pack
+from sync.errors import LocalProtocolError, ProtocolError, RemoteError
+from sync.protocol import (
+    MAX_BATCH_BYTES,
+    MAX_CLEAR_FRAME_BYTES,
+    MAX_FRAME_BYTES,
+    MAX_HAVE_ENTRIES,
+    MESSAGE_TYPES,
+    TRANSITIONS,
+    EventsWanted,
+    Received,
+    Role,
+    State,
+    SyncProtocol,
+    VectorWanted,
+)
+
+SECRET = bytes(range(32))
+GROUP = b"G" * 32
+ALICE, BOB, CAROL = SigningKey(b"a" * 32), SigningKey(b"b" * 32), SigningKey(b"c" * 32)
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def make(role: Role, key: SigningKey, *, secret: bytes = SECRET,
+         **options: object) -> SyncProtocol:
+    return SyncProtocol(role, device_key=key, group_secret=secret, group=GROUP,
+                        **options)  # type: ignore[arg-type]
+
+
+def deliver(src: SyncProtocol, dst: SyncProtocol) -> list[bytes]:
+    frames = src.data_to_send()
+    for frame in frames:
+        dst.receive_data(frame)
+    return frames
+
+
+def pump(a: SyncProtocol, b: SyncProtocol) -> None:
+    """Move frames both ways until neither side has anything to say."""
+    for _ in range(10_000):
+        if not deliver(a, b) and not deliver(b, a):
+            return
+    raise AssertionError("the two sides never went quiet")
+
+
+def connect(**options: object) -> tuple[SyncProtocol, SyncProtocol]:
+    """A (initiator, ALICE) and b (responder, BOB), handshake done, requests drained."""
+    a, b = make(Role.INITIATOR, ALICE, **options), make(Role.RESPONDER, BOB, **options)
+    pump(a, b)
+    assert a.state is b.state is State.OPEN
+    assert a.requests() == b.requests() == [VectorWanted()]
+    return a, b
+
+
+def chain(key: SigningKey, n: int, *, after: Envelope | None = None, pad: int = 0,
+          group: bytes = GROUP) -> list[Envelope]:
+    events: list[Envelope] = []
+    prev = after
+    for _ in range(n):
+        seq = prev.seq + 1 if prev else 1
+        event = create(key, group=group, seq=seq, prev=prev.hash if prev else None, deps=[],
+                       hlc=1000 + seq, type="offer.posted",
+                       body={"item": "rice", "pad": b"x" * pad})
+        events.append(event)
+        prev = event
+    return events
+
+
+def heads(*chains: list[Envelope]) -> dict[bytes, tuple[int, bytes]]:
+    return {c[-1].author: (c[-1].seq, c[-1].hash) for c in chains}
+
+
+def raws(events: list[Envelope]) -> list[bytes]:
+    return [event.raw for event in events]
+
+
+def seal(sender: SyncProtocol, message: object) -> bytes:
+    """A frame as ``sender`` would write it, for messages no honest side sends."""
+    data = msgpack.packb(message, use_bin_type=True)
+    session = sender._session
+    return session.send.encrypt(data) if session is not None else data
+
+
+def code_of(side: SyncProtocol) -> str | None:
+    return side.error.code if side.error is not None else None
+
+
+def assert_refused(receiver: SyncProtocol, sender: SyncProtocol, code: str) -> None:
+    """``receiver`` failed with ``code`` and told ``sender`` in an encrypted error frame."""
+    assert receiver.state is State.FAILED and receiver.close_expected()
+    assert code_of(receiver) == code
+    deliver(receiver, sender)
+    assert isinstance(sender.error, RemoteError) and sender.error.code == code
+    assert sender.close_expected()
+
+
+def received(side: SyncProtocol) -> list[Envelope]:
+    return [e for batch in side.events_received() for e in batch.envelopes]
+
+
+def sync_vectors(a: SyncProtocol, b: SyncProtocol, va: dict[bytes, tuple[int, bytes]],
+                 vb: dict[bytes, tuple[int, bytes]]) -> None:
+    a.send_have(va)
+    b.send_have(vb)
+    pump(a, b)
+
+
+# -- handshake and versions ---------------------------------------------------------
+
+
+def test_handshake_completes_and_each_side_learns_the_others_device_key() -> None:
+    a, b = connect()
+    assert a.peer_key == bytes(BOB.verify_key)
+    assert b.peer_key == bytes(ALICE.verify_key)
+    assert a.version == b.version == 1
+    assert a.error is None and b.error is None and not a.close_expected()
+
+
+def test_frames_before_the_handshake_reveal_no_group_key_or_vector() -> None:
+    a, b = make(Role.INITIATOR, ALICE), make(Role.RESPONDER, BOB)
+    clear: list[bytes] = []
+    for _ in range(3):  # hello, then the three handshake messages
+        clear += deliver(a, b) + deliver(b, a)
+    for frame in clear:
+        assert len(frame) <= MAX_CLEAR_FRAME_BYTES
+        for secret in (GROUP, SECRET, bytes(ALICE.verify_key), bytes(BOB.verify_key)):
+            assert secret not in frame
+
+
+@pytest.mark.parametrize("stranger_role", [Role.INITIATOR, Role.RESPONDER])
+def test_stranger_without_the_group_secret_fails_on_both_sides_and_gets_nothing(
+    stranger_role: Role,
+) -> None:
+    member_role = Role.RESPONDER if stranger_role is Role.INITIATOR else Role.INITIATOR
+    stranger = make(stranger_role, CAROL, secret=b"s" * 32)
+    member = make(member_role, ALICE)
+    pump(stranger, member)
+    # Message 1 does not authenticate at the responder, whichever side that is; it
+    # closes, and the initiator sees the stream end.
+    responder, initiator = ((member, stranger) if stranger_role is Role.INITIATOR
+                            else (stranger, member))
+    assert code_of(responder) == "handshake-failed" and responder.close_expected()
+    initiator.receive_eof()
+    assert code_of(initiator) == "connection-lost" and initiator.close_expected()
+    assert member.peer_key is None and stranger.peer_key is None
+    assert stranger.events_received() == [] and stranger.requests() == []
+    assert member.requests() == []  # never asked the node for its vector or events
+    member.send_events(raws(chain(ALICE, 1)))  # a racing live push is ignored
+    assert member.data_to_send() == []
+
+
+def test_versions_negotiate_the_highest_common_version() -> None:
+    a = make(Role.INITIATOR, ALICE, versions=(1, 2, 3))
+    b = make(Role.RESPONDER, BOB, versions=(2, 3, 4))
+    pump(a, b)
+    assert a.version == b.version == 3
+    assert a.state is b.state is State.OPEN
+
+
+def test_version_mismatch_fails_both_sides_with_a_clear_reason() -> None:
+    a = make(Role.INITIATOR, ALICE, versions=(1,))
+    b = make(Role.RESPONDER, BOB, versions=(2, 3))
+    pump(a, b)
+    for side in (a, b):
+        assert code_of(side) == "version-mismatch" and side.close_expected()
+        assert side.error is not None and "[1]" in side.error.reason
+        assert "[2, 3]" in side.error.reason
+    assert a.data_to_send() == b.data_to_send() == []
+
+
+def test_hello_of_another_protocol_is_a_version_mismatch() -> None:
+    b = make(Role.RESPONDER, BOB)
+    b.receive_data(msgpack.packb({"t": "hello", "protocol": "gossip", "versions": [1]}))
+    assert code_of(b) == "version-mismatch"
+    our_hello = msgpack.packb({"t": "hello", "protocol": "potluck-sync", "versions": [1]})
+    assert b.data_to_send() == [our_hello]  # and nothing else: no error before the handshake
+
+
+def test_hello_altered_in_flight_fails_the_handshake() -> None:
+    a = make(Role.INITIATOR, ALICE, versions=(1, 2))
+    b = make(Role.RESPONDER, BOB, versions=(1, 2))
+    a.receive_data(msgpack.packb({"t": "hello", "protocol": "potluck-sync", "versions": [1]}))
+    b.data_to_send()  # b's real hello is dropped by the attacker
+    deliver(a, b)  # a's hello and message 1
+    assert a.version == 1 and b.version == 2
+    assert code_of(b) == "handshake-failed"
+
+
+# -- catch-up -----------------------------------------------------------------------
+
+
+def test_have_exchange_yields_events_wanted_for_what_the_peer_lacks() -> None:
+    a, b = connect()
+    xs, ys, zs = chain(ALICE, 5), chain(BOB, 3), chain(CAROL, 4)
+    sync_vectors(a, b, heads(xs, ys), heads(xs[:2], zs))
+    x_author, y_author = bytes(ALICE.verify_key), bytes(BOB.verify_key)
+    assert a.requests() == [
+        EventsWanted(x_author, from_seq=2, peer_seq=2, peer_head=xs[1].hash),
+        EventsWanted(y_author, from_seq=1, peer_seq=0, peer_head=None),
+    ]
+    assert b.requests() == [EventsWanted(bytes(CAROL.verify_key), 1, 0, None)]
+
+
+def test_wants_wait_for_the_last_have_message_of_a_large_vector() -> None:
+    a, b = connect()
+    many = {bytes([i % 256, i // 256]) * 16: (1, b"h" * 32)
+            for i in range(MAX_HAVE_ENTRIES + 10)}
+    zs = chain(CAROL, 1)
+    b.send_have(heads(zs))
+    deliver(b, a)
+    a.send_have(many)
+    first, second = a.data_to_send()
+    b.receive_data(first)
+    assert b.requests() == []  # a's vector is not complete: b cannot know a lacks zs
+    b.receive_data(second)
+    assert b.requests() == [EventsWanted(bytes(CAROL.verify_key), 1, 0, None)]
+
+
+def test_later_have_messages_announce_newer_heads_both_ways() -> None:
+    a, b = connect()
+    xs = chain(ALICE, 6)
+    sync_vectors(a, b, heads(xs[:5]), heads(xs[:2]))
+    author = bytes(ALICE.verify_key)
+    assert a.requests() == [EventsWanted(author, 2, 2, xs[1].hash)]
+    b.send_have(heads(xs[:5]))  # b got them from a third node meanwhile
+    pump(a, b)
+    a.send_events(raws(xs[1:5]))
+    assert a.data_to_send() == []  # nothing to send: b announced it has them
+    a.send_have(heads(xs))  # a appended seq 6
+    assert a.requests() == [EventsWanted(author, 5, 5, xs[4].hash)]
+
+
+def test_events_flow_and_are_received_with_their_author() -> None:
+    a, b = connect()
+    xs = chain(ALICE, 5)
+    sync_vectors(a, b, heads(xs), {})
+    (want,) = a.requests()
+    a.send_events(raws(xs[want.from_seq - 1:]))
+    pump(a, b)
+    (batch,) = b.events_received()
+    assert isinstance(batch, Received)
+    assert batch.author == bytes(ALICE.verify_key) and batch.from_genesis
+    assert [e.hash for e in batch.envelopes] == [e.hash for e in xs]
+    assert batch.size == sum(len(e.raw) for e in xs)
+
+
+def test_mid_chain_batch_is_received_but_not_from_genesis() -> None:
+    a, b = connect()
+    xs = chain(ALICE, 5)
+    sync_vectors(a, b, heads(xs), heads(xs[:2]))
+    a.send_events(raws(xs[1:]))  # from_seq 2: the overlap with b's head is dropped
+    pump(a, b)
+    (batch,) = b.events_received()
+    assert [e.seq for e in batch.envelopes] == [3, 4, 5] and not batch.from_genesis
+
+
+def test_send_events_drops_what_the_peer_already_has_so_nothing_echoes() -> None:
+    a, b = connect()
+    xs = chain(ALICE, 3)
+    sync_vectors(a, b, heads(xs), {})
+    a.send_events(raws(xs))
+    pump(a, b)
+    assert len(received(b)) == 3
+    a.send_events(raws(xs))  # again: b has them all
+    b.send_events(raws(xs))  # relay back to where they came from
+    assert a.data_to_send() == [] and b.data_to_send() == []
+
+
+def test_send_events_that_would_open_a_gap_asks_for_the_missing_range() -> None:
+    a, b = connect()
+    xs = chain(ALICE, 5)
+    sync_vectors(a, b, heads(xs[:3]), heads(xs[:2]))
+    assert a.requests() == [EventsWanted(bytes(ALICE.verify_key), 2, 2, xs[1].hash)]
+    a.send_events(raws(xs[4:]))  # a live event, seq 5, while b is at 2
+    assert a.data_to_send() == []
+    assert a.requests() == [EventsWanted(bytes(ALICE.verify_key), 2, 2, xs[1].hash)]
+
+
+def test_events_sent_before_the_peer_vector_arrives_are_wanted_once_it_does() -> None:
+    a, b = connect()
+    xs = chain(ALICE, 2)
+    a.send_events(raws(xs))
+    assert a.data_to_send() == []
+    b.send_have({})
+    pump(a, b)
+    assert a.requests() == [EventsWanted(bytes(ALICE.verify_key), 1, 0, None)]
+
+
+def test_same_seq_with_different_heads_sends_the_fork_evidence() -> None:
+    a, b = connect()
+    common = chain(ALICE, 2)
+    ours = chain(ALICE, 1, after=common[-1])
+    theirs = [create(ALICE, group=GROUP, seq=3, prev=common[-1].hash, deps=[], hlc=2000,
+                     type="offer.posted", body={"item": "beans"})]
+    sync_vectors(a, b, heads(ours), heads(theirs))
+    author = bytes(ALICE.verify_key)
+    assert a.requests() == [EventsWanted(author, 3, 3, theirs[0].hash)]
+    assert b.requests() == [EventsWanted(author, 3, 3, ours[0].hash)]
+    a.send_events(raws(ours))
+    b.send_events(raws(theirs))
+    pump(a, b)
+    assert [e.hash for e in received(b)] == [ours[0].hash]
+    assert [e.hash for e in received(a)] == [theirs[0].hash]
+
+
+# -- frames and flow control --------------------------------------------------------
+
+
+def test_batches_are_split_into_frames_of_at_most_one_mebibyte() -> None:
+    a, b = connect()
+    xs = chain(ALICE, 40, pad=60_000)  # about 2.4 MB of events
+    sync_vectors(a, b, heads(xs), {})
+    a.requests()
+    a.send_events(raws(xs))
+    frames = a.data_to_send()
+    assert len(frames) == 3 and all(len(f) <= MAX_FRAME_BYTES for f in frames)
+    for frame in frames:
+        b.receive_data(frame)
+    batches = b.events_received()
+    assert [len(batch.envelopes) for batch in batches] == [17, 17, 6]
+    assert all(batch.size <= MAX_BATCH_BYTES for batch in batches)
+    assert [e.seq for batch in batches for e in batch.envelopes] == list(range(1, 41))
+
+
+def test_sender_never_exceeds_credit_and_resumes_when_credit_returns() -> None:
+    window = 100_000
+    a, b = connect(window=window)
+    xs = chain(ALICE, 20, pad=20_000)
+    sync_vectors(a, b, heads(xs), {})
+    a.requests()
+    a.send_events(raws(xs))
+    got: list[Envelope] = []
+    for _ in range(50):
+        pump(a, b)
+        batches = b.events_received()
+        if not batches:
+            break
+        assert sum(batch.size for batch in batches) <= window
+        for batch in batches:
+            got += batch.envelopes
+            b.send_credit(batch.size)  # stored: give the credit back
+    assert [e.seq for e in got] == list(range(1, 21))
+    assert a.outgoing_backlog == 0 and a.credit == window
+
+
+def test_sender_waits_with_a_backlog_when_credit_is_spent() -> None:
+    a, b = connect(window=100_000)
+    xs = chain(ALICE, 10, pad=20_000)
+    sync_vectors(a, b, heads(xs), {})
+    a.send_events(raws(xs))
+    pump(a, b)
+    assert a.outgoing_backlog > 0 and a.credit < len(xs[0].raw)
+    assert sum(batch.size for batch in b.events_received()) <= 100_000
+
+
+def test_events_batch_over_one_mebibyte_is_frame_too_large() -> None:
+    a, b = connect()
+    xs = chain(ALICE, 17, pad=62_000)
+    frame = seal(a, {"t": "events", "author": xs[0].author, "events": raws(xs)})
+    assert len(frame) <= MAX_FRAME_BYTES
+    b.receive_data(frame)
+    assert_refused(b, a, "frame-too-large")
+
+
+def test_receiver_refuses_events_beyond_its_credit() -> None:
+    a, b = connect(window=65_536)
+    xs = chain(ALICE, 2, pad=40_000)
+    b.receive_data(seal(a, {"t": "events", "author": xs[0].author, "events": raws(xs)}))
+    assert_refused(b, a, "credit-exceeded")
+    assert b.events_received() == []
+
+
+# -- error paths ----------------------------------------------------------------------
+
+
+def flip(frame: bytes, index: int) -> bytes:
+    return frame[:index] + bytes([frame[index] ^ 0x80]) + frame[index + 1:]
+
+
+def test_flipped_ciphertext_bit_is_decrypt_failed() -> None:
+    a, b = connect()
+    a.send_have({})
+    (frame,) = a.data_to_send()
+    b.receive_data(flip(frame, 3))
+    assert_refused(b, a, "decrypt-failed")
+
+
+def test_replayed_frame_is_decrypt_failed() -> None:
+    a, b = connect()
+    a.send_have({})
+    (frame,) = a.data_to_send()
+    b.receive_data(frame)
+    b.receive_data(frame)
+    assert_refused(b, a, "decrypt-failed")
+
+
+def test_reordered_frames_are_decrypt_failed() -> None:
+    a, b = connect()
+    a.send_have({})
+    a.send_credit(1)
+    _first, second = a.data_to_send()
+    b.receive_data(second)
+    assert_refused(b, a, "decrypt-failed")
+
+
+@pytest.mark.parametrize("plaintext", [b"\xc1", b"\x92\x01", b"\x81\xa1t\x05", b"\xa5hello"])
+def test_malformed_plaintext_is_malformed_frame(plaintext: bytes) -> None:
+    a, b = connect()
+    assert a._session is not None
+    b.receive_data(a._session.send.encrypt(plaintext))
+    assert_refused(b, a, "malformed-frame")
+
+
+@pytest.mark.parametrize("message", [
+    {"t": "have", "vector": [[b"x", 1, b"h" * 32]], "end": True},
+    {"t": "have", "vector": [], "end": "yes"},
+    {"t": "events", "author": b"a" * 32, "events": []},
+    {"t": "events", "author": b"a" * 32, "events": ["text"]},
+    {"t": "credit", "bytes": 0},
+    {"t": "credit", "bytes": True},
+    {"t": "error", "code": "Not A Code", "reason": ""},
+])
+def test_message_with_a_bad_field_is_malformed_frame(message: dict[str, object]) -> None:
+    a, b = connect()
+    b.receive_data(seal(a, message))
+    assert_refused(b, a, "malformed-frame")
+
+
+def test_malformed_frame_before_the_handshake_fails_without_a_word() -> None:
+    b = make(Role.RESPONDER, BOB)
+    b.data_to_send()
+    b.receive_data(b"\xc1")
+    assert code_of(b) == "malformed-frame" and b.close_expected()
+    assert b.data_to_send() == []
+
+
+def test_oversized_frame_is_frame_too_large() -> None:
+    a, b = connect()
+    b.receive_data(b"\x00" * (MAX_FRAME_BYTES + 1))
+    assert_refused(b, a, "frame-too-large")
+
+
+def test_oversized_frame_before_the_handshake_is_frame_too_large() -> None:
+    b = make(Role.RESPONDER, BOB)
+    b.receive_data(b"\x00" * (MAX_CLEAR_FRAME_BYTES + 1))
+    assert code_of(b) == "frame-too-large"
+
+
+def test_unknown_message_type_is_unknown_message() -> None:
+    a, b = connect()
+    b.receive_data(seal(a, {"t": "gossip", "rumour": "x"}))
+    assert_refused(b, a, "unknown-message")
+
+
+def test_message_in_the_wrong_state_is_unexpected_message_naming_the_state() -> None:
+    a, b = connect()
+    b.receive_data(seal(a, {"t": "hello", "protocol": "potluck-sync", "versions": [1]}))
+    assert_refused(b, a, "unexpected-message")
+    assert b.error is not None and "OPEN" in b.error.reason
+
+
+def test_forged_signature_on_the_last_event_is_bad_signature() -> None:
+    a, b = connect()
+    xs = chain(ALICE, 3)
+    fields = msgpack.unpackb(xs[-1].raw, raw=False)
+    signed = pack({k: v for k, v in fields.items() if k != "sig"})
+    forged = pack({**fields, "sig": CAROL.sign(signed).signature})
+    b.receive_data(seal(a, {"t": "events", "author": xs[0].author,
+                            "events": [*raws(xs[:2]), forged]}))
+    assert_refused(b, a, "bad-signature")
+    assert b.events_received() == []
+
+
+def test_broken_chain_is_prev_mismatch() -> None:
+    a, b = connect()
+    xs = chain(ALICE, 2)
+    stray = chain(ALICE, 1, after=chain(ALICE, 2, pad=1)[-1])  # seq 3 after another seq 2
+    b.receive_data(seal(a, {"t": "events", "author": xs[0].author,
+                            "events": raws(xs + stray)}))
+    assert_refused(b, a, "prev-mismatch")
+
+
+def test_batch_with_a_seq_gap_is_seq_gap() -> None:
+    a, b = connect()
+    xs = chain(ALICE, 4)
+    b.receive_data(seal(a, {"t": "events", "author": xs[0].author,
+                            "events": raws([xs[0], xs[1], xs[3]])}))
+    assert_refused(b, a, "seq-gap")
+
+
+def test_event_of_another_group_is_unknown_group() -> None:
+    a, b = connect()
+    xs = chain(ALICE, 2, group=b"H" * 32)
+    b.receive_data(seal(a, {"t": "events", "author": xs[0].author, "events": raws(xs)}))
+    assert_refused(b, a, "unknown-group")
+
+
+def test_event_whose_author_is_not_the_batch_author_is_malformed_event() -> None:
+    a, b = connect()
+    xs = chain(ALICE, 1)
+    b.receive_data(seal(a, {"t": "events", "author": bytes(BOB.verify_key),
+                            "events": raws(xs)}))
+    assert_refused(b, a, "malformed-event")
+
+
+def test_validate_hook_refuses_events_with_its_own_code() -> None:
+    def members_only(envelope: Envelope) -> None:
+        if envelope.author != bytes(ALICE.verify_key):
+            raise NotAMember("author never joined")
+
+    a, b = connect(validate=members_only)
+    xs = chain(CAROL, 1)
+    b.receive_data(seal(a, {"t": "events", "author": xs[0].author, "events": raws(xs)}))
+    assert_refused(b, a, "not-a-member")
+
+
+def test_fail_sends_the_code_to_the_peer_encrypted() -> None:
+    a, b = connect()
+    a.fail("store-failed", "disk full")
+    (frame,) = a.data_to_send()
+    assert b"store-failed" not in frame
+    b.receive_data(frame)
+    assert isinstance(b.error, RemoteError)
+    assert (b.error.code, b.error.reason) == ("store-failed", "disk full")
+    assert a.close_expected() and b.close_expected()
+
+
+def test_input_after_failure_is_discarded() -> None:
+    _, b = connect()
+    b.receive_data(b"junk")
+    b.data_to_send()
+    b.receive_data(b"more junk")
+    assert code_of(b) == "decrypt-failed" and b.data_to_send() == []
+
+
+# -- bye and the end of the stream ----------------------------------------------------
+
+
+def test_bye_from_both_sides_closes_cleanly() -> None:
+    a, b = connect()
+    a.send_bye()
+    pump(a, b)
+    assert (a.state, b.state) == (State.LOCAL_DONE, State.PEER_DONE)
+    b.send_bye()
+    pump(a, b)
+    assert a.state is b.state is State.CLOSED
+    assert a.close_expected() and b.close_expected() and a.error is None
+    a.receive_eof()
+    assert a.error is None
+
+
+def test_bye_waits_for_queued_events_and_the_peer_may_still_send() -> None:
+    a, b = connect(window=100_000)
+    xs, ys = chain(ALICE, 10, pad=20_000), chain(BOB, 2)
+    sync_vectors(a, b, heads(xs), heads(ys))
+    a.send_events(raws(xs))
+    a.send_bye()
+    pump(a, b)
+    assert a.state is State.OPEN and a.outgoing_backlog > 0  # bye waits for credit
+    got: list[Envelope] = []
+    while b.state is State.OPEN:
+        for batch in b.events_received():
+            got += batch.envelopes
+            b.send_credit(batch.size)
+        pump(a, b)
+    got += received(b)
+    assert [e.seq for e in got] == list(range(1, 11)) and b.state is State.PEER_DONE
+    b.send_events(raws(ys))  # b may still send after a's bye
+    b.send_bye()
+    pump(a, b)
+    assert len(received(a)) == 2 and a.state is b.state is State.CLOSED
+
+
+def test_events_after_the_peers_bye_are_unexpected() -> None:
+    a, b = connect()
+    a.send_bye()
+    pump(a, b)
+    xs = chain(ALICE, 1)
+    b.receive_data(seal(a, {"t": "events", "author": xs[0].author, "events": raws(xs)}))
+    assert_refused(b, a, "unexpected-message")
+    assert b.error is not None and "PEER_DONE" in b.error.reason
+
+
+def test_end_of_stream_before_bye_is_connection_lost() -> None:
+    _, b = connect()
+    b.receive_eof()
+    assert code_of(b) == "connection-lost" and b.close_expected()
+    assert b.data_to_send() == []
+
+
+def test_commands_in_the_wrong_state_are_local_errors() -> None:
+    a = make(Role.INITIATOR, ALICE)
+    with pytest.raises(LocalProtocolError):
+        a.send_have({})
+    b = connect()[1]
+    b.send_bye()
+    with pytest.raises(LocalProtocolError):
+        b.send_have({})
+    with pytest.raises(LocalProtocolError):
+        b.send_events(raws(chain(BOB, 1)))
+    with pytest.raises(LocalProtocolError):
+        b.fail("Bad Code", "x")
+    b.fail("shutting-down", "bye now")
+    b.send_have({})  # ignored once the connection is over
+    assert b.state is State.FAILED
+
+
+def test_send_events_refuses_mixed_or_non_contiguous_events() -> None:
+    a, b = connect()
+    sync_vectors(a, b, {}, {})
+    with pytest.raises(LocalProtocolError):
+        a.send_events(raws(chain(ALICE, 1) + chain(BOB, 1)))
+    with pytest.raises(LocalProtocolError):
+        a.send_events([b"not an event"])
+
+
+# -- every state refuses what the table does not allow ----------------------------------
+
+
+def in_state(role: Role, state: State) -> tuple[SyncProtocol, SyncProtocol]:
+    """(side under test with ``role`` in ``state``, its peer)."""
+    me = make(role, ALICE)
+    peer = make(Role.RESPONDER if role is Role.INITIATOR else Role.INITIATOR, BOB)
+    steps: dict[State, Callable[[], object]] = {
+        State.HELLO: lambda: None,
+        State.AWAIT_MESSAGE_1: lambda: deliver(peer, me),
+        State.AWAIT_MESSAGE_2: lambda: deliver(peer, me),
+        State.AWAIT_MESSAGE_3: lambda: (deliver(peer, me), deliver(me, peer),
+                                        deliver(peer, me)),
+        State.OPEN: lambda: pump(me, peer),
+        State.LOCAL_DONE: lambda: (pump(me, peer), me.send_bye(), pump(me, peer)),
+        State.PEER_DONE: lambda: (pump(me, peer), peer.send_bye(), pump(me, peer)),
+        State.CLOSED: lambda: (pump(me, peer), peer.send_bye(), me.send_bye(),
+                               pump(me, peer)),
+    }
+    steps[state]()
+    assert me.state is state, (me.state, state)
+    me.data_to_send()
+    return me, peer
+
+
+SAMPLES: dict[str, dict[str, object]] = {
+    "hello": {"t": "hello", "protocol": "potluck-sync", "versions": [1]},
+    "handshake": {"t": "handshake", "noise": b"\x00" * 48},
+    "have": {"t": "have", "vector": [], "end": True},
+    "events": {"t": "events", "author": b"a" * 32, "events": [b"x"]},
+    "credit": {"t": "credit", "bytes": 1},
+    "error": {"t": "error", "code": "x", "reason": "x"},
+    "bye": {"t": "bye"},
+}
+REACHABLE = [(role, state) for role in Role for state in TRANSITIONS[role]
+             if state is not State.FAILED]
+
+
+@pytest.mark.parametrize(("role", "state"), REACHABLE)
+def test_every_state_refuses_messages_the_table_does_not_allow(role: Role, state: State,
+                                                               ) -> None:
+    for kind in sorted(MESSAGE_TYPES - set(TRANSITIONS[role][state])):
+        me, peer = in_state(role, state)
+        me.receive_data(seal(peer, SAMPLES[kind]))
+        assert code_of(me) == "unexpected-message", kind
+        assert me.error is not None and state.name in me.error.reason
+
+
+# -- hypothesis: garbage never escapes as anything but a protocol error -------------------
+
+
+@settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(place=st.sampled_from(REACHABLE),
+       frames=st.lists(st.binary(max_size=300), min_size=1, max_size=4))
+def test_random_bytes_in_any_state_end_in_a_protocol_error_at_worst(
+    place: tuple[Role, State], frames: list[bytes],
+) -> None:
+    me, _ = in_state(*place)
+    for frame in frames:
+        me.receive_data(frame)
+    me.receive_eof()
+    assert me.error is None or isinstance(me.error, ProtocolError)
+    assert me.close_expected()
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.binary(max_size=40)
+    | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=4),
+    max_leaves=12)
+_messages = st.fixed_dictionaries(
+    {"t": st.sampled_from(sorted(MESSAGE_TYPES))},
+    optional={name: _values for name in ("protocol", "versions", "noise", "vector", "end",
+                                         "author", "events", "bytes", "code", "reason")})
+
+
+@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(place=st.sampled_from(REACHABLE), messages=st.lists(_messages, min_size=1, max_size=3))
+def test_well_sealed_nonsense_in_any_state_ends_in_a_protocol_error_at_worst(
+    place: tuple[Role, State], messages: list[dict[str, object]],
+) -> None:
+    me, peer = in_state(*place)
+    for message in messages:
+        me.receive_data(seal(peer, message))
+    assert me.error is None or isinstance(me.error, ProtocolError)
