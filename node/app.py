@@ -114,11 +114,9 @@ class Node:
         known = await self.store.read(lambda db: views.known_slugs(db))
         for field, kind in (("item", "items"), ("location", "locations"), ("role", "roles")):
             slug = getattr(body, field, None)
-            if isinstance(slug, str) and not isinstance(body, (b.ItemDefined,
-                                                               b.LocationDefined,
-                                                               b.RoleDefined)):
-                if slug not in known[kind]:
-                    raise UsageError(f"unknown {field} '{slug}': add it first with "
+            defines = isinstance(body, (b.ItemDefined, b.LocationDefined, b.RoleDefined))
+            if isinstance(slug, str) and not defines and slug not in known[kind]:
+                raise UsageError(f"unknown {field} '{slug}': add it first with "
                                      f"'potluck {field} add'")
         if isinstance(body, b.ClaimMade):
             await self._check_claimable(body)
@@ -228,7 +226,8 @@ class Node:
         """Known and connected peers: the schema of ``potluck peers --json``."""
         names = await self.names()
         rows = await self.store.read(peer_table.known_peers)
-        return [{"address": r.address, "key": r.key.hex() if r.key else None,
+        return [{"address": r.remote if r.address.startswith("inbound:") else r.address,
+                 "key": r.key.hex() if r.key else None,
                  "name": names.get(r.key) if r.key else None, "found": r.found,
                  "connected": r.connected,
                  "last_seen": views.ms_time(r.last_seen) if r.last_seen else None,

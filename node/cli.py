@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -525,6 +526,65 @@ def digest(as_json: bool) -> None:
     """The projection digest: equal on every node holding the same events."""
     value = _with_node(lambda node: node.store.read(node.runner.digest))
     _print_json({"digest": value}) if as_json else click.echo(value)
+
+
+# -- sync --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--listen", default="0.0.0.0:7717", show_default=True, metavar="HOST:PORT",
+              help="Where to accept other nodes.")
+@click.option("--peer", "peers", multiple=True, metavar="HOST:PORT",
+              help="A node to keep in sync with (repeatable).")
+def serve(listen: str, peers: tuple[str, ...]) -> None:
+    """Run this node: accept peers, dial known ones, push and relay events live."""
+
+    def say(line: str) -> None:
+        stamp = datetime.datetime.now().strftime("%H:%M:%S")
+        click.echo(f"{stamp} {line}")
+
+    async def run(node: Node) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signame in ("SIGINT", "SIGTERM"):
+            loop.add_signal_handler(getattr(signal, signame), stop.set)
+        await node.serve(listen=listen, peers=peers, stop=stop, say=say)
+        say("stopped")
+
+    _with_node(run)
+
+
+@cli.command("sync")
+@click.argument("address", metavar="HOST:PORT")
+@json_option
+def sync_command(address: str, as_json: bool) -> None:
+    """Catch up both ways with one node, then exit."""
+    report = _with_node(lambda node: node.sync_once(address))
+    if as_json:
+        _print_json(report)
+        return
+    who = report["peer_name"] or _short(str(report["peer"]))
+    click.echo(f"Synced with {who} at {report['address']}: received {report['received']} "
+               f"events, sent {report['sent']}.")
+
+
+@cli.command()
+@json_option
+def peers(as_json: bool) -> None:
+    """Known and connected peers, when each was last seen, and how far behind."""
+    rows = _with_node(lambda node: node.peers())
+    if as_json:
+        _print_json({"peers": rows})
+        return
+    table = Table(title="Peers", title_justify="left")
+    for column in ("who", "address", "found", "connected", "last seen", "behind", "ahead"):
+        table.add_column(column)
+    for r in rows:
+        who = r["name"] or (_short(str(r["key"])) if r["key"] else "")
+        table.add_row(str(who), str(r["address"]), str(r["found"]),
+                      "yes" if r["connected"] else "no", _text(r["last_seen"]),
+                      _text(r["behind"]), _text(r["ahead"]))
+    _console.print(table)
 
 
 # -- helpers -------------------------------------------------------------------------

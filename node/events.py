@@ -46,7 +46,7 @@ MAX_DEPS = 512
 MAX_TYPE_CHARS = 64
 
 # msgpack values a body may hold; dict keys are str.
-Value: TypeAlias = "None | bool | int | float | str | bytes | list[Value] | dict[str, Value]"
+Value: TypeAlias = "bool | int | float | str | bytes | list[Value] | dict[str, Value] | None"
 Body: TypeAlias = "dict[str, Value]"
 
 

@@ -23,6 +23,7 @@ Memory stays bounded: reads stream in chunks (``read_since``, ``iter_canonical``
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -436,7 +437,9 @@ class Store:
             lambda db: db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0],
             write=False))
 
-    async def read_after(self, last_id: int, limit: int = CHUNK) -> list[tuple[int, bytes, int, bytes]]:
+    async def read_after(
+        self, last_id: int, limit: int = CHUNK
+    ) -> list[tuple[int, bytes, int, bytes]]:
         """(id, author, seq, raw) of events that arrived after ``last_id``, in arrival order."""
         return await self._run(lambda db: [
             (r[0], r[1], r[2], r[3]) for r in db.execute(
@@ -460,7 +463,8 @@ class Store:
         after: tuple[int, bytes, int] = (-1, b"", 0)
         while True:
             rows = await self._run(
-                lambda db: _canonical_chunk(db, after, chunk, type_, author), write=False)
+                functools.partial(_canonical_chunk, after=after, limit=chunk, type_=type_,
+                                  author=author), write=False)
             for row in rows:
                 yield events.decode(row)
             if len(rows) < chunk:

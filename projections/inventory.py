@@ -49,11 +49,10 @@ class Inventory:
     def apply(self, entity: str, state: State | None, event: Event,
               causality: Causality) -> State | None:
         body = event.body
-        if isinstance(body, b.StockCounted):
-            return None  # which earlier deltas it saw decides the number: re-fold
+        if not isinstance(body, b.StockAdjusted):
+            return None  # a count: which earlier deltas it saw decides the number: re-fold
         s = state if state is not None else _empty(body)
-        if isinstance(body, b.StockAdjusted):
-            _add_delta(s, event, body, causality)
+        _add_delta(s, event, body, causality)
         return s
 
     def fold(self, entity: str, events: Sequence[Event], causality: Causality) -> State | None:

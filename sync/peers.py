@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS peers (
     last_seen INTEGER,               -- unix ms of the last frame or connect
     behind    INTEGER,               -- events we hold that the peer lacks
     ahead     INTEGER,               -- events the peer holds that we lack
-    last_error TEXT
+    last_error TEXT,
+    remote    TEXT                   -- where the last session came from
 )
 """
 
@@ -62,6 +63,7 @@ class PeerRow:
     behind: int | None
     ahead: int | None
     last_error: str | None
+    remote: str | None
 
 
 def setup(db: sqlite3.Connection) -> None:
@@ -71,9 +73,10 @@ def setup(db: sqlite3.Connection) -> None:
 def known_peers(db: sqlite3.Connection) -> list[PeerRow]:
     if _missing(db):
         return []
-    return [PeerRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5], r[6], r[7], r[8])
+    return [PeerRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5], r[6], r[7], r[8], r[9])
             for r in db.execute("SELECT address, key, found, dial, connected, last_seen, "
-                                "behind, ahead, last_error FROM peers ORDER BY address")]
+                                "behind, ahead, last_error, remote FROM peers "
+                                "ORDER BY address")]
 
 
 def _missing(db: sqlite3.Connection) -> bool:
@@ -112,6 +115,7 @@ class PeerManager:
         self._wake = asyncio.Event()
         self._running = False
         self._caught_up: set[Session] = set()
+        self._announced: set[Session] = set()
         self._found: dict[str, str] = {}
 
     async def start(self, host: str | None = None, port: int | None = None) -> int | None:
@@ -198,11 +202,12 @@ class PeerManager:
         self.sessions.discard(session)
         self._caught_up.discard(session)
         key = session.peer_key
-        if key is not None:
+        if session in self._announced and key is not None:
+            self._announced.discard(session)
             self.say(f"peer lost: {self._label(key)} at {session.address}"
                      + (f" ({session.error})" if session.error else ""))
         await self._record(address or _inbound(key), key, connected=False,
-                           error=session.error, found=found)
+                           error=session.error, found=found, remote=session.address)
 
     def _stored(self, session: Session, stored: Sequence[Envelope]) -> None:
         self._wake.set()  # relay: the feed pushes them to every other session
@@ -245,38 +250,34 @@ class PeerManager:
                 behind, ahead = lag(ours, session.protocol.peer_vector)
                 address = (session.address if session.protocol.role.name == "INITIATOR"
                            else _inbound(key))
+                await self._record(address, key, connected=True, behind=behind, ahead=ahead,
+                                   found=self._found.get(address, "inbound"),
+                                   remote=session.address)
+                if session not in self._announced:
+                    self._announced.add(session)
+                    self.say(f"peer connected: {self._label(key)} at {session.address}")
                 if session not in self._caught_up and ahead == 0 and behind == 0:
                     self._caught_up.add(session)
                     self.say(f"caught up with {self._label(key)}: received "
                              f"{session.stats.events_in} events, sent "
                              f"{session.stats.events_out}")
-                await self._record(address, key, connected=True, behind=behind, ahead=ahead,
-                                   found=self._found.get(address, "inbound"))
 
     async def _record(self, address: str, key: bytes | None, *, connected: bool,
                       error: str | None = None, behind: int | None = None,
-                      ahead: int | None = None, found: str = "inbound") -> None:
-        now = int(time.time() * 1000)
-
-        def write(db: sqlite3.Connection) -> None:
-            new = db.execute("SELECT connected FROM peers WHERE address = ?",
-                             (address,)).fetchone()
-            db.execute(
+                      ahead: int | None = None, found: str = "inbound",
+                      remote: str | None = None) -> None:
+        now = int(time.time() * 1000) if key is not None else None
+        with contextlib.suppress(Exception):
+            await self.store.write(lambda db: db.execute(
                 "INSERT INTO peers (address, key, found, dial, connected, last_seen, behind, "
-                "ahead, last_error) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?) "
+                "ahead, last_error, remote) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (address) DO UPDATE SET key = coalesce(excluded.key, key), "
                 "connected = excluded.connected, "
-                "last_seen = CASE WHEN excluded.key IS NULL THEN last_seen "
-                "ELSE excluded.last_seen END, "
+                "last_seen = coalesce(excluded.last_seen, last_seen), "
                 "behind = coalesce(excluded.behind, behind), "
-                "ahead = coalesce(excluded.ahead, ahead), last_error = excluded.last_error",
-                (address, key, found, int(connected), now if key else None, behind, ahead,
-                 error))
-            if connected and (new is None or not new[0]) and key is not None:
-                self.say(f"peer connected: {self._label(key)} at {address}")
-
-        with contextlib.suppress(Exception):
-            await self.store.write(write)
+                "ahead = coalesce(excluded.ahead, ahead), last_error = excluded.last_error, "
+                "remote = coalesce(excluded.remote, remote)",
+                (address, key, found, int(connected), now, behind, ahead, error, remote)))
 
     def _label(self, key: bytes) -> str:
         name = self.name_of(key)

@@ -146,8 +146,8 @@ class Session:
                 self.protocol.send_have(await self.store.vector())
             elif isinstance(request, EventsWanted):
                 self._start_sender(request)
-        await self._flush()
         self._maybe_bye()
+        await self._flush()
 
     def _start_sender(self, want: EventsWanted) -> None:
         task = asyncio.create_task(self._send_author(want.author, want.from_seq))
@@ -158,7 +158,9 @@ class Session:
         self._senders.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self.protocol.fail("store-failed", str(task.exception()))
-        self._maybe_bye()
+        if self._maybe_bye():
+            # the peer already said bye and waits for ours: nothing else will wake us
+            asyncio.get_running_loop().create_task(self._flush_quietly())
 
     async def _send_author(self, author: bytes, from_seq: int) -> None:
         """Stream ``author``'s events from ``from_seq`` in slices, within the backlog."""
@@ -186,17 +188,18 @@ class Session:
     async def flush(self) -> None:
         await self._flush()
 
-    def _maybe_bye(self) -> None:
-        """Say bye once there is nothing left to send, as the session's mode wants."""
+    def _maybe_bye(self) -> bool:
+        """Say bye once nothing is left to send, as the session's mode wants; the caller
+        flushes. Returns True when it did."""
         if self._bye_sent or self._senders or self.protocol.outgoing_backlog:
-            return
+            return False
         state = self.protocol.state
         ready = (self.one_shot and state == State.OPEN
                  and self.protocol.peer_vector_complete) or state == State.PEER_DONE
         if ready:
             self._bye_sent = True
             self.protocol.send_bye()
-            asyncio.get_running_loop().create_task(self._flush_quietly())
+        return ready
 
     async def _flush_quietly(self) -> None:
         with contextlib.suppress(ConnectionClosed, Exception):
