@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -44,9 +45,18 @@ LOG_FILE = "log.db"
 
 
 def default_data_dir() -> Path:
-    """POTLUCK_HOME, else the platform's per-user data directory."""
+    """POTLUCK_HOME, else the platform's per-user data directory.
+
+    Linux and BSD: $XDG_DATA_HOME/potluck or ~/.local/share/potluck; macOS and
+    Windows: click's per-user application directory (Application Support, %APPDATA%).
+    """
     env = os.environ.get("POTLUCK_HOME")
-    return Path(env) if env else Path(click.get_app_dir("potluck"))
+    if env:
+        return Path(env)
+    if sys.platform.startswith(("linux", "freebsd", "openbsd", "netbsd")):
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(base) / "potluck"
+    return Path(click.get_app_dir("potluck"))
 
 
 class Node:
@@ -89,8 +99,13 @@ class Node:
         if (data_dir / LOG_FILE).exists() or (data_dir / "device.key").exists():
             raise UsageError(f"{data_dir} already holds a Potluck node")
         joined = b.MemberJoined(name=name, proof=bytes(32))  # validates the name first
-        data_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(data_dir, 0o700)
+        try:
+            if not data_dir.exists():
+                data_dir.mkdir(parents=True, mode=0o700)
+            elif not data_dir.is_dir():
+                raise UsageError(f"{data_dir} is a file, not a directory")
+        except OSError as exc:
+            raise UsageError(f"cannot create {data_dir}: {exc.strerror or exc}") from None
         key = SigningKey.generate()
         save_device_key(data_dir, key)
         save_group(data_dir, group)
@@ -107,7 +122,7 @@ class Node:
     async def post(self, body: b.BaseBody) -> Envelope:
         """Check ``body`` against what this node knows, then append it durably."""
         await self._check_references(body)
-        [envelope] = await self.store.append(self.key, [(body.TYPE, body.to_body())])
+        [envelope] = await self.store.append(self.key, [body])
         return envelope
 
     async def _check_references(self, body: b.BaseBody) -> None:
@@ -122,6 +137,14 @@ class Node:
             await self._check_claimable(body)
         elif isinstance(body, b.ClaimStep):
             await self._check_claim_step(body)
+        elif isinstance(body, (b.OfferWithdrawn, b.NeedWithdrawn)):
+            target = body.offer if isinstance(body, b.OfferWithdrawn) else body.need
+            entry = await self.store.read(lambda db: views.board_entry(db, target))
+            if entry is None:
+                raise UsageError("that offer or need is not on this node's board")
+            if entry["author"] != self.author:
+                raise UsageError(f"only the person who posted the {entry['kind']} can "
+                                 "withdraw it")
 
     async def _check_claimable(self, body: b.ClaimMade) -> None:
         entry = await self.store.read(lambda db: views.board_entry(db, body.target))
@@ -172,6 +195,14 @@ class Node:
             yield envelope
 
     # -- sync ----------------------------------------------------------------------
+
+    async def forks(self) -> list[dict[str, object]]:
+        """Members who wrote two different events at the same seq (a copied data dir or
+        worse): their events from that seq on are left out of every projection."""
+        names = await self.names()
+        return [{"key": author.hex(), "name": names.get(author), "seq": seq,
+                 "versions": versions}
+                for author, seq, versions in await self.store.forks()]
 
     async def names(self) -> dict[bytes, str]:
         return {bytes.fromhex(m["key"]): m["name"] for m in await self.store.read(views.members)}

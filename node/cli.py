@@ -80,7 +80,7 @@ def _short(hex_id: str) -> str:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="POTLUCK_HOME",
               help="Where this node keeps its key and log (default: $POTLUCK_HOME or the "
                    "user's data directory).")
@@ -128,7 +128,7 @@ def whoami(as_json: bool) -> None:
         return {"name": me["name"] if me else None, "key": node.author.hex(),
                 "group": node.group.name, "group_id": node.group.id.hex(),
                 "members": len(members), "events": await node.store.count(),
-                "data_dir": str(node.data_dir)}
+                "data_dir": str(node.data_dir), "forks": await node.forks()}
 
     info = _with_node(run)
     if as_json:
@@ -137,6 +137,12 @@ def whoami(as_json: bool) -> None:
     click.echo(f"{info['name']} ({_short(str(info['key']))}) in group '{info['group']}': "
                f"{info['members']} members, {info['events']} events")
     click.echo(f"data: {info['data_dir']}")
+    forks = info["forks"]
+    assert isinstance(forks, list)
+    for fork in forks:
+        click.echo(f"warning: {fork['name'] or fork['key'][:8]} wrote {fork['versions']} "
+                   f"different events as #{fork['seq']}; their events from there on are "
+                   "left out of the board until this is sorted out")
 
 
 # -- catalog -------------------------------------------------------------------------
@@ -204,7 +210,7 @@ def stock_adjust(item_slug: str, location_slug: str, delta: int, reason: str | N
              f"{delta:+d} ({chosen}).", as_json)
 
 
-@stock.command("count")
+@stock.command("count", context_settings={"ignore_unknown_options": True})
 @click.argument("item_slug", metavar="ITEM")
 @click.argument("location_slug", metavar="LOCATION")
 @click.argument("count", type=int)
@@ -374,19 +380,20 @@ def shift_add(role_slug: str, location_slug: str, start: str, end: str, slots: i
              f"{slots} slots.", as_json)
 
 
-def _shift_step(name: str, build: Callable[[bytes], b.BaseBody], past: str) -> None:
+def _shift_step(name: str, cls: type[b.ShiftSignedUp] | type[b.ShiftWithdrawn],
+                past: str) -> None:
     @shift.command(name)
     @click.argument("shift_id", metavar="SHIFT_ID")
     @json_option
     def step(shift_id: str, as_json: bool) -> None:
-        env = _post_ref(build, shift_id, SHIFT_TYPES)
-        _created(name, env, f"You {past} shift {shift_id}.", as_json)
+        env = _post_ref(lambda id_: cls(shift=id_), shift_id, SHIFT_TYPES)
+        _created(cls.TYPE, env, f"You {past} shift {shift_id}.", as_json)
 
     step.__doc__ = f"You {past} a shift."
 
 
-_shift_step("signup", lambda id_: b.ShiftSignedUp(shift=id_), "signed up for")
-_shift_step("withdraw", lambda id_: b.ShiftWithdrawn(shift=id_), "withdrew from")
+_shift_step("signup", b.ShiftSignedUp, "signed up for")
+_shift_step("withdraw", b.ShiftWithdrawn, "withdrew from")
 
 
 @shift.command("complete")
@@ -651,6 +658,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(EXIT_USAGE)
     except PotluckError as exc:
         click.echo(f"potluck: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        click.echo(f"potluck: {exc.strerror or exc}{where}", err=True)
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         click.echo("potluck: interrupted", err=True)

@@ -34,7 +34,8 @@ import aiosqlite
 from nacl.signing import SigningKey
 
 from node import events
-from node.clock import HybridClock
+from node.body import BaseBody
+from node.clock import HybridClock, system_ms, wall_ms
 from node.errors import (
     AmbiguousId,
     InvalidEvent,
@@ -50,9 +51,15 @@ T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 CHUNK = 500
+MAX_FUTURE_MS = 24 * 3600 * 1000
+"""An event stamped further than this beyond our clock is held until then (a peer's
+clock set a year ahead must not drag every node's clock with it)."""
 
 ProjectionHook = Callable[[sqlite3.Connection, Sequence[Envelope]], None]
 """Called inside the write transaction with the events just added to the log."""
+
+Draft = tuple[str, Mapping[str, object]] | BaseBody
+"""An event to write: a typed body, or (type, body map) for types this node lacks."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -83,8 +90,10 @@ CREATE TABLE IF NOT EXISTS pending (
     author  BLOB NOT NULL,
     seq     INTEGER NOT NULL,
     waiting BLOB,                -- the dep hash it waits for, NULL when it waits for seq-1
-    raw     BLOB NOT NULL
+    raw     BLOB NOT NULL,
+    not_before INTEGER           -- unix ms: stamped too far in the future until then
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pending_by_time ON pending (not_before);
 CREATE INDEX IF NOT EXISTS pending_by_chain ON pending (author, seq);
 CREATE INDEX IF NOT EXISTS pending_by_dep ON pending (waiting);
 CREATE TABLE IF NOT EXISTS forks (
@@ -110,6 +119,7 @@ class ReceiveResult:
     held: int = 0
     rejected: list[tuple[Envelope, InvalidEvent]] = field(default_factory=list)
     forks: list[tuple[bytes, int]] = field(default_factory=list)
+    future: int = 0
 
 
 def hash_key(hash_: bytes) -> int:
@@ -120,20 +130,28 @@ def hash_key(hash_: bytes) -> int:
 class Store:
     """The log of one node. Open with ``await Store.open(path, group)``."""
 
-    def __init__(self, conn: aiosqlite.Connection, group: Group) -> None:
+    def __init__(self, conn: aiosqlite.Connection, group: Group,
+                 now_ms: Callable[[], int] = system_ms) -> None:
         self._conn = conn
         self.group = group
+        self.now_ms = now_ms
         self._hooks: list[ProjectionHook] = []
         self._listeners: list[Callable[[], None]] = []
-        self.clock = HybridClock()
+        self.clock = HybridClock(now_ms)
 
     @classmethod
-    async def open(cls, path: Path, group: Group) -> Store:
+    async def open(cls, path: Path, group: Group,
+                   now_ms: Callable[[], int] = system_ms) -> Store:
+        fresh = not path.exists()
         try:
             conn = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the log at {path}: {exc}") from None
-        store = cls(conn, group)
+        if fresh:
+            # the log holds the group's events in clear: readable by this user only
+            # (SQLite gives the -wal and -shm files the same mode)
+            path.chmod(0o600)
+        store = cls(conn, group, now_ms)
         try:
             await store._run(store._setup, write=False)
         except BaseException:
@@ -225,9 +243,7 @@ class Store:
 
     # -- writing -------------------------------------------------------------------
 
-    async def append(
-        self, key: SigningKey, drafts: Sequence[tuple[str, Mapping[str, object]]]
-    ) -> list[Envelope]:
+    async def append(self, key: SigningKey, drafts: Sequence[Draft]) -> list[Envelope]:
         """Sign and durably append this node's new events, in order; return them.
 
         seq, prev, deps and hlc are chosen inside the write transaction, so two
@@ -238,8 +254,7 @@ class Store:
         return written
 
     def _append(
-        self, db: sqlite3.Connection, key: SigningKey,
-        drafts: Sequence[tuple[str, Mapping[str, object]]],
+        self, db: sqlite3.Connection, key: SigningKey, drafts: Sequence[Draft]
     ) -> list[Envelope]:
         author = bytes(key.verify_key)
         heads = _load_heads(db)
@@ -262,11 +277,17 @@ class Store:
         deps = deps[: events.MAX_DEPS]
         written: list[Envelope] = []
         prev = head
-        for type_, body in drafts:
+        for draft in drafts:
+            body: Mapping[str, object]
+            if isinstance(draft, BaseBody):
+                type_, body, parsed = draft.TYPE, draft.to_body(), draft
+            else:
+                (type_, body), parsed = draft, None
             hlc = self.clock.tick(prev.hlc if prev else 0, *dep_hlcs)
             envelope = events.create(
                 key, group=self.group.id, seq=prev.seq + 1 if prev else 1,
                 prev=prev.hash if prev else None, deps=deps, hlc=hlc, type=type_, body=body,
+                parsed=parsed,
             )
             written.append(envelope)
             prev = Head(envelope.seq, envelope.hash, envelope.hlc)
@@ -330,7 +351,9 @@ class Store:
     ) -> ReceiveResult:
         result = ReceiveResult()
         heads = _load_heads(db)
-        work = list(envelopes)
+        due = _due(db, self.now_ms())
+        authentic.update(e.hash for e in due)  # what was held had been authenticated
+        work = list(envelopes) + due
         while work:
             released: list[Envelope] = []
             for env in work:
@@ -340,6 +363,9 @@ class Store:
                     released.extend(_release(db, outcome))
             work = released
             authentic.update(e.hash for e in released)  # held events were authenticated
+        if result.forks and not result.stored:
+            for hook in self._hooks:  # a fork changes what projections may show
+                hook(db, [])
         self._run_hooks(db, result.stored)
         for env in result.stored:
             self.clock.observe(env.hlc)
@@ -366,7 +392,19 @@ class Store:
                 _record_fork(db, env)
                 result.forks.append((env.author, env.seq))
             return None
+        ahead = wall_ms(env.hlc) - self.now_ms() - MAX_FUTURE_MS
+        if ahead > 0:
+            _hold(db, env, None, not_before=self.now_ms() + ahead)
+            result.future += 1
+            return None
         head = heads.get(env.author)
+        if head is not None and env.seq == head.seq + 1 and env.prev != head.hash \
+                and _forked_before(db, env.author, env.seq):
+            # the other branch of a known fork: evidence, not a protocol violation, so
+            # honest peers holding that branch keep syncing everything else
+            _record_fork(db, env)
+            result.forks.append((env.author, env.seq))
+            return None
         if env.seq > (head.seq if head else 0) + 1:
             _hold(db, env, None)
             result.held += 1
@@ -548,10 +586,23 @@ def _stub(head: Head, author: bytes) -> Envelope:
                     type="", body={}, sig=b"", raw=b"", hash=head.hash)
 
 
-def _hold(db: sqlite3.Connection, env: Envelope, waiting: bytes | None) -> None:
+def _hold(db: sqlite3.Connection, env: Envelope, waiting: bytes | None,
+          not_before: int | None = None) -> None:
     # REPLACE: an event released and held again waits for something else now.
-    db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?)",
-               (env.hash, env.author, env.seq, waiting, env.raw))
+    db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?, ?)",
+               (env.hash, env.author, env.seq, waiting, env.raw, not_before))
+
+
+def _due(db: sqlite3.Connection, now: int) -> list[Envelope]:
+    """Events held for a future stamp whose time has come."""
+    rows = db.execute("SELECT raw FROM pending WHERE not_before <= ?", (now,)).fetchall()
+    db.execute("UPDATE pending SET not_before = NULL WHERE not_before <= ?", (now,))
+    return [events.decode(row[0]) for row in rows]
+
+
+def _forked_before(db: sqlite3.Connection, author: bytes, seq: int) -> bool:
+    return db.execute("SELECT 1 FROM forks WHERE author = ? AND seq < ? LIMIT 1",
+                      (author, seq)).fetchone() is not None
 
 
 def _release(db: sqlite3.Connection, stored: Envelope) -> list[Envelope]:
@@ -608,7 +659,8 @@ def _describe_sqlite_error(exc: sqlite3.Error) -> str:
     if "readonly" in text or "read-only" in text:
         return "the data directory is read-only: nothing was written"
     if "malformed" in text or "not a database" in text:
-        return f"the database is damaged ({text}): run 'potluck doctor'"
+        return (f"the database is damaged ({text}): restore the data directory from a "
+                "backup, or start a new node and sync it from the group")
     if "locked" in text or "busy" in text:
         return f"the database is busy ({text}): try again"
     return f"database error: {text}"

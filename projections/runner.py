@@ -57,6 +57,8 @@ def all_projections() -> tuple[Projection, ...]:
 
 def to_event(env: Envelope) -> Event | None:
     """Parse an envelope for folding; None for types and bodies projections skip."""
+    if isinstance(env.parsed, b.BaseBody):  # validated by this node's writer already
+        return Event(env.hash, env.author, env.seq, env.hlc, env.parsed)
     if env.type not in b.TYPES:
         return None
     try:
@@ -105,6 +107,7 @@ class Runner:
 
     def __init__(self, projections: Sequence[Projection] | None = None) -> None:
         self.projections = tuple(projections or all_projections())
+        self._forks: dict[bytes, int] = {}
 
     # -- schema --------------------------------------------------------------------
 
@@ -112,6 +115,7 @@ class Runner:
         """Create missing tables; return True when a projection's version changed."""
         for statement in _INTERNAL.split(";"):
             db.execute(statement)
+        self._forks = fork_points(db)
         stale = False
         for projection in self.projections:
             row = db.execute("SELECT version FROM proj_meta WHERE name = ?",
@@ -137,11 +141,23 @@ class Runner:
     # -- folding -------------------------------------------------------------------
 
     def __call__(self, db: sqlite3.Connection, added: Sequence[Envelope]) -> None:
-        """The store hook: fold events just added to the log."""
+        """The store hook: fold events just added to the log (or react to a new fork)."""
+        forks = fork_points(db)
+        if forks != self._forks:
+            # An author equivocated: their events from the fork on leave every projection
+            # until people resolve it (docs/events.md §forks). Rare, so rebuild.
+            self.rebuild(db)
+            return
         parsed = [e for e in map(to_event, added) if e is not None]
         self.apply(db, parsed)
 
+    def _kept(self, event: Event) -> bool:
+        fork = self._forks.get(event.author)
+        return fork is None or event.seq < fork
+
     def apply(self, db: sqlite3.Connection, batch: Sequence[Event]) -> None:
+        if self._forks:
+            batch = [e for e in batch if self._kept(e)]
         if not batch:
             return
         ordered = sorted(batch, key=lambda e: e.key)
@@ -179,7 +195,7 @@ class Runner:
             return
         db.executemany("INSERT OR IGNORE INTO proj_index VALUES (?, ?, ?, ?)", index)
         for entity in late:
-            history = list(_entity_events(db, entity))
+            history = [e for e in _entity_events(db, entity) if self._kept(e)]
             states[entity] = (projection.fold(entity, history, causality),
                               history[-1].key if history else None)
         for entity, (state, last) in states.items():
@@ -203,7 +219,7 @@ class Runner:
     def rebuild(self, db: sqlite3.Connection) -> int:
         """Drop every projection and fold the whole log again; return events folded."""
         self._drop(db)
-        self.setup(db)
+        self.setup(db)  # reads the fork points again
         folded = 0
         for chunk in _canonical_chunks(db, REBUILD_CHUNK):
             self.apply(db, chunk)
@@ -226,6 +242,11 @@ class Runner:
                 for row in db.execute(f'SELECT {columns} FROM "{table.name}" ORDER BY {order}'):
                     h.update(_pack(list(row)))
         return h.hexdigest()
+
+
+def fork_points(db: sqlite3.Connection) -> dict[bytes, int]:
+    """author -> the first seq at which they equivocated."""
+    return dict(db.execute("SELECT author, min(seq) FROM forks GROUP BY author").fetchall())
 
 
 def _pack(value: object) -> bytes:

@@ -1,0 +1,128 @@
+"""ChangeFeed: one watcher of the log per web app, fanned out to every open page.
+
+Why polling: the log can grow from three places, this process's own posts, sync
+(later) and the ``potluck`` CLI run in another process on the same data directory.
+SQLite tells no one about another process's commit, so the only signal that covers
+all three is the log's own arrival counter: ``SELECT max(id) FROM events``. One task
+reads it every ``interval`` seconds (300 ms: under the issue's one-second budget, and
+a read of an indexed maximum costs microseconds) while at least one page listens, and
+stops when the last one leaves. When the store offers ``on_change`` (called after
+each commit in this process), that wakes the watcher at once, so this process's own
+writes show without waiting for the next tick.
+
+Bounded: each listener has a queue of one; a slow page skips to the newest counter
+instead of piling up notifications. A listener that goes away (tab closed) is removed
+in its generator's ``finally``; ``close()`` ends every listener (server shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from node.errors import PotluckError
+
+log = logging.getLogger(__name__)
+
+INTERVAL = 0.3
+HEARTBEAT = 15.0
+
+_CLOSED = -1
+
+
+class ChangeFeed:
+    """Tells listeners the log's arrival counter each time it changes."""
+
+    def __init__(self, last_id: Callable[[], Awaitable[int]], *,
+                 interval: float = INTERVAL) -> None:
+        self._last_id = last_id
+        self._interval = interval
+        self._listeners: set[asyncio.Queue[int]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._last: int | None = None
+        self._closed = False
+
+    @property
+    def listeners(self) -> int:
+        return len(self._listeners)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def notify(self) -> None:
+        """Something was just committed in this process: look now, not at the next tick."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def listen(self, *, heartbeat: float = HEARTBEAT) -> AsyncIterator[int | None]:
+        """Yield the counter now, then each new value; None every ``heartbeat`` s of quiet.
+
+        The heartbeat lets the caller write to the connection, which is how a peer that
+        vanished without closing it (a phone leaving the Wi-Fi) is noticed.
+        """
+        if self._closed:
+            return
+        queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+        self._listeners.add(queue)
+        self._start()
+        try:
+            yield await self._last_id()
+            while True:
+                try:
+                    value = await asyncio.wait_for(queue.get(), heartbeat)
+                except TimeoutError:
+                    yield None
+                    continue
+                if value == _CLOSED:
+                    return
+                yield value
+        finally:
+            self._listeners.discard(queue)
+            if not self._listeners:
+                self._stop()
+
+    def close(self) -> None:
+        """End every listener and the watcher; later ``listen`` calls end at once."""
+        self._closed = True
+        for queue in list(self._listeners):
+            _put_latest(queue, _CLOSED)
+        self._stop()
+
+    def _start(self) -> None:
+        if self.running:
+            return
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._watch(),
+                                                            name="potluck-web-feed")
+
+    def _stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _watch(self) -> None:
+        assert self._wake is not None
+        while True:
+            try:
+                current = await self._last_id()
+            except PotluckError as exc:  # the store closed or failed: say so, keep trying
+                log.warning("web feed cannot read the log: %s", exc)
+                current = self._last if self._last is not None else 0
+            if current != self._last:
+                self._last = current
+                for queue in list(self._listeners):
+                    _put_latest(queue, current)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+
+
+def _put_latest(queue: asyncio.Queue[int], value: int) -> None:
+    """Replace whatever the queue holds by ``value`` (only the newest matters)."""
+    with contextlib.suppress(asyncio.QueueEmpty):
+        queue.get_nowait()
+    queue.put_nowait(value)

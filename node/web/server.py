@@ -1,0 +1,90 @@
+"""Serving the web UI: a uvicorn server to run inside the node's event loop.
+
+Usage (what ``potluck serve --ui HOST:PORT`` does)::
+
+    server = create_server(node, "127.0.0.1", 7718)          # loopback: no token
+    server = create_server(node, "0.0.0.0", 7718, token=new_token())  # LAN
+    await server.serve()          # returns after server.should_exit = True
+
+Binding to anything but loopback without a token raises ``UsageError``: the page acts
+with this node's key (docs/web.md §exposing).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import socket
+
+import uvicorn
+
+from node.app import Node
+from node.errors import UsageError
+from node.web.app import create_app
+from node.web.feed import ChangeFeed
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7718
+GRACE_SECONDS = 3.0
+
+
+def new_token() -> str:
+    """A fresh access token: 32 random bytes, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """'HOST:PORT', ':PORT' or 'PORT' -> (host, port); IPv6 as '[::1]:7718'."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = "", text
+    host = host.strip("[]") or DEFAULT_HOST
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise UsageError(f"'{text}' is not HOST:PORT, like 127.0.0.1:{DEFAULT_PORT}") from None
+    if not 0 <= port <= 65535:
+        raise UsageError(f"port {port} is not between 0 and 65535")
+    return host, port
+
+
+class UiServer(uvicorn.Server):
+    """uvicorn's server that first ends the open live streams when it shuts down.
+
+    Without this, uvicorn would wait for every open page's /events stream to finish,
+    which they never do by themselves.
+    """
+
+    def __init__(self, config: uvicorn.Config, feed: ChangeFeed) -> None:
+        super().__init__(config)
+        self.feed = feed
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.feed.close()
+        await super().shutdown(sockets)
+
+
+def create_server(node: Node, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
+                  token: str | None = None) -> UiServer:
+    """A server for ``node``'s web UI on ``host:port``; run it with ``await .serve()``.
+
+    Raises UsageError when ``host`` is not loopback and there is no ``token``.
+    """
+    if not is_loopback(host) and not token:
+        raise UsageError(f"showing the web page on {host} lets other devices act as this "
+                         f"member: it needs an access token (see docs/web.md)")
+    app = create_app(node, token=token)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, proxy_headers=False,
+        server_header=False, timeout_graceful_shutdown=int(GRACE_SECONDS), lifespan="on",
+    )
+    return UiServer(config, app.state.feed)
