@@ -594,6 +594,25 @@ def peers(as_json: bool) -> None:
     _console.print(table)
 
 
+@cli.command()
+@json_option
+def demo(as_json: bool) -> None:
+    """Two volunteers, an outage and the last 10 cans: see a conflict shown, not lost.
+
+    Creates two nodes (ana/ and bo/) under --data-dir, makes them disagree offline,
+    syncs them over 127.0.0.1 and prints what both now show.
+    """
+    from node.demo import run_demo
+
+    lines: list[str] = []
+    say = lines.append if as_json else click.echo
+    report = asyncio.run(run_demo(_data_dir(), say))
+    if as_json:
+        _print_json({**report, "story": lines})
+    else:
+        click.echo(f"Look around: potluck --data-dir {report['nodes'][0]} board")  # type: ignore[index]
+
+
 # -- helpers -------------------------------------------------------------------------
 
 

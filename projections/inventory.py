@@ -49,8 +49,15 @@ class Inventory:
     def apply(self, entity: str, state: State | None, event: Event,
               causality: Causality) -> State | None:
         body = event.body
+        if isinstance(body, b.StockCounted):
+            if state is None:
+                state = _empty(body)
+            # Which deltas since the last count did the counter see? Decided per author
+            # from the summary kept in the state; only a count that saw part of one
+            # author's run needs the entity's events (re-fold).
+            return state if _count_from_summary(state, event, body, causality) else None
         if not isinstance(body, b.StockAdjusted):
-            return None  # a count: which earlier deltas it saw decides the number: re-fold
+            return state
         s = state if state is not None else _empty(body)
         _add_delta(s, event, body, causality)
         return s
@@ -88,8 +95,38 @@ class Inventory:
 
 
 def _empty(body: b.StockAdjusted | b.StockCounted) -> State:
+    # since: author hex -> [author, first seq, first hlc, last seq, last hlc, sum] of the
+    # deltas since the last count, so a new count can tell what it saw without them.
     return {"item": body.item, "location": body.location, "on_hand": 0, "lots": [],
-            "count": None, "recount": False}
+            "count": None, "recount": False, "since": {}}
+
+
+def _count_from_summary(s: State, event: Event, body: b.StockCounted,
+                        causality: Causality) -> bool:
+    """Apply a count using the per-author summary; False when it cannot decide."""
+    since = s["since"]
+    assert isinstance(since, dict)
+    missed = 0
+    concurrent = False
+    for author, first_seq, first_hlc, last_seq, last_hlc, total in since.values():
+        if causality.happened_before([last_hlc, author, last_seq], event.ref):
+            continue  # the counter saw all of this author's deltas
+        if causality.happened_before([first_hlc, author, first_seq], event.ref):
+            return False  # saw some, not all: needs the events themselves
+        missed += total
+        concurrent = True
+    previous = s["count"]
+    recount = isinstance(previous, list) and not causality.happened_before(previous, event.ref)
+    _set_count(s, event, body.count + missed, recount or concurrent)
+    return True
+
+
+def _set_count(s: State, event: Event, on_hand: int, recount: bool) -> None:
+    s["on_hand"] = on_hand
+    s["count"] = event.ref
+    s["recount"] = recount
+    s["since"] = {}
+    _trim(s)
 
 
 def _add_delta(s: State, event: Event, body: b.StockAdjusted, causality: Causality) -> None:
@@ -99,6 +136,14 @@ def _add_delta(s: State, event: Event, body: b.StockAdjusted, causality: Causali
     on_hand = s["on_hand"]
     assert isinstance(on_hand, int)
     s["on_hand"] = on_hand + body.delta
+    since = s["since"]
+    assert isinstance(since, dict)
+    run = since.get(event.author.hex())
+    if run is None:
+        since[event.author.hex()] = [event.author, event.seq, event.hlc, event.seq, event.hlc,
+                                     body.delta]
+    else:
+        run[3], run[4], run[5] = event.seq, event.hlc, run[5] + body.delta
     lots = s["lots"]
     assert isinstance(lots, list)
     if body.delta > 0 and body.expires is not None:
@@ -121,10 +166,7 @@ def _apply_count(
         if not causality.happened_before(delta_event.ref, event.ref):
             missed += delta.delta
             recount = True
-    s["on_hand"] = body.count + missed
-    s["count"] = event.ref
-    s["recount"] = recount
-    _trim(s)
+    _set_count(s, event, body.count + missed, recount)
 
 
 def _consume(lots: list[list[object]], amount: int) -> None:

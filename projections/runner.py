@@ -35,12 +35,14 @@ from projections.inventory import Inventory
 from projections.roster import Roster
 
 REBUILD_CHUNK = 2000
+STATE_CACHE_LIMIT = 20_000  # entities kept in memory during a rebuild before a write
 ENTITY_COLUMN = "_entity"
 
 _INTERNAL = """
 CREATE TABLE IF NOT EXISTS proj_meta (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS proj_state (
-    entity TEXT PRIMARY KEY, last BLOB NOT NULL, state BLOB NOT NULL
+    entity TEXT PRIMARY KEY, last BLOB NOT NULL, state BLOB NOT NULL,
+    tables TEXT NOT NULL           -- the projection tables holding its rows
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS proj_index (
     entity TEXT NOT NULL, hlc INTEGER NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL,
@@ -155,7 +157,10 @@ class Runner:
         fork = self._forks.get(event.author)
         return fork is None or event.seq < fork
 
-    def apply(self, db: sqlite3.Connection, batch: Sequence[Event]) -> None:
+    def apply(self, db: sqlite3.Connection, batch: Sequence[Event],
+              cache: _StateCache | None = None) -> None:
+        """Fold ``batch``; with ``cache`` (rebuild), states stay in memory between calls
+        and are written when the cache is full or flushed."""
         if self._forks:
             batch = [e for e in batch if self._kept(e)]
         if not batch:
@@ -163,14 +168,17 @@ class Runner:
         ordered = sorted(batch, key=lambda e: e.key)
         causality = LogCausality(db)
         lookup = _event_lookup(db)
+        own = cache is None
+        states = _StateCache() if cache is None else cache
         for projection in self.projections:
-            self._apply_one(db, projection, ordered, causality, lookup)
+            self._apply_one(db, projection, ordered, causality, lookup, states)
+        if own or len(states) > STATE_CACHE_LIMIT:
+            self._flush(db, states)
 
     def _apply_one(
         self, db: sqlite3.Connection, projection: Projection, ordered: Sequence[Event],
-        causality: Causality, lookup: Callable[[bytes], Event | None],
+        causality: Causality, lookup: Callable[[bytes], Event | None], states: _StateCache,
     ) -> None:
-        states: dict[str, tuple[State | None, Key | None]] = {}
         late: set[str] = set()
         index: list[tuple[str, int, bytes, int]] = []
         for event in ordered:
@@ -180,50 +188,47 @@ class Runner:
                 index.append((entity, event.hlc, event.author, event.seq))
                 if entity in late:
                     continue
-                if entity not in states:
-                    states[entity] = _load_state(db, entity)
-                state, last = states[entity]
-                if last is not None and event.key <= last:
+                cached = states.get(entity)
+                if cached is None:
+                    cached = states[entity] = _load_state(db, projection, entity)
+                if cached.last is not None and event.key <= cached.last:
                     late.add(entity)
                     continue
-                new = projection.apply(entity, state, event, causality)
+                new = projection.apply(entity, cached.state, event, causality)
                 if new is None:
                     late.add(entity)
                     continue
-                states[entity] = (new, event.key)
+                cached.state, cached.last, cached.dirty = new, event.key, True
         if not index:
             return
         db.executemany("INSERT OR IGNORE INTO proj_index VALUES (?, ?, ?, ?)", index)
         for entity in late:
             history = [e for e in _entity_events(db, entity) if self._kept(e)]
-            states[entity] = (projection.fold(entity, history, causality),
-                              history[-1].key if history else None)
-        for entity, (state, last) in states.items():
-            self._write(db, projection, entity, state, last)
+            cached = states[entity]
+            cached.state = projection.fold(entity, history, causality)
+            cached.last = history[-1].key if history else None
+            cached.dirty = True
 
-    def _write(self, db: sqlite3.Connection, projection: Projection, entity: str,
-               state: State | None, last: Key | None) -> None:
-        for table in projection.TABLES:
-            db.execute(f'DELETE FROM "{table.name}" WHERE {ENTITY_COLUMN} = ?', (entity,))
-        if state is None or last is None:
-            db.execute("DELETE FROM proj_state WHERE entity = ?", (entity,))
-            return
-        for table_name, rows in projection.rows(entity, state).items():
-            if rows:
-                marks = ", ".join("?" * (len(rows[0]) + 1))
-                db.executemany(f'INSERT INTO "{table_name}" VALUES ({marks})',
-                               [(entity, *row) for row in rows])
-        db.execute("INSERT OR REPLACE INTO proj_state VALUES (?, ?, ?)",
-                   (entity, _pack(list(last)), _pack(state)))
+    def _flush(self, db: sqlite3.Connection, states: _StateCache) -> None:
+        for entity, cached in states.items():
+            if cached.dirty:
+                _write(db, entity, cached)
+        states.clear()
 
     def rebuild(self, db: sqlite3.Connection) -> int:
-        """Drop every projection and fold the whole log again; return events folded."""
+        """Drop every projection and fold the whole log again; return events folded.
+
+        Canonical order means no event is late, so nothing is re-folded; states stay in
+        a bounded cache (STATE_CACHE_LIMIT entities) so each is written about once.
+        """
         self._drop(db)
         self.setup(db)  # reads the fork points again
         folded = 0
+        cache = _StateCache()
         for chunk in _canonical_chunks(db, REBUILD_CHUNK):
-            self.apply(db, chunk)
+            self.apply(db, chunk, cache)
             folded += len(chunk)
+        self._flush(db, cache)
         self.mark_current(db)
         return folded
 
@@ -254,13 +259,51 @@ def _pack(value: object) -> bytes:
     return packed
 
 
-def _load_state(db: sqlite3.Connection, entity: str) -> tuple[State | None, Key | None]:
-    row = db.execute("SELECT last, state FROM proj_state WHERE entity = ?",
+class _Cached:
+    """One entity's fold state between the batch that loads it and the write."""
+
+    __slots__ = ("projection", "state", "last", "tables", "dirty")
+
+    def __init__(self, projection: Projection, state: State | None, last: Key | None,
+                 tables: tuple[str, ...]) -> None:
+        self.projection = projection
+        self.state = state
+        self.last = last
+        self.tables = tables  # tables holding its rows now: the only ones to clear
+        self.dirty = False
+
+
+_StateCache = dict[str, _Cached]
+
+
+def _load_state(db: sqlite3.Connection, projection: Projection, entity: str) -> _Cached:
+    row = db.execute("SELECT last, state, tables FROM proj_state WHERE entity = ?",
                      (entity,)).fetchone()
     if row is None:
-        return None, None
+        return _Cached(projection, None, None, ())
     hlc, author, seq = msgpack.unpackb(row[0], raw=False)
-    return msgpack.unpackb(row[1], raw=False), (hlc, author, seq)
+    tables = tuple(t for t in row[2].split(",") if t)
+    return _Cached(projection, msgpack.unpackb(row[1], raw=False), (hlc, author, seq), tables)
+
+
+def _write(db: sqlite3.Connection, entity: str, cached: _Cached) -> None:
+    """Replace the entity's rows and save its state, in the caller's transaction."""
+    for table_name in cached.tables:
+        db.execute(f'DELETE FROM "{table_name}" WHERE {ENTITY_COLUMN} = ?', (entity,))
+    if cached.state is None or cached.last is None:
+        db.execute("DELETE FROM proj_state WHERE entity = ?", (entity,))
+        cached.tables = ()
+        return
+    written = []
+    for table_name, rows in cached.projection.rows(entity, cached.state).items():
+        if rows:
+            marks = ", ".join("?" * (len(rows[0]) + 1))
+            db.executemany(f'INSERT INTO "{table_name}" VALUES ({marks})',
+                           [(entity, *row) for row in rows])
+            written.append(table_name)
+    cached.tables = tuple(written)
+    db.execute("INSERT OR REPLACE INTO proj_state VALUES (?, ?, ?, ?)",
+               (entity, _pack(list(cached.last)), _pack(cached.state), ",".join(written)))
 
 
 def _entity_events(db: sqlite3.Connection, entity: str) -> Iterator[Event]:

@@ -281,6 +281,6 @@ def parse_address(text: str, default_port: int) -> tuple[str, int]:
     else:
         host, port_text = text, ""
     port = int(port_text) if port_text else default_port
-    if not host or not 0 < port < 65536:
+    if not host or not 0 <= port < 65536:  # 0: any free port (for listening)
         raise ValueError(f"'{text}' is not host:port")
     return host, port
