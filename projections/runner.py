@@ -262,7 +262,7 @@ def _pack(value: object) -> bytes:
 class _Cached:
     """One entity's fold state between the batch that loads it and the write."""
 
-    __slots__ = ("projection", "state", "last", "tables", "dirty")
+    __slots__ = ("dirty", "last", "projection", "state", "tables")
 
     def __init__(self, projection: Projection, state: State | None, last: Key | None,
                  tables: tuple[str, ...]) -> None:

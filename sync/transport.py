@@ -82,6 +82,7 @@ class Session:
         self._credit = asyncio.Event()
         self._senders: set[asyncio.Task[None]] = set()
         self._bye_sent = False
+        self._peer_closed = False
         self.error: str | None = None
 
     @property
@@ -206,10 +207,18 @@ class Session:
             await self._flush()
 
     async def _flush(self) -> None:
+        """Write what the core has for the peer. Once the peer has closed, sending
+        stops but reading goes on: its last frames (its bye) may still be buffered."""
         async with self._send_lock:
             for frame in self.protocol.data_to_send():
+                if self._peer_closed:
+                    continue
+                try:
+                    await self.ws.send(frame)
+                except ConnectionClosed:
+                    self._peer_closed = True
+                    continue
                 self.stats.bytes_out += len(frame)
-                await self.ws.send(frame)
 
     async def close(self, reason: str = "shutting-down") -> None:
         """End the session from our side (shutdown)."""
