@@ -14,13 +14,16 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import click
+import ifaddr
 from nacl.signing import SigningKey
 
 from node import body as b
+from node import invite
 from node.errors import UsageError
 from node.events import Envelope
 from node.identity import (
@@ -238,9 +241,11 @@ class Node:
         manager = PeerManager(self.store, self.key, say=say, name_of=names.get)
         host, port = _address(listen) if listen else (None, None)
         try:
-            await manager.start(host, port)
+            bound = await manager.start(host, port)
         except OSError as exc:
             raise UsageError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+        if bound is not None:
+            await self.store.set_meta("listen-port", bound)  # what `potluck invite` offers
         for address in peers:
             peer_host, peer_port = _address(address)
             manager.add_peer(f"{peer_host}:{peer_port}", "manual")
@@ -248,6 +253,29 @@ class Node:
             await stop.wait()
         finally:
             await manager.stop()
+
+    async def invite(self, addresses: Sequence[str] = (), *,
+                     valid_for: float | None = None) -> str:
+        """An invite code for this group that dials this node (docs/decisions/0006)."""
+        if not addresses:
+            port = await self.store.get_meta("listen-port") or DEFAULT_PORT
+            addresses = [f"{ip}:{port}" for ip in local_addresses()] or [f"127.0.0.1:{port}"]
+        code_addresses = []
+        for text in addresses[:invite.MAX_ADDRESSES]:
+            host, port = _address(text)
+            code_addresses.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        made = invite.invite_for(self.group, code_addresses, valid_for=valid_for,
+                                 now=time.time())
+        return invite.encode(made)
+
+    @classmethod
+    async def join(cls, data_dir: Path, name: str, code: str) -> Node:
+        """Create a node in the group of an invite; its addresses become known peers."""
+        accepted = invite.decode(code, now=time.time())
+        node = await cls.init(data_dir, name, invite.group_of(accepted))
+        for address in accepted.addresses:
+            await node.remember_peer(address, "invite")
+        return node
 
     async def remember_peer(self, address: str, found: str) -> None:
         host, port = _address(address)
@@ -264,6 +292,16 @@ class Node:
                  "last_seen": views.ms_time(r.last_seen) if r.last_seen else None,
                  "behind": r.behind, "ahead": r.ahead, "last_error": r.last_error}
                 for r in rows]
+
+
+def local_addresses() -> list[str]:
+    """This machine's IPv4 addresses other devices may reach (loopback excluded)."""
+    found: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if ip.is_IPv4 and isinstance(ip.ip, str) and not ip.ip.startswith("127."):
+                found.append(ip.ip)
+    return found
 
 
 def _address(text: str) -> tuple[str, int]:

@@ -16,9 +16,10 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
+import segno
 from rich.console import Console
 from rich.table import Table
 
@@ -26,8 +27,13 @@ from node import body as b
 from node.app import Node, default_data_dir
 from node.errors import InvalidBody, PotluckError, UsageError
 from node.identity import Group
+from node.invite import invite_length
 from projections import views
 from projections.views import hlc_time
+from sync.bundle import export_bundle, import_bundle, read_vector_file, write_vector_file
+
+if TYPE_CHECKING:
+    from node.web.server import UiServer
 
 T = TypeVar("T")
 EXIT_USAGE = 2
@@ -94,27 +100,83 @@ def cli(data_dir: Path | None) -> None:
 
 @cli.command()
 @click.option("--name", required=True, help="Your name, as others will see it.")
-@click.option("--new-group", "group_name", required=True, help="Name of the new group.")
+@click.option("--new-group", "group_name", default=None, help="Start a new group with this name.")
+@click.option("--join", "code", default=None, metavar="CODE",
+              help="Join the group of an invite code (from 'potluck invite').")
 @json_option
-def init(name: str, group_name: str, as_json: bool) -> None:
-    """Create this node and a new group."""
-    group = Group.new(group_name)
+def init(name: str, group_name: str | None, code: str | None, as_json: bool) -> None:
+    """Create this node: start a new group, or join one with an invite code."""
+    if (group_name is None) == (code is None):
+        raise click.UsageError("give either --new-group NAME or --join CODE")
 
     async def run() -> dict[str, str]:
-        node = await Node.init(_data_dir(), name, group)
+        if code is not None:
+            node = await Node.join(_data_dir(), name, code)
+        else:
+            assert group_name is not None
+            node = await Node.init(_data_dir(), name, Group.new(group_name))
         try:
-            return {"name": name, "key": node.author.hex(), "group": group.name,
-                    "group_id": group.id.hex(), "data_dir": str(node.data_dir)}
+            return {"name": name, "key": node.author.hex(), "group": node.group.name,
+                    "group_id": node.group.id.hex(), "data_dir": str(node.data_dir)}
         finally:
             await node.close()
 
     info = asyncio.run(run())
     if as_json:
         _print_json(info)
+        return
+    if code is not None:
+        click.echo(f"Joined group '{info['group']}' as {name}. Run 'potluck serve' to catch "
+                   "up with the group (it dials the addresses in the invite).")
     else:
-        click.echo(f"Created group '{group.name}' with you, {name}, as its first member.")
-        click.echo(f"Your node lives in {info['data_dir']}.")
-        click.echo(info["key"])
+        click.echo(f"Created group '{info['group']}' with you, {name}, as its first member.")
+    click.echo(f"Your node lives in {info['data_dir']}.")
+    click.echo(info["key"])
+
+
+@cli.command()
+@click.option("--address", "addresses", multiple=True, metavar="HOST:PORT",
+              help="Where others can reach this node (default: this machine's addresses "
+                   "and the port 'potluck serve' listens on).")
+@click.option("--expires-in", "expires_in", default=None, metavar="DURATION",
+              help="Stop the code working after this long: 30m, 12h, 7d.")
+@click.option("--qr", is_flag=True, help="Also print the code as a QR code.")
+@click.option("--qr-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the QR code as an image (.png or .svg).")
+@json_option
+def invite(addresses: tuple[str, ...], expires_in: str | None, qr: bool, qr_file: Path | None,
+           as_json: bool) -> None:
+    """Print an invite code for a new neighbour (it holds the group's secret)."""
+    valid_for = _duration(expires_in) if expires_in else None
+    code = _with_node(lambda node: node.invite(addresses, valid_for=valid_for))
+    symbol = segno.make(code.upper(), error="m") if (qr or qr_file) else None
+    if symbol is not None and qr_file is not None:
+        try:
+            symbol.save(str(qr_file), scale=8, border=4)
+        except OSError as exc:
+            raise UsageError(f"cannot write {qr_file}: {exc.strerror or exc}") from None
+    if as_json:
+        _print_json({"code": code, "length": invite_length(code),
+                     "expires_in_seconds": valid_for, "qr_file": str(qr_file) if qr_file else None})
+        return
+    click.echo("Anyone with this code can join the group and read everything in it: "
+               "share it in person.")
+    if symbol is not None and qr:
+        symbol.terminal(compact=True)
+    click.echo(code)
+
+
+def _duration(text: str) -> float:
+    units = {"m": 60, "h": 3600, "d": 86400}
+    try:
+        value = float(text[:-1])
+        unit = units[text[-1]]
+    except (KeyError, ValueError, IndexError):
+        raise click.BadParameter(f"'{text}' is not a duration like 30m, 12h or 7d",
+                                 param_hint="--expires-in") from None
+    if value <= 0:
+        raise click.BadParameter("must be positive", param_hint="--expires-in")
+    return value * unit
 
 
 @cli.command()
@@ -543,7 +605,11 @@ def digest(as_json: bool) -> None:
               help="Where to accept other nodes.")
 @click.option("--peer", "peers", multiple=True, metavar="HOST:PORT",
               help="A node to keep in sync with (repeatable).")
-def serve(listen: str, peers: tuple[str, ...]) -> None:
+@click.option("--ui", "ui", default="127.0.0.1:7718", show_default=True, metavar="HOST:PORT",
+              help="Where to show the web page. Another host than 127.0.0.1 prints a "
+                   "login link with a new access token (valid until serve stops).")
+@click.option("--no-ui", is_flag=True, help="Do not show the web page.")
+def serve(listen: str, peers: tuple[str, ...], ui: str, no_ui: bool) -> None:
     """Run this node: accept peers, dial known ones, push and relay events live."""
 
     def say(line: str) -> None:
@@ -555,10 +621,83 @@ def serve(listen: str, peers: tuple[str, ...]) -> None:
         loop = asyncio.get_running_loop()
         for signame in ("SIGINT", "SIGTERM"):
             loop.add_signal_handler(getattr(signal, signame), stop.set)
-        await node.serve(listen=listen, peers=peers, stop=stop, say=say)
+        page = None if no_ui else _web_server(node, ui, say)
+        page_task = asyncio.create_task(page.serve()) if page is not None else None
+        try:
+            await node.serve(listen=listen, peers=peers, stop=stop, say=say)
+        finally:
+            if page is not None and page_task is not None:
+                page.should_exit = True
+                await page_task
         say("stopped")
 
     _with_node(run)
+
+
+def _web_server(node: Node, address: str, say: Callable[[str], None]) -> UiServer:
+    from node.web import create_server, new_token
+    from node.web.server import is_loopback, parse_address
+
+    host, port = parse_address(address)
+    token = None if is_loopback(host) else new_token()
+    page = create_server(node, host, port, token=token)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    if token is None:
+        say(f"web page on http://{shown}:{port}/")
+    else:
+        say(f"web page on http://{shown}:{port}/ : log in once per device with "
+            f"http://{shown}:{port}/?token={token}")
+    return page
+
+
+@cli.group()
+def bundle() -> None:
+    """Carry the log on a USB stick when there is no network between two places."""
+
+
+@bundle.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--since", "since_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, metavar="VECTOR_FILE",
+              help="Only what the other node lacks (its 'potluck bundle have' file).")
+@json_option
+def bundle_export(file: Path, since_file: Path | None, as_json: bool) -> None:
+    """Write this node's events (encrypted for the group) to FILE."""
+    since = read_vector_file(since_file) if since_file else None
+    info = _with_node(lambda node: export_bundle(node.store, file, since=since))
+    if as_json:
+        _print_json({"file": str(file), "events": info.events, "bytes": info.bytes,
+                     "authors": info.authors})
+    else:
+        click.echo(f"Wrote {info.events} events from {info.authors} members to {file} "
+                   f"({info.bytes:,} bytes).")
+
+
+@bundle.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def bundle_import(file: Path, as_json: bool) -> None:
+    """Add the events of a bundle FILE to this node (checked like any peer's)."""
+    result = _with_node(lambda node: import_bundle(node.store, file))
+    if as_json:
+        _print_json({"file": str(file), "stored": result.stored,
+                     "duplicates": result.duplicates, "held": result.held,
+                     "rejected": result.rejected, "reasons": result.reasons,
+                     "forks": [[a.hex(), seq] for a, seq in result.forks]})
+        return
+    click.echo(f"Imported {result.stored} new events ({result.duplicates} already here"
+               + (f", {result.rejected} refused" if result.rejected else "")
+               + (f", {result.held} waiting for earlier events" if result.held else "") + ").")
+    for reason in result.reasons:
+        click.echo(f"  refused: {reason}")
+
+
+@bundle.command("have")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def bundle_have(file: Path) -> None:
+    """Write what this node has (a vector file) for the other side's --since."""
+    vector = _with_node(lambda node: write_vector_file(node.store, file))
+    click.echo(f"Wrote what this node has ({len(vector)} members' logs) to {file}.")
 
 
 @cli.command("sync")

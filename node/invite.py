@@ -12,7 +12,7 @@ and the hyphens and spaces people add are ignored.
 
 Why CRC-32 as the checksum: it is only there to catch typing mistakes, and unlike a
 truncated hash it *guarantees* that any single wrong character, and any two adjacent
-characters swapped, is caught (every such change is an error burst of at most 16 bits
+characters swapped, is caught (every such change is an error burst of at most 24 bits
 in the CRC's bit order). A wrong code is refused with a hint of where the typo is.
 
 Pure: no I/O; the clock is the caller's ``now``.
@@ -37,17 +37,23 @@ GROUP_CHARS = 4
 CHECKSUM_BYTES = 4
 MAX_NAME_CHARS = 100
 MAX_ADDRESSES = 8
-MAX_HOSTNAME_BYTES = 253
 MAX_CODE_CHARS = 2000  # far above any valid invite; bounds the work on garbage input
 
 _TAG_IPV4 = 1
 _TAG_IPV6 = 2
 _TAG_HOST = 3
 
-_VALUES: dict[str, int] = {char: value for value, char in enumerate(ALPHABET)}
-_VALUES.update({char.lower(): value for char, value in list(_VALUES.items())})
-for _char, _same in (("I", "1"), ("i", "1"), ("L", "1"), ("l", "1"), ("O", "0"), ("o", "0")):
-    _VALUES[_char] = _VALUES[_same]
+
+
+def _decoding_table() -> dict[str, int]:
+    """Character -> 5-bit value, forgiving case and the letters read as digits."""
+    table = {char: value for value, char in enumerate(ALPHABET)}
+    table.update({"I": 1, "L": 1, "O": 0})
+    table.update({char.lower(): value for char, value in table.items()})
+    return table
+
+
+_VALUES = _decoding_table()
 
 # What people put between groups: spaces, line breaks, and every kind of dash a word
 # processor or chat app may turn a hyphen into.
@@ -280,7 +286,7 @@ def _where(values: list[int]) -> str:
     """A hint of where the typo is, when exactly one place explains it.
 
     Tries every single-character mistake (a wrong letter, one missing, one extra, two
-    neighbours swapped); the CRC makes a false match rare (about 1 in 600,000 for a
+    neighbours swapped); the CRC makes a false match rare (about 1 in 650,000 for a
     typical code), and the result is only a hint: nothing is corrected.
     """
     n = len(values)

@@ -341,6 +341,9 @@ class Store:
         envelopes = sorted({e.hash: e for e in batch}.values(), key=lambda e: (e.author, e.seq))
         authentic = ({e.hash for e in envelopes} if authenticated
                      else _authenticate(envelopes))
+        # Store in hlc order: an event's prev and deps have lower hlcs (validity rule),
+        # so they come first and nothing inside one batch has to wait in pending.
+        envelopes.sort(key=lambda e: e.key)
         result = await self._run(lambda db: self._receive(db, envelopes, authentic), write=True)
         if result.stored:
             self._changed()
@@ -515,6 +518,16 @@ class Store:
         return await self._run(lambda db: [
             (r[0], r[1], r[2]) for r in db.execute(
                 "SELECT author, seq, count(*) FROM forks GROUP BY author, seq")], write=False)
+
+    async def get_meta(self, key: str) -> object:
+        """A small setting kept with the log (e.g. where ``serve`` listens); None if unset."""
+        row = await self._run(lambda db: db.execute(
+            "SELECT value FROM meta WHERE key = ?", ("x-" + key,)).fetchone(), write=False)
+        return None if row is None else row[0]
+
+    async def set_meta(self, key: str, value: str | int | bytes) -> None:
+        await self._run(lambda db: db.execute(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)", ("x-" + key, value)), write=True)
 
     async def pending_count(self) -> int:
         return int(await self._run(

@@ -74,7 +74,7 @@ VALID: dict[str, dict[str, object]] = {
 
 def test_registry_holds_every_type_of_the_body_union_under_its_wire_name() -> None:
     assert set(TYPES.values()) == set(get_args(bodies.Body))
-    assert all(TYPES[name].TYPE == name for name in TYPES)
+    assert all(name == TYPES[name].TYPE for name in TYPES)
     assert set(VALID) == set(TYPES)
     assert all(cls.VERSION == 1 for cls in TYPES.values())
 

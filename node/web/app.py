@@ -194,6 +194,9 @@ class Web:
             "me_key": self.node.author.hex()[:8],
             "group": self.node.group.name,
             "today": today.isoformat(),
+            # Where live.js re-fetches this page: never the address of a POST whose
+            # form came back with a problem.
+            "live_url": f"/{name}" + (f"?week={data['week']}" if name == "roster" else ""),
         }
         template = f"{name}_live.html" if live_only else f"{name}.html"
         response = self.templates.TemplateResponse(request, template, context,
@@ -220,7 +223,8 @@ class Web:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         if status == 405:
             return Response("Method Not Allowed", status_code=405)
-        return self.error_page(request, "page.not_found", status)
+        key = "page.not_found" if status == 404 else "page.bad_request"
+        return self.error_page(request, key, status)
 
     async def csrf_error(self, request: Request, exc: Exception) -> Response:
         return self.error_page(request, "page.csrf", 403)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from node.errors import PotluckError
 
@@ -58,7 +58,7 @@ class ChangeFeed:
         if self._wake is not None:
             self._wake.set()
 
-    async def listen(self, *, heartbeat: float = HEARTBEAT) -> AsyncIterator[int | None]:
+    async def listen(self, *, heartbeat: float = HEARTBEAT) -> AsyncGenerator[int | None]:
         """Yield the counter now, then each new value; None every ``heartbeat`` s of quiet.
 
         The heartbeat lets the caller write to the connection, which is how a peer that
@@ -109,7 +109,7 @@ class ChangeFeed:
         while True:
             try:
                 current = await self._last_id()
-            except PotluckError as exc:  # the store closed or failed: say so, keep trying
+            except (PotluckError, ValueError) as exc:  # failed or closed: say so, go on
                 log.warning("web feed cannot read the log: %s", exc)
                 current = self._last if self._last is not None else 0
             if current != self._last:

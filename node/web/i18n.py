@@ -56,7 +56,7 @@ EN: dict[str, str] = {
     "form.nothing_saved": "Nothing was saved. Fix this and send the form again:",
     "form.optional": "optional",
     "form.choose": "Choose…",
-    "form.none": "None",
+    "form.none": "Not set",
     "form.save": "Save",
     # -- flash: what was saved ----------------------------------------------------
     "flash.saved": "Saved on this device.",
@@ -122,6 +122,9 @@ EN: dict[str, str] = {
     "page.not_found.text": "There is nothing at this address.",
     "page.too_large.title": "Too much to send",
     "page.too_large.text": "That form was too large. Nothing was saved.",
+    "page.bad_request.title": "That did not work",
+    "page.bad_request.text": "The page sent something this device cannot read. Nothing "
+                             "was saved. Go back and try again.",
     "page.back": "Back to the board",
     # -- time --------------------------------------------------------------------
     "time.just_now": "just now",
@@ -251,12 +254,13 @@ EN: dict[str, str] = {
     "roster.needs.one": "Needs {n} more person",
     "roster.needs.other": "Needs {n} more people",
     "roster.full": "Full",
-    "roster.filled": "{filled} of {slots} places taken",
-    "roster.over_filled": "Over-filled: {filled} signed up for {slots} places. The last "
-                          "to sign up are marked “extra”: agree together who goes.",
+    "roster.filled": "Places: {filled} of {slots} taken",
+    "roster.over_filled": "Over-filled: {filled} signed up, {slots} needed. The last to "
+                          "sign up are marked “extra”: agree together who goes.",
     "roster.extra": "extra",
     "roster.nobody": "Nobody yet.",
     "roster.signup": "Sign up",
+    "roster.signup_extra": "Sign up as extra",
     "roster.withdraw": "Withdraw",
     "roster.hours_title": "Hours in week {week}",
     "roster.no_hours": "No hours recorded for this week yet.",
@@ -342,7 +346,7 @@ ES: dict[str, str] = {
     "form.nothing_saved": "No se guardó nada. Corrige esto y envía el formulario de nuevo:",
     "form.optional": "opcional",
     "form.choose": "Elige…",
-    "form.none": "Ninguno",
+    "form.none": "Sin indicar",
     "form.save": "Guardar",
     "flash.saved": "Guardado en este dispositivo.",
     "flash.offer_posted": "Oferta publicada.",
@@ -405,6 +409,9 @@ ES: dict[str, str] = {
     "page.not_found.text": "No hay nada en esta dirección.",
     "page.too_large.title": "Demasiado para enviar",
     "page.too_large.text": "Ese formulario era demasiado grande. No se guardó nada.",
+    "page.bad_request.title": "Eso no funcionó",
+    "page.bad_request.text": "La página envió algo que este dispositivo no puede leer. No "
+                             "se guardó nada. Vuelve atrás e inténtalo de nuevo.",
     "page.back": "Volver al tablón",
     "time.just_now": "ahora mismo",
     "time.minutes_ago": "hace {n} min",
@@ -535,13 +542,14 @@ ES: dict[str, str] = {
     "roster.needs.one": "Falta {n} persona",
     "roster.needs.other": "Faltan {n} personas",
     "roster.full": "Completo",
-    "roster.filled": "{filled} de {slots} plazas ocupadas",
-    "roster.over_filled": "Demasiada gente: {filled} apuntados para {slots} plazas. Los "
+    "roster.filled": "Plazas: {filled} de {slots} ocupadas",
+    "roster.over_filled": "Demasiada gente: {filled} apuntados, se necesitan {slots}. Los "
                           "últimos en apuntarse están marcados «de más»: acordad entre "
                           "vosotros quién va.",
     "roster.extra": "de más",
     "roster.nobody": "Nadie todavía.",
     "roster.signup": "Apuntarme",
+    "roster.signup_extra": "Apuntarme de más",
     "roster.withdraw": "Retirarme",
     "roster.hours_title": "Horas de la semana {week}",
     "roster.no_hours": "Todavía no hay horas anotadas para esta semana.",

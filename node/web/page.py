@@ -18,7 +18,7 @@ from typing import Any
 
 from node.app import Node
 from node.web.form import Known
-from node.web.i18n import Message, Translator
+from node.web.i18n import EN, Message, Translator
 from projections import views
 from projections.board import ALLOWED_FROM
 from projections.roster import iso_week
@@ -43,6 +43,11 @@ class FormState:
             return self.values[field_name]
         return "" if default is None else str(default)
 
+    def label_key(self, field_name: str) -> str | None:
+        """The catalog key of the field's label, for the error summary (None if none)."""
+        key = _LABELS.get((self.name, field_name), f"field.{field_name}")
+        return key if key in EN else None
+
     @property
     def first_error(self) -> str | None:
         return next((name for name in self.errors if name), None)
@@ -50,6 +55,10 @@ class FormState:
     @property
     def submitted(self) -> bool:
         return bool(self.values) or bool(self.errors)
+
+
+_LABELS = {("assign", "until"): "field.role_until"}
+"""Fields whose label is not ``field.<name>``."""
 
 
 # -- reads the views do not have yet ----------------------------------------------
@@ -269,7 +278,8 @@ async def roster_view(node: Node, t: Translator, week: str,
     hours = sorted(({"name": _who(t, h["member"], h["name"], me), "hours": f"{h['hours']:g}"}
                     for h in data["hours"]), key=lambda h: str(h["name"]).lower())
     return {
-        "live_id": live_id, "week": week, "days": days, "hours": hours,
+        "live_id": live_id, "week": week, "week_number": number, "days": days,
+        "hours": hours,
         "heading": t("roster.week", week=number, start=t.day(monday),
                      end=t.day(monday + datetime.timedelta(days=6))),
         "prev": current_week(monday - datetime.timedelta(days=7)),

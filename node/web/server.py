@@ -6,15 +6,20 @@ Usage (what ``potluck serve --ui HOST:PORT`` does)::
     server = create_server(node, "0.0.0.0", 7718, token=new_token())  # LAN
     await server.serve()          # returns after server.should_exit = True
 
+The server does not touch signal handlers: the caller owns Ctrl-C and SIGTERM and stops
+it by setting ``server.should_exit = True``.
+
 Binding to anything but loopback without a token raises ``UsageError``: the page acts
 with this node's key (docs/web.md §exposing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import secrets
 import socket
+from collections.abc import Generator
 
 import uvicorn
 
@@ -71,6 +76,15 @@ class UiServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.feed.close()
         await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None]:
+        """Leave signals alone: the node that embeds the server owns Ctrl-C and SIGTERM.
+
+        uvicorn would otherwise replace their handlers while it serves; the node stops
+        the UI by setting ``should_exit``.
+        """
+        yield
 
 
 def create_server(node: Node, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,

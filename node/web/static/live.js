@@ -43,6 +43,12 @@
       });
   }
 
+  function liveUrl() {
+    var region = document.getElementById("live");
+    return (region && region.getAttribute("data-url")) ||
+      window.location.pathname + window.location.search;
+  }
+
   function done() {
     busy = false;
     if (announcer && status) {
@@ -64,7 +70,7 @@
       return;
     }
     busy = true;
-    fetchLive(window.location.pathname + window.location.search).then(done, done);
+    fetchLive(liveUrl()).then(done, done);
   }
 
   document.addEventListener("focusout", function () {
@@ -81,7 +87,7 @@
     window.setInterval(function () {
       if (!busy && !typing()) {
         busy = true;
-        fetchLive(window.location.pathname + window.location.search).then(done, done);
+        fetchLive(liveUrl()).then(done, done);
       }
     }, poll);
   }
