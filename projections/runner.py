@@ -210,9 +210,7 @@ class Runner:
             cached.dirty = True
 
     def _flush(self, db: sqlite3.Connection, states: _StateCache) -> None:
-        for entity, cached in states.items():
-            if cached.dirty:
-                _write(db, entity, cached)
+        _write_all(db, [(entity, cached) for entity, cached in states.items() if cached.dirty])
         states.clear()
 
     def rebuild(self, db: sqlite3.Connection) -> int:
@@ -286,24 +284,34 @@ def _load_state(db: sqlite3.Connection, projection: Projection, entity: str) -> 
     return _Cached(projection, msgpack.unpackb(row[1], raw=False), (hlc, author, seq), tables)
 
 
-def _write(db: sqlite3.Connection, entity: str, cached: _Cached) -> None:
-    """Replace the entity's rows and save its state, in the caller's transaction."""
-    for table_name in cached.tables:
-        db.execute(f'DELETE FROM "{table_name}" WHERE {ENTITY_COLUMN} = ?', (entity,))
-    if cached.state is None or cached.last is None:
-        db.execute("DELETE FROM proj_state WHERE entity = ?", (entity,))
-        cached.tables = ()
-        return
-    written = []
-    for table_name, rows in cached.projection.rows(entity, cached.state).items():
-        if rows:
-            marks = ", ".join("?" * (len(rows[0]) + 1))
-            db.executemany(f'INSERT INTO "{table_name}" VALUES ({marks})',
-                           [(entity, *row) for row in rows])
-            written.append(table_name)
-    cached.tables = tuple(written)
-    db.execute("INSERT OR REPLACE INTO proj_state VALUES (?, ?, ?, ?)",
-               (entity, _pack(list(cached.last)), _pack(cached.state), ",".join(written)))
+def _write_all(db: sqlite3.Connection, dirty: Sequence[tuple[str, _Cached]]) -> None:
+    """Replace the rows and save the states of ``dirty`` entities, in the caller's
+    transaction, with one statement per table rather than per entity."""
+    deletes: dict[str, list[tuple[str]]] = {}
+    inserts: dict[str, list[tuple[object, ...]]] = {}
+    saved: list[tuple[str, bytes, bytes, str]] = []
+    dropped: list[tuple[str]] = []
+    for entity, cached in dirty:
+        for table_name in cached.tables:
+            deletes.setdefault(table_name, []).append((entity,))
+        if cached.state is None or cached.last is None:
+            dropped.append((entity,))
+            cached.tables = ()
+            continue
+        written = []
+        for table_name, rows in cached.projection.rows(entity, cached.state).items():
+            if rows:
+                inserts.setdefault(table_name, []).extend((entity, *row) for row in rows)
+                written.append(table_name)
+        cached.tables = tuple(written)
+        saved.append((entity, _pack(list(cached.last)), _pack(cached.state), ",".join(written)))
+    for table_name, keys in deletes.items():
+        db.executemany(f'DELETE FROM "{table_name}" WHERE {ENTITY_COLUMN} = ?', keys)
+    for table_name, rows in inserts.items():
+        marks = ", ".join("?" * len(rows[0]))
+        db.executemany(f'INSERT INTO "{table_name}" VALUES ({marks})', rows)
+    db.executemany("INSERT OR REPLACE INTO proj_state VALUES (?, ?, ?, ?)", saved)
+    db.executemany("DELETE FROM proj_state WHERE entity = ?", dropped)
 
 
 def _entity_events(db: sqlite3.Connection, entity: str) -> Iterator[Event]:
