@@ -45,10 +45,11 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-_BENCH = Path(__file__).resolve().parent
-sys.path[:0] = [str(_BENCH), str(_BENCH.parent)]  # ``import ceiling`` and the packages
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _path  # noqa: E402
 
-import ceiling  # noqa: E402
+_path.use_repo()
+ceiling = _path.load("ceiling")
 
 from node import body as b  # noqa: E402
 from node.app import LOG_FILE, Node  # noqa: E402

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -51,6 +52,8 @@ T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 CHUNK = 500
+SIGN_CHUNK = 128  # events signed ahead while the previous chunk is stored
+_signer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="potluck-signer")
 MAX_FUTURE_MS = 24 * 3600 * 1000
 """An event stamped further than this beyond our clock is held until then (a peer's
 clock set a year ahead must not drag every node's clock with it)."""
@@ -275,27 +278,46 @@ class Store:
                 deps.append(other_head.hash)
                 dep_hlcs.append(other_head.hlc)
         deps = deps[: events.MAX_DEPS]
+        chunks = [drafts[i:i + SIGN_CHUNK] for i in range(0, len(drafts), SIGN_CHUNK)]
         written: list[Envelope] = []
-        prev = head
-        for draft in drafts:
-            body: Mapping[str, object]
-            if isinstance(draft, BaseBody):
-                type_, body, parsed = draft.TYPE, draft.to_body(), draft
-            else:
-                (type_, body), parsed = draft, None
-            hlc = self.clock.tick(prev.hlc if prev else 0, *dep_hlcs)
-            envelope = events.create(
-                key, group=self.group.id, seq=prev.seq + 1 if prev else 1,
-                prev=prev.hash if prev else None, deps=deps, hlc=hlc, type=type_, body=body,
-                parsed=parsed,
-            )
-            written.append(envelope)
-            prev = Head(envelope.seq, envelope.hash, envelope.hlc)
-            deps, dep_hlcs = [], []
-        if written and written[0].seq == 1:
-            _check_first(self.group, written[0])
-        self._insert_many(db, written, heads)
-        self._run_hooks(db, written)
+        if not chunks:
+            return written
+
+        def sign(chunk: Sequence[Draft], prev: Head | None, deps: list[bytes],
+                 dep_hlcs: list[int]) -> list[Envelope]:
+            signed: list[Envelope] = []
+            for draft in chunk:
+                body: Mapping[str, object]
+                if isinstance(draft, BaseBody):
+                    type_, body, parsed = draft.TYPE, draft.to_body(), draft
+                else:
+                    (type_, body), parsed = draft, None
+                hlc = self.clock.tick(prev.hlc if prev else 0, *dep_hlcs)
+                envelope = events.create(
+                    key, group=self.group.id, seq=prev.seq + 1 if prev else 1,
+                    prev=prev.hash if prev else None, deps=deps, hlc=hlc, type=type_,
+                    body=body, parsed=parsed,
+                )
+                signed.append(envelope)
+                prev = Head(envelope.seq, envelope.hash, envelope.hlc)
+                deps, dep_hlcs = [], []
+            return signed
+
+        # Pipeline: while this thread stores and projects chunk k, the signer thread
+        # signs chunk k+1 (libsodium releases the GIL). Each chunk starts from the last
+        # event of the one before, so the chain is the same as signing in one loop.
+        pending = _signer.submit(sign, chunks[0], head, deps, dep_hlcs)
+        for index in range(len(chunks)):
+            batch = pending.result()
+            if index + 1 < len(chunks):
+                last = batch[-1]
+                pending = _signer.submit(sign, chunks[index + 1],
+                                         Head(last.seq, last.hash, last.hlc), [], [])
+            if batch[0].seq == 1:
+                _check_first(self.group, batch[0])
+            self._insert_many(db, batch, heads)
+            self._run_hooks(db, batch)
+            written.extend(batch)
         return written
 
     def first_event_body(self, name: str, author: bytes) -> dict[str, object]:
