@@ -579,6 +579,20 @@ for _cls in TYPES.values():
 del _cls
 
 
+def references(type_: str, body: Mapping[str, object]) -> tuple[bytes, ...]:
+    """Ids of earlier events that ``body`` names (an offer, a claim, a shift...).
+
+    An entity's id is the hash of the event that created it, so a writer can only name
+    what it has seen: the log treats these like deps and holds an event until they are
+    there (docs/events.md §validity). Unknown types and malformed values name nothing.
+    """
+    cls = TYPES.get(type_)
+    if cls is None:
+        return ()
+    named = (body.get(spec.name) for spec in _specs(cls) if spec.kind is _ID)
+    return tuple(v for v in named if isinstance(v, bytes) and len(v) == ID_BYTES)
+
+
 def parse(type_: str, body: Mapping[str, object]) -> Body | None:
     """The typed value of an event's body, or None when this node does not know the type.
 

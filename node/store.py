@@ -35,7 +35,7 @@ import aiosqlite
 from nacl.signing import SigningKey
 
 from node import events
-from node.body import BaseBody
+from node.body import BaseBody, references
 from node.clock import HybridClock, system_ms, wall_ms
 from node.errors import (
     AmbiguousId,
@@ -262,6 +262,12 @@ class Store:
         author = bytes(key.verify_key)
         heads = _load_heads(db)
         head = heads.get(author)
+        if db.execute("SELECT 1 FROM pending WHERE author = ? LIMIT 1", (author,)).fetchone():
+            # own events held for a missing predecessor (a repaired or restored log): the
+            # next seq is already taken by one of them, so writing now would fork our chain
+            raise UsageError(f"events this node wrote after #{head.seq if head else 0} are "
+                             "waiting for earlier ones: run 'potluck sync' with a neighbour "
+                             "before posting")
         top = db.execute("SELECT max(hlc) FROM events").fetchone()[0]
         self.clock.observe(top or 0)
         # deps: the heads of other authors that moved since this author last wrote,
@@ -442,14 +448,15 @@ class Store:
                 if env.prev != head.hash:
                     events.check_follows(env, _stub(head, env.author))
                 events.check_hlc_above(env, head.hlc, "prev")
-            if env.deps:
-                found = _resolve(db, env.deps)
-                missing = [d for d in env.deps if d not in found]
+            named = references(env.type, env.body)
+            if env.deps or named:
+                found = _resolve(db, (*env.deps, *named))
+                missing = [d for d in (*env.deps, *named) if d not in found]
                 if missing:
                     _hold(db, env, missing[0])
                     result.held += 1
                     return None
-                for dep in env.deps:
+                for dep in env.deps:  # named ids need only be present
                     row = db.execute("SELECT hlc FROM events WHERE hkey = ? AND hash = ?",
                                      (hash_key(dep), dep)).fetchone()
                     events.check_hlc_above(env, row[0], "dep")
@@ -693,9 +700,9 @@ def _describe_sqlite_error(exc: sqlite3.Error) -> str:
         return "the disk is full: free some space; nothing was written"
     if "readonly" in text or "read-only" in text:
         return "the data directory is read-only: nothing was written"
-    if "malformed" in text or "not a database" in text:
-        return (f"the database is damaged ({text}): restore the data directory from a "
-                "backup, or start a new node and sync it from the group")
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return (f"the database is damaged ({text}): run 'potluck doctor --repair' to save "
+                "every event it can still verify into a fresh log")
     if "locked" in text or "busy" in text:
         return f"the database is busy ({text}): try again"
     return f"database error: {text}"
