@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _path  # noqa: E402
+import _path
 
 _path.use_repo()
 ceiling = _path.load("ceiling")

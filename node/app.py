@@ -71,6 +71,7 @@ class Node:
         self.author = bytes(key.verify_key)
         self.store = store
         self.runner = runner
+        self.peer_manager: PeerManager | None = None  # while serve() runs
 
     @property
     def group(self) -> Group:
@@ -239,6 +240,7 @@ class Node:
 
         self.store.on_change(refresh)
         manager = PeerManager(self.store, self.key, say=say, name_of=names.get)
+        self.peer_manager = manager
         host, port = _address(listen) if listen else (None, None)
         try:
             bound = await manager.start(host, port)
@@ -253,6 +255,19 @@ class Node:
             await stop.wait()
         finally:
             await manager.stop()
+            self.peer_manager = None
+
+    def peer_vectors(self) -> list[dict[bytes, tuple[int, bytes]]]:
+        """What each connected peer device has of the log, as sync knows it (one vector
+        per device, however many sessions): the web page's "shared with N peers"."""
+        by_peer: dict[bytes, dict[bytes, tuple[int, bytes]]] = {}
+        for session in list(self.peer_manager.sessions if self.peer_manager else ()):
+            if session.open and session.peer_key and session.protocol.peer_vector_complete:
+                vector = by_peer.setdefault(session.peer_key, {})
+                for author, head in session.protocol.peer_vector.items():
+                    if head[0] > vector.get(author, (0, b""))[0]:
+                        vector[author] = head
+        return list(by_peer.values())
 
     async def invite(self, addresses: Sequence[str] = (), *,
                      valid_for: float | None = None) -> str:

@@ -584,13 +584,20 @@ def references(type_: str, body: Mapping[str, object]) -> tuple[bytes, ...]:
 
     An entity's id is the hash of the event that created it, so a writer can only name
     what it has seen: the log treats these like deps and holds an event until they are
-    there (docs/events.md §validity). Unknown types and malformed values name nothing.
+    there (docs/events.md §validity). Unknown types and invalid bodies name nothing:
+    they are stored and relayed, and projections skip them.
     """
     cls = TYPES.get(type_)
     if cls is None:
         return ()
-    named = (body.get(spec.name) for spec in _specs(cls) if spec.kind is _ID)
-    return tuple(v for v in named if isinstance(v, bytes) and len(v) == ID_BYTES)
+    specs = [spec for spec in _specs(cls) if spec.kind is _ID]
+    if not specs:
+        return ()
+    try:
+        value = cls.from_body(body)
+    except InvalidBody:
+        return ()
+    return tuple(getattr(value, spec.name) for spec in specs)
 
 
 def parse(type_: str, body: Mapping[str, object]) -> Body | None:

@@ -640,7 +640,7 @@ def _web_server(node: Node, address: str, say: Callable[[str], None]) -> UiServe
 
     host, port = parse_address(address)
     token = None if is_loopback(host) else new_token()
-    page = create_server(node, host, port, token=token)
+    page = create_server(node, host, port, token=token, peer_vectors=node.peer_vectors)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     if token is None:
         say(f"web page on http://{shown}:{port}/")

@@ -321,6 +321,7 @@ class Store:
                                          Head(last.seq, last.hash, last.hlc), [], [])
             if batch[0].seq == 1:
                 _check_first(self.group, batch[0])
+            _check_named(db, batch)
             self._insert_many(db, batch, heads)
             self._run_hooks(db, batch)
             written.extend(batch)
@@ -456,10 +457,11 @@ class Store:
                     _hold(db, env, missing[0])
                     result.held += 1
                     return None
-                for dep in env.deps:  # named ids need only be present
+                for dep in (*env.deps, *named):  # both are in the event's causal past
                     row = db.execute("SELECT hlc FROM events WHERE hkey = ? AND hash = ?",
                                      (hash_key(dep), dep)).fetchone()
-                    events.check_hlc_above(env, row[0], "dep")
+                    events.check_hlc_above(env, row[0], "dep" if dep in env.deps else
+                                           "the event it names")
         except InvalidEvent as exc:
             result.rejected.append((env, exc))
             db.execute("DELETE FROM pending WHERE hash = ?", (env.hash,))
@@ -497,7 +499,7 @@ class Store:
                 raws = await self.read_raw(author, seq, chunk)
                 if not raws:
                     break
-                batch = [events.decode(raw) for raw in raws]
+                batch = [_stored(raw) for raw in raws]
                 yield batch
                 seq = batch[-1].seq + 1
 
@@ -520,7 +522,7 @@ class Store:
         row = await self._run(lambda db: db.execute(
             "SELECT raw FROM events WHERE hkey = ? AND hash = ?",
             (hash_key(hash_), hash_)).fetchone(), write=False)
-        return events.decode(row[0]) if row else None
+        return _stored(row[0]) if row else None
 
     async def resolve(self, prefix: str, types: Sequence[str]) -> Envelope:
         """The one event of ``types`` whose hash starts with hex ``prefix`` (>= 6 chars)."""
@@ -536,10 +538,10 @@ class Store:
                 functools.partial(_canonical_chunk, after=after, limit=chunk, type_=type_,
                                   author=author), write=False)
             for row in rows:
-                yield events.decode(row)
+                yield _stored(row)
             if len(rows) < chunk:
                 return
-            last = events.decode(rows[-1])
+            last = _stored(rows[-1])
             after = last.key
 
     async def forks(self) -> list[tuple[bytes, int, int]]:
@@ -596,7 +598,16 @@ def resolve_prefix(db: sqlite3.Connection, prefix: str, types: Sequence[str]) ->
         raise NotFound(f"no {' or '.join(t.split('.')[0] for t in types)} with id {prefix}")
     if len(matches) > 1:
         raise AmbiguousId(f"id {prefix} matches {len(matches)} entries: give more characters")
-    return events.decode(matches[0])
+    return _stored(matches[0])
+
+
+def _stored(raw: bytes) -> Envelope:
+    """Decode an event read back from the log: damage there is the disk's, not a peer's."""
+    try:
+        return events.decode(raw)
+    except InvalidEvent as exc:
+        raise StorageError(f"an event in the log is damaged ({exc}): run 'potluck doctor "
+                           "--repair' to set it aside") from None
 
 
 def _load_heads(db: sqlite3.Connection) -> dict[bytes, Head]:
@@ -639,7 +650,16 @@ def _due(db: sqlite3.Connection, now: int) -> list[Envelope]:
     """Events held for a future stamp whose time has come."""
     rows = db.execute("SELECT raw FROM pending WHERE not_before <= ?", (now,)).fetchall()
     db.execute("UPDATE pending SET not_before = NULL WHERE not_before <= ?", (now,))
-    return [events.decode(row[0]) for row in rows]
+    return [_stored(row[0]) for row in rows]
+
+
+def _check_named(db: sqlite3.Connection, batch: Sequence[Envelope]) -> None:
+    """This node's events may only name events it has (receivers would hold them)."""
+    written = {env.hash for env in batch}
+    for env in batch:
+        named = [h for h in references(env.type, env.body) if h not in written]
+        if named and len(_resolve(db, named)) < len(named):
+            raise UsageError(f"{env.type} names an event this node does not have")
 
 
 def _forked_before(db: sqlite3.Connection, author: bytes, seq: int) -> bool:
@@ -652,7 +672,7 @@ def _release(db: sqlite3.Connection, stored: Envelope) -> list[Envelope]:
     rows = db.execute(
         "SELECT raw FROM pending WHERE (author = ? AND seq = ?) OR waiting = ?",
         (stored.author, stored.seq + 1, stored.hash)).fetchall()
-    return [events.decode(row[0]) for row in rows]
+    return [_stored(row[0]) for row in rows]
 
 
 def _record_fork(db: sqlite3.Connection, env: Envelope) -> None:

@@ -356,7 +356,7 @@ class Network:
                 ("stock.adjusted", {"item": "rice", "location": "pantry", "delta": 0,
                                     "reason": "donation"}),
                 ("offer.posted", {"title": "   "}),
-                ("claim.made", {"target": _unknown_id(x), "quantity": 1}),
+                ("claim.made", {"target": _unknown_id(x), "quantity": 0}),
             ]
             return [junk[y % 4]]
         raise ValueError(f"unknown op kind {kind!r}")

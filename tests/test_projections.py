@@ -17,6 +17,8 @@ import pytest
 from eventgen import Draft, Node, WallClock, fixed_group, make_key
 from nacl.signing import SigningKey
 
+from node import events
+from node.errors import UsageError
 from node.events import Envelope
 
 Row = dict[str, object]
@@ -269,48 +271,61 @@ async def test_an_offer_without_a_quantity_is_never_over_claimed(
     assert {c["flags"] for c in (await claims_of(kiosk, lifts)).values()} == {""}
 
 
-async def test_a_claim_on_a_target_never_posted_makes_no_rows(
+async def test_a_claim_on_a_target_never_posted_is_refused_and_writes_nothing(
         world: World, kiosk: Node) -> None:
+    """An id names the event that created the entity: a node cannot name what it lacks."""
     bo = await world.person("Bo", kiosk)
     before = await kiosk.digest()
-    await bo.does("claim.made", target=bytes(range(32)), quantity=2)
-    assert await kiosk.rows("board_entries") == []
+    count = await kiosk.store.count()
+    with pytest.raises(UsageError, match="names an event this node does not have"):
+        await bo.does("claim.made", target=bytes(range(32)), quantity=2)
+    assert await kiosk.store.count() == count
     assert await kiosk.rows("board_claims") == []
     assert await kiosk.digest() == before
-    await assert_rebuild_agrees(kiosk)
 
 
-async def test_a_claim_on_an_offer_not_yet_received_shows_once_the_offer_arrives(
-        world: World) -> None:
+async def test_a_claim_can_be_made_once_the_offer_has_arrived(world: World) -> None:
     ann = await world.person("Ann")
     bo = await world.person("Bo")
     apples = await ann.does("offer.posted", **offer(quantity=10))
-    # Bo heard the id by phone and claims before his node has the offer.
-    claim = await bo.does("claim.made", target=apples.hash, quantity=4)
-    assert await bo.node.rows("board_entries") == []
+    # Bo heard the id by phone: his node refuses until it has the offer itself.
+    with pytest.raises(UsageError):
+        await bo.does("claim.made", target=apples.hash, quantity=4)
     assert await bo.node.rows("board_claims") == []
 
     await ann.node.send_to(bo.node)
+    claim = await bo.does("claim.made", target=apples.hash, quantity=4)
     entry = await one(bo.node, "board_entries", id=apples.hash)
     assert (entry["claimed"], entry["remaining"]) == (4, 6)
     assert (await claims_of(bo.node, apples))[claim.hash]["status"] == "pending"
     await assert_rebuild_agrees(bo.node)
 
 
-async def test_a_claim_step_received_before_its_claim_is_applied_when_the_claim_arrives(
-        world: World) -> None:
+async def forged(person: Person, after: Envelope, type_: str, **body: object) -> Envelope:
+    """The person's next event, signed but not stored on their node: what another
+    implementation could send without checking that it has what the body names
+    (stamped after ``after``, as the validity rule asks of what an event names)."""
+    head = (await person.node.store.heads())[person.author]
+    return events.create(person.key, group=person.node.store.group.id, seq=head.seq + 1,
+                         prev=head.hash, deps=[], hlc=max(head.hlc, after.hlc) + 1,
+                         type=type_, body=body)
+
+
+async def test_a_claim_step_received_before_its_claim_waits_for_it(world: World) -> None:
     ann = await world.person("Ann")
     bo = await world.person("Bo")
     await world.meet(ann.node, bo.node)
     apples = await ann.does("offer.posted", **offer(quantity=10))
     await world.meet(ann.node, bo.node)
     claim = await bo.does("claim.made", target=apples.hash, quantity=4)
-    # Ann confirms the id Bo read out to her before her node has Bo's claim. The
-    # store accepts the step: body references are not deps.
-    await ann.does("claim.confirmed", claim=claim.hash)
+    # Ann's (foreign) software confirms the id Bo read out before it has Bo's claim.
+    step = await forged(ann, claim, "claim.confirmed", claim=claim.hash)
     late = await world.node()
-    await ann.node.send_to(late)   # the offer and the step first
-    await bo.node.send_to(late)    # then the claim
+    await ann.node.send_to(late)
+    assert await late.receive([step]) == []  # held: it names a claim late lacks
+    assert await late.store.pending_count() == 1
+    await bo.node.send_to(late)  # the claim arrives, and releases the step
+    assert await late.store.pending_count() == 0
     assert (await claims_of(late, apples))[claim.hash]["status"] == "confirmed"
     await assert_rebuild_agrees(late)
 
@@ -554,18 +569,20 @@ async def test_completed_hours_are_booked_to_the_iso_week_of_the_shift_start(
     await assert_rebuild_agrees(kiosk)
 
 
-async def test_a_sign_up_for_a_shift_not_yet_received_shows_once_the_shift_arrives(
+async def test_a_sign_up_for_a_shift_not_yet_received_waits_for_the_shift(
         world: World) -> None:
     ann = await world.person("Ann")
     bo = await world.person("Bo")
     run = await ann.does("shift.scheduled", **shift(slots=3))
-    await bo.does("shift.signed_up", shift=run.hash)
-    assert await bo.node.rows("roster_shifts") == []
-    assert await bo.node.rows("roster_signups") == []
-    await ann.node.send_to(bo.node)
-    row = await one(bo.node, "roster_shifts", id=run.hash)
+    kiosk = await world.node()
+    await bo.node.send_to(kiosk)
+    signup = await forged(bo, run, "shift.signed_up", shift=run.hash)
+    assert await kiosk.receive([signup]) == []
+    assert await kiosk.rows("roster_signups") == []
+    await ann.node.send_to(kiosk)
+    row = await one(kiosk, "roster_shifts", id=run.hash)
     assert (row["filled"], row["open"]) == (1, 2)
-    await assert_rebuild_agrees(bo.node)
+    await assert_rebuild_agrees(kiosk)
 
 
 async def test_a_role_is_defined_and_assigned_and_the_last_word_wins(

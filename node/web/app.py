@@ -12,6 +12,11 @@ the event is on disk. Then, and only then, it redirects (303) to the page with a
 that says "saved on this device". Any problem re-renders the page with the message
 beside the field and status 400 (500 when the disk failed), and nothing is written:
 the event is built completely before the one call that appends it.
+
+"Shared with N peers" follows the flash only when the node gave ``peer_vectors`` (it
+is serving sync): N is the number of connected peers whose vector holds the saved
+event's (author, seq), first when the page renders, then live on ``/events?seq=``
+(node/web/feed.py ``ShareWatch``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from __future__ import annotations
 import datetime
 import functools
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -41,7 +47,7 @@ from node.errors import InvalidBody, StorageError, UsageError
 from node.web import form as f
 from node.web import page
 from node.web.errors import CsrfRejected, FormInvalid
-from node.web.feed import ChangeFeed
+from node.web.feed import ChangeFeed, PeerVectors, ShareWatch, merged
 from node.web.guard import Cookies, Guard
 from node.web.i18n import CATALOG, LANGUAGE_NAMES, Message, Translator, body_problem, negotiate
 from node.web.page import FormState
@@ -64,9 +70,12 @@ CLAIM_STEPS: dict[str, type[b.ClaimStep]] = {
 Build = Callable[[f.Fields, f.Known], Awaitable[b.BaseBody]]
 Target = str | Callable[[Mapping[str, str]], str]
 """Where a form goes once saved: a path, or a function of the submitted values."""
+Flash = str | Callable[[], str]
+"""The flash key a saved form shows: a key, or a function called once it is saved."""
 
 
 def create_app(node: Node, *, token: str | None = None,
+               peer_vectors: PeerVectors | None = None,
                allowed_hosts: frozenset[str] | None = None) -> Starlette:
     """The web UI of ``node``.
 
@@ -75,13 +84,18 @@ def create_app(node: Node, *, token: str | None = None,
     any host, but only to a browser that presented the token once (``?token=``) or a
     client sending ``Authorization: Bearer <token>``. ``allowed_hosts`` overrides the
     Host names accepted (tests, or a name given on the LAN).
+
+    ``peer_vectors``, when the node serves sync, returns what each connected peer
+    device has of the log (one vector per peer, author -> (seq, head)); it is called
+    on the node's event loop and must be quick. With it, a saved form also says
+    "shared with N peers", live; without it, the page never says "shared".
     """
-    web = Web(node)
+    web = Web(node, peer_vectors)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
-        web.feed.close()
+        web.close()
 
     routes: list[BaseRoute] = [
         Route("/", web.home),
@@ -123,7 +137,7 @@ def create_app(node: Node, *, token: str | None = None,
 class Web:
     """The handlers of one node's pages; ``create_app`` routes to them."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, peer_vectors: PeerVectors | None = None) -> None:
         self.node = node
         # CSRF tokens derive from the node's key, so a form opened before a restart of
         # `potluck serve` still posts after it (old laptops restart often).
@@ -135,6 +149,13 @@ class Web:
         on_change = getattr(node.store, "on_change", None)
         if callable(on_change):  # wake the feed at once on this process's own commits
             on_change(self.feed.notify)
+        self.shares = ShareWatch(peer_vectors, node.author) if peer_vectors else None
+
+    def close(self) -> None:
+        """End every open live stream (server shutdown)."""
+        self.feed.close()
+        if self.shares is not None:
+            self.shares.close()
 
     # -- rendering ---------------------------------------------------------------
 
@@ -180,16 +201,21 @@ class Web:
         forms = {form.name: form} if form else {}
         live_only = (request.headers.get("hx-request") == "true" and status == 200
                      and "hx-boosted" not in request.headers)
-        flash = None
-        flash_key = request.cookies.get(self.cookies.flash)
-        if not live_only and flash_key in FLASHES:
+        flash = shared = None
+        flash_cookie = request.cookies.get(self.cookies.flash)
+        flash_key, seq = _flash_of(flash_cookie)
+        if not live_only and flash_key is not None:
             flash = f"{t(f'flash.{flash_key}')} {t('flash.saved')}"
+            if seq is not None and self.shares is not None:
+                peers = self.shares.count(seq)
+                shared = {"seq": seq, "peers": peers, "text": _shared_text(t, peers)}
         context = {
             **self._frame(request, t, name), **data,
             "csrf": self.cookies.csrf_token(session),
             "form": lambda form_name: forms.get(form_name) or FormState(form_name),
             "failed": form,
             "flash": flash,
+            "shared": shared,
             "me": await page.me_of(self.node),
             "me_key": self.node.author.hex()[:8],
             "group": self.node.group.name,
@@ -205,7 +231,7 @@ class Web:
         if remember:
             response.set_cookie(self.cookies.language, remember, max_age=LANGUAGE_MAX_AGE,
                                 httponly=True, samesite="lax")
-        if flash_key is not None and not live_only:
+        if flash_cookie is not None and not live_only:
             response.delete_cookie(self.cookies.flash, httponly=True, samesite="lax")
         return response
 
@@ -229,9 +255,12 @@ class Web:
     async def csrf_error(self, request: Request, exc: Exception) -> Response:
         return self.error_page(request, "page.csrf", 403)
 
-    def redirect(self, target: str, flash: str) -> Response:
+    def redirect(self, target: str, flash: str, seq: int | None = None) -> Response:
+        """To ``target``, which then says ``flash`` once (and, with the ``seq`` of the
+        event this node just saved, how many peers have it)."""
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(self.cookies.flash, flash, max_age=60, httponly=True,
+        value = flash if seq is None else f"{flash}.{seq}"
+        response.set_cookie(self.cookies.flash, value, max_age=60, httponly=True,
                             samesite="lax")
         return response
 
@@ -257,12 +286,31 @@ class Web:
         return await self.show(request, "sync")
 
     async def events(self, request: Request) -> Response:
-        """Server-sent events: ``change`` with the log's counter each time it moves."""
+        """Server-sent events: ``change`` with the log's counter each time it moves.
+
+        With ``?seq=N`` (the page that just saved this node's event N), also ``shared``
+        with ``{"peers": n, "text": ...}`` now and each time more peers have it.
+        """
+        seq = _seq_of(request.query_params.get("seq"))
+        shares = self.shares if seq is not None else None
+        t, _ = self.translator(request)
+
+        async def changes() -> AsyncGenerator[str]:
+            async for value in self.feed.listen():
+                yield ": keepalive\n\n" if value is None else f"event: change\ndata: {value}\n\n"
+
+        async def shared(watch: ShareWatch, seq: int) -> AsyncGenerator[str]:
+            async for peers in watch.watch(seq):
+                data = json.dumps({"peers": peers, "text": _shared_text(t, peers)})
+                yield f"event: shared\ndata: {data}\n\n"
 
         async def stream() -> AsyncIterator[str]:
             yield "retry: 2000\n\n"
-            async for value in self.feed.listen():
-                yield ": keepalive\n\n" if value is None else f"event: change\ndata: {value}\n\n"
+            source = changes()
+            if shares is not None and seq is not None:
+                source = merged(source, shared(shares, seq))
+            async for chunk in source:
+                yield chunk
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store",
@@ -280,7 +328,7 @@ class Web:
         return values
 
     async def submit(self, request: Request, *, name: str, form: str, build: Build,
-                     flash: str, target: Target | None = None) -> Response:
+                     flash: Flash, target: Target | None = None) -> Response:
         """Build the body, post it, redirect with ``flash``; or re-render ``name``."""
         values = await self._fields(request)
         fields = f.Fields(values)
@@ -288,7 +336,7 @@ class Web:
         status = 400
         try:
             body = await build(fields, await page.known(self.node))
-            await self.node.post(body)  # durable when it returns
+            saved = await self.node.post(body)  # durable when it returns
         except FormInvalid as exc:
             errors = exc.errors
         except InvalidBody as exc:
@@ -299,7 +347,8 @@ class Web:
             errors, status = {"": Message("error.node", {"text": str(exc)})}, 500
         else:
             where = target(values) if callable(target) else target
-            return self.redirect(where or f"/{name}", flash)
+            key = flash() if callable(flash) else flash
+            return self.redirect(where or f"/{name}", key, saved.seq)
         state = FormState(form, values, errors)
         return await self.show(request, name, status=status, form=state)
 
@@ -334,13 +383,10 @@ class Web:
             kind = str(entry["kind"])
             return f.claim_body(fields, bytes.fromhex(hex_id))
 
-        response = await self.submit(request, name="board", form=f"claim-{hex_id}",
-                                     build=build, flash="claimed",
-                                     target=f"/board#entry-{hex_id}")
-        if kind == "need" and response.status_code == 303:
-            response.set_cookie(self.cookies.flash, "pledged", max_age=60, httponly=True,
-                                samesite="lax")
-        return response
+        return await self.submit(request, name="board", form=f"claim-{hex_id}",
+                                 build=build,
+                                 flash=lambda: "pledged" if kind == "need" else "claimed",
+                                 target=f"/board#entry-{hex_id}")
 
     async def post_withdraw(self, request: Request) -> Response:
         hex_id = request.path_params["entry"]
@@ -472,6 +518,26 @@ def _options(rows: Sequence[Mapping[str, Any]], value: str = "slug",
              label: str = "name") -> list[tuple[str, str]]:
     """(value, label) pairs of ``rows`` for a select or radio group."""
     return [(str(row[value]), str(row[label])) for row in rows]
+
+
+def _flash_of(cookie: str | None) -> tuple[str | None, int | None]:
+    """The flash cookie 'offer_posted.17' -> ('offer_posted', 17): what was saved and
+    this node's seq of it; (None, None) for anything we did not set."""
+    key, _, seq_text = (cookie or "").partition(".")
+    if key not in FLASHES:
+        return None, None
+    return key, _seq_of(seq_text)
+
+
+def _seq_of(text: str | None) -> int | None:
+    """A seq given back by the browser (cookie, query): a positive int, else None."""
+    if not text or not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return None
+    return int(text) or None
+
+
+def _shared_text(t: Translator, peers: int) -> str:
+    return t.plural("share", peers) if peers else t("share.none")
 
 
 def _entity_id(hex_id: str) -> bytes:

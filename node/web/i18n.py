@@ -79,6 +79,10 @@ EN: dict[str, str] = {
     "flash.hours_recorded": "Hours recorded.",
     "flash.role_added": "Role added.",
     "flash.role_assigned": "Role given.",
+    # -- after a flash: how many connected peers have what was saved ----------------
+    "share.none": "Not on any other device yet.",
+    "share.one": "Shared with {n} peer.",
+    "share.other": "Shared with {n} peers.",
     # -- errors beside fields ----------------------------------------------------
     "error.required": "Fill this in.",
     "error.too_long": "Too long: at most {max} characters (this has {n}).",
@@ -368,6 +372,9 @@ ES: dict[str, str] = {
     "flash.hours_recorded": "Horas anotadas.",
     "flash.role_added": "Función añadida.",
     "flash.role_assigned": "Función asignada.",
+    "share.none": "Todavía no está en ningún otro dispositivo.",
+    "share.one": "Compartido con {n} dispositivo.",
+    "share.other": "Compartido con {n} dispositivos.",
     "error.required": "Rellena este campo.",
     "error.too_long": "Demasiado largo: como máximo {max} caracteres (tiene {n}).",
     "error.control": "Contiene un carácter que no se puede guardar (U+{code}).",

@@ -4,6 +4,7 @@ Usage (what ``potluck serve --ui HOST:PORT`` does)::
 
     server = create_server(node, "127.0.0.1", 7718)          # loopback: no token
     server = create_server(node, "0.0.0.0", 7718, token=new_token())  # LAN
+    server = create_server(node, peer_vectors=vectors)  # + "shared with N peers"
     await server.serve()          # returns after server.should_exit = True
 
 The server does not touch signal handlers: the caller owns Ctrl-C and SIGTERM and stops
@@ -25,8 +26,8 @@ import uvicorn
 
 from node.app import Node
 from node.errors import UsageError
-from node.web.app import create_app
-from node.web.feed import ChangeFeed
+from node.web.app import Web, create_app
+from node.web.feed import PeerVectors
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7718
@@ -69,12 +70,13 @@ class UiServer(uvicorn.Server):
     which they never do by themselves.
     """
 
-    def __init__(self, config: uvicorn.Config, feed: ChangeFeed) -> None:
+    def __init__(self, config: uvicorn.Config, web: Web) -> None:
         super().__init__(config)
-        self.feed = feed
+        self.web = web
+        self.feed = web.feed
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self.feed.close()
+        self.web.close()
         await super().shutdown(sockets)
 
     @contextlib.contextmanager
@@ -88,17 +90,19 @@ class UiServer(uvicorn.Server):
 
 
 def create_server(node: Node, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
-                  token: str | None = None) -> UiServer:
+                  token: str | None = None,
+                  peer_vectors: PeerVectors | None = None) -> UiServer:
     """A server for ``node``'s web UI on ``host:port``; run it with ``await .serve()``.
 
-    Raises UsageError when ``host`` is not loopback and there is no ``token``.
+    ``peer_vectors``: see ``create_app`` (what connected peers have, for "shared with
+    N peers"). Raises UsageError when ``host`` is not loopback and there is no ``token``.
     """
     if not is_loopback(host) and not token:
         raise UsageError(f"showing the web page on {host} lets other devices act as this "
                          f"member: it needs an access token (see docs/web.md)")
-    app = create_app(node, token=token)
+    app = create_app(node, token=token, peer_vectors=peer_vectors)
     config = uvicorn.Config(
         app, host=host, port=port, log_config=None, access_log=False, proxy_headers=False,
         server_header=False, timeout_graceful_shutdown=int(GRACE_SECONDS), lifespan="on",
     )
-    return UiServer(config, app.state.feed)
+    return UiServer(config, app.state.web)

@@ -5,6 +5,10 @@
  * data-log-id="N">; when the counter differs from N, this re-fetches the same address
  * and swaps that part in with htmx. It waits while someone is typing in a field inside
  * that part, so a live update never eats what they typed.
+ *
+ * After a form saved something, the flash holds <span id="shared" data-seq="N"
+ * data-peers="n">: the stream is then /events?seq=N, whose `shared` events say how many
+ * connected peers have that event; the text only ever moves up.
  */
 (function () {
   "use strict";
@@ -92,8 +96,10 @@
     }, poll);
   }
 
+  var shared = document.getElementById("shared");
+  var seq = shared ? shared.getAttribute("data-seq") || "" : "";
   say("connecting");
-  var source = new EventSource("/events");
+  var source = new EventSource(/^[0-9]+$/.test(seq) ? "/events?seq=" + seq : "/events");
   var offline = false;
   source.addEventListener("open", function () {
     say("connected");
@@ -109,5 +115,21 @@
   source.addEventListener("change", function (event) {
     wanted = String(event.data);
     refresh();
+  });
+  source.addEventListener("shared", function (event) {
+    var data;
+    try {
+      data = JSON.parse(event.data);
+    } catch (e) {
+      return;
+    }
+    if (!shared) {
+      return;
+    }
+    var known = parseInt(shared.getAttribute("data-peers") || "0", 10);
+    if (typeof data.peers === "number" && data.peers > known) {
+      shared.setAttribute("data-peers", String(data.peers));
+      shared.textContent = String(data.text);  // in the status region: read out once
+    }
   });
 })();
