@@ -346,7 +346,7 @@ class Store:
         for env in batch:
             moved[env.author] = heads[env.author] = Head(env.seq, env.hash, env.hlc)
             if env.deps:
-                for dep_author, dep_seq in _resolve(db, env.deps).values():
+                for dep_author, dep_seq, _ in _resolve(db, env.deps).values():
                     db.execute("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)",
                                (env.author, env.seq, dep_author, dep_seq))
         db.executemany("INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?)",
@@ -457,10 +457,8 @@ class Store:
                     _hold(db, env, missing[0])
                     result.held += 1
                     return None
-                for dep in (*env.deps, *named):  # both are in the event's causal past
-                    row = db.execute("SELECT hlc FROM events WHERE hkey = ? AND hash = ?",
-                                     (hash_key(dep), dep)).fetchone()
-                    events.check_hlc_above(env, row[0], "dep" if dep in env.deps else
+                for dep, (_, _, dep_hlc) in found.items():  # all in the causal past
+                    events.check_hlc_above(env, dep_hlc, "dep" if dep in env.deps else
                                            "the event it names")
         except InvalidEvent as exc:
             result.rejected.append((env, exc))
@@ -615,14 +613,26 @@ def _load_heads(db: sqlite3.Connection) -> dict[bytes, Head]:
             for row in db.execute("SELECT author, seq, hash, hlc FROM heads")}
 
 
-def _resolve(db: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes, tuple[bytes, int]]:
-    """Map the present ones among ``hashes`` to (author, seq)."""
-    found: dict[bytes, tuple[bytes, int]] = {}
+def _resolve(
+    db: sqlite3.Connection, hashes: Sequence[bytes]
+) -> dict[bytes, tuple[bytes, int, int]]:
+    """Map the present ones among ``hashes`` to (author, seq, hlc).
+
+    Fork evidence counts as present: once a member equivocates, honest events name
+    whichever branch their writer saw, and a node holding the other branch must still
+    store them (the forked member's events are out of projections anyway).
+    """
+    found: dict[bytes, tuple[bytes, int, int]] = {}
     for hash_ in hashes:
-        row = db.execute("SELECT author, seq FROM events WHERE hkey = ? AND hash = ?",
+        row = db.execute("SELECT author, seq, hlc FROM events WHERE hkey = ? AND hash = ?",
                          (hash_key(hash_), hash_)).fetchone()
+        if row is None:
+            evidence = db.execute("SELECT raw FROM forks WHERE hash = ?", (hash_,)).fetchone()
+            if evidence is not None:
+                forked = events.decode(evidence[0])
+                row = (forked.author, forked.seq, forked.hlc)
         if row is not None:
-            found[hash_] = (row[0], row[1])
+            found[hash_] = (row[0], row[1], row[2])
     return found
 
 

@@ -21,6 +21,7 @@ from nacl.signing import SigningKey
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.protocol import State as WsState
 
 from node.errors import StorageError
 from node.events import Envelope
@@ -38,6 +39,9 @@ READ_SLICE = 500  # events read from the store per send_events call
 MAX_BACKLOG = 2 << 20  # bytes queued in the core before a sender waits for credit
 OPEN_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
+MAX_QUEUE = 256  # frames websockets buffers before it stops reading; credit (4 MiB)
+# already bounds what a peer may have in flight, and with the default 16 a one-shot
+# sync of many small batches stalled in the close handshake (tests/test_sync.py)
 
 Connection = ClientConnection | ServerConnection
 
@@ -211,7 +215,10 @@ class Session:
         stops but reading goes on: its last frames (its bye) may still be buffered."""
         async with self._send_lock:
             for frame in self.protocol.data_to_send():
-                if self._peer_closed:
+                if self._peer_closed or self.ws.state is not WsState.OPEN:
+                    # a closing websocket's send() waits for the close handshake, which
+                    # waits for us to read: skip it, keep reading (their bye may be there)
+                    self._peer_closed = True
                     continue
                 try:
                     await self.ws.send(frame)
@@ -242,7 +249,8 @@ async def connect_session(
     """Open a websocket to ``host:port``; the caller drives the returned session (``run``)."""
     uri = f"ws://{format_address(address)}/potluck"
     try:
-        ws = await connect(uri, max_size=MAX_FRAME_BYTES, compression=None,
+        ws = await connect(uri, max_size=MAX_FRAME_BYTES, max_queue=MAX_QUEUE,
+                           compression=None,
                            open_timeout=OPEN_TIMEOUT, close_timeout=CLOSE_TIMEOUT,
                            ping_interval=20, ping_timeout=20)
     except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
@@ -265,7 +273,8 @@ async def listen(
                           address=address, on_stored=on_stored)
         await on_session(session)
 
-    return await serve(handler, host, port, max_size=MAX_FRAME_BYTES, compression=None,
+    return await serve(handler, host, port, max_size=MAX_FRAME_BYTES, max_queue=MAX_QUEUE,
+                       compression=None,
                        close_timeout=CLOSE_TIMEOUT, ping_interval=20, ping_timeout=20)
 
 
