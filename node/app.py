@@ -38,6 +38,7 @@ from projections import views
 from projections.board import ALLOWED_FROM
 from projections.runner import Runner
 from sync import peers as peer_table
+from sync.discovery import Discovery, interfaces_for
 from sync.peers import PeerManager
 from sync.protocol import State
 from sync.transport import DialError, connect_session, parse_address
@@ -228,9 +229,34 @@ class Node:
                 "received": session.stats.events_in, "sent": session.stats.events_out,
                 "bytes_in": session.stats.bytes_in, "bytes_out": session.stats.bytes_out}
 
+    async def _discover(self, manager: PeerManager, port: int | None, host: str | None,
+                        say: Callable[[str], None]) -> Discovery | None:
+        """Start mDNS discovery: dial each member's node it finds; None if it cannot run."""
+
+        def found(address: str, instance: str) -> None:
+            say(f"discovered a node of this group at {address} (mdns {instance})")
+            manager.add_peer(address, "mdns")
+
+        def lost(address: str) -> None:
+            say(f"mdns: {address} is no longer advertised")
+            manager.drop_peer(address, "mdns")
+
+        discovery = Discovery(self.group, port, found, lost, interfaces=interfaces_for(host))
+        say("looking for this group's nodes on the local network (mdns)")
+        try:
+            await discovery.start()
+        except Exception as exc:  # no multicast here: sync by --peer or bundle still works
+            say(f"local discovery is off: {exc}")
+            await discovery.stop()
+            return None
+        return discovery
+
     async def serve(self, *, listen: str | None, peers: Sequence[str],
-                    stop: asyncio.Event, say: Callable[[str], None]) -> None:
-        """Run sessions until ``stop`` is set: listen, dial ``peers``, push, relay."""
+                    stop: asyncio.Event, say: Callable[[str], None],
+                    discover: bool = False) -> None:
+        """Run sessions until ``stop`` is set: listen, dial ``peers``, push, relay; with
+        ``discover`` (on in ``potluck serve``), also advertise this node on the local
+        network and dial the group's nodes found there (docs/discovery.md)."""
         names: dict[bytes, str] = await self.names()
 
         def refresh() -> None:
@@ -251,9 +277,14 @@ class Node:
         for address in peers:
             peer_host, peer_port = _address(address)
             manager.add_peer(f"{peer_host}:{peer_port}", "manual")
+        discovery: Discovery | None = None
         try:
+            if discover:
+                discovery = await self._discover(manager, bound, host, say)
             await stop.wait()
         finally:
+            if discovery is not None:
+                await discovery.stop()
             await manager.stop()
             self.peer_manager = None
 

@@ -597,6 +597,26 @@ def digest(as_json: bool) -> None:
     _print_json({"digest": value}) if as_json else click.echo(value)
 
 
+@cli.command()
+@click.option("--repair", "fix", is_flag=True,
+              help="Rebuild projections, set aside events that do not verify, salvage a "
+                   "damaged file into a fresh one (stop 'potluck serve' first).")
+@json_option
+def doctor(fix: bool, as_json: bool) -> None:
+    """Check the database in plain words; exit 1 while problems remain."""
+    from node import doctor as checkup  # the node is not opened: it may be damaged
+
+    run = checkup.repair if fix else checkup.examine
+    report = asyncio.run(run(_data_dir()))
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        for line in checkup.render(report, repaired=fix):
+            click.echo(line)
+    if not report.healthy:
+        sys.exit(EXIT_FAILED)
+
+
 # -- sync --------------------------------------------------------------------------
 
 
@@ -609,7 +629,11 @@ def digest(as_json: bool) -> None:
               help="Where to show the web page. Another host than 127.0.0.1 prints a "
                    "login link with a new access token (valid until serve stops).")
 @click.option("--no-ui", is_flag=True, help="Do not show the web page.")
-def serve(listen: str, peers: tuple[str, ...], ui: str, no_ui: bool) -> None:
+@click.option("--no-discovery", is_flag=True,
+              help="Neither advertise this node nor look for the group's nodes on the "
+                   "local network (mDNS).")
+def serve(listen: str, peers: tuple[str, ...], ui: str, no_ui: bool,
+          no_discovery: bool) -> None:
     """Run this node: accept peers, dial known ones, push and relay events live."""
 
     def say(line: str) -> None:
@@ -624,7 +648,8 @@ def serve(listen: str, peers: tuple[str, ...], ui: str, no_ui: bool) -> None:
         page = None if no_ui else _web_server(node, ui, say)
         page_task = asyncio.create_task(page.serve()) if page is not None else None
         try:
-            await node.serve(listen=listen, peers=peers, stop=stop, say=say)
+            await node.serve(listen=listen, peers=peers, stop=stop, say=say,
+                             discover=not no_discovery)
         finally:
             if page is not None and page_task is not None:
                 page.should_exit = True

@@ -282,6 +282,7 @@ def _connect(path: Path, report: Report) -> sqlite3.Connection | None:
 
 
 def _damaged_finding(detail: str) -> Finding:
+    detail = " ".join(detail.replace("*** in database main ***", "").split())
     return Finding("error", "damaged-file",
                    f"the database file is damaged ({detail}): 'potluck doctor --repair' "
                    "saves every event it can still read and verify into a fresh log")

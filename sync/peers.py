@@ -111,7 +111,8 @@ class PeerManager:
         self.sessions: set[Session] = set()
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._dialing: set[str] = set()
+        self._dialing: set[str] = set()  # addresses with a dial loop running
+        self._wanted: set[str] = set()  # addresses their loop keeps dialing
         self._wake = asyncio.Event()
         self._running = False
         self._caught_up: set[Session] = set()
@@ -133,17 +134,26 @@ class PeerManager:
             bound = self._server.sockets[0].getsockname()[1] if self._server.sockets else port
             self.say(f"listening on {host}:{bound}")
         for row in await self.store.read(known_peers):
-            if row.dial:
+            if row.dial and row.found != "mdns":  # mdns peers are found again, live
                 self.add_peer(row.address, row.found)
         return bound
 
     def add_peer(self, address: str, found: str = "manual") -> None:
         """Keep a session to ``address`` open from now on (remembered across restarts)."""
-        if address in self._dialing or not self._running:
+        if not self._running:
+            return
+        self._wanted.add(address)
+        if address in self._dialing:
             return
         self._dialing.add(address)
         self._found[address] = found
         self._spawn(self._dial_loop(address, found))
+
+    def drop_peer(self, address: str, found: str = "mdns") -> None:
+        """Stop re-dialing ``address`` once its current session ends, if it was added as
+        ``found`` (an mDNS advert withdrawn; a manual peer at that address stays)."""
+        if self._found.get(address) == found:
+            self._wanted.discard(address)
 
     async def stop(self) -> None:
         """Close every session and stop listening; returns when all tasks ended."""
@@ -172,9 +182,15 @@ class PeerManager:
         await self._run_session(session, None, "inbound")
 
     async def _dial_loop(self, address: str, found: str) -> None:
+        try:
+            await self._dial_until_dropped(address, found)
+        finally:
+            self._dialing.discard(address)
+
+    async def _dial_until_dropped(self, address: str, found: str) -> None:
         await self.store.write(lambda db: remember(db, address, found))
         delay = BACKOFF_FIRST
-        while self._running:
+        while self._running and address in self._wanted:
             began = time.monotonic()
             try:
                 session = await connect_session(address, self.key, self.store,
@@ -185,7 +201,7 @@ class PeerManager:
                 await self._run_session(session, address, found)
             if time.monotonic() - began > STABLE_SECONDS:
                 delay = BACKOFF_FIRST
-            if not self._running:
+            if not self._running or address not in self._wanted:
                 return
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, BACKOFF_MAX)
