@@ -30,26 +30,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
-import io
-import pstats
 import random
 import statistics
 import sys
 import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _path
 
 _path.use_repo()
 ceiling = _path.load("ceiling")
+ThreadProfiles = _path.load("_profile").ThreadProfiles
 
 from node import body as b  # noqa: E402
 from node.app import LOG_FILE, Node  # noqa: E402
@@ -240,53 +237,6 @@ class RunResult:
     mix: Counter[str]
 
 
-class ThreadProfiles:
-    """cProfile on the event-loop thread and, through aiosqlite's queue, the db thread.
-
-    cProfile only sees the thread that enabled it, and every statement (and the commit's
-    fsync) runs on aiosqlite's thread, so each call queued there is wrapped.
-    """
-
-    def __init__(self) -> None:
-        self.loop = cProfile.Profile()
-        self.db = cProfile.Profile()
-        self.active = False
-
-    def wrap(self, conn: Any) -> None:
-        queue = conn._execute
-
-        async def execute(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-            if not self.active:
-                return await queue(fn, *args, **kwargs)
-
-            def profiled() -> Any:
-                self.db.enable()
-                try:
-                    return fn(*args, **kwargs)
-                finally:
-                    self.db.disable()
-
-            return await queue(profiled)
-
-        conn._execute = execute
-
-    def start(self) -> None:
-        self.active = True
-        self.loop.enable()
-
-    def stop(self) -> None:
-        self.loop.disable()
-        self.active = False
-
-    def report(self, top: int) -> str:
-        out = io.StringIO()
-        for name, profile in (("database thread", self.db), ("event-loop thread", self.loop)):
-            out.write(f"\n=== append phase, {name}: top {top} by tottime ===\n")
-            stats = pstats.Stats(profile, stream=out)
-            stats.strip_dirs().sort_stats("tottime").print_stats(top)
-        return out.getvalue()
-
-
 async def run_once(events: int, batch: int, profiles: ThreadProfiles | None) -> RunResult:
     with tempfile.TemporaryDirectory(prefix="potluck-bench-") as tmp:
         data_dir = Path(tmp) / "node"
@@ -346,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sqlite_rates: list[float] = []
     sign_rates: list[float] = []
     for run in range(args.runs):
-        profiles = ThreadProfiles() if args.profile and run == 0 else None
+        profiles = ThreadProfiles("append phase") if args.profile and run == 0 else None
         results.append(asyncio.run(run_once(args.events, args.batch, profiles)))
         if profiles is not None:
             print(profiles.report(PROFILE_TOP), file=sys.stderr, flush=True)

@@ -52,11 +52,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import cProfile
-import io
 import json
 import os
-import pstats
 import random
 import resource
 import shutil
@@ -66,7 +63,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -77,6 +74,7 @@ import _path
 
 _path.use_repo()  # this file's name would otherwise hide the ``sync`` package
 ceiling = _path.load("ceiling")
+ThreadProfiles = _path.load("_profile").ThreadProfiles
 
 from nacl.signing import SigningKey  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
@@ -286,50 +284,6 @@ async def _serve_commands(node: Node, pipe: Pipe) -> None:
         await serving
 
 
-class ThreadProfiles:
-    """cProfile on the event-loop thread and, through aiosqlite's queue, the db thread
-    (each statement and each commit runs there), as in bench/append.py."""
-
-    def __init__(self) -> None:
-        self.loop = cProfile.Profile()
-        self.db = cProfile.Profile()
-        self.active = False
-
-    def wrap(self, conn: Any) -> None:
-        queue = conn._execute
-
-        async def execute(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-            if not self.active:
-                return await queue(fn, *args, **kwargs)
-
-            def profiled() -> Any:
-                self.db.enable()
-                try:
-                    return fn(*args, **kwargs)
-                finally:
-                    self.db.disable()
-
-            return await queue(profiled)
-
-        conn._execute = execute
-
-    def start(self) -> None:
-        self.active = True
-        self.loop.enable()
-
-    def stop(self) -> None:
-        self.loop.disable()
-        self.active = False
-
-    def report(self, top: int) -> str:
-        out = io.StringIO()
-        for name, profile in (("event-loop thread", self.loop), ("database thread", self.db)):
-            out.write(f"\n=== B, cold sync, {name}: top {top} by tottime ===\n")
-            stats = pstats.Stats(profile, stream=out)
-            stats.strip_dirs().sort_stats("tottime").print_stats(top)
-        return out.getvalue()
-
-
 async def client_role(data_dir: Path, group_dir: Path) -> None:
     """Node B: a new member of A's group that syncs, or stays connected, when told."""
     pipe = Pipe()
@@ -385,7 +339,7 @@ class Receiver:
         while True:
             cmd = await pipe.command()
             if cmd["cmd"] == "cold":
-                profiles = ThreadProfiles() if cmd["profile"] else None
+                profiles = ThreadProfiles("B, cold sync") if cmd["profile"] else None
                 if profiles is not None:
                     profiles.wrap(self.store._conn)
                     profiles.start()

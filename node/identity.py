@@ -15,6 +15,7 @@ Files (docs/architecture.md §data-dir), written with mode 0600 and atomically
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -82,12 +83,19 @@ def write_private(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    replace_durably(tmp, path)
+
+
+def replace_durably(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` over ``path`` and make the rename itself durable. Some file
+    systems (USB sticks) refuse to fsync a directory; the file's data is on disk by then."""
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def save_device_key(data_dir: Path, key: SigningKey) -> None:

@@ -48,7 +48,7 @@ from nacl.exceptions import CryptoError
 
 from node import events
 from node.errors import InvalidEvent, MalformedEvent, UsageError
-from node.identity import GROUP_SECRET_BYTES, Group
+from node.identity import GROUP_SECRET_BYTES, Group, replace_durably
 from node.store import Store
 
 MAGIC = b"POTLUCKB"
@@ -206,7 +206,7 @@ async def export_bundle(
             await asyncio.to_thread(os.fsync, file.fileno())
         finally:
             file.close()
-        await asyncio.to_thread(_replace, tmp, path)
+        await asyncio.to_thread(replace_durably, tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -226,18 +226,6 @@ def _create(path: Path) -> BinaryIO:
 async def _write(file: BinaryIO, data: bytes) -> int:
     await asyncio.to_thread(file.write, data)
     return len(data)
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)
-    # Make the rename itself durable. Some file systems of USB sticks refuse to fsync a
-    # directory; the file's own data is already on the disk by then.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def _write_problem(path: Path, exc: OSError) -> str:
@@ -431,7 +419,7 @@ async def write_vector_file(store: Store, path: Path) -> dict[bytes, int]:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         await asyncio.to_thread(_write_small, tmp, text.encode("utf-8"))
-        await asyncio.to_thread(_replace, tmp, path)
+        await asyncio.to_thread(replace_durably, tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
