@@ -17,204 +17,47 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import secrets
-import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
+from netns import (
+    POTLUCK,
+    Host,
+    Lab,
+    digest,
+    events,
+    missing_capability,
+    peers,
+    potluck,
+    run,
+    wait_for,
+)
 
 from node import body
 from node.app import Node
 from node.identity import Group, load_group
 
-ROOT = Path(__file__).resolve().parents[1]
-POTLUCK = [sys.executable, "-c", "from node.cli import main; main()"]
 SUBNET = "10.77.0"
 PORT = 7717
 CONVERGE_SECONDS = 10.0
-CALL_TIMEOUT = 60
-
-
-def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=CALL_TIMEOUT,
-                          check=check)
-
-
-def _missing_capability() -> str | None:
-    """What this machine lacks for the test, in words; None when nothing is missing."""
-    if not hasattr(os, "geteuid"):
-        return "needs root and iproute2 (ip netns): not a POSIX system"
-    if os.geteuid() != 0:
-        return f"needs root and iproute2 (ip netns): running as uid {os.geteuid()}"
-    if shutil.which("ip") is None:
-        return "needs iproute2 (ip netns): no 'ip' command on PATH"
-    probe = f"plprobe-{secrets.token_hex(3)}"
-    made = _run("ip", "netns", "add", probe, check=False)
-    if made.returncode != 0:
-        return f"needs network namespaces: 'ip netns add' failed: {made.stderr.strip()}"
-    try:
-        veth = _run("ip", "-n", probe, "link", "add", "v0", "type", "veth", "peer", "name",
-                    "v1", check=False)
-        if veth.returncode != 0:
-            return f"needs veth links in namespaces: {veth.stderr.strip()}"
-        bridge = _run("ip", "-n", probe, "link", "add", "br0", "type", "bridge", check=False)
-        if bridge.returncode != 0:
-            return f"needs bridge links in namespaces: {bridge.stderr.strip()}"
-    finally:
-        _run("ip", "netns", "del", probe, check=False)
-    return None
-
-
-def env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "POTLUCK_HOME"}
-
-
-def potluck(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``potluck --data-dir DATA_DIR ARGS`` on the host (the log is a local file)."""
-    proc = subprocess.run([*POTLUCK, "--data-dir", str(data_dir), *args], cwd=ROOT,
-                          env=env(), capture_output=True, text=True, timeout=CALL_TIMEOUT)
-    assert proc.returncode == 0, f"potluck {' '.join(args)}: {proc.stderr}"
-    return proc
-
-
-def digest(data_dir: Path) -> str:
-    return potluck(data_dir, "digest").stdout.strip()
-
-
-def peers(data_dir: Path) -> list[dict[str, object]]:
-    rows = json.loads(potluck(data_dir, "peers", "--json").stdout)["peers"]
-    assert isinstance(rows, list)
-    return rows
-
-
-def events(data_dir: Path) -> list[dict[str, object]]:
-    rows = json.loads(potluck(data_dir, "log", "--json").stdout)["events"]
-    assert isinstance(rows, list)
-    return rows
-
-
-@dataclass
-class Host:
-    """One namespace with one address, and the ``potluck serve`` running in it."""
-
-    ns: str
-    address: str
-    data_dir: Path
-    out_path: Path
-    process: subprocess.Popen[str] | None = None
-    started: float = 0.0
-    _out: IO[str] | None = field(default=None, repr=False)
-
-    def serve(self, *extra: str) -> None:
-        self._out = self.out_path.open("w")
-        self.started = time.monotonic()
-        self.process = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, *POTLUCK, "--data-dir", str(self.data_dir),
-             "serve", "--listen", f"0.0.0.0:{PORT}", *extra],
-            cwd=ROOT, env=env(), stdout=self._out, stderr=subprocess.STDOUT, text=True)
-
-    def output(self) -> str:
-        return self.out_path.read_text() if self.out_path.exists() else ""
-
-    def terminate(self) -> None:
-        """SIGTERM: a clean stop, which withdraws the advert."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-    def stop(self) -> None:
-        """SIGTERM, and wait for the end; SIGKILL if it hangs."""
-        self.terminate()
-        if self.process is not None and self.process.poll() is None:
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        if self._out is not None:
-            self._out.close()
-            self._out = None
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """A command inside this namespace."""
-        return _run("ip", "netns", "exec", self.ns, *args)
-
-
-class Lab:
-    """Namespaces ``<prefix>-a``, ``-b``, ``-c`` on a bridge in ``<prefix>-sw``."""
-
-    def __init__(self, tmp: Path, count: int = 3) -> None:
-        self.prefix = f"potluck-t{secrets.token_hex(3)}"
-        self.switch = f"{self.prefix}-sw"
-        self.namespaces: list[str] = []
-        self.hosts: list[Host] = []
-        self.tmp = tmp
-        self.count = count
-
-    def up(self) -> None:
-        self._ns(self.switch)
-        sw = ["ip", "-n", self.switch]
-        _run(*sw, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
-        _run(*sw, "link", "set", "br0", "up")
-        for i in range(self.count):
-            letter = "abcdefgh"[i]
-            ns = f"{self.prefix}-{letter}"
-            self._ns(ns)
-            address = f"{SUBNET}.{i + 1}"
-            inside = ["ip", "-n", ns]
-            _run(*inside, "link", "set", "lo", "up")
-            # eth0 in the node's namespace, its peer (named after the node) on the switch.
-            _run(*inside, "link", "add", "eth0", "type", "veth", "peer", "name",
-                 f"port-{letter}", "netns", self.switch)
-            _run(*sw, "link", "set", f"port-{letter}", "master", "br0")
-            _run(*sw, "link", "set", f"port-{letter}", "up")
-            _run(*inside, "addr", "add", f"{address}/24", "dev", "eth0")
-            _run(*inside, "link", "set", "dev", "eth0", "multicast", "on")
-            _run(*inside, "link", "set", "eth0", "up")
-            self.hosts.append(Host(ns, address, self.tmp / f"node-{letter}",
-                                   self.tmp / f"serve-{letter}.txt"))
-
-    def _ns(self, name: str) -> None:
-        _run("ip", "netns", "add", name)
-        self.namespaces.append(name)
-
-    def down(self) -> None:
-        for host in self.hosts:  # shown by pytest when the test failed
-            print(f"--- potluck serve in {host.ns} ({host.address}):\n{host.output()}")
-        for host in self.hosts:
-            host.terminate()  # all at once: a session on a dead path takes 5 s to close
-        for host in self.hosts:
-            try:
-                host.stop()
-            except Exception:  # keep cleaning up
-                if host.process is not None:
-                    host.process.kill()
-        for ns in reversed(self.namespaces):
-            _run("ip", "netns", "del", ns, check=False)
-        self.namespaces.clear()
 
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    missing = _missing_capability()
+    missing = missing_capability()
     if missing:
         pytest.skip(missing)
-    lab = Lab(tmp_path)
+    lab = Lab(tmp_path, subnet=SUBNET)
     try:
         lab.up()
         yield lab
     finally:
         lab.down()
-        left = _run("ip", "netns", "list", check=False).stdout
+        left = run("ip", "netns", "list", check=False).stdout
         assert lab.prefix not in left, f"namespaces left behind: {left}"
 
 
@@ -236,17 +79,6 @@ def make_nodes(lab: Lab) -> tuple[Host, Host, Host]:
 
     asyncio.run(create())
     return a, b, c
-
-
-def wait_for(check: Callable[[], bool], what: str, seconds: float,
-             since: float | None = None) -> float:
-    """Poll ``check``; return seconds elapsed since ``since`` (default: now) when true."""
-    began = time.monotonic() if since is None else since
-    while not check():
-        if time.monotonic() - began > seconds:
-            raise AssertionError(f"not within {seconds} s: {what}")
-        time.sleep(0.05)
-    return time.monotonic() - began
 
 
 def found_line(other: Host | str) -> str:
