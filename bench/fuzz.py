@@ -146,7 +146,7 @@ def seed_events() -> tuple[Envelope, ...]:
     bodies, floats, an unknown type and a large body."""
     extra = [
         events.create(BOB, group=GROUP_ID, seq=9, prev=bytes([5]) * 32, deps=[],
-                      hlc=(1 << 64) - 1, type="note.pinned", body={"text": "z" * 3000}),
+                      hlc=(1 << 63) - 1, type="note.pinned", body={"text": "z" * 3000}),
         events.create(ALICE, group=bytes(32), seq=1, prev=None, deps=[], hlc=1,
                       type="x", body={}),
     ]

@@ -95,7 +95,7 @@ class Node:
         except BaseException:
             await store.close()
             raise
-        store.add_hook(runner)
+        store.add_hook(runner, runner.rolled_back)
         return cls(data_dir, key, store, runner)
 
     @classmethod

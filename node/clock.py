@@ -16,14 +16,14 @@ from collections.abc import Callable
 
 COUNTER_BITS = 16
 COUNTER_MAX = (1 << COUNTER_BITS) - 1
-HLC_MAX = (1 << 64) - 1
+HLC_MAX = (1 << 63) - 1  # an SQLite integer: 47 bits of ms (to the year 6429), 16 of counter
 
 
 def pack(wall_ms: int, counter: int) -> int:
     """Combine milliseconds and counter into one sortable int."""
     if not 0 <= counter <= COUNTER_MAX:
         raise ValueError(f"hlc counter {counter} out of range 0..{COUNTER_MAX}")
-    if not 0 <= wall_ms < (1 << (64 - COUNTER_BITS)):
+    if not 0 <= wall_ms < (1 << (63 - COUNTER_BITS)):
         raise ValueError(f"hlc milliseconds {wall_ms} out of range")
     return (wall_ms << COUNTER_BITS) | counter
 

@@ -46,6 +46,7 @@ SIG_BYTES = 64
 MAX_EVENT_BYTES = 64 * 1024
 MAX_DEPS = 512
 MAX_TYPE_CHARS = 64
+MAX_INT = 1 << 63  # seq and hlc are SQLite integers: signed 64-bit
 
 # msgpack values a body may hold; dict keys are str.
 Value: TypeAlias = "bool | int | float | str | bytes | list[Value] | dict[str, Value] | None"
@@ -80,15 +81,34 @@ def sign_bytes(key: SigningKey, message: bytes) -> bytes:
 
 
 def _is_canonical_order(value: object) -> bool:
-    """True when every map in ``value`` has string keys already in sorted order."""
-    if isinstance(value, dict):
+    """True when every map in ``value`` has string keys already in sorted order.
+
+    Written as plain loops: it runs on every received event's body, and generator
+    expressions made it a third of a cold sync's decoding time.
+    """
+    kind = type(value)
+    if kind is dict:
+        assert isinstance(value, dict)
         keys = list(value)
-        if not all(type(k) is str for k in keys) or keys != sorted(keys):
+        for key in keys:
+            if type(key) is not str:
+                return False
+        if keys != sorted(keys):
             return False
-        return all(_is_canonical_order(item) for item in value.values())
-    if isinstance(value, list):
-        return all(_is_canonical_order(item) for item in value)
-    return not isinstance(value, msgpack.ExtType)  # extension types are never used
+        for item in value.values():
+            if type(item) in _CONTAINERS and not _is_canonical_order(item):
+                return False
+        return True
+    if kind is list:
+        assert isinstance(value, list)
+        for item in value:
+            if type(item) in _CONTAINERS and not _is_canonical_order(item):
+                return False
+        return True
+    return kind is not msgpack.ExtType  # extension types are never used
+
+
+_CONTAINERS = frozenset({dict, list, msgpack.ExtType})
 
 
 _TOP_ORDER = {
@@ -168,6 +188,10 @@ def create(
     The body is canonicalised here; a peer's ``decode(raw)`` gives an equal value.
     ``parsed`` is carried along for this node's projections, never encoded.
     """
+    if not (0 < seq < MAX_INT):
+        raise MalformedEvent(f"seq: {seq!r} is not an integer in 1..2^63-1")
+    if not (0 < hlc < MAX_INT):
+        raise MalformedEvent(f"hlc: {hlc!r} is not an integer in 1..2^63-1")
     author = bytes(key.verify_key)
     body_c = canonical(dict(body))
     assert isinstance(body_c, dict)
@@ -221,8 +245,8 @@ def decode(raw: bytes) -> Envelope:
     group = _bin(fields, "group", KEY_BYTES)
     author = _bin(fields, "author", KEY_BYTES)
     seq = fields["seq"]
-    if type(seq) is not int or seq < 1:
-        raise MalformedEvent(f"seq: {seq!r} is not a positive integer")
+    if type(seq) is not int or not 0 < seq < MAX_INT:
+        raise MalformedEvent(f"seq: {seq!r} is not an integer in 1..2^63-1")
     prev = fields.get("prev")
     if seq == 1:
         if "prev" in fields:
@@ -238,8 +262,8 @@ def decode(raw: bytes) -> Envelope:
     if deps != sorted(set(deps)):
         raise MalformedEvent("deps: must be sorted and unique")
     hlc = fields["hlc"]
-    if type(hlc) is not int or not 0 < hlc < (1 << 64):
-        raise MalformedEvent(f"hlc: {hlc!r} is not a 64-bit unsigned integer")
+    if type(hlc) is not int or not 0 < hlc < MAX_INT:
+        raise MalformedEvent(f"hlc: {hlc!r} is not an integer in 1..2^63-1")
     type_ = fields["type"]
     if not isinstance(type_, str) or not 0 < len(type_) <= MAX_TYPE_CHARS:
         raise MalformedEvent("type: must be a non-empty string")

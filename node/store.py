@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -52,8 +51,7 @@ T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 CHUNK = 500
-SIGN_CHUNK = 128  # events signed ahead while the previous chunk is stored
-_signer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="potluck-signer")
+MAX_AUTHOR_FILTER = 500  # authors named in one query; beyond, rows are filtered here
 MAX_FUTURE_MS = 24 * 3600 * 1000
 """An event stamped further than this beyond our clock is held until then (a peer's
 clock set a year ahead must not drag every node's clock with it)."""
@@ -139,6 +137,7 @@ class Store:
         self.group = group
         self.now_ms = now_ms
         self._hooks: list[ProjectionHook] = []
+        self._on_rollback: list[Callable[[], None]] = []
         self._listeners: list[Callable[[], None]] = []
         self.clock = HybridClock(now_ms)
 
@@ -168,6 +167,7 @@ class Store:
         if str(mode).lower() != "wal":
             raise StorageError(f"the log cannot use write-ahead logging (mode {mode})")
         db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA cache_size = -16384")  # 16 MiB: the indexes of a busy log stay hot
         db.execute("BEGIN IMMEDIATE")
         for statement in _SCHEMA.split(";"):
             if statement.strip():
@@ -192,9 +192,14 @@ class Store:
     async def close(self) -> None:
         await self._conn.close()
 
-    def add_hook(self, hook: ProjectionHook) -> None:
-        """Run ``hook`` inside every transaction that adds events to the log."""
+    def add_hook(self, hook: ProjectionHook,
+                 on_rollback: Callable[[], None] | None = None) -> None:
+        """Run ``hook`` inside every transaction that adds events to the log, and
+        ``on_rollback`` (on the database thread) when such a transaction is undone, so
+        a hook that keeps state in memory can drop what never reached the disk."""
         self._hooks.append(hook)
+        if on_rollback is not None:
+            self._on_rollback.append(on_rollback)
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the event loop) after each commit that added events.
@@ -224,10 +229,13 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(db)
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                for listener in self._on_rollback:
+                    listener()
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
             return result
 
         try:
@@ -284,71 +292,59 @@ class Store:
                 deps.append(other_head.hash)
                 dep_hlcs.append(other_head.hlc)
         deps = deps[: events.MAX_DEPS]
-        chunks = [drafts[i:i + SIGN_CHUNK] for i in range(0, len(drafts), SIGN_CHUNK)]
         written: list[Envelope] = []
-        if not chunks:
+        prev = head
+        for draft in drafts:
+            body: Mapping[str, object]
+            if isinstance(draft, BaseBody):
+                type_, body, parsed = draft.TYPE, draft.to_body(), draft
+            else:
+                (type_, body), parsed = draft, None
+            hlc = self.clock.tick(prev.hlc if prev else 0, *dep_hlcs)
+            envelope = events.create(
+                key, group=self.group.id, seq=prev.seq + 1 if prev else 1,
+                prev=prev.hash if prev else None, deps=deps, hlc=hlc, type=type_,
+                body=body, parsed=parsed,
+            )
+            written.append(envelope)
+            prev = Head(envelope.seq, envelope.hash, envelope.hlc)
+            deps, dep_hlcs = [], []
+        if not written:
             return written
-
-        def sign(chunk: Sequence[Draft], prev: Head | None, deps: list[bytes],
-                 dep_hlcs: list[int]) -> list[Envelope]:
-            signed: list[Envelope] = []
-            for draft in chunk:
-                body: Mapping[str, object]
-                if isinstance(draft, BaseBody):
-                    type_, body, parsed = draft.TYPE, draft.to_body(), draft
-                else:
-                    (type_, body), parsed = draft, None
-                hlc = self.clock.tick(prev.hlc if prev else 0, *dep_hlcs)
-                envelope = events.create(
-                    key, group=self.group.id, seq=prev.seq + 1 if prev else 1,
-                    prev=prev.hash if prev else None, deps=deps, hlc=hlc, type=type_,
-                    body=body, parsed=parsed,
-                )
-                signed.append(envelope)
-                prev = Head(envelope.seq, envelope.hash, envelope.hlc)
-                deps, dep_hlcs = [], []
-            return signed
-
-        # Pipeline: while this thread stores and projects chunk k, the signer thread
-        # signs chunk k+1 (libsodium releases the GIL). Each chunk starts from the last
-        # event of the one before, so the chain is the same as signing in one loop.
-        pending = _signer.submit(sign, chunks[0], head, deps, dep_hlcs)
-        for index in range(len(chunks)):
-            batch = pending.result()
-            if index + 1 < len(chunks):
-                last = batch[-1]
-                pending = _signer.submit(sign, chunks[index + 1],
-                                         Head(last.seq, last.hash, last.hlc), [], [])
-            if batch[0].seq == 1:
-                _check_first(self.group, batch[0])
-            _check_named(db, batch)
-            self._insert_many(db, batch, heads)
-            self._run_hooks(db, batch)
-            written.extend(batch)
+        # Signing stays on this thread: a signer thread beside it made every SQLite
+        # call wait for the GIL, and the inserts ran 8x slower (docs/performance.md).
+        if written[0].seq == 1:
+            _check_first(self.group, written[0])
+        _check_named(db, written)
+        self._insert_many(db, written, heads)
+        self._run_hooks(db, written)
         return written
 
     def first_event_body(self, name: str, author: bytes) -> dict[str, object]:
         """The body of ``member.joined`` with this author's membership proof."""
         return {"name": name, "proof": membership_proof(self.group, author)}
 
-    def _insert(self, db: sqlite3.Connection, env: Envelope, heads: dict[bytes, Head]) -> None:
-        self._insert_many(db, [env], heads)
-
     def _insert_many(
-        self, db: sqlite3.Connection, batch: Sequence[Envelope], heads: dict[bytes, Head]
+        self, db: sqlite3.Connection, batch: Sequence[Envelope], heads: dict[bytes, Head],
+        known: Mapping[bytes, tuple[bytes, int, int]] | None = None,
     ) -> None:
-        """Insert events that are already validated, and move their authors' heads."""
+        """Insert events that are already validated, and move their authors' heads.
+
+        ``known``: hash -> (author, seq, hlc) of events not yet in the table (the rest
+        of a batch being received), so their deps resolve without a query.
+        """
         db.executemany(
             "INSERT INTO events (hkey, hash, author, seq, hlc, type, raw) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(hash_key(e.hash), e.hash, e.author, e.seq, e.hlc, e.type, e.raw) for e in batch])
         moved: dict[bytes, Head] = {}
+        seen: list[tuple[bytes, int, bytes, int]] = []
         for env in batch:
             moved[env.author] = heads[env.author] = Head(env.seq, env.hash, env.hlc)
             if env.deps:
-                for dep_author, dep_seq, _ in _resolve(db, env.deps).values():
-                    db.execute("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)",
-                               (env.author, env.seq, dep_author, dep_seq))
+                for dep_author, dep_seq, _ in _resolve(db, env.deps, known).values():
+                    seen.append((env.author, env.seq, dep_author, dep_seq))
+        db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)", seen)
         db.executemany("INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?)",
                        [(a, h.seq, h.hash, h.hlc) for a, h in moved.items()])
 
@@ -381,20 +377,20 @@ class Store:
     def _receive(
         self, db: sqlite3.Connection, envelopes: list[Envelope], authentic: set[bytes]
     ) -> ReceiveResult:
-        result = ReceiveResult()
-        heads = _load_heads(db)
+        run = _ReceiveRun(db, _load_heads(db))
         due = _due(db, self.now_ms())
         authentic.update(e.hash for e in due)  # what was held had been authenticated
         work = list(envelopes) + due
         while work:
             released: list[Envelope] = []
             for env in work:
-                outcome = self._accept(db, env, heads, env.hash in authentic, result)
+                outcome = self._accept(run, env, env.hash in authentic)
                 if outcome is not None:
-                    result.stored.append(outcome)
-                    released.extend(_release(db, outcome))
+                    released.extend(run.released_by(outcome))
             work = released
             authentic.update(e.hash for e in released)  # held events were authenticated
+        self._store_accepted(run)
+        result = run.result
         if result.forks and not result.stored:
             for hook in self._hooks:  # a fork changes what projections may show
                 hook(db, [])
@@ -403,11 +399,19 @@ class Store:
             self.clock.observe(env.hlc)
         return result
 
-    def _accept(
-        self, db: sqlite3.Connection, env: Envelope, heads: dict[bytes, Head],
-        is_authentic: bool, result: ReceiveResult,
-    ) -> Envelope | None:
-        """Store ``env`` if it is valid and ready; hold, count or reject it otherwise."""
+    def _store_accepted(self, run: _ReceiveRun) -> None:
+        """Write the accepted events not yet in the table, in one statement each."""
+        if run.unwritten:
+            self._insert_many(run.db, run.unwritten, run.heads, run.accepted)
+            run.unwritten.clear()
+
+    def _accept(self, run: _ReceiveRun, env: Envelope, is_authentic: bool) -> Envelope | None:
+        """Accept ``env`` if it is valid and ready; hold, count or reject it otherwise.
+
+        Accepted events wait in ``run.unwritten`` and are inserted together; any path
+        that queries the events table for this author first writes them.
+        """
+        db, heads, result = run.db, run.heads, run.result
         try:
             events.check_group(env, self.group.id)
             if not is_authentic:
@@ -415,10 +419,12 @@ class Store:
         except InvalidEvent as exc:
             result.rejected.append((env, exc))
             return None
-        existing = db.execute("SELECT hash FROM events WHERE author = ? AND seq = ?",
-                              (env.author, env.seq)).fetchone()
-        if existing is not None:
-            if existing[0] == env.hash:
+        head = heads.get(env.author)
+        if head is not None and env.seq <= head.seq:  # stored already, or an equivocation
+            self._store_accepted(run)
+            existing = db.execute("SELECT hash FROM events WHERE author = ? AND seq = ?",
+                                  (env.author, env.seq)).fetchone()
+            if existing is not None and existing[0] == env.hash:
                 result.duplicates += 1
             else:
                 _record_fork(db, env)
@@ -426,19 +432,19 @@ class Store:
             return None
         ahead = wall_ms(env.hlc) - self.now_ms() - MAX_FUTURE_MS
         if ahead > 0:
-            _hold(db, env, None, not_before=self.now_ms() + ahead)
+            run.hold(env, None, not_before=self.now_ms() + ahead)
             result.future += 1
             return None
-        head = heads.get(env.author)
-        if head is not None and env.seq == head.seq + 1 and env.prev != head.hash \
-                and _forked_before(db, env.author, env.seq):
-            # the other branch of a known fork: evidence, not a protocol violation, so
-            # honest peers holding that branch keep syncing everything else
-            _record_fork(db, env)
-            result.forks.append((env.author, env.seq))
-            return None
+        if head is not None and env.seq == head.seq + 1 and env.prev != head.hash:
+            self._store_accepted(run)
+            if _forked_before(db, env.author, env.seq):
+                # the other branch of a known fork: evidence, not a protocol violation,
+                # so honest peers holding that branch keep syncing everything else
+                _record_fork(db, env)
+                result.forks.append((env.author, env.seq))
+                return None
         if env.seq > (head.seq if head else 0) + 1:
-            _hold(db, env, None)
+            run.hold(env, None)
             result.held += 1
             return None
         try:
@@ -451,10 +457,11 @@ class Store:
                 events.check_hlc_above(env, head.hlc, "prev")
             named = references(env.type, env.body)
             if env.deps or named:
-                found = _resolve(db, (*env.deps, *named))
-                missing = [d for d in (*env.deps, *named) if d not in found]
+                wanted = (*env.deps, *named)
+                found = _resolve(db, wanted, run.accepted)
+                missing = [d for d in wanted if d not in found]
                 if missing:
-                    _hold(db, env, missing[0])
+                    run.hold(env, missing[0])
                     result.held += 1
                     return None
                 for dep, (_, _, dep_hlc) in found.items():  # all in the causal past
@@ -462,10 +469,13 @@ class Store:
                                            "the event it names")
         except InvalidEvent as exc:
             result.rejected.append((env, exc))
-            db.execute("DELETE FROM pending WHERE hash = ?", (env.hash,))
+            run.unhold(env)
             return None
-        self._insert(db, env, heads)
-        db.execute("DELETE FROM pending WHERE hash = ?", (env.hash,))
+        heads[env.author] = Head(env.seq, env.hash, env.hlc)
+        run.accepted[env.hash] = (env.author, env.seq, env.hlc)
+        run.unwritten.append(env)
+        result.stored.append(env)
+        run.unhold(env)
         return env
 
     # -- reading -------------------------------------------------------------------
@@ -500,6 +510,41 @@ class Store:
                 batch = [_stored(raw) for raw in raws]
                 yield batch
                 seq = batch[-1].seq + 1
+
+    async def read_arrivals(
+        self, wants: Mapping[bytes, int], after_id: int, limit: int = CHUNK
+    ) -> tuple[int, list[tuple[bytes, int, bytes]]]:
+        """What a peer lacks, in the order this node stored it: (author, seq, raw) of
+        ``wants``' authors from their wanted seq on, among the next ``limit`` of their
+        events after arrival number ``after_id``; with the last arrival number read.
+
+        Why arrival order: every event's prev and deps arrived here before it, so a
+        receiver taking them in this order never has to hold one back (author by
+        author, most of a multi-author log waited in ``pending``).
+        """
+        def read(db: sqlite3.Connection) -> tuple[int, list[tuple[bytes, int, bytes]]]:
+            if len(wants) <= MAX_AUTHOR_FILTER:
+                marks = ",".join("?" * len(wants))
+                rows = db.execute(
+                    f"SELECT id, author, seq, raw FROM events WHERE id > ? "
+                    f"AND author IN ({marks}) ORDER BY id LIMIT ?",
+                    (after_id, *wants, limit)).fetchall()
+            else:
+                rows = db.execute("SELECT id, author, seq, raw FROM events WHERE id > ? "
+                                  "ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+            last = rows[-1][0] if rows else after_id
+            return last, [(r[1], r[2], r[3]) for r in rows
+                          if r[1] in wants and r[2] >= wants[r[1]]]
+        return await self._run(read, write=False)
+
+    async def first_arrival(self, wants: Mapping[bytes, int]) -> int | None:
+        """The smallest arrival number among ``wants``' wanted events; None if none."""
+        def find(db: sqlite3.Connection) -> int | None:
+            ids = [row[0] for author, seq in wants.items() for row in db.execute(
+                "SELECT id FROM events WHERE author = ? AND seq >= ? ORDER BY seq LIMIT 1",
+                (author, seq))]
+            return min(ids) if ids else None
+        return await self._run(find, write=False)
 
     async def last_id(self) -> int:
         """The local arrival number of the newest event (0 for an empty log)."""
@@ -563,6 +608,53 @@ class Store:
             lambda db: db.execute("SELECT count(*) FROM pending").fetchone()[0], write=False))
 
 
+class _ReceiveRun:
+    """One ``receive`` transaction's working set: what the log will hold at its end.
+
+    Why: a cold sync stores hundreds of thousands of events; asking SQLite for every
+    event's existence, deps and held dependants cost six statements each. Heads, the
+    events accepted in this run and an index of the held events (hash, chain position,
+    what each waits for; not their bytes) answer those questions from memory.
+    """
+
+    def __init__(self, db: sqlite3.Connection, heads: dict[bytes, Head]) -> None:
+        self.db = db
+        self.heads = heads
+        self.result = ReceiveResult()
+        self.accepted: dict[bytes, tuple[bytes, int, int]] = {}
+        self.unwritten: list[Envelope] = []
+        self._held: set[bytes] = set()
+        self._by_chain: dict[tuple[bytes, int], set[bytes]] = {}
+        self._by_dep: dict[bytes, set[bytes]] = {}
+        for hash_, author, seq, waiting in db.execute(
+                "SELECT hash, author, seq, waiting FROM pending"):
+            self._index(hash_, author, seq, waiting)
+
+    def _index(self, hash_: bytes, author: bytes, seq: int, waiting: bytes | None) -> None:
+        self._held.add(hash_)
+        self._by_chain.setdefault((author, seq), set()).add(hash_)
+        if waiting is not None:
+            self._by_dep.setdefault(waiting, set()).add(hash_)
+
+    def hold(self, env: Envelope, waiting: bytes | None, not_before: int | None = None) -> None:
+        _hold(self.db, env, waiting, not_before)
+        self._index(env.hash, env.author, env.seq, waiting)
+
+    def unhold(self, env: Envelope) -> None:
+        if env.hash in self._held:
+            self._held.discard(env.hash)
+            self.db.execute("DELETE FROM pending WHERE hash = ?", (env.hash,))
+
+    def released_by(self, stored: Envelope) -> list[Envelope]:
+        """Held events that ``stored`` may unblock: the author's next, and dependants."""
+        hashes = (self._by_chain.pop((stored.author, stored.seq + 1), set())
+                  | self._by_dep.pop(stored.hash, set())) & self._held
+        if not hashes:
+            return []
+        return [_stored(row[0]) for hash_ in hashes for row in self.db.execute(
+            "SELECT raw FROM pending WHERE hash = ?", (hash_,))]
+
+
 def _canonical_chunk(
     db: sqlite3.Connection, after: tuple[int, bytes, int], limit: int,
     type_: str | None, author: bytes | None,
@@ -614,16 +706,22 @@ def _load_heads(db: sqlite3.Connection) -> dict[bytes, Head]:
 
 
 def _resolve(
-    db: sqlite3.Connection, hashes: Sequence[bytes]
+    db: sqlite3.Connection, hashes: Sequence[bytes],
+    known: Mapping[bytes, tuple[bytes, int, int]] | None = None,
 ) -> dict[bytes, tuple[bytes, int, int]]:
     """Map the present ones among ``hashes`` to (author, seq, hlc).
 
-    Fork evidence counts as present: once a member equivocates, honest events name
-    whichever branch their writer saw, and a node holding the other branch must still
-    store them (the forked member's events are out of projections anyway).
+    ``known`` answers first (events accepted but not yet inserted). Fork evidence counts
+    as present: once a member equivocates, honest events name whichever branch their
+    writer saw, and a node holding the other branch must still store them (the forked
+    member's events are out of projections anyway).
     """
     found: dict[bytes, tuple[bytes, int, int]] = {}
     for hash_ in hashes:
+        position = known.get(hash_) if known else None
+        if position is not None:
+            found[hash_] = position
+            continue
         row = db.execute("SELECT author, seq, hlc FROM events WHERE hkey = ? AND hash = ?",
                          (hash_key(hash_), hash_)).fetchone()
         if row is None:
@@ -675,14 +773,6 @@ def _check_named(db: sqlite3.Connection, batch: Sequence[Envelope]) -> None:
 def _forked_before(db: sqlite3.Connection, author: bytes, seq: int) -> bool:
     return db.execute("SELECT 1 FROM forks WHERE author = ? AND seq < ? LIMIT 1",
                       (author, seq)).fetchone() is not None
-
-
-def _release(db: sqlite3.Connection, stored: Envelope) -> list[Envelope]:
-    """Held events that ``stored`` may unblock: the author's next, and dependants."""
-    rows = db.execute(
-        "SELECT raw FROM pending WHERE (author = ? AND seq = ?) OR waiting = ?",
-        (stored.author, stored.seq + 1, stored.hash)).fetchall()
-    return [_stored(row[0]) for row in rows]
 
 
 def _record_fork(db: sqlite3.Connection, env: Envelope) -> None:

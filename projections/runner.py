@@ -36,6 +36,9 @@ from projections.roster import Roster
 
 REBUILD_CHUNK = 2000
 STATE_CACHE_LIMIT = 20_000  # entities kept in memory during a rebuild before a write
+LIVE_CACHE_LIMIT = 4_096
+"""Entities whose fold state stays in memory between batches: the hot set (stock at the
+busy places, this week's posts and shifts) is read from SQLite once, not every batch."""
 ENTITY_COLUMN = "_entity"
 
 _INTERNAL = """
@@ -110,6 +113,10 @@ class Runner:
     def __init__(self, projections: Sequence[Projection] | None = None) -> None:
         self.projections = tuple(projections or all_projections())
         self._forks: dict[bytes, int] = {}
+        # States as committed, for the next batch. Valid while this connection is the
+        # only writer (PRAGMA data_version unchanged) and no transaction rolled back.
+        self._live: _StateCache = {}
+        self._data_version: int | None = None
 
     # -- schema --------------------------------------------------------------------
 
@@ -144,6 +151,10 @@ class Runner:
 
     def __call__(self, db: sqlite3.Connection, added: Sequence[Envelope]) -> None:
         """The store hook: fold events just added to the log (or react to a new fork)."""
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:  # another process wrote: states may be stale
+            self._live.clear()
+            self._data_version = version
         forks = fork_points(db)
         if forks != self._forks:
             # An author equivocated: their events from the fork on leave every projection
@@ -153,14 +164,18 @@ class Runner:
         parsed = [e for e in map(to_event, added) if e is not None]
         self.apply(db, parsed)
 
+    def rolled_back(self) -> None:
+        """The store's hook for a transaction that did not commit: forget its states."""
+        self._live.clear()
+
     def _kept(self, event: Event) -> bool:
         fork = self._forks.get(event.author)
         return fork is None or event.seq < fork
 
     def apply(self, db: sqlite3.Connection, batch: Sequence[Event],
               cache: _StateCache | None = None) -> None:
-        """Fold ``batch``; with ``cache`` (rebuild), states stay in memory between calls
-        and are written when the cache is full or flushed."""
+        """Fold ``batch`` and write what changed. With ``cache`` (rebuild), states stay
+        in that cache and are written only when it is full or flushed."""
         if self._forks:
             batch = [e for e in batch if self._kept(e)]
         if not batch:
@@ -168,11 +183,14 @@ class Runner:
         ordered = sorted(batch, key=lambda e: e.key)
         causality = LogCausality(db)
         lookup = _event_lookup(db)
-        own = cache is None
-        states = _StateCache() if cache is None else cache
+        states = self._live if cache is None else cache
         for projection in self.projections:
             self._apply_one(db, projection, ordered, causality, lookup, states)
-        if own or len(states) > STATE_CACHE_LIMIT:
+        if cache is None:
+            _write_all(db, [(entity, c) for entity, c in states.items() if c.dirty])
+            while len(states) > LIVE_CACHE_LIMIT:  # dicts keep insertion order: oldest
+                del states[next(iter(states))]
+        elif len(states) > STATE_CACHE_LIMIT:
             self._flush(db, states)
 
     def _apply_one(
@@ -188,9 +206,10 @@ class Runner:
                 index.append((entity, event.hlc, event.author, event.seq))
                 if entity in late:
                     continue
-                cached = states.get(entity)
+                cached = states.pop(entity, None)  # re-inserted: most recent last
                 if cached is None:
-                    cached = states[entity] = _load_state(db, projection, entity)
+                    cached = _load_state(db, projection, entity)
+                states[entity] = cached
                 if cached.last is not None and event.key <= cached.last:
                     late.add(entity)
                     continue
@@ -213,12 +232,14 @@ class Runner:
         _write_all(db, [(entity, cached) for entity, cached in states.items() if cached.dirty])
         states.clear()
 
+
     def rebuild(self, db: sqlite3.Connection) -> int:
         """Drop every projection and fold the whole log again; return events folded.
 
         Canonical order means no event is late, so nothing is re-folded; states stay in
         a bounded cache (STATE_CACHE_LIMIT entities) so each is written about once.
         """
+        self._live.clear()
         self._drop(db)
         self.setup(db)  # reads the fork points again
         folded = 0
@@ -292,6 +313,7 @@ def _write_all(db: sqlite3.Connection, dirty: Sequence[tuple[str, _Cached]]) -> 
     saved: list[tuple[str, bytes, bytes, str]] = []
     dropped: list[tuple[str]] = []
     for entity, cached in dirty:
+        cached.dirty = False
         for table_name in cached.tables:
             deletes.setdefault(table_name, []).append((entity,))
         if cached.state is None or cached.last is None:

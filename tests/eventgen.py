@@ -74,7 +74,7 @@ class Node:
             await store.read(lambda db: db.execute("PRAGMA synchronous = OFF"))
         runner = Runner()
         await store.write(runner.setup)
-        store.add_hook(runner)
+        store.add_hook(runner, runner.rolled_back)
         return cls(store, runner)
 
     async def close(self) -> None:

@@ -1,4 +1,4 @@
-"""Clocks set wrong: a node a year ahead, a year behind, a day behind, and an hlc at 2^64.
+"""Clocks set wrong: a node a year ahead, a year behind, a day behind, and an hlc at 2^63.
 
 Each node gets its own injected wall clock (``Store.open(..., now_ms=)``), so the tests
 control time exactly. The bound: an event stamped more than ``MAX_FUTURE_MS`` (24 h)
@@ -260,10 +260,10 @@ def test_a_clock_a_year_behind_stamps_above_what_it_observed_through_a_counter_o
     assert wall_ms(stamps[-1]) == T0 + 2  # borrowed milliseconds, not a wrap-around
 
 
-# -- an hlc near 2^64 --------------------------------------------------------------------
+# -- an hlc near 2^63 --------------------------------------------------------------------
 
 
-async def test_an_hlc_at_2_64_is_held_for_good_and_leaves_every_clock_alone(
+async def test_an_hlc_at_2_63_is_held_for_good_and_leaves_every_clock_alone(
         nodes: dict[str, tuple[Node, Wall]], group: Group) -> None:
     (bo, bo_wall) = nodes["Bo"]
     mal = Author(group)
@@ -288,8 +288,8 @@ async def test_an_hlc_at_2_64_is_held_for_good_and_leaves_every_clock_alone(
     await assert_projections_equal_a_rebuild(bo)
 
 
-def test_the_clock_refuses_to_pass_2_64_rather_than_wrap_around() -> None:
-    """Only the store's hold keeps an hlc at 2^64 from a clock: one that observed it can
+def test_the_clock_refuses_to_pass_2_63_rather_than_wrap_around() -> None:
+    """Only the store's hold keeps an hlc at 2^63 from a clock: one that observed it can
     issue nothing above it, and says so instead of stamping a smaller value."""
     clock = HybridClock(lambda: T0)
     clock.observe(HLC_MAX)
@@ -298,9 +298,9 @@ def test_the_clock_refuses_to_pass_2_64_rather_than_wrap_around() -> None:
     assert clock.last == HLC_MAX
 
 
-@pytest.mark.parametrize("hlc", [0, -1, -(1 << 63)])
-def test_an_hlc_outside_0_to_2_64_is_malformed(hlc: int) -> None:
-    """(2^64 itself cannot be written in msgpack.)"""
+@pytest.mark.parametrize("hlc", [0, -1, -(1 << 63), 1 << 63, (1 << 64) - 1])
+def test_an_hlc_outside_0_to_2_63_is_malformed(hlc: int) -> None:
+    """(2^64 itself cannot be written in msgpack; 2^63 and above overflow SQLite.)"""
     env = Author(Group.new("g")).joined()
     fields = msgpack.unpackb(env.raw, raw=False)
     fields["hlc"] = hlc

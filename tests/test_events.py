@@ -402,7 +402,7 @@ BODIES = st.dictionaries(st.text(max_size=8), VALUES, max_size=6)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(body=BODIES, seq=st.integers(1, (1 << 63)), hlc=st.integers(1, (1 << 64) - 1),
+@given(body=BODIES, seq=st.integers(1, (1 << 63) - 1), hlc=st.integers(1, (1 << 63) - 1),
        deps=st.lists(st.binary(min_size=32, max_size=32), max_size=4),
        type_=st.text(min_size=1, max_size=64))
 def test_decode_of_created_raw_gives_the_created_envelope(

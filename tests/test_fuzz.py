@@ -26,6 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -34,7 +35,7 @@ from nacl.signing import SigningKey
 from node import events
 from node.body import TYPES
 from node.clock import pack as hlc_pack
-from node.errors import InvalidEvent
+from node.errors import InvalidEvent, MalformedEvent
 from node.events import Envelope
 from node.identity import Group, membership_proof
 from node.store import Store
@@ -127,8 +128,8 @@ DAY_MS = 24 * 3600 * 1000
 
 _hlcs = st.one_of(
     st.integers(-365 * DAY_MS, 2 * DAY_MS).map(lambda d: hlc_pack(NOW_MS + d, 0)),
-    st.integers(1, (1 << 64) - 1),
-    st.sampled_from([1, (1 << 64) - 1, hlc_pack(NOW_MS + DAY_MS, 0),
+    st.integers(1, (1 << 63) - 1),
+    st.sampled_from([1, (1 << 63) - 1, hlc_pack(NOW_MS + DAY_MS, 0),
                      hlc_pack(NOW_MS + DAY_MS + 1, 0)]),
 )
 _event_specs = st.lists(st.tuples(
@@ -241,28 +242,23 @@ def test_the_store_keeps_only_valid_chains_whatever_signed_events_arrive(
     asyncio.run(_receive_all(batches, group))
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
-    "BUG node/store.py Store._accept: events.decode accepts any seq >= 1 up to 2^64-1 "
-    "(docs/events.md: 'int >= 1'), but SQLite integers are signed 64-bit, so the first "
-    "query binding seq >= 2^63 raises OverflowError out of Store.receive instead of "
-    "rejecting the event (expected: ReceiveResult.rejected with MalformedEvent, or "
-    "decode refusing seq >= 2^63). Any holder of the group secret can send one: "
-    "sync/transport.py Session.run catches only StorageError, so on a serving node the "
-    "connection handler dies (websockets logs 'connection handler failed' with the "
-    "traceback, no error frame is sent; other peers are still served), and nothing in "
-    "`potluck sync` or `bundle import` (sync/bundle.py) catches it either"))
-async def test_store_refuses_a_seq_beyond_what_sqlite_can_hold(tmp_path: Path) -> None:
+@pytest.mark.parametrize("field", ["seq", "hlc"])
+def test_a_seq_or_hlc_beyond_what_sqlite_can_hold_is_malformed(field: str) -> None:
+    """SQLite integers are signed 64-bit: 2^63 must be refused by the decoder (and by
+    ``create``), never reach a query and raise OverflowError out of Store.receive."""
     group = Group.from_secret(SECRET, "fuzz")
     key = MEMBERS[0]
-    huge = events.create(key, group=group.id, seq=1 << 63, prev=bytes(32), deps=[],
-                         hlc=hlc_pack(NOW_MS, 0), type="offer.posted", body={"title": "x"})
-    decoded = events.decode(huge.raw)  # the decoder lets it through
-    store = await Store.open(tmp_path / "log.db", group, now_ms=lambda: NOW_MS)
-    try:
-        result = await store.receive([decoded])
-        assert [env.seq for env, _ in result.rejected] == [1 << 63]
-    finally:
-        await store.close()
+    fields: dict[str, object] = {"seq": 2, "hlc": hlc_pack(NOW_MS, 0)}
+    fine = events.create(key, group=group.id, prev=bytes(32), deps=[],
+                         type="offer.posted", body={"title": "x"}, **fields)  # type: ignore[arg-type]
+    wire = msgpack.unpackb(fine.raw, raw=False)
+    wire[field] = 1 << 63
+    with pytest.raises(MalformedEvent, match=f"^{field}:"):
+        events.decode(msgpack.packb(wire, use_bin_type=True))
+    fields[field] = 1 << 63
+    with pytest.raises(MalformedEvent, match=f"^{field}:"):
+        events.create(key, group=group.id, prev=bytes(32), deps=[], type="offer.posted",
+                      body={"title": "x"}, **fields)  # type: ignore[arg-type]
 
 
 # -- the sync protocol state machine -----------------------------------------------------

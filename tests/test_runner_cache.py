@@ -1,0 +1,84 @@
+"""The runner keeps hot fold states in memory between batches (projections/runner.py
+``LIVE_CACHE_LIMIT``). Two ways that memory could go stale, each tried for real: another
+process (a ``potluck`` command beside ``potluck serve``) writes the same log, and a
+transaction that folded events is rolled back. Either way the next fold must start
+from what is on disk: the projections equal a rebuild and show every committed event.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from node import body as b
+from node.app import Node
+from node.errors import StorageError
+from node.events import Envelope
+from node.identity import Group
+from projections import views
+
+
+async def on_hand(node: Node) -> int:
+    rows = (await node.store.read(
+        lambda db: views.inventory(db, datetime.date(2026, 11, 27))))["rows"]
+    return sum(int(row["on_hand"]) for row in rows)  # type: ignore[call-overload]
+
+
+async def equals_a_rebuild(node: Node) -> bool:
+    before = await node.store.read(node.runner.digest)
+    await node.store.write(node.runner.rebuild)
+    return await node.store.read(node.runner.digest) == before
+
+
+async def stocked(path: Path) -> Node:
+    node = await Node.init(path, "Ana", Group.new("Cache group"))
+    await node.post(b.LocationDefined(slug="pantry", name="Pantry", kind="pantry"))
+    await node.post(b.ItemDefined(slug="rice", name="Rice", unit="kg", category="food",
+                                  storage="ambient"))
+    await node.post(b.StockAdjusted(item="rice", location="pantry", delta=5,
+                                    reason="donation"))
+    return node
+
+
+def adjust(delta: int) -> b.StockAdjusted:
+    return b.StockAdjusted(item="rice", location="pantry", delta=delta, reason="donation")
+
+
+async def test_stock_written_by_another_connection_is_folded_into_the_next_batch(
+        tmp_path: Path) -> None:
+    serving = await stocked(tmp_path / "node")
+    try:
+        beside = await Node.open(tmp_path / "node")  # a second process's connection
+        try:
+            await beside.post(adjust(7))
+        finally:
+            await beside.close()
+        await serving.post(adjust(1))
+        assert await on_hand(serving) == 13
+        assert await equals_a_rebuild(serving)
+    finally:
+        await serving.close()
+
+
+async def test_a_rolled_back_fold_leaves_nothing_in_memory(tmp_path: Path) -> None:
+    node = await stocked(tmp_path / "node")
+    try:
+        failing = [True]
+
+        def fail_after_fold(_db: sqlite3.Connection, _added: Sequence[Envelope]) -> None:
+            if failing[0]:
+                raise sqlite3.OperationalError("database or disk is full")
+
+        node.store.add_hook(fail_after_fold)  # runs after the runner folded the batch
+        with pytest.raises(StorageError, match="disk is full"):
+            await node.post(adjust(100))
+        failing[0] = False
+        await node.post(adjust(1))
+        assert await on_hand(node) == 6
+        assert await equals_a_rebuild(node)
+    finally:
+        await node.close()
