@@ -222,7 +222,7 @@ class Node:
             raise UsageError(str(exc)) from None
         await session.run()
         key = session.peer_key
-        if session.protocol.state != State.CLOSED:
+        if session.error is not None or session.protocol.state != State.CLOSED:
             raise UsageError(f"sync with {address} failed: {session.error or 'connection lost'}")
         return {"address": f"{host}:{port}", "peer": key.hex() if key else None,
                 "peer_name": (await self.names()).get(key) if key else None,

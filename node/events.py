@@ -231,14 +231,9 @@ def decode(raw: bytes) -> Envelope:
         raise MalformedEvent(f"not msgpack: {exc}") from None
     if not isinstance(fields, dict):
         raise MalformedEvent("event is not a map")
-    expected = {"v", "group", "author", "seq", "deps", "hlc", "type", "body", "sig"}
-    keys = set(fields)
-    missing = expected - keys
-    if missing:
-        raise MalformedEvent(f"missing field {sorted(missing)[0]}")
-    extra = keys - expected - {"prev"}
-    if extra:
-        raise MalformedEvent(f"unknown field {sorted(extra)[0]}")
+    top = tuple(fields)
+    if top != _TOP_ORDER[False] and top != _TOP_ORDER[True]:
+        _check_field_names(fields)  # names the missing or unknown field, if any
     v = fields["v"]
     if v != ENVELOPE_VERSION or type(v) is not int:
         raise MalformedEvent(f"v: envelope version {v!r} not supported")
@@ -271,7 +266,6 @@ def decode(raw: bytes) -> Envelope:
     if not isinstance(body, dict):
         raise MalformedEvent("body: must be a map")
     sig = _bin(fields, "sig", SIG_BYTES)
-    top = tuple(fields)
     if (top != _TOP_ORDER[seq == 1] or not _is_canonical_order(body)
             or _packb(fields) != raw):
         raise MalformedEvent("encoding is not canonical")
@@ -279,6 +273,19 @@ def decode(raw: bytes) -> Envelope:
         group=group, author=author, seq=seq, prev=prev, deps=tuple(deps), hlc=hlc,
         type=type_, body=body, sig=sig, raw=raw, hash=blake2b256(raw),
     )
+
+
+_FIELDS = frozenset(_TOP_ORDER[False])
+
+
+def _check_field_names(fields: Mapping[str, object]) -> None:
+    keys = set(fields)
+    missing = _FIELDS - {"prev"} - keys
+    if missing:
+        raise MalformedEvent(f"missing field {sorted(missing)[0]}")
+    extra = keys - _FIELDS
+    if extra:
+        raise MalformedEvent(f"unknown field {sorted(extra)[0]}")
 
 
 def _bin(fields: Mapping[str, object], name: str, size: int) -> bytes:

@@ -24,6 +24,7 @@ Memory stays bounded: reads stream in chunks (``read_since``, ``iter_canonical``
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -156,6 +157,14 @@ class Store:
         store = cls(conn, group, now_ms)
         try:
             await store._run(store._setup, write=False)
+        except StorageError:
+            await conn.close()
+            if _read_only(path.parent):
+                raise StorageError(
+                    f"the data directory {path.parent} is on a read-only disk: Potluck "
+                    "writes there even to read (SQLite's write-ahead log); remount it "
+                    "read-write. Nothing was written") from None
+            raise
         except BaseException:
             await conn.close()
             raise
@@ -812,6 +821,14 @@ def _authenticate(envelopes: Sequence[Envelope]) -> set[bytes]:
         run.append(env)
     close_run()
     return good
+
+
+def _read_only(directory: Path) -> bool:
+    """True when ``directory``'s filesystem is mounted read-only."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _describe_sqlite_error(exc: sqlite3.Error) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import msgpack
 
 from node import body as b
-from node.errors import InvalidEvent
+from node.errors import InvalidEvent, StorageError
 from node.events import Envelope
 from node.store import hash_key
 from projections.board import Board
@@ -76,24 +76,37 @@ def to_event(env: Envelope) -> Event | None:
 
 
 def _unpack_event(raw: bytes, hash_: bytes) -> Event | None:
-    fields = msgpack.unpackb(raw, raw=False)
-    type_ = fields["type"]
+    """An event read back from the log for a re-fold (trusted: it was checked when
+    stored). Damage found here is the disk's: say so, and where to go, not a traceback."""
+    try:
+        fields = msgpack.unpackb(raw, raw=False)
+        type_, body = fields["type"], fields["body"]
+        author, seq, hlc = fields["author"], fields["seq"], fields["hlc"]
+    except Exception:  # msgpack raises many types; a damaged map may lack any key
+        raise StorageError(f"the stored event {hash_.hex()[:12]} is damaged: run 'potluck "
+                           "doctor --repair' to set it aside") from None
     if type_ not in b.TYPES:
         return None
     try:
-        parsed = b.parse(type_, fields["body"])
+        parsed = b.parse(type_, body)
     except InvalidEvent:
         return None
     if parsed is None:
         return None
-    return Event(hash_, fields["author"], fields["seq"], fields["hlc"], parsed)
+    return Event(hash_, author, seq, hlc, parsed)
 
 
 class LogCausality:
-    """``Causality`` from the store's ``seen`` table: deps give each author's knowledge."""
+    """``Causality`` from the store's ``seen`` table: deps give each author's knowledge.
+
+    Answers are remembered as spans: what ``author`` knew of ``other`` holds from one
+    ``seen`` row up to the next, and a batch asks about one author's consecutive events
+    many times (every delta against the same count), so most questions need no query.
+    """
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
+        self._spans: dict[tuple[object, object], tuple[int, int, int]] = {}
 
     def happened_before(self, earlier: Sequence[object], later: Sequence[object]) -> bool:
         _, e_author, e_seq = earlier
@@ -101,10 +114,22 @@ class LogCausality:
         assert isinstance(e_seq, int) and isinstance(l_seq, int)
         if e_author == l_author:
             return e_seq < l_seq
+        return self._known(l_author, e_author, l_seq) >= e_seq
+
+    def _known(self, author: object, other: object, seq: int) -> int:
+        """The highest seq of ``other`` that ``author`` had seen when writing ``seq``."""
+        span = self._spans.get((author, other))
+        if span is not None and span[0] <= seq < span[1]:
+            return span[2]
         row = self._db.execute(
-            "SELECT other_seq FROM seen WHERE author = ? AND other = ? AND seq <= ? "
-            "ORDER BY seq DESC LIMIT 1", (l_author, e_author, l_seq)).fetchone()
-        return row is not None and row[0] >= e_seq
+            "SELECT seq, other_seq FROM seen WHERE author = ? AND other = ? AND seq <= ? "
+            "ORDER BY seq DESC LIMIT 1", (author, other, seq)).fetchone()
+        after = self._db.execute(
+            "SELECT seq FROM seen WHERE author = ? AND other = ? AND seq > ? "
+            "ORDER BY seq LIMIT 1", (author, other, seq)).fetchone()
+        low, known = (row[0], row[1]) if row else (0, 0)
+        self._spans[(author, other)] = (low, after[0] if after else 1 << 63, known)
+        return int(known)
 
 
 class Runner:

@@ -339,13 +339,6 @@ async def test_writes_on_a_read_only_disk_fail_with_one_line_and_change_nothing(
     assert after[1] == before[1] + 1 and after[0] != before[0]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG node/store.py Store.open/_describe_sqlite_error: on a read-only filesystem SQLite "
-    "cannot create log.db-wal/-shm, fails with SQLITE_CANTOPEN 'unable to open database "
-    "file', and the CLI prints 'potluck: database error: unable to open database file', "
-    "which does not name the cause; expected the existing message 'the data directory is "
-    "read-only: nothing was written' (e.g. by checking os.access(dir, W_OK) / EROFS, or "
-    "exc.sqlite_errorname == 'SQLITE_CANTOPEN' with an unwritable directory)"))
 async def test_a_write_on_a_read_only_disk_names_the_cause(
         node_on_read_only_disk: tuple[Path, tuple[str, int, object]]) -> None:
     home = node_on_read_only_disk[0]

@@ -82,3 +82,18 @@ async def test_a_rolled_back_fold_leaves_nothing_in_memory(tmp_path: Path) -> No
         assert await equals_a_rebuild(node)
     finally:
         await node.close()
+
+
+async def test_a_damaged_stored_event_met_by_a_refold_names_doctor(tmp_path: Path) -> None:
+    """Re-folds and rebuilds read stored events back; one damaged on disk gives the
+    one-line StorageError that points to ``potluck doctor``, not a msgpack traceback."""
+    node = await stocked(tmp_path / "node")
+    try:
+        first = await node.post(adjust(1))
+        await node.store.write(lambda db: db.execute(
+            "UPDATE events SET raw = ? WHERE hash = ?", (b"\xc1garbage", first.hash)))
+        await node.post(adjust(2))  # incremental: no re-fold, no read of the damage
+        with pytest.raises(StorageError, match="damaged: run 'potluck doctor --repair'"):
+            await node.store.write(node.runner.rebuild)
+    finally:
+        await node.close()
