@@ -16,6 +16,9 @@ blamed on the peer. Codes are listed in docs/protocol.md §errors.
         │   ├── UnknownMessage        unknown-message: message type not in this version
         │   ├── UnexpectedMessage     unexpected-message: not allowed in this state
         │   ├── CreditExceeded        credit-exceeded: more event bytes than granted
+        │   ├── RateLimited           rate-limit: over a per-peer rate for too long
+        │   ├── CreditTimeout         credit-timeout: our queued events got no credit
+        │   ├── HandshakeTimeout      handshake-timeout: no handshake and vector in time
         │   ├── EventRejected         an event of a batch is invalid: its InvalidEvent code
         │   ├── ConnectionLost        connection-lost: end of stream before both byes
         │   └── RemoteError           the peer sent an error frame: the peer's code
@@ -80,6 +83,25 @@ class UnexpectedMessage(ProtocolError):
 
 class CreditExceeded(ProtocolError):
     code = "credit-exceeded"
+
+
+class RateLimited(ProtocolError):
+    """The peer stayed over a per-peer rate (frames, events, bytes per second) after
+    being throttled, or one frame was far beyond it (sync/limits.py)."""
+
+    code = "rate-limit"
+
+
+class CreditTimeout(ProtocolError):
+    """Our events waited for the peer's credit longer than the credit timeout."""
+
+    code = "credit-timeout"
+
+
+class HandshakeTimeout(ProtocolError):
+    """The peer did not finish the handshake and send its vector in time."""
+
+    code = "handshake-timeout"
 
 
 class EventRejected(ProtocolError):

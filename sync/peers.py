@@ -28,13 +28,23 @@ from websockets.asyncio.server import Server
 
 from node.events import Envelope
 from node.store import Store
+from sync.limits import (
+    CREDIT_TIMEOUT,
+    DEFAULT_LIMITS,
+    HANDSHAKE_TIMEOUT,
+    RATE_LIMIT,
+    ConnectionLimits,
+    Limits,
+)
 from sync.transport import DialError, Session, connect_session, listen
 
 POLL_SECONDS = 0.2
 STATUS_SECONDS = 1.0
+RECORD_SECONDS = 10.0  # a connected peer's row is rewritten at least this often (last_seen)
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
 STABLE_SECONDS = 30.0  # a session that lasted this long resets the backoff
+CUT_CODES = (RATE_LIMIT, CREDIT_TIMEOUT, HANDSHAKE_TIMEOUT)  # said even for a stranger
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS peers (
@@ -99,15 +109,21 @@ def lag(ours: dict[bytes, tuple[int, bytes]],
 
 
 class PeerManager:
-    """Runs the sessions of one node. ``say`` receives one status line per change."""
+    """Runs the sessions of one node. ``say`` receives one status line per change.
+
+    ``limits`` are the per-peer limits of every session, inbound and dialled, and the
+    inbound connection limits (sync/limits.py, docs/protocol.md §limits)."""
 
     def __init__(self, store: Store, key: SigningKey, *,
                  say: Callable[[str], None] = lambda line: None,
-                 name_of: Callable[[bytes], str | None] = lambda key: None) -> None:
+                 name_of: Callable[[bytes], str | None] = lambda key: None,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         self.store = store
         self.key = key
         self.say = say
         self.name_of = name_of
+        self.limits = limits
+        self.connections = ConnectionLimits(limits.per_address, limits.inbound)
         self.sessions: set[Session] = set()
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -117,6 +133,7 @@ class PeerManager:
         self._running = False
         self._caught_up: set[Session] = set()
         self._announced: set[Session] = set()
+        self._recorded: dict[Session, tuple[int, int, float]] = {}  # behind, ahead, when
         self._found: dict[str, str] = {}
 
     async def start(self, host: str | None = None, port: int | None = None) -> int | None:
@@ -130,7 +147,8 @@ class PeerManager:
         bound: int | None = None
         if host is not None and port is not None:
             self._server = await listen(host, port, self.key, self.store, self._serve_session,
-                                        on_stored=self._stored)
+                                        on_stored=self._stored, limits=self.limits,
+                                        admit=self._admit, release=self.connections.release)
             bound = self._server.sockets[0].getsockname()[1] if self._server.sockets else port
             self.say(f"listening on {host}:{bound}")
         for row in await self.store.read(known_peers):
@@ -178,6 +196,15 @@ class PeerManager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _admit(self, host: str) -> str | None:
+        """Count an inbound connection, or refuse it: the reason, said now and then."""
+        refusal = self.connections.admit(host)
+        if refusal is None:
+            return None
+        if refusal.report:
+            self.say(f"refused a connection from {host}: {refusal.reason}")
+        return refusal.reason
+
     async def _serve_session(self, session: Session) -> None:
         await self._run_session(session, None, "inbound")
 
@@ -194,7 +221,7 @@ class PeerManager:
             began = time.monotonic()
             try:
                 session = await connect_session(address, self.key, self.store,
-                                                on_stored=self._stored)
+                                                on_stored=self._stored, limits=self.limits)
             except DialError as exc:
                 await self._record(address, None, connected=False, error=str(exc), found=found)
             else:
@@ -217,11 +244,15 @@ class PeerManager:
     async def _ended(self, session: Session, address: str | None, found: str) -> None:
         self.sessions.discard(session)
         self._caught_up.discard(session)
+        self._recorded.pop(session, None)
         key = session.peer_key
         if session in self._announced and key is not None:
             self._announced.discard(session)
             self.say(f"peer lost: {self._label(key)} at {session.address}"
                      + (f" ({session.error})" if session.error else ""))
+        elif session.error and session.error.split(":", 1)[0] in CUT_CODES:
+            who = self._label(key) if key is not None else "an unauthenticated peer"
+            self.say(f"cut off {who} at {session.address} ({session.error})")
         await self._record(address or _inbound(key), key, connected=False,
                            error=session.error, found=found, remote=session.address)
 
@@ -259,16 +290,28 @@ class PeerManager:
             if not self.sessions:
                 continue
             ours = await self.store.vector()
+            now = time.monotonic()
             for session in list(self.sessions):
                 key = session.peer_key
-                if key is None or not session.protocol.peer_vector_complete:
+                if (key is None or not session.protocol.peer_vector_complete
+                        or session not in self.sessions):  # ended during an await below
                     continue
                 behind, ahead = lag(ours, session.protocol.peer_vector)
                 address = (session.address if session.protocol.role.name == "INITIATOR"
                            else _inbound(key))
-                await self._record(address, key, connected=True, behind=behind, ahead=ahead,
-                                   found=self._found.get(address, "inbound"),
-                                   remote=session.address)
+                last = self._recorded.get(session)
+                if last is None or last[:2] != (behind, ahead) or now - last[2] > RECORD_SECONDS:
+                    # a write (an fsync) only when the lag moved, or to refresh last_seen
+                    self._recorded[session] = (behind, ahead, now)
+                    await self._record(address, key, connected=True, behind=behind,
+                                       ahead=ahead, found=self._found.get(address, "inbound"),
+                                       remote=session.address)
+                    if session not in self.sessions:  # it ended while we wrote: the
+                        # row must not stay "connected" if our write landed after its end
+                        await self._record(address, key, connected=False,
+                                           error=session.error, remote=session.address,
+                                           found=self._found.get(address, "inbound"))
+                        continue
                 if session not in self._announced:
                     self._announced.add(session)
                     self.say(f"peer connected: {self._label(key)} at {session.address}")

@@ -278,7 +278,9 @@ class SyncProtocol:
         self._peer: dict[bytes, tuple[int, bytes]] = {}
         self._peer_vector_complete = False
         self._credit_in = 0  # event bytes the peer may still send us
+        self._events_in = 0  # events in every events message received (sync/limits.py)
         self._credit_out = 0  # event bytes we may still send
+        self._events_queued = 0  # events accepted by send_events for the peer
         self._queue: deque[_Outgoing] = deque()
         self._backlog = 0
         self._bye_requested = False
@@ -332,6 +334,17 @@ class SyncProtocol:
     def credit(self) -> int:
         """Event bytes we may send before the peer grants more."""
         return self._credit_out
+
+    @property
+    def events_in(self) -> int:
+        """Events in every ``events`` message received so far, counted before they are
+        verified: what per-peer rate limits account (sync/limits.py)."""
+        return self._events_in
+
+    @property
+    def events_queued(self) -> int:
+        """Events ``send_events`` queued for the peer: what it lacked, not what it had."""
+        return self._events_queued
 
     def data_to_send(self) -> list[bytes]:
         """Frames to write, in order, each as one binary websocket frame. Drains."""
@@ -434,6 +447,7 @@ class SyncProtocol:
             return
         batch = list(raws[i:])
         self._peer[author] = (last_seq, last_hash)
+        self._events_queued += len(batch)
         self._queue.append(_Outgoing(author, batch))
         self._backlog += sum(len(raw) for raw in batch)
         self._flush()
@@ -598,6 +612,7 @@ class SyncProtocol:
             raise CreditExceeded(
                 f"peer sent {size} event bytes with only {self._credit_in} granted")
         self._credit_in -= size
+        self._events_in += len(raws)
         try:
             envelopes = tuple(decode(raw) for raw in raws)
             for envelope in envelopes:

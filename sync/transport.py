@@ -26,16 +26,18 @@ from websockets.protocol import State as WsState
 from node.errors import StorageError
 from node.events import Envelope
 from node.store import Store
+from sync.limits import CLOSE_TRY_AGAIN_LATER, DEFAULT_LIMITS, Limits, SessionGuard
 from sync.protocol import (
     MAX_FRAME_BYTES,
     EventsWanted,
+    Received,
     Role,
     State,
     SyncProtocol,
     VectorWanted,
 )
 
-READ_SLICE = 500  # events read from the store per send_events call
+READ_SLICE = 2000  # events read from the store per slice (one frame per author)
 MAX_BACKLOG = 2 << 20  # bytes queued in the core before a sender waits for credit
 OPEN_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
@@ -74,6 +76,7 @@ class Session:
         self, ws: Connection, protocol: SyncProtocol, store: Store, *,
         address: str, one_shot: bool = False,
         on_stored: Callable[[Session, Sequence[Envelope]], None] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.ws = ws
         self.protocol = protocol
@@ -81,10 +84,16 @@ class Session:
         self.address = address
         self.one_shot = one_shot
         self.stats = SessionStats()
+        self.guard = SessionGuard(limits)  # per-peer limits (sync/limits.py)
+        self._held: tuple[int | None, int | None] | None = None  # see _hold
         self._on_stored = on_stored
         self._send_lock = asyncio.Lock()
         self._credit = asyncio.Event()
-        self._senders: set[asyncio.Task[None]] = set()
+        self._wants: dict[bytes, int] = {}  # author -> first seq the peer lacks
+        self._sender: asyncio.Task[None] | None = None
+        self._inbox: list[Received] = []  # verified batches waiting for the store
+        self._storer: asyncio.Task[None] | None = None
+        self._store_failed: str | None = None
         self._bye_sent = False
         self._peer_closed = False
         self.error: str | None = None
@@ -99,18 +108,31 @@ class Session:
 
     async def run(self) -> None:
         """Run until the connection ends; never raises for what the peer does."""
+        watchdog = asyncio.create_task(self._watch())
+        loop = asyncio.get_running_loop()
         try:
             await self._flush()
             async for frame in self.ws:
+                resume = 0.0
                 if isinstance(frame, str):
                     self.protocol.fail("malformed-frame", "text frames are not used")
                 else:
                     self.stats.bytes_in += len(frame)
+                    events, backlog = self.protocol.events_in, self.protocol.outgoing_backlog
                     self.protocol.receive_data(frame)
                     self._credit.set()
+                    verdict = self.guard.frame(  # throttle or cut a flood (sync/limits.py)
+                        len(frame), self.protocol.events_in - events,
+                        sent=self.protocol.outgoing_backlog < backlog)
+                    if verdict.code is not None:
+                        self.protocol.fail(verdict.code, verdict.reason)
+                    resume = loop.time() + verdict.pause
+                    self._hold(self.guard.rates.over)
                 await self._process()
                 if self.protocol.close_expected():
                     break
+                if resume > loop.time():  # backpressure: stop reading from this peer
+                    await asyncio.sleep(resume - loop.time())
             else:
                 self.protocol.receive_eof()
         except ConnectionClosed:
@@ -118,77 +140,180 @@ class Session:
         except StorageError as exc:
             self.protocol.fail("store-failed", str(exc))
         finally:
+            watchdog.cancel()
+            with contextlib.suppress(Exception):  # our error frame, before _discard
+                await asyncio.wait_for(self._flush(), CLOSE_TIMEOUT)
+            discard = asyncio.create_task(self._discard())
             await self._finish()
+            discard.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await discard
+
+    def _hold(self, on: bool) -> None:
+        """While the peer is over a rate limit, websockets reads from its socket only
+        once every frame read so far was taken: at most one frame (and one read) waits
+        in memory instead of MAX_QUEUE, and TCP's window holds the rest."""
+        assembler = self.ws.recv_messages
+        if on == (self._held is not None):
+            return
+        if on:
+            self._held = (assembler.high, assembler.low)
+            assembler.high = assembler.low = 0
+            assembler.maybe_pause()
+        else:
+            assert self._held is not None
+            assembler.high, assembler.low = self._held
+            self._held = None
+            assembler.maybe_resume()
+
+    async def _discard(self) -> None:
+        """Once the read loop ended: drop what the peer still sends, so that websockets
+        reads on to its close frame; unread, frames queued before it would hold the
+        close handshake until CLOSE_TIMEOUT. Not more than MAX_QUEUE frames: a peer cut
+        off mid-flood is not worth parsing, it waits for CLOSE_TIMEOUT (its reading
+        paused, ours too) and is then dropped. Dropping it at once would lose our error
+        frame: a reset discards what its socket has not read yet."""
+        with contextlib.suppress(Exception):
+            count = 0
+            async for _frame in self.ws:
+                count += 1
+                if count >= MAX_QUEUE:
+                    return
+
+    async def _watch(self) -> None:
+        """End a session whose peer never finishes the handshake or leaves our queued
+        events without credit (``SessionGuard.tick``)."""
+        while not self.protocol.close_expected():
+            await asyncio.sleep(self.guard.limits.tick)
+            verdict = self.guard.tick(
+                ready=(self.protocol.peer_vector_complete
+                       or self.protocol.state is State.PEER_DONE),
+                backlog=self.protocol.outgoing_backlog)
+            if verdict.code is not None and not self.protocol.close_expected():
+                self.protocol.fail(verdict.code, verdict.reason)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._flush(), CLOSE_TIMEOUT)
+                with contextlib.suppress(Exception):  # ends run's read loop
+                    await asyncio.wait_for(self.ws.close(), CLOSE_TIMEOUT)
+                return
 
     async def _finish(self) -> None:
-        for task in self._senders:
-            task.cancel()
-        for task in list(self._senders):
+        if self._sender is not None:
+            self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                await self._sender
+        if self._storer is not None:  # what was received is stored before we end
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._storer
         with contextlib.suppress(ConnectionClosed, Exception):
             await self._flush()
         error = self.protocol.error
         if error is not None:
             self.error = f"{error.code}: {error.reason}"
+        elif self._store_failed is not None:
+            self.error = self._store_failed
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.ws.close(), CLOSE_TIMEOUT)
 
     async def _process(self) -> None:
-        for batch in self.protocol.events_received():
-            result = await self.store.receive(batch.envelopes, authenticated=True)
-            if result.rejected:
-                envelope, exc = result.rejected[0]
-                self.protocol.fail(exc.code, f"event {envelope.author.hex()[:12]}/"
-                                   f"{envelope.seq}: {exc}")
-                break
-            self.stats.events_in += len(result.stored)
-            self.protocol.send_credit(batch.size)
-            if result.stored and self._on_stored is not None:
-                self._on_stored(self, result.stored)
+        received = self.protocol.events_received()
+        if received:
+            self._inbox.extend(received)
+            if self._storer is None or self._storer.done():
+                self._storer = asyncio.create_task(self._store_inbox())
+                self._storer.add_done_callback(self._task_done)
         for request in self.protocol.requests():
             if isinstance(request, VectorWanted):
                 self.protocol.send_have(await self.store.vector())
             elif isinstance(request, EventsWanted):
-                self._start_sender(request)
+                self._want(request)
         self._maybe_bye()
         await self._flush()
 
-    def _start_sender(self, want: EventsWanted) -> None:
-        task = asyncio.create_task(self._send_author(want.author, want.from_seq))
-        self._senders.add(task)
-        task.add_done_callback(self._sender_done)
+    async def _store_inbox(self) -> None:
+        """Store every batch received so far in one transaction, then grant credit.
 
-    def _sender_done(self, task: asyncio.Task[None]) -> None:
-        self._senders.discard(task)
+        Why one transaction for many frames: each commit waits for the disk, and the
+        frames that arrive while one commit runs go together into the next (group
+        commit), so a cold sync pays for a few hundred commits, not one per frame.
+        """
+        while self._inbox and self.protocol.error is None:
+            batches, self._inbox = self._inbox, []
+            try:
+                result = await self.store.receive(
+                    [env for batch in batches for env in batch.envelopes],
+                    authenticated=True)
+            except StorageError as exc:
+                # the peer may have said bye already, closing the protocol: keep the
+                # cause for ``error`` either way
+                self._store_failed = f"store-failed: {exc}"
+                self.protocol.fail("store-failed", str(exc))
+                return
+            if result.rejected:
+                envelope, refusal = result.rejected[0]
+                self.protocol.fail(refusal.code, f"event {envelope.author.hex()[:12]}/"
+                                   f"{envelope.seq}: {refusal}")
+            else:
+                self.stats.events_in += len(result.stored)
+                for batch in batches:
+                    self.protocol.send_credit(batch.size)
+                if result.stored and self._on_stored is not None:
+                    self._on_stored(self, result.stored)
+            self._maybe_bye()
+            await self._flush()
+
+    def _want(self, want: EventsWanted) -> None:
+        known = self._wants.get(want.author)
+        self._wants[want.author] = want.from_seq if known is None else min(known,
+                                                                           want.from_seq)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_wanted())
+            self._sender.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             self.protocol.fail("store-failed", str(task.exception()))
-        if self._maybe_bye():
-            # the peer already said bye and waits for ours: nothing else will wake us
+        if self._maybe_bye() or self.protocol.error is not None:
+            # the peer waits for our bye or our error: the read loop, waiting for the
+            # peer, would not send it, so flush here (and close after an error)
             asyncio.get_running_loop().create_task(self._flush_quietly())
 
-    async def _send_author(self, author: bytes, from_seq: int) -> None:
-        """Stream ``author``'s events from ``from_seq`` in slices, within the backlog."""
-        seq = max(from_seq, 1)
-        while self.protocol.can_send_events or self.protocol.state == State.PEER_DONE:
-            while self.protocol.outgoing_backlog > MAX_BACKLOG:
-                self._credit.clear()
-                await self._credit.wait()
-            raws = await self.store.read_raw(author, seq, READ_SLICE)
-            if not raws:
-                return
-            self.protocol.send_events(raws)
-            self.stats.events_out += len(raws)
-            await self._flush()
-            seq += len(raws)
+    def _can_send(self) -> bool:
+        return self.protocol.can_send_events or self.protocol.state == State.PEER_DONE
+
+    async def _send_wanted(self) -> None:
+        """Stream what the peer lacks in the order this node stored it, in slices,
+        within the backlog; one author's part of a slice goes as one events frame."""
+        while self._wants and self._can_send():
+            wants, self._wants = self._wants, {}
+            first = await self.store.first_arrival(wants)
+            if first is None:
+                continue
+            cursor = first - 1
+            while self._can_send():
+                while self.protocol.outgoing_backlog > MAX_BACKLOG:
+                    self._credit.clear()
+                    await self._credit.wait()
+                cursor_before = cursor
+                cursor, rows = await self.store.read_arrivals(wants, cursor, READ_SLICE)
+                if cursor == cursor_before:
+                    break
+                runs: dict[bytes, list[bytes]] = {}
+                for author, _seq, raw in rows:
+                    runs.setdefault(author, []).append(raw)
+                for raws in runs.values():
+                    self.protocol.send_events(raws)
+                self.stats.events_out = self.protocol.events_queued
+                await self._flush()
 
     def push(self, author: bytes, raws: Sequence[bytes]) -> None:
         """Live push: offer new events of one author; the core drops what the peer has."""
         if self.protocol.can_send_events and not self._bye_sent:
             self.protocol.send_events(raws)
+            self.stats.events_out = self.protocol.events_queued
             for request in self.protocol.requests():
                 if isinstance(request, EventsWanted):
-                    self._start_sender(request)
+                    self._want(request)
 
     async def flush(self) -> None:
         await self._flush()
@@ -196,7 +321,8 @@ class Session:
     def _maybe_bye(self) -> bool:
         """Say bye once nothing is left to send, as the session's mode wants; the caller
         flushes. Returns True when it did."""
-        if self._bye_sent or self._senders or self.protocol.outgoing_backlog:
+        busy = self._sender is not None and not self._sender.done()
+        if self._bye_sent or busy or self._wants or self.protocol.outgoing_backlog:
             return False
         state = self.protocol.state
         ready = (self.one_shot and state == State.OPEN
@@ -209,6 +335,9 @@ class Session:
     async def _flush_quietly(self) -> None:
         with contextlib.suppress(ConnectionClosed, Exception):
             await self._flush()
+        if self.protocol.error is not None:  # ends the read loop of ``run``
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ws.close(), CLOSE_TIMEOUT)
 
     async def _flush(self) -> None:
         """Write what the core has for the peer. Once the peer has closed, sending
@@ -245,6 +374,7 @@ def make_protocol(role: Role, key: SigningKey, store: Store) -> SyncProtocol:
 async def connect_session(
     address: str, key: SigningKey, store: Store, *, one_shot: bool = False,
     on_stored: Callable[[Session, Sequence[Envelope]], None] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Session:
     """Open a websocket to ``host:port``; the caller drives the returned session (``run``)."""
     uri = f"ws://{format_address(address)}/potluck"
@@ -256,22 +386,40 @@ async def connect_session(
     except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
         raise DialError(f"cannot reach {address}: {exc}") from None
     return Session(ws, make_protocol(Role.INITIATOR, key, store), store, address=address,
-                   one_shot=one_shot, on_stored=on_stored)
+                   one_shot=one_shot, on_stored=on_stored, limits=limits)
 
 
 async def listen(
     host: str, port: int, key: SigningKey, store: Store,
     on_session: Callable[[Session], Awaitable[None]],
     on_stored: Callable[[Session, Sequence[Envelope]], None] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    admit: Callable[[str], str | None] | None = None,
+    release: Callable[[str], None] | None = None,
 ) -> Server:
-    """Accept sessions on ``host:port``; ``on_session`` runs each one (and awaits it)."""
+    """Accept sessions on ``host:port``; ``on_session`` runs each one (and awaits it).
+
+    ``admit(remote host)`` may refuse a connection before anything is said: it returns
+    the reason, sent as the close reason with code 1013 (try again later); an admitted
+    one is ``release``d when it ends (connection limits, sync/peers.py)."""
 
     async def handler(ws: ServerConnection) -> None:
         remote = ws.remote_address
         address = f"{remote[0]}:{remote[1]}" if remote else "unknown"
-        session = Session(ws, make_protocol(Role.RESPONDER, key, store), store,
-                          address=address, on_stored=on_stored)
-        await on_session(session)
+        host = str(remote[0]) if remote else "unknown"
+        refused = admit(host) if admit is not None else None
+        if refused is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(CLOSE_TRY_AGAIN_LATER, refused[:120]),
+                                       CLOSE_TIMEOUT)
+            return
+        try:
+            session = Session(ws, make_protocol(Role.RESPONDER, key, store), store,
+                              address=address, on_stored=on_stored, limits=limits)
+            await on_session(session)
+        finally:
+            if release is not None:
+                release(host)
 
     return await serve(handler, host, port, max_size=MAX_FRAME_BYTES, max_queue=MAX_QUEUE,
                        compression=None,

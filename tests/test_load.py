@@ -22,8 +22,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytest
-
 from node.app import Node
 from node.identity import Group
 from sync.peers import STATUS_SECONDS, PeerManager, known_peers
@@ -65,9 +63,6 @@ def test_six_nodes_writing_converge_without_fd_or_task_leaks(tmp_path: Path) -> 
     assert result.clean_exits == config.nodes
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: PeerManager._status resurrects a session that ended while "
-                          "it awaited the store (see docs/reliability.md, Load)")
 async def test_a_status_pass_does_not_resurrect_a_session_that_ended_meanwhile(
         tmp_path: Path) -> None:
     """Seen in the 5-minute run: 'peer lost: X at ADDR' then, 0.3-0.4 s later and with no

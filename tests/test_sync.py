@@ -278,11 +278,6 @@ async def test_a_peer_catches_up_after_a_disconnect_with_only_what_it_missed(
         await stop_all([b, a])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sync/transport.py Session._send_author counts in stats.events_out every event it "
-    "hands to SyncProtocol.send_events, including the event at the peer's own head "
-    "(EventsWanted.from_seq = peer_seq, the overlap the core drops): one extra 'sent' "
-    "per author the peer already had a prefix of"))
 async def test_sync_reports_as_sent_only_the_events_that_crossed_the_wire(
         two: list[Node]) -> None:
     ana, bo = two
