@@ -227,6 +227,7 @@ class Node:
         return {"address": f"{host}:{port}", "peer": key.hex() if key else None,
                 "peer_name": (await self.names()).get(key) if key else None,
                 "received": session.stats.events_in, "sent": session.stats.events_out,
+                "held_future": session.stats.future,
                 "bytes_in": session.stats.bytes_in, "bytes_out": session.stats.bytes_out}
 
     async def _discover(self, manager: PeerManager, port: int | None, host: str | None,

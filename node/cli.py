@@ -737,6 +737,10 @@ def sync_command(address: str, as_json: bool) -> None:
     who = report["peer_name"] or _short(str(report["peer"]))
     click.echo(f"Synced with {who} at {report['address']}: received {report['received']} "
                f"events, sent {report['sent']}.")
+    if report["held_future"]:
+        click.echo(f"Held {report['held_future']} events stamped more than 24 hours ahead of "
+                   "this computer's clock: they wait for their time, unapplied. Check both "
+                   "clocks; 'potluck doctor' lists them.")
 
 
 @cli.command()

@@ -134,6 +134,7 @@ class PeerManager:
         self._caught_up: set[Session] = set()
         self._announced: set[Session] = set()
         self._recorded: dict[Session, tuple[int, int, float]] = {}  # behind, ahead, when
+        self._future_said: dict[Session, int] = {}
         self._found: dict[str, str] = {}
 
     async def start(self, host: str | None = None, port: int | None = None) -> int | None:
@@ -245,6 +246,7 @@ class PeerManager:
         self.sessions.discard(session)
         self._caught_up.discard(session)
         self._recorded.pop(session, None)
+        self._future_said.pop(session, None)
         key = session.peer_key
         if session in self._announced and key is not None:
             self._announced.discard(session)
@@ -312,6 +314,11 @@ class PeerManager:
                                            error=session.error, remote=session.address,
                                            found=self._found.get(address, "inbound"))
                         continue
+                if session.stats.future > self._future_said.get(session, 0):
+                    self._future_said[session] = session.stats.future
+                    self.say(f"held {session.stats.future} events from {self._label(key)} "
+                             "stamped more than 24 h ahead of this clock: they wait for "
+                             "their time (check both clocks)")
                 if session not in self._announced:
                     self._announced.add(session)
                     self.say(f"peer connected: {self._label(key)} at {session.address}")

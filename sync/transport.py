@@ -60,6 +60,7 @@ class SessionStats:
     bytes_out: int = 0
     events_in: int = 0
     events_out: int = 0
+    future: int = 0  # received events stamped > 24 h ahead of our clock: held, not applied
     started: float = field(default_factory=time.monotonic)
 
 
@@ -255,6 +256,7 @@ class Session:
                                    f"{envelope.seq}: {refusal}")
             else:
                 self.stats.events_in += len(result.stored)
+                self.stats.future += result.future
                 for batch in batches:
                     self.protocol.send_credit(batch.size)
                 if result.stored and self._on_stored is not None:

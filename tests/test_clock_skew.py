@@ -173,6 +173,7 @@ async def test_a_sync_with_a_node_a_year_ahead_completes_and_breaks_nothing(
     try:
         moved = await within(bo.sync_once(serving.address), 20)
         assert moved["received"] == 0  # held: nothing Bo applied came from Ana
+        assert moved["held_future"] == 4  # reported: all of Ana's, stamped a year ahead
         assert await bo.store.pending_count() == 4
         assert len(await offers(bo)) == 2  # Bo's own, read while Ana's wait
         assert "Ana" not in await members(bo)
