@@ -21,7 +21,9 @@ import crash_worker
 
 KILLS = 8
 SEED = 20_261_127
-SIZES = crash_worker.Sizes(receive_events=900, project_events=700, late_events=400)
+SIZES = crash_worker.Sizes(receive_events=6000, project_events=700, late_events=400)
+"""Enough that the worker is still storing when a kill lands: 900 events were all
+stored before half the kills once the receive path got faster."""
 ACTIVITIES = ("append", "receive", "project")
 
 
