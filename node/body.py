@@ -136,7 +136,32 @@ def _pattern(regex: str, what: str) -> _Kind:
             raise InvalidBody(field, f"must be {what}, got {_show(value)}")
         return value
 
-    return _Kind(check)
+    return _Kind(_remembered(check))
+
+
+REMEMBERED = 4096
+"""Valid texts each remembering kind keeps (then it starts again)."""
+
+
+def _remembered(check: Callable[[str, object], str]) -> Callable[[str, object], object]:
+    """``check`` that remembers the texts it accepted: slugs and dates repeat on almost
+    every event (the same items, places and days), and a regex plus a calendar parse per
+    field was most of the cost of reading a stored event back."""
+    good: dict[str, str] = {}
+
+    def check_remembering(field: str, value: object) -> object:
+        if type(value) is str:
+            known = good.get(value)
+            if known is not None:
+                return known
+            normalised = check(field, value)
+            if len(good) >= REMEMBERED:
+                good.clear()
+            good[value] = normalised
+            return normalised
+        return check(field, value)
+
+    return check_remembering
 
 
 def _integer(low: int, high: int, what: str, *, zero: bool = True) -> _Kind:
@@ -252,8 +277,8 @@ _NON_ZERO = _integer(-MAX_AMOUNT, MAX_AMOUNT,
 _SLOTS = _integer(1, MAX_SLOTS, f"a whole number of slots from 1 to {MAX_SLOTS}")
 _SHIFT_HOURS = _hours(24)
 _WEEKLY_HOURS = _hours(7 * 24)
-_DATE = _Kind(_check_date)
-_DATETIME = _Kind(_check_datetime)
+_DATE = _Kind(_remembered(_check_date))
+_DATETIME = _Kind(_remembered(_check_datetime))
 _ID = _fixed_bytes(ID_BYTES, "an event id")  # hash of the event that created the entity
 _MEMBER_KEY = _fixed_bytes(32, "a member's public key")
 _PROOF = _fixed_bytes(32, "a membership proof")
@@ -281,6 +306,18 @@ def _specs(cls: type[BaseBody]) -> tuple[_Spec, ...]:
     specs = _SPECS.get(cls)
     if specs is None:
         specs = _SPECS[cls] = _read_specs(cls)
+    return specs
+
+
+_WIRE_ORDER: dict[type[BaseBody], tuple[_Spec, ...]] = {}
+
+
+def _wire_order(cls: type[BaseBody]) -> tuple[_Spec, ...]:
+    """The fields in the order a canonical map has them (sorted), so that the map
+    ``to_body`` builds needs no sorting before it is signed."""
+    specs = _WIRE_ORDER.get(cls)
+    if specs is None:
+        specs = _WIRE_ORDER[cls] = tuple(sorted(_specs(cls), key=lambda spec: spec.name))
     return specs
 
 
@@ -372,20 +409,27 @@ class BaseBody:
 
         Raises InvalidBody naming the first bad field; unknown keys are ignored.
         """
-        current = _upcast(cls, body)
-        values: dict[str, object] = {}
+        current = (body if cls.VERSION == 1 and VERSION_KEY not in body
+                   else _upcast(cls, body))
+        # One pass that checks each field and sets it, instead of ``cls(**values)``
+        # whose __post_init__ reads every field back: every received and re-folded
+        # event comes through here, and the double pass was a sixth of a rebuild.
+        value_of = object.__new__(cls)
         for spec in _specs(cls):
             value = current.get(spec.name)
-            if value is not None:
-                values[spec.name] = value
-            elif not spec.optional:
-                raise InvalidBody(spec.name, "is missing")
-        return cls(**values)
+            if value is None:
+                if not spec.optional:
+                    raise InvalidBody(spec.name, "is missing")
+            else:
+                value = spec.kind.check(spec.name, value)
+            object.__setattr__(value_of, spec.name, value)
+        value_of._check_together()
+        return value_of
 
     def to_body(self) -> dict[str, object]:
         """The map to put in the envelope: None optionals omitted, ``"_v"`` after v1."""
         body: dict[str, object] = {}
-        for spec in _specs(type(self)):
+        for spec in _wire_order(type(self)):
             value = getattr(self, spec.name)
             if value is not None:
                 body[spec.name] = list(value) if isinstance(value, tuple) else value
@@ -579,25 +623,38 @@ for _cls in TYPES.values():
 del _cls
 
 
-def references(type_: str, body: Mapping[str, object]) -> tuple[bytes, ...]:
+def references(type_: str, body: Mapping[str, object],
+               parsed: BaseBody | None = None) -> tuple[bytes, ...]:
     """Ids of earlier events that ``body`` names (an offer, a claim, a shift...).
 
     An entity's id is the hash of the event that created it, so a writer can only name
     what it has seen: the log treats these like deps and holds an event until they are
     there (docs/events.md §validity). Unknown types and invalid bodies name nothing:
-    they are stored and relayed, and projections skip them.
+    they are stored and relayed, and projections skip them. ``parsed``: the body's typed
+    value when the caller has it (this node's own events), so it is not parsed again.
     """
     cls = TYPES.get(type_)
     if cls is None:
         return ()
-    specs = [spec for spec in _specs(cls) if spec.kind is _ID]
+    specs = _id_specs(cls)
     if not specs:
         return ()
-    try:
-        value = cls.from_body(body)
-    except InvalidBody:
-        return ()
-    return tuple(getattr(value, spec.name) for spec in specs)
+    if not isinstance(parsed, cls):
+        try:
+            parsed = cls.from_body(body)
+        except InvalidBody:
+            return ()
+    return tuple(getattr(parsed, spec.name) for spec in specs)
+
+
+_ID_SPECS: dict[type[BaseBody], tuple[_Spec, ...]] = {}
+
+
+def _id_specs(cls: type[BaseBody]) -> tuple[_Spec, ...]:
+    specs = _ID_SPECS.get(cls)
+    if specs is None:
+        specs = _ID_SPECS[cls] = tuple(spec for spec in _specs(cls) if spec.kind is _ID)
+    return specs
 
 
 def parse(type_: str, body: Mapping[str, object]) -> Body | None:

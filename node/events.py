@@ -22,7 +22,7 @@ import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
 import msgpack
 from nacl.bindings import crypto_sign, crypto_sign_seed_keypair
@@ -162,6 +162,34 @@ class Envelope:
         )
 
 
+_set = object.__setattr__
+
+
+def _envelope(
+    group: bytes, author: bytes, seq: int, prev: bytes | None, deps: tuple[bytes, ...],
+    hlc: int, type_: str, body: Body, sig: bytes, raw: bytes, hash_: bytes,
+    parsed: object = None,
+) -> Envelope:
+    """An Envelope of checked fields, built without the frozen dataclass's keyword
+    ``__init__``: every event decoded or created is one, and that ``__init__`` cost more
+    than hashing the event."""
+    env = object.__new__(Envelope)
+    _set(env, "group", group)
+    _set(env, "author", author)
+    _set(env, "seq", seq)
+    _set(env, "prev", prev)
+    _set(env, "deps", deps)
+    _set(env, "hlc", hlc)
+    _set(env, "type", type_)
+    _set(env, "body", body)
+    _set(env, "sig", sig)
+    _set(env, "raw", raw)
+    _set(env, "hash", hash_)
+    _set(env, "v", ENVELOPE_VERSION)
+    _set(env, "parsed", parsed)
+    return env
+
+
 def _signed_fields(
     v: int, group: bytes, author: bytes, seq: int, prev: bytes | None,
     deps: Sequence[bytes], hlc: int, type_: str, body: Mapping[str, object],
@@ -193,19 +221,34 @@ def create(
     if not (0 < hlc < MAX_INT):
         raise MalformedEvent(f"hlc: {hlc!r} is not an integer in 1..2^63-1")
     author = bytes(key.verify_key)
-    body_c = canonical(dict(body))
-    assert isinstance(body_c, dict)
+    body_c = cast(Body, dict(body))
+    if not _is_canonical_order(body_c):  # a typed body's map usually is already
+        body_c = cast(Body, canonical(body_c))
     deps_c = tuple(sorted(set(deps)))
     fields = _signed_fields(ENVELOPE_VERSION, group, author, seq, prev, deps_c, hlc, type,
                             body_c)
-    sig = sign_bytes(key, _packb(fields))
-    raw = _packb(_with_sig(fields, sig))
+    signed = _packb(fields)
+    sig = sign_bytes(key, signed)
+    raw = _insert_sig(signed, len(fields), type, sig)
     if len(raw) > MAX_EVENT_BYTES:
         raise OversizedEvent(f"event is {len(raw)} bytes, limit {MAX_EVENT_BYTES}")
-    return Envelope(
-        group=group, author=author, seq=seq, prev=prev, deps=deps_c, hlc=hlc, type=type,
-        body=body_c, sig=sig, raw=raw, hash=blake2b256(raw), parsed=parsed,
-    )
+    return _envelope(group, author, seq, prev, deps_c, hlc, type, body_c, sig, raw,
+                     blake2b256(raw), parsed)
+
+
+_SIG_ENTRY = b"\xa3sig\xc4\x40"  # "sig" then the header of 64 bytes of bin 8
+
+
+def _insert_sig(signed: bytes, entries: int, type_: str, sig: bytes) -> bytes:
+    """The wire bytes: ``signed`` (a map of ``entries`` < 15 pairs, so a one-byte
+    header) with the ``sig`` pair spliced in before ``type``, where it sorts. Splicing
+    instead of packing the map again; ``decode`` still checks the result is canonical."""
+    name = len(type_.encode())
+    # "type" (5 bytes), the type string with its 1-3 byte header, "v" (2), 1 (1)
+    tail = 5 + (1 if name < 32 else 2 if name < 256 else 3) + name + 2 + 1
+    cut = len(signed) - tail
+    return b"".join((bytes((0x80 | (entries + 1),)), signed[1:cut], _SIG_ENTRY, sig,
+                     signed[cut:]))
 
 
 def _with_sig(signed_fields: dict[str, object], sig: bytes) -> dict[str, object]:
@@ -269,10 +312,8 @@ def decode(raw: bytes) -> Envelope:
     if (top != _TOP_ORDER[seq == 1] or not _is_canonical_order(body)
             or _packb(fields) != raw):
         raise MalformedEvent("encoding is not canonical")
-    return Envelope(
-        group=group, author=author, seq=seq, prev=prev, deps=tuple(deps), hlc=hlc,
-        type=type_, body=body, sig=sig, raw=raw, hash=blake2b256(raw),
-    )
+    return _envelope(group, author, seq, prev, tuple(deps), hlc, type_, body, sig, raw,
+                     blake2b256(raw))
 
 
 _FIELDS = frozenset(_TOP_ORDER[False])

@@ -774,7 +774,8 @@ def _check_named(db: sqlite3.Connection, batch: Sequence[Envelope]) -> None:
     """This node's events may only name events it has (receivers would hold them)."""
     written = {env.hash for env in batch}
     for env in batch:
-        named = [h for h in references(env.type, env.body) if h not in written]
+        parsed = env.parsed if isinstance(env.parsed, BaseBody) else None
+        named = [h for h in references(env.type, env.body, parsed) if h not in written]
         if named and len(_resolve(db, named)) < len(named):
             raise UsageError(f"{env.type} names an event this node does not have")
 

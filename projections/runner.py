@@ -37,6 +37,7 @@ from projections.roster import Roster
 REBUILD_CHUNK = 2000
 STATE_CACHE_LIMIT = 20_000  # entities kept in memory during a rebuild before a write
 LIVE_CACHE_LIMIT = 4_096
+RECENT_EVENTS = 8_192
 """Entities whose fold state stays in memory between batches: the hot set (stock at the
 busy places, this week's posts and shifts) is read from SQLite once, not every batch."""
 ENTITY_COLUMN = "_entity"
@@ -58,6 +59,11 @@ def all_projections() -> tuple[Projection, ...]:
     """Every projection, in the fixed order the digest uses."""
     projections: tuple[Projection, ...] = (Catalog(), Board(), Inventory(), Roster())
     return projections
+
+
+_ONE_ROW = frozenset(table.name for projection in all_projections()
+                     for table in projection.TABLES if table.key == (table.entity_column,))
+"""Tables whose key is the entity: an entity's new row replaces its old one in place."""
 
 
 def to_event(env: Envelope) -> Event | None:
@@ -142,6 +148,11 @@ class Runner:
         # only writer (PRAGMA data_version unchanged) and no transaction rolled back.
         self._live = _StateCache()
         self._data_version: int | None = None
+        self._recent = _RecentEvents()
+        self._by_type: dict[str, tuple[Projection, ...]] = {}
+        for projection in self.projections:
+            for type_ in projection.TYPES:
+                self._by_type[type_] = (*self._by_type.get(type_, ()), projection)
 
     # -- schema --------------------------------------------------------------------
 
@@ -192,6 +203,7 @@ class Runner:
     def rolled_back(self) -> None:
         """The store's hook for a transaction that did not commit: forget its states."""
         self._live.clear()
+        self._recent.clear()
 
     def _kept(self, event: Event) -> bool:
         fork = self._forks.get(event.author)
@@ -205,12 +217,22 @@ class Runner:
             batch = [e for e in batch if self._kept(e)]
         if not batch:
             return
-        ordered = sorted(batch, key=lambda e: e.key)
+        ordered = sorted(batch, key=_key_of)
         causality = LogCausality(db)
-        lookup = _event_lookup(db)
+        recent = self._recent
+        for event in ordered:
+            recent.remember(event)
+        lookup = _event_lookup(db, recent)
         states = self._live if cache is None else cache
+        mine: dict[str, list[Event]] = {p.NAME: [] for p in self.projections}
+        none: tuple[Projection, ...] = ()
+        for event in ordered:  # one pass sorts the batch out to the projections it concerns
+            for projection in self._by_type.get(event.body.TYPE, none):
+                mine[projection.NAME].append(event)
         for projection in self.projections:
-            self._apply_one(db, projection, ordered, causality, lookup, states)
+            if mine[projection.NAME]:
+                self._apply_one(db, projection, mine[projection.NAME], causality, lookup,
+                                states)
         if cache is None:
             _write_all(db, [(entity, c) for entity, c in states.items() if c.dirty])
             while len(states) > LIVE_CACHE_LIMIT:  # dicts keep insertion order: oldest
@@ -222,29 +244,31 @@ class Runner:
         self, db: sqlite3.Connection, projection: Projection, ordered: Sequence[Event],
         causality: Causality, lookup: Callable[[bytes], Event | None], states: _StateCache,
     ) -> None:
+        """Fold ``ordered`` (events of the projection's types) into the states."""
         late: set[str] = set()
         index: list[tuple[str, int, bytes, int]] = []
+        entities_of, apply = projection.entities, projection.apply
+        on_disk = states.on_disk
         for event in ordered:
-            if event.body.TYPE not in projection.TYPES:
-                continue
-            for entity in projection.entities(event, lookup):
-                index.append((entity, event.hlc, event.author, event.seq))
+            key = (event.hlc, event.author, event.seq)
+            for entity in entities_of(event, lookup):
+                index.append((entity, *key))
                 if entity in late:
                     continue
                 cached = states.pop(entity, None)  # re-inserted: most recent last
                 if cached is None:
                     cached = (_Cached(projection, None, None, ())
-                              if states.on_disk is not None and entity not in states.on_disk
+                              if on_disk is not None and entity not in on_disk
                               else _load_state(db, projection, entity))
                 states[entity] = cached
-                if cached.last is not None and event.key <= cached.last:
+                if cached.last is not None and key <= cached.last:
                     late.add(entity)
                     continue
-                new = projection.apply(entity, cached.state, event, causality)
+                new = apply(entity, cached.state, event, causality)
                 if new is None:
                     late.add(entity)
                     continue
-                cached.state, cached.last, cached.dirty = new, event.key, True
+                cached.state, cached.last, cached.dirty = new, key, True
         if not index:
             return
         db.executemany("INSERT OR IGNORE INTO proj_index VALUES (?, ?, ?, ?)", index)
@@ -349,9 +373,9 @@ def _write_all(db: sqlite3.Connection, dirty: Sequence[tuple[str, _Cached]]) -> 
     dropped: list[tuple[str]] = []
     for entity, cached in dirty:
         cached.dirty = False
-        for table_name in cached.tables:
-            deletes.setdefault(table_name, []).append((entity,))
         if cached.state is None or cached.last is None:
+            for table_name in cached.tables:
+                deletes.setdefault(table_name, []).append((entity,))
             dropped.append((entity,))
             cached.tables = ()
             continue
@@ -360,13 +384,18 @@ def _write_all(db: sqlite3.Connection, dirty: Sequence[tuple[str, _Cached]]) -> 
             if rows:
                 inserts.setdefault(table_name, []).extend((entity, *row) for row in rows)
                 written.append(table_name)
+        for table_name in cached.tables:
+            # a table of one row per entity is overwritten by its REPLACE below
+            if table_name not in _ONE_ROW or table_name not in written:
+                deletes.setdefault(table_name, []).append((entity,))
         cached.tables = tuple(written)
         saved.append((entity, _pack(list(cached.last)), _pack(cached.state), ",".join(written)))
     for table_name, keys in deletes.items():
         db.executemany(f'DELETE FROM "{table_name}" WHERE {ENTITY_COLUMN} = ?', keys)
     for table_name, rows in inserts.items():
         marks = ", ".join("?" * len(rows[0]))
-        db.executemany(f'INSERT INTO "{table_name}" VALUES ({marks})', rows)
+        verb = "INSERT OR REPLACE" if table_name in _ONE_ROW else "INSERT"
+        db.executemany(f'{verb} INTO "{table_name}" VALUES ({marks})', rows)
     db.executemany("INSERT OR REPLACE INTO proj_state VALUES (?, ?, ?, ?)", saved)
     db.executemany("DELETE FROM proj_state WHERE entity = ?", dropped)
 
@@ -382,12 +411,33 @@ def _entity_events(db: sqlite3.Connection, entity: str) -> Iterator[Event]:
             yield event
 
 
-def _event_lookup(db: sqlite3.Connection) -> Callable[[bytes], Event | None]:
+def _event_lookup(
+    db: sqlite3.Connection, recent: _RecentEvents
+) -> Callable[[bytes], Event | None]:
     def lookup(hash_: bytes) -> Event | None:
+        event = recent.get(hash_)
+        if event is not None:
+            return event
         row = db.execute("SELECT raw FROM events WHERE hkey = ? AND hash = ?",
                          (hash_key(hash_), hash_)).fetchone()
         return _unpack_event(row[0], hash_) if row else None
     return lookup
+
+
+def _key_of(event: Event) -> Key:
+    return (event.hlc, event.author, event.seq)
+
+
+class _RecentEvents(dict[bytes, Event]):
+    """The last RECENT_EVENTS events folded, by hash: a claim's steps follow it closely,
+    and finding the claim they name was a query and a decode per step. Events never
+    change, so an entry cannot go stale; the store holds back an event that names one
+    it lacks, so finding one here that a rollback undid cannot matter."""
+
+    def remember(self, event: Event) -> None:
+        self[event.hash] = event
+        if len(self) > RECENT_EVENTS:
+            del self[next(iter(self))]
 
 
 def _canonical_chunks(db: sqlite3.Connection, size: int) -> Iterable[list[Event]]:

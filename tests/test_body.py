@@ -476,3 +476,26 @@ def test_upcasting_does_not_change_the_callers_map(note_type: list[int]) -> None
     body: dict[str, object] = {"text": "hello"}
     parse(NoteEdited.TYPE, body)
     assert body == {"text": "hello"}
+
+
+def test_a_remembered_slug_or_date_does_not_let_a_bad_one_through() -> None:
+    """Slugs and dates are remembered once valid; a bad value must fail every time."""
+    good = {"item": "rice", "location": "pantry", "delta": 2, "reason": "donation",
+            "expires": "2026-12-01"}
+    for _ in range(2):
+        assert parse("stock.adjusted", good) is not None
+        for field, bad in (("item", "Rice!"), ("expires", "2026-02-30"),
+                           ("expires", "2026-12-1"), ("location", 7)):
+            with pytest.raises(InvalidBody) as caught:
+                parse("stock.adjusted", {**good, field: bad})
+            assert caught.value.field == field
+
+
+@ALL_TYPES
+@settings(max_examples=30)
+@given(data=st.data())
+def test_to_body_writes_keys_in_canonical_order(cls: type[BaseBody],
+                                                data: st.DataObject) -> None:
+    """``create`` skips sorting a map that is already sorted: keep it that way."""
+    body = data.draw(instances(cls)).to_body()
+    assert list(body) == sorted(body)

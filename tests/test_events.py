@@ -433,3 +433,18 @@ def test_decode_of_a_mutated_event_raises_only_invalid_event(
         raw[at % len(raw)] = byte
     with contextlib.suppress(InvalidEvent):
         events.decode(bytes(raw))
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(type_=st.text(min_size=1, max_size=events.MAX_TYPE_CHARS),
+       first=st.booleans(),
+       body=st.dictionaries(st.text(max_size=8), st.integers(-(2**63), 2**64 - 1)))
+def test_create_splices_the_signature_where_packing_the_whole_map_puts_it(
+        type_: str, first: bool, body: dict[str, object]) -> None:
+    """``create`` packs the signed map once and splices ``sig`` in: the result must be
+    the canonical packing of the full map for every length and script of type name."""
+    env = make(seq=1 if first else 2, prev=None if first else bytes(32), type_=type_,
+               body=body)
+    assert env.raw == events.pack(full_map(env))
+    assert events.decode(env.raw) == env
+    events.verify_signature(env)
