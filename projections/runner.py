@@ -38,6 +38,7 @@ REBUILD_CHUNK = 2000
 STATE_CACHE_LIMIT = 20_000  # entities kept in memory during a rebuild before a write
 LIVE_CACHE_LIMIT = 4_096
 RECENT_EVENTS = 8_192
+LOAD_CHUNK = 500  # entities per state query (SQLite allows 32,766 parameters)
 """Entities whose fold state stays in memory between batches: the hot set (stock at the
 busy places, this week's posts and shifts) is read from SQLite once, not every batch."""
 ENTITY_COLUMN = "_entity"
@@ -248,18 +249,21 @@ class Runner:
         late: set[str] = set()
         index: list[tuple[str, int, bytes, int]] = []
         entities_of, apply = projection.entities, projection.apply
-        on_disk = states.on_disk
-        for event in ordered:
+        touched = [(event, tuple(entities_of(event, lookup))) for event in ordered]
+        missing = {entity for _, entities in touched for entity in entities
+                   if entity not in states}
+        if states.on_disk is not None:  # a rebuild: only what it wrote itself can exist
+            missing &= states.on_disk
+        loaded = _load_states(db, projection, missing) if missing else {}
+        for event, entities in touched:
             key = (event.hlc, event.author, event.seq)
-            for entity in entities_of(event, lookup):
+            for entity in entities:
                 index.append((entity, *key))
                 if entity in late:
                     continue
                 cached = states.pop(entity, None)  # re-inserted: most recent last
                 if cached is None:
-                    cached = (_Cached(projection, None, None, ())
-                              if on_disk is not None and entity not in on_disk
-                              else _load_state(db, projection, entity))
+                    cached = loaded.pop(entity, None) or _Cached(projection, None, None, ())
                 states[entity] = cached
                 if cached.last is not None and key <= cached.last:
                     late.add(entity)
@@ -354,14 +358,24 @@ class _StateCache(dict[str, _Cached]):
     on_disk: set[str] | None = None
 
 
-def _load_state(db: sqlite3.Connection, projection: Projection, entity: str) -> _Cached:
-    row = db.execute("SELECT last, state, tables FROM proj_state WHERE entity = ?",
-                     (entity,)).fetchone()
-    if row is None:
-        return _Cached(projection, None, None, ())
-    hlc, author, seq = msgpack.unpackb(row[0], raw=False)
-    tables = tuple(t for t in row[2].split(",") if t)
-    return _Cached(projection, msgpack.unpackb(row[1], raw=False), (hlc, author, seq), tables)
+def _load_states(
+    db: sqlite3.Connection, projection: Projection, entities: Iterable[str]
+) -> dict[str, _Cached]:
+    """The stored states of ``entities`` (those that have one), a few queries for a
+    whole batch: most entities a batch touches first are new, and asking for each one
+    alone was a sixth of the statements of a sync."""
+    wanted = list(entities)
+    found: dict[str, _Cached] = {}
+    for start in range(0, len(wanted), LOAD_CHUNK):
+        part = wanted[start:start + LOAD_CHUNK]
+        marks = ",".join("?" * len(part))
+        for entity, last, state, tables in db.execute(
+                f"SELECT entity, last, state, tables FROM proj_state WHERE entity IN ({marks})",
+                part):
+            hlc, author, seq = msgpack.unpackb(last, raw=False)
+            found[entity] = _Cached(projection, msgpack.unpackb(state, raw=False),
+                                    (hlc, author, seq), tuple(t for t in tables.split(",") if t))
+    return found
 
 
 def _write_all(db: sqlite3.Connection, dirty: Sequence[tuple[str, _Cached]]) -> None:
