@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import msgpack
@@ -236,8 +237,8 @@ class Runner:
                                 states)
         if cache is None:
             _write_all(db, [(entity, c) for entity, c in states.items() if c.dirty])
-            while len(states) > LIVE_CACHE_LIMIT:  # dicts keep insertion order: oldest
-                del states[next(iter(states))]
+            while len(states) > LIVE_CACHE_LIMIT:
+                states.popitem(last=False)  # the least recently used
         elif len(states) > STATE_CACHE_LIMIT:
             self._flush(db, states)
 
@@ -261,10 +262,12 @@ class Runner:
                 index.append((entity, *key))
                 if entity in late:
                     continue
-                cached = states.pop(entity, None)  # re-inserted: most recent last
+                cached = states.get(entity)
                 if cached is None:
                     cached = loaded.pop(entity, None) or _Cached(projection, None, None, ())
-                states[entity] = cached
+                    states[entity] = cached
+                else:
+                    states.move_to_end(entity)  # most recently used last
                 if cached.last is not None and key <= cached.last:
                     late.add(entity)
                     continue
@@ -350,10 +353,13 @@ class _Cached:
         self.dirty = False
 
 
-class _StateCache(dict[str, _Cached]):
-    """Fold states by entity. ``on_disk``, during a rebuild, names the entities whose
-    state was written since the rebuild dropped everything: any other has none, so a
-    miss needs no query (a third of a rebuild's statements were such misses)."""
+class _StateCache(OrderedDict[str, _Cached]):
+    """Fold states by entity, least recently used first (an OrderedDict: taking the
+    first key of a plain dict after many deletions scans every deleted slot).
+
+    ``on_disk``, during a rebuild, names the entities whose state was written since the
+    rebuild dropped everything: any other has none, so a miss needs no query (a third
+    of a rebuild's statements were such misses)."""
 
     on_disk: set[str] | None = None
 
@@ -442,16 +448,27 @@ def _key_of(event: Event) -> Key:
     return (event.hlc, event.author, event.seq)
 
 
-class _RecentEvents(dict[bytes, Event]):
-    """The last RECENT_EVENTS events folded, by hash: a claim's steps follow it closely,
-    and finding the claim they name was a query and a decode per step. Events never
-    change, so an entry cannot go stale; the store holds back an event that names one
-    it lacks, so finding one here that a rollback undid cannot matter."""
+class _RecentEvents:
+    """Between RECENT_EVENTS and twice as many of the last events folded, by hash: a
+    claim's steps follow it closely, and finding the claim they name was a query and a
+    decode per step. Events never change, so an entry cannot go stale; the store holds
+    back an event that names one it lacks, so finding one here that a rollback undid
+    cannot matter. Two generations, so that forgetting is O(1)."""
+
+    def __init__(self) -> None:
+        self._new: dict[bytes, Event] = {}
+        self._old: dict[bytes, Event] = {}
 
     def remember(self, event: Event) -> None:
-        self[event.hash] = event
-        if len(self) > RECENT_EVENTS:
-            del self[next(iter(self))]
+        self._new[event.hash] = event
+        if len(self._new) >= RECENT_EVENTS:
+            self._old, self._new = self._new, {}
+
+    def get(self, hash_: bytes) -> Event | None:
+        return self._new.get(hash_) or self._old.get(hash_)
+
+    def clear(self) -> None:
+        self._new, self._old = {}, {}
 
 
 def _canonical_chunks(db: sqlite3.Connection, size: int) -> Iterable[list[Event]]:
