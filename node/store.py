@@ -602,6 +602,54 @@ class Store:
             (r[0], r[1], r[2]) for r in db.execute(
                 "SELECT author, seq, count(*) FROM forks GROUP BY author, seq")], write=False)
 
+    async def fork_points(self) -> dict[bytes, int]:
+        """author -> the lowest seq they equivocated at: where projections cut them off,
+        and what sync tells a peer this node can prove (docs/protocol.md §evidence)."""
+        return await self._run(lambda db: {row[0]: row[1] for row in db.execute(
+            "SELECT author, min(seq) FROM forks GROUP BY author")}, write=False)
+
+    async def fork_evidence(self, author: bytes) -> tuple[bytes, bytes] | None:
+        """Two versions (wire bytes) of ``author``'s event at their lowest fork point:
+        the proof a peer needs to cut them off at the same place; None without a fork."""
+        return await self._run(lambda db: _fork_versions(db, author), write=False)
+
+    async def record_evidence(self, first: Envelope, second: Envelope, *,
+                              authenticated: bool = False) -> bool:
+        """Keep two versions of one (author, seq) as fork evidence; True if it was new.
+
+        Why: a peer may prove an equivocation that no event of the log shows (both
+        nodes hold the same first version), so the proof arrives without an event to
+        ``receive``. As ``receive`` does on a fork, the rows go in with ``_record_fork``
+        and the hooks run (with no events) in the same transaction, so projections
+        leave the author out from the fork point on as of this commit. Evidence
+        already held writes nothing and returns False: callers relay only what is new.
+        ``authenticated``: the caller verified both signatures (the sync core does).
+        Raises InvalidEvent for a version of another group or with a bad signature,
+        ValueError when the two are not different versions of one (author, seq).
+        """
+        if (first.author, first.seq) != (second.author, second.seq) or \
+                first.hash == second.hash:
+            raise ValueError("fork evidence is two different versions of one (author, seq)")
+        for env in (first, second):
+            events.check_group(env, self.group.id)
+            if not authenticated:
+                events.verify_signature(env)
+
+        def record(db: sqlite3.Connection) -> bool:
+            before = db.total_changes
+            _record_fork(db, first)
+            _record_fork(db, second)
+            if db.total_changes == before:
+                return False
+            for hook in self._hooks:  # a fork changes what projections may show
+                hook(db, [])
+            return True
+
+        added = await self._run(record, write=True)
+        if added:
+            self._changed()
+        return added
+
     async def get_meta(self, key: str) -> object:
         """A small setting kept with the log (e.g. where ``serve`` listens); None if unset."""
         row = await self._run(lambda db: db.execute(
@@ -790,6 +838,27 @@ def _record_fork(db: sqlite3.Connection, env: Envelope) -> None:
                "WHERE author = ? AND seq = ?", (env.author, env.seq))
     db.execute("INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?)",
                (env.author, env.seq, env.hash, env.raw))
+
+
+def _fork_versions(db: sqlite3.Connection, author: bytes) -> tuple[bytes, bytes] | None:
+    """Two different versions of ``author``'s event at their lowest forked seq; the
+    log's own version stands in if ``forks`` holds only one there."""
+    row = db.execute("SELECT min(seq) FROM forks WHERE author = ?", (author,)).fetchone()
+    if row is None or row[0] is None:
+        return None
+    seq = row[0]
+    raws = {hash_: raw for hash_, raw in db.execute(
+        "SELECT hash, raw FROM forks WHERE author = ? AND seq = ? ORDER BY hash LIMIT 2",
+        (author, seq))}
+    if len(raws) < 2:
+        logged = db.execute("SELECT hash, raw FROM events WHERE author = ? AND seq = ?",
+                            (author, seq)).fetchone()
+        if logged is not None:
+            raws.setdefault(logged[0], logged[1])
+    if len(raws) < 2:
+        return None
+    first, second = list(raws.values())[:2]
+    return first, second
 
 
 def _authenticate(envelopes: Sequence[Envelope]) -> set[bytes]:

@@ -20,6 +20,7 @@ blamed on the peer. Codes are listed in docs/protocol.md §errors.
         │   ├── CreditTimeout         credit-timeout: our queued events got no credit
         │   ├── HandshakeTimeout      handshake-timeout: no handshake and vector in time
         │   ├── EventRejected         an event of a batch is invalid: its InvalidEvent code
+        │   ├── BadEvidence           bad-evidence: an evidence message's versions are no fork
         │   ├── ConnectionLost        connection-lost: end of stream before both byes
         │   └── RemoteError           the peer sent an error frame: the peer's code
         └── LocalProtocolError        this side used the API wrongly; nothing was sent
@@ -110,6 +111,14 @@ class EventRejected(ProtocolError):
     def __init__(self, cause: InvalidEvent) -> None:
         super().__init__(str(cause), code=cause.code)
         self.cause = cause
+
+
+class BadEvidence(ProtocolError):
+    """An ``evidence`` message whose two versions, each valid, do not prove a fork: the
+    same event twice, or two authors, or two seqs (docs/protocol.md §evidence). A
+    version that is itself invalid is refused with its event's code instead."""
+
+    code = "bad-evidence"
 
 
 class ConnectionLost(ProtocolError):

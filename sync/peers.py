@@ -9,6 +9,13 @@ New events are noticed two ways: the store calls us after a commit in this proce
 and a short poll of the log's last id catches events appended by another process
 (a ``potluck offer post`` typed beside a running ``potluck serve``).
 
+Fork evidence is relayed the same way. The same wake-ups and poll read the log's fork
+points (author -> lowest forked seq: what projections cut at); when one appears or
+moves lower, whatever recorded it (a peer's forked event, a peer's ``evidence``
+message, a bundle import in any process), its two versions are offered to every open
+session. Each core drops evidence its peer holds, so it is sent once per peer that
+lacks it and never back; a point moves only down, so this ends by itself.
+
 Peers are remembered in the log's database (``peers`` table) so ``potluck peers`` can
 read them from another process while ``serve`` runs.
 """
@@ -149,7 +156,8 @@ class PeerManager:
         if host is not None and port is not None:
             self._server = await listen(host, port, self.key, self.store, self._serve_session,
                                         on_stored=self._stored, limits=self.limits,
-                                        admit=self._admit, release=self.connections.release)
+                                        admit=self._admit, release=self.connections.release,
+                                        on_forked=self._forked)
             bound = self._server.sockets[0].getsockname()[1] if self._server.sockets else port
             self.say(f"listening on {host}:{bound}")
         for row in await self.store.read(known_peers):
@@ -222,7 +230,8 @@ class PeerManager:
             began = time.monotonic()
             try:
                 session = await connect_session(address, self.key, self.store,
-                                                on_stored=self._stored, limits=self.limits)
+                                                on_stored=self._stored, on_forked=self._forked,
+                                                limits=self.limits)
             except DialError as exc:
                 await self._record(address, None, connected=False, error=str(exc), found=found)
             else:
@@ -261,9 +270,15 @@ class PeerManager:
     def _stored(self, session: Session, stored: Sequence[Envelope]) -> None:
         self._wake.set()  # relay: the feed pushes them to every other session
 
+    def _forked(self, session: Session) -> None:
+        self._wake.set()  # relay: the feed offers the evidence to every session
+
     async def _feed(self) -> None:
-        """Push every event that enters the log to every open session, in arrival order."""
+        """Push every event that enters the log to every open session, in arrival order;
+        then offer evidence of every fork point that appeared or moved lower."""
         last = await self.store.last_id()
+        # sessions learn the points held now from each other's have (§evidence)
+        points = await self.store.fork_points()
         while self._running:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
@@ -284,6 +299,23 @@ class PeerManager:
                         session.push(author, raws)
                     with contextlib.suppress(Exception):
                         await session.flush()
+            points = await self._relay_evidence(points)
+
+    async def _relay_evidence(self, known: dict[bytes, int]) -> dict[bytes, int]:
+        """Offer every session the evidence of fork points new since ``known``; return
+        the points now. One cheap query when nothing forked, the normal case."""
+        points = await self.store.fork_points()
+        for author, seq in points.items():
+            if author in known and known[author] <= seq:
+                continue
+            versions = await self.store.fork_evidence(author)
+            if versions is None:
+                continue
+            for session in list(self.sessions):
+                session.push_evidence(*versions)
+                with contextlib.suppress(Exception):
+                    await session.flush()
+        return points
 
     async def _status(self) -> None:
         """Record each session's lag and say when a peer is connected and caught up."""

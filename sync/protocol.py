@@ -11,10 +11,11 @@ to another (docs/protocol.md is the specification; § numbers below refer to it)
 
 *Inputs* are ``receive_data(frame)`` for each binary websocket frame and
 ``receive_eof()`` when the stream ends; *commands* are ``send_have``,
-``send_events``, ``send_credit``, ``send_bye`` and ``fail``. *Outputs* are read
-back and drained: ``data_to_send()`` (frames to write, in order),
-``events_received()`` (verified batches for the store), ``requests()`` (what the
-node must look up: ``VectorWanted``, ``EventsWanted``), ``close_expected()`` and
+``send_events``, ``send_evidence``, ``send_credit``, ``send_bye`` and ``fail``.
+*Outputs* are read back and drained: ``data_to_send()`` (frames to write, in order),
+``events_received()`` (verified batches for the store), ``evidence_received()``
+(verified forks for the store), ``requests()`` (what the node must look up:
+``VectorWanted``, ``EventsWanted``, ``EvidenceWanted``), ``close_expected()`` and
 ``error``. Call the outputs after every input or command.
 
 *States.* Every side first sends ``hello`` (protocol name, versions); both pick the
@@ -56,6 +57,19 @@ author's contiguous chain, checked against the group and the ``validate`` hook, 
 authenticated by its hash links plus the signature of its last event (§batch). A batch
 that starts mid-chain is authentic in itself; the store still links its first event to
 its own head (``Received.from_genesis`` is false).
+
+*Fork evidence* (version 2, §evidence). Events travel only where vectors differ, so a
+fork one node found would never reach a peer whose head is the same first version,
+and the two would show different projections for good. So each side also tells its
+*fork points* (author -> lowest seq it holds two versions of) in ``have``, and where
+the peer's point is missing or higher, asks the node (``EvidenceWanted``) for the two
+versions, which go in one ``evidence`` message. The receiver verifies both versions
+on their own (no chain to lean on) and hands an ``EvidenceReceived`` to the store.
+As with events, the core remembers the peer's points (announced, sent, received) and
+drops evidence the peer has, so relaying new evidence to every connection is just
+``send_evidence`` on each: nothing echoes, and known evidence is never sent twice.
+A version 1 peer would not understand the message: it gets neither the points nor
+the evidence.
 """
 
 from __future__ import annotations
@@ -82,6 +96,7 @@ from node.events import (
     verify_signature,
 )
 from sync.errors import (
+    BadEvidence,
     ConnectionLost,
     CreditExceeded,
     EventRejected,
@@ -97,7 +112,8 @@ from sync.errors import (
 from sync.handshake import TAG_BYTES, Handshake, Session
 
 PROTOCOL_NAME: Final = "potluck-sync"
-VERSIONS: Final = (1,)
+VERSIONS: Final = (1, 2)
+EVIDENCE_VERSION: Final = 2  # the first version with evidence and fork points (§versions)
 
 # Limits, docs/protocol.md §limits.
 MAX_BATCH_BYTES: Final = 1 << 20  # event bytes in one events message
@@ -137,29 +153,34 @@ class State(enum.Enum):
 
 
 # Message types on the wire (§messages) ...
-HELLO, HANDSHAKE, HAVE, EVENTS, CREDIT, ERROR, BYE = (
-    "hello", "handshake", "have", "events", "credit", "error", "bye")
-MESSAGE_TYPES: Final = frozenset({HELLO, HANDSHAKE, HAVE, EVENTS, CREDIT, ERROR, BYE})
+HELLO, HANDSHAKE, HAVE, EVENTS, EVIDENCE, CREDIT, ERROR, BYE = (
+    "hello", "handshake", "have", "events", "evidence", "credit", "error", "bye")
+MESSAGE_TYPES: Final = frozenset({HELLO, HANDSHAKE, HAVE, EVENTS, EVIDENCE, CREDIT, ERROR,
+                                  BYE})
+# The version that added each type after version 1: in an older negotiated version it
+# is ``unknown-message``, as it would be for a node of that version.
+ADDED_IN: Final[Mapping[str, int]] = {EVIDENCE: EVIDENCE_VERSION}
 # ... and this side's commands, which move the state too.
-SEND_HAVE, SEND_EVENTS, SEND_CREDIT, SEND_BYE = (
-    "send have", "send events", "send credit", "send bye")
+SEND_HAVE, SEND_EVENTS, SEND_EVIDENCE, SEND_CREDIT, SEND_BYE = (
+    "send have", "send events", "send evidence", "send credit", "send bye")
 
 _AFTER_HANDSHAKE: Final[dict[State, dict[str, State]]] = {
     State.OPEN: {
-        HAVE: State.OPEN, EVENTS: State.OPEN, CREDIT: State.OPEN,
+        HAVE: State.OPEN, EVENTS: State.OPEN, EVIDENCE: State.OPEN, CREDIT: State.OPEN,
         BYE: State.PEER_DONE, ERROR: State.FAILED,
-        SEND_HAVE: State.OPEN, SEND_EVENTS: State.OPEN, SEND_CREDIT: State.OPEN,
-        SEND_BYE: State.LOCAL_DONE,
+        SEND_HAVE: State.OPEN, SEND_EVENTS: State.OPEN, SEND_EVIDENCE: State.OPEN,
+        SEND_CREDIT: State.OPEN, SEND_BYE: State.LOCAL_DONE,
     },
     State.LOCAL_DONE: {
-        HAVE: State.LOCAL_DONE, EVENTS: State.LOCAL_DONE, CREDIT: State.LOCAL_DONE,
-        BYE: State.CLOSED, ERROR: State.FAILED,
+        HAVE: State.LOCAL_DONE, EVENTS: State.LOCAL_DONE, EVIDENCE: State.LOCAL_DONE,
+        CREDIT: State.LOCAL_DONE, BYE: State.CLOSED, ERROR: State.FAILED,
         SEND_CREDIT: State.LOCAL_DONE,
     },
     State.PEER_DONE: {
         CREDIT: State.PEER_DONE, ERROR: State.FAILED,
         SEND_HAVE: State.PEER_DONE, SEND_EVENTS: State.PEER_DONE,
-        SEND_CREDIT: State.PEER_DONE, SEND_BYE: State.CLOSED,
+        SEND_EVIDENCE: State.PEER_DONE, SEND_CREDIT: State.PEER_DONE,
+        SEND_BYE: State.CLOSED,
     },
     State.CLOSED: {},
     State.FAILED: {},
@@ -223,7 +244,30 @@ class EventsWanted:
     peer_head: bytes | None
 
 
-Request: TypeAlias = VectorWanted | EventsWanted
+@dataclass(frozen=True, slots=True)
+class EvidenceWanted:
+    """The peer lacks our evidence that ``author`` forked at ``seq``: answer with
+    ``send_evidence`` of the two versions the node holds at its lowest fork point for
+    ``author`` (it may be lower than ``seq`` by then)."""
+
+    author: bytes
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceReceived:
+    """Two verified versions of one (author, seq): proof that ``author`` equivocated.
+
+    Each version's group and signature were checked on its own (§evidence). Record both
+    as fork evidence; nothing else is owed to the peer (evidence takes no credit).
+    """
+
+    author: bytes
+    seq: int
+    versions: tuple[Envelope, Envelope]
+
+
+Request: TypeAlias = VectorWanted | EventsWanted | EvidenceWanted
 
 
 @dataclass(slots=True)
@@ -273,9 +317,13 @@ class SyncProtocol:
         self._out: list[bytes] = []
         self._received: list[Received] = []
         self._requests: list[Request] = []
-        self._pending_wants: set[EventsWanted] = set()
+        self._pending_wants: set[EventsWanted | EvidenceWanted] = set()
         self._ours: dict[bytes, tuple[int, bytes]] = {}
         self._peer: dict[bytes, tuple[int, bytes]] = {}
+        self._our_forks: dict[bytes, int] = {}  # author -> lowest forked seq we can prove
+        self._peer_forks: dict[bytes, int] = {}  # the same, as far as we know the peer's
+        self._evidence: list[EvidenceReceived] = []
+        self._evidence_sent = 0
         self._peer_vector_complete = False
         self._credit_in = 0  # event bytes the peer may still send us
         self._events_in = 0  # events in every events message received (sync/limits.py)
@@ -286,8 +334,8 @@ class SyncProtocol:
         self._bye_requested = False
         self._handlers: dict[str, Callable[[Message], None]] = {
             HELLO: self._on_hello, HANDSHAKE: self._on_handshake, HAVE: self._on_have,
-            EVENTS: self._on_events, CREDIT: self._on_credit, ERROR: self._on_error,
-            BYE: self._on_bye,
+            EVENTS: self._on_events, EVIDENCE: self._on_evidence, CREDIT: self._on_credit,
+            ERROR: self._on_error, BYE: self._on_bye,
         }
         self._hello = _pack({"t": HELLO, "protocol": PROTOCOL_NAME,
                              "versions": self._versions})
@@ -321,9 +369,23 @@ class SyncProtocol:
         return self._peer_vector_complete
 
     @property
+    def peer_forks(self) -> dict[bytes, int]:
+        """The peer's fork points as far as we know: author -> lowest forked seq."""
+        return dict(self._peer_forks)
+
+    @property
     def can_send_events(self) -> bool:
         """True when ``send_have`` and ``send_events`` are allowed now."""
         return self._state in (State.OPEN, State.PEER_DONE) and not self._bye_requested
+
+    @property
+    def can_send_evidence(self) -> bool:
+        """True when ``send_evidence`` is allowed now and the peer understands it."""
+        return self.can_send_events and self._speaks_evidence
+
+    @property
+    def _speaks_evidence(self) -> bool:
+        return self.version is not None and self.version >= EVIDENCE_VERSION
 
     @property
     def outgoing_backlog(self) -> int:
@@ -346,6 +408,11 @@ class SyncProtocol:
         """Events ``send_events`` queued for the peer: what it lacked, not what it had."""
         return self._events_queued
 
+    @property
+    def evidence_sent(self) -> int:
+        """``evidence`` messages written: evidence the peer lacked, not what it had."""
+        return self._evidence_sent
+
     def data_to_send(self) -> list[bytes]:
         """Frames to write, in order, each as one binary websocket frame. Drains."""
         out, self._out = self._out, []
@@ -354,6 +421,11 @@ class SyncProtocol:
     def events_received(self) -> list[Received]:
         """Verified batches to store, in arrival order. Drains."""
         out, self._received = self._received, []
+        return out
+
+    def evidence_received(self) -> list[EvidenceReceived]:
+        """Verified fork evidence to record, in arrival order. Drains."""
+        out, self._evidence = self._evidence, []
         return out
 
     def requests(self) -> list[Request]:
@@ -392,9 +464,11 @@ class SyncProtocol:
 
     # -- commands -------------------------------------------------------------------
 
-    def send_have(self, vector: Vector) -> None:
-        """Send (part of) our vector: author -> (seq, head hash). Call on VectorWanted
-        with the store's heads; later calls announce newer heads."""
+    def send_have(self, vector: Vector, forks: Mapping[bytes, int] | None = None) -> None:
+        """Send (part of) our vector: author -> (seq, head hash), and our fork points:
+        author -> lowest seq we hold two versions of (version 2 on; empty in the normal
+        case, when nothing is added to the frames). Call on VectorWanted with the
+        store's heads and fork points; later calls announce newer heads."""
         if self.close_expected():
             return
         self._check_command(SEND_HAVE)
@@ -405,13 +479,26 @@ class SyncProtocol:
                 raise LocalProtocolError("vector entries are author -> (seq >= 1, head)")
             _advance(self._ours, author, seq, head)
             entries.append([author, seq, head])
-        chunks = [entries[i:i + MAX_HAVE_ENTRIES]
-                  for i in range(0, len(entries), MAX_HAVE_ENTRIES)] or [[]]
-        for i, chunk in enumerate(chunks):
-            self._write({"t": HAVE, "vector": chunk, "end": i == len(chunks) - 1})
+        points: list[list[object]] = []
+        if forks and self._speaks_evidence:  # a version 1 peer would not use them
+            for author, seq in forks.items():
+                if len(author) != KEY_BYTES or type(seq) is not int or seq < 1:
+                    raise LocalProtocolError("fork points are author -> seq >= 1")
+                _lower(self._our_forks, author, seq)
+                points.append([author, seq])
+        chunks, point_chunks = _chunks(entries), _chunks(points)
+        count = max(len(chunks), len(point_chunks), 1)
+        for i in range(count):
+            message: Message = {"t": HAVE, "vector": chunks[i] if i < len(chunks) else [],
+                                "end": i == count - 1}
+            if i < len(point_chunks):
+                message["forks"] = point_chunks[i]
+            self._write(message)
         if self._peer_vector_complete:
             for author in vector:
                 self._compare(author)
+            for author in forks or ():
+                self._compare_forks(author)
 
     def send_events(self, raws: Sequence[bytes]) -> None:
         """Queue encoded events of ONE author, contiguous, in seq order.
@@ -451,6 +538,33 @@ class SyncProtocol:
         self._queue.append(_Outgoing(author, batch))
         self._backlog += sum(len(raw) for raw in batch)
         self._flush()
+
+    def send_evidence(self, first: bytes, second: bytes) -> None:
+        """Prove that an author equivocated: two versions (wire bytes) of one
+        (author, seq), as the store keeps them in ``forks``.
+
+        Dropped when the peer is known to hold evidence for that author at this seq or
+        below (it announced it, sent it, or got it from us), so relaying new evidence
+        to every connection echoes nothing; dropped too on a version 1 connection,
+        whose peer would not understand it. Before the peer's vector is complete it is
+        only remembered: the comparison then asks for it (``EvidenceWanted``). Goes out
+        at once: evidence takes no credit (§evidence).
+        """
+        if self.close_expected():
+            return
+        self._check_command(SEND_EVIDENCE)
+        if not self._speaks_evidence:
+            return
+        author, seq = _fork_of(first, second)
+        _lower(self._our_forks, author, seq)
+        if not self._peer_vector_complete:
+            return
+        known = self._peer_forks.get(author)
+        if known is not None and known <= seq:
+            return
+        self._peer_forks[author] = seq
+        self._evidence_sent += 1
+        self._write({"t": EVIDENCE, "events": [first, second]})
 
     def send_credit(self, size: int) -> None:
         """Let the peer send ``size`` more event bytes; call after storing a batch
@@ -534,6 +648,9 @@ class SyncProtocol:
             raise MalformedFrame("frame has no string field t")
         if kind not in MESSAGE_TYPES:
             raise UnknownMessage(f"unknown message type {_show(kind)}")
+        added = ADDED_IN.get(kind)
+        if added is not None and self.version is not None and self.version < added:
+            raise UnknownMessage(f"{kind} is not a message of version {self.version}")
         return kind, message
 
     def _on_hello(self, message: Message) -> None:
@@ -582,6 +699,11 @@ class SyncProtocol:
                                  f"{MAX_HAVE_ENTRIES} entries")
         if not isinstance(end, bool):
             raise MalformedFrame("have: end must be a boolean")
+        forks = message.get("forks") if self._speaks_evidence else None
+        if forks is not None and (not isinstance(forks, list)
+                                  or len(forks) > MAX_HAVE_ENTRIES):
+            raise MalformedFrame(f"have: forks must be a list of at most "
+                                 f"{MAX_HAVE_ENTRIES} entries")
         authors: list[bytes] = []
         for entry in vector:
             author, seq, head = _have_entry(entry)
@@ -590,13 +712,22 @@ class SyncProtocol:
             if not self._peer_vector_complete or known is None or seq > known[0]:
                 self._peer[author] = (seq, head)
             authors.append(author)
+        forked: list[bytes] = []
+        for entry in forks or ():
+            author, seq = _fork_entry(entry)
+            _lower(self._peer_forks, author, seq)  # fork points only go down
+            forked.append(author)
         if self._peer_vector_complete:
             for author in authors:
                 self._compare(author)
+            for author in forked:
+                self._compare_forks(author)
         elif end:
             self._peer_vector_complete = True
             for author in list(self._ours):
                 self._compare(author)
+            for author in list(self._our_forks):
+                self._compare_forks(author)
 
     def _on_events(self, message: Message) -> None:
         author, raws = message.get("author"), message.get("events")
@@ -630,6 +761,39 @@ class SyncProtocol:
         _advance(self._peer, author, last.seq, last.hash)
         self._received.append(Received(author, envelopes, size))
 
+    def _on_evidence(self, message: Message) -> None:
+        """Two versions of one (author, seq), each checked on its own (§evidence)."""
+        raws = message.get("events")
+        if (not isinstance(raws, list) or len(raws) != 2
+                or not all(isinstance(raw, bytes) for raw in raws)):
+            raise MalformedFrame("evidence: events must be a list of two byte strings")
+        try:
+            first, second = decode(raws[0]), decode(raws[1])
+        except InvalidEvent as exc:
+            raise EventRejected(exc) from None
+        if first.author != second.author:
+            raise BadEvidence("evidence: the two versions have different authors")
+        if first.seq != second.seq:
+            raise BadEvidence(f"evidence: the versions have seqs {first.seq} and "
+                              f"{second.seq}, not one")
+        if first.hash == second.hash:
+            raise BadEvidence("evidence: the two versions are the same event")
+        try:
+            for envelope in (first, second):
+                if self._group is not None:
+                    check_group(envelope, self._group)
+                if self._validate is not None:
+                    self._validate(envelope)
+            for envelope in (first, second):  # no chain links them: each one's own
+                verify_signature(envelope)
+        except InvalidEvent as exc:
+            raise EventRejected(exc) from None
+        author, seq = first.author, first.seq
+        _lower(self._peer_forks, author, seq)  # the peer has it, and we will
+        _lower(self._our_forks, author, seq)
+        self._evidence.append(EvidenceReceived(author, seq, (first, second)))
+        self._compare_forks(author)  # we may know a lower point than the one just sent
+
     def _on_credit(self, message: Message) -> None:
         size = message.get("bytes")
         if type(size) is not int or not 1 <= size <= MAX_CREDIT_GRANT:
@@ -660,6 +824,19 @@ class SyncProtocol:
         peer_seq, peer_head = self._peer.get(author, (0, None))
         if ours[0] > peer_seq or (ours[0] == peer_seq and ours[1] != peer_head):
             self._want(author, peer_seq, peer_head)
+
+    def _compare_forks(self, author: bytes) -> None:
+        """Ask the node for our evidence against ``author`` if the peer lacks it: it
+        knows no fork point of theirs, or only a higher one (§evidence)."""
+        ours = self._our_forks.get(author)
+        if ours is None or not self._peer_vector_complete or not self.can_send_evidence:
+            return
+        theirs = self._peer_forks.get(author)
+        if theirs is None or theirs > ours:
+            request = EvidenceWanted(author, ours)
+            if request not in self._pending_wants:
+                self._pending_wants.add(request)
+                self._requests.append(request)
 
     def _want(self, author: bytes, peer_seq: int, peer_head: bytes | None) -> None:
         request = EventsWanted(author, max(1, peer_seq), peer_seq, peer_head)
@@ -706,6 +883,36 @@ def _advance(table: dict[bytes, tuple[int, bytes]], author: bytes, seq: int,
     known = table.get(author)
     if known is None or seq > known[0]:
         table[author] = (seq, head)
+
+
+def _lower(table: dict[bytes, int], author: bytes, seq: int) -> None:
+    known = table.get(author)
+    if known is None or seq < known:
+        table[author] = seq
+
+
+def _chunks(entries: list[list[object]]) -> list[list[list[object]]]:
+    return [entries[i:i + MAX_HAVE_ENTRIES] for i in range(0, len(entries), MAX_HAVE_ENTRIES)]
+
+
+def _fork_entry(entry: object) -> tuple[bytes, int]:
+    if isinstance(entry, list) and len(entry) == 2:
+        author, seq = entry
+        if (isinstance(author, bytes) and len(author) == KEY_BYTES
+                and type(seq) is int and 1 <= seq < (1 << 64)):
+            return author, seq
+    raise MalformedFrame("have: each fork point is [author (32 bytes), seq >= 1]")
+
+
+def _fork_of(first: bytes, second: bytes) -> tuple[bytes, int]:
+    """(author, seq) of two of our stored versions of one event, or a driver error."""
+    try:
+        a, b = decode(first), decode(second)
+    except InvalidEvent as exc:
+        raise LocalProtocolError(f"send_evidence: {exc}") from None
+    if (a.author, a.seq) != (b.author, b.seq) or a.hash == b.hash:
+        raise LocalProtocolError("send_evidence takes two versions of one (author, seq)")
+    return a.author, a.seq
 
 
 def _have_entry(entry: object) -> tuple[bytes, int, bytes]:

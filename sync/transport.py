@@ -23,13 +23,16 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.protocol import State as WsState
 
-from node.errors import StorageError
+from node.errors import InvalidEvent, StorageError
 from node.events import Envelope
 from node.store import Store
+from sync.errors import LocalProtocolError
 from sync.limits import CLOSE_TRY_AGAIN_LATER, DEFAULT_LIMITS, Limits, SessionGuard
 from sync.protocol import (
     MAX_FRAME_BYTES,
     EventsWanted,
+    EvidenceReceived,
+    EvidenceWanted,
     Received,
     Role,
     State,
@@ -60,6 +63,8 @@ class SessionStats:
     bytes_out: int = 0
     events_in: int = 0
     events_out: int = 0
+    evidence_in: int = 0  # evidence messages received (new or already known)
+    evidence_out: int = 0  # evidence messages sent
     future: int = 0  # received events stamped > 24 h ahead of our clock: held, not applied
     started: float = field(default_factory=time.monotonic)
 
@@ -70,13 +75,16 @@ class Session:
     ``one_shot``: after our catch-up is sent and the peer's vector is known, say
     ``bye``; the run ends once both sides said it (``potluck sync``). A long-lived
     session (``potluck serve``) answers a peer's ``bye`` with its own once its
-    catch-up is sent.
+    catch-up is sent. ``on_stored`` is called after events from the peer were stored,
+    ``on_forked`` after what the peer sent made this node record fork evidence it did
+    not have (a forked event, or an ``evidence`` message): both are for relaying.
     """
 
     def __init__(
         self, ws: Connection, protocol: SyncProtocol, store: Store, *,
         address: str, one_shot: bool = False,
         on_stored: Callable[[Session, Sequence[Envelope]], None] | None = None,
+        on_forked: Callable[[Session], None] | None = None,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.ws = ws
@@ -88,10 +96,14 @@ class Session:
         self.guard = SessionGuard(limits)  # per-peer limits (sync/limits.py)
         self._held: tuple[int | None, int | None] | None = None  # see _hold
         self._on_stored = on_stored
+        self._on_forked = on_forked
+        self._answering = 0  # requests being answered (reads from the store) right now
         self._send_lock = asyncio.Lock()
         self._credit = asyncio.Event()
         self._wants: dict[bytes, int] = {}  # author -> first seq the peer lacks
         self._sender: asyncio.Task[None] | None = None
+        self._evidence_wants: set[bytes] = set()  # authors whose fork proof the peer lacks
+        self._evidence_sender: asyncio.Task[None] | None = None
         self._inbox: list[Received] = []  # verified batches waiting for the store
         self._storer: asyncio.Task[None] | None = None
         self._store_failed: str | None = None
@@ -199,10 +211,11 @@ class Session:
                 return
 
     async def _finish(self) -> None:
-        if self._sender is not None:
-            self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._sender
+        for task in (self._sender, self._evidence_sender):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._storer is not None:  # what was received is stored before we end
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._storer
@@ -223,13 +236,56 @@ class Session:
             if self._storer is None or self._storer.done():
                 self._storer = asyncio.create_task(self._store_inbox())
                 self._storer.add_done_callback(self._task_done)
-        for request in self.protocol.requests():
-            if isinstance(request, VectorWanted):
-                self.protocol.send_have(await self.store.vector())
-            elif isinstance(request, EventsWanted):
-                self._want(request)
+        for evidence in self.protocol.evidence_received():
+            # recorded before the next frame is read: evidence takes no credit, so this
+            # is what bounds the memory a peer's evidence can take (one message)
+            await self._record_evidence(evidence)
+        self._answering += 1  # no bye while our vector is being read (_maybe_bye)
+        try:
+            while requests := self.protocol.requests():  # incl. what send_have asks
+                for request in requests:
+                    if isinstance(request, VectorWanted):
+                        self.protocol.send_have(await self.store.vector(),
+                                                await self.store.fork_points())
+                    else:
+                        self._take(request)
+        finally:
+            self._answering -= 1
         self._maybe_bye()
         await self._flush()
+
+    async def _record_evidence(self, evidence: EvidenceReceived) -> None:
+        """Keep the peer's proof of a fork; tell the relay when it was news."""
+        self.stats.evidence_in += 1
+        try:
+            new = await self.store.record_evidence(*evidence.versions, authenticated=True)
+        except InvalidEvent as exc:  # the core checked the group: not expected
+            self.protocol.fail(exc.code, f"evidence {evidence.author.hex()[:12]}/"
+                               f"{evidence.seq}: {exc}")
+            return
+        if new and self._on_forked is not None:
+            self._on_forked(self)
+
+    def _take(self, request: EventsWanted | EvidenceWanted) -> None:
+        """Hand a request that needs the log to the task that reads and sends it."""
+        if isinstance(request, EventsWanted):
+            self._want(request)
+            return
+        self._evidence_wants.add(request.author)
+        if self._evidence_sender is None or self._evidence_sender.done():
+            self._evidence_sender = asyncio.create_task(self._send_wanted_evidence())
+            self._evidence_sender.add_done_callback(self._task_done)
+
+    async def _send_wanted_evidence(self) -> None:
+        """Send the versions at each wanted author's lowest fork point (the point may
+        have moved lower since the core asked: the lower one is what the peer needs)."""
+        while self._evidence_wants and self.protocol.can_send_evidence:
+            author = self._evidence_wants.pop()
+            versions = await self.store.fork_evidence(author)
+            if versions is not None:
+                self.push_evidence(*versions)
+                await self._flush()
+        self._evidence_wants.clear()  # the session can no longer send: moot
 
     async def _store_inbox(self) -> None:
         """Store every batch received so far in one transaction, then grant credit.
@@ -261,6 +317,8 @@ class Session:
                     self.protocol.send_credit(batch.size)
                 if result.stored and self._on_stored is not None:
                     self._on_stored(self, result.stored)
+                if result.forks and self._on_forked is not None:
+                    self._on_forked(self)
             self._maybe_bye()
             await self._flush()
 
@@ -313,9 +371,21 @@ class Session:
         if self.protocol.can_send_events and not self._bye_sent:
             self.protocol.send_events(raws)
             self.stats.events_out = self.protocol.events_queued
+            # VectorWanted never shows up here: _process drains it in the same step as
+            # the frame that ends the handshake, before anything is awaited
             for request in self.protocol.requests():
-                if isinstance(request, EventsWanted):
-                    self._want(request)
+                if not isinstance(request, VectorWanted):
+                    self._take(request)
+
+    def push_evidence(self, first: bytes, second: bytes) -> None:
+        """Offer fork evidence (two versions of one event); the core drops it if the
+        peer has it or would not understand it (a version 1 peer)."""
+        if self.protocol.can_send_evidence and not self._bye_sent:
+            # versions that do not decode are damage on our disk (doctor's business),
+            # not the peer's: leave them out rather than end the session or the relay
+            with contextlib.suppress(LocalProtocolError):
+                self.protocol.send_evidence(first, second)
+            self.stats.evidence_out = self.protocol.evidence_sent
 
     async def flush(self) -> None:
         await self._flush()
@@ -323,7 +393,9 @@ class Session:
     def _maybe_bye(self) -> bool:
         """Say bye once nothing is left to send, as the session's mode wants; the caller
         flushes. Returns True when it did."""
-        busy = self._sender is not None and not self._sender.done()
+        busy = (self._answering > 0 or bool(self._evidence_wants)
+                or any(task is not None and not task.done()
+                       for task in (self._sender, self._evidence_sender)))
         if self._bye_sent or busy or self._wants or self.protocol.outgoing_backlog:
             return False
         state = self.protocol.state
@@ -376,6 +448,7 @@ def make_protocol(role: Role, key: SigningKey, store: Store) -> SyncProtocol:
 async def connect_session(
     address: str, key: SigningKey, store: Store, *, one_shot: bool = False,
     on_stored: Callable[[Session, Sequence[Envelope]], None] | None = None,
+    on_forked: Callable[[Session], None] | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Session:
     """Open a websocket to ``host:port``; the caller drives the returned session (``run``)."""
@@ -388,7 +461,8 @@ async def connect_session(
     except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
         raise DialError(f"cannot reach {address}: {exc}") from None
     return Session(ws, make_protocol(Role.INITIATOR, key, store), store, address=address,
-                   one_shot=one_shot, on_stored=on_stored, limits=limits)
+                   one_shot=one_shot, on_stored=on_stored, on_forked=on_forked,
+                   limits=limits)
 
 
 async def listen(
@@ -398,6 +472,7 @@ async def listen(
     limits: Limits = DEFAULT_LIMITS,
     admit: Callable[[str], str | None] | None = None,
     release: Callable[[str], None] | None = None,
+    on_forked: Callable[[Session], None] | None = None,
 ) -> Server:
     """Accept sessions on ``host:port``; ``on_session`` runs each one (and awaits it).
 
@@ -417,7 +492,8 @@ async def listen(
             return
         try:
             session = Session(ws, make_protocol(Role.RESPONDER, key, store), store,
-                              address=address, on_stored=on_stored, limits=limits)
+                              address=address, on_stored=on_stored, on_forked=on_forked,
+                              limits=limits)
             await on_session(session)
         finally:
             if release is not None:

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from node.errors import NotAMember
-from node.events import Envelope, create, pack
+from node.events import MAX_EVENT_BYTES, Envelope, create, pack
 from sync.errors import LocalProtocolError, ProtocolError, RemoteError
+from sync.handshake import CipherState
 from sync.protocol import (
     MAX_BATCH_BYTES,
     MAX_CLEAR_FRAME_BYTES,
@@ -24,6 +25,8 @@ from sync.protocol import (
     MESSAGE_TYPES,
     TRANSITIONS,
     EventsWanted,
+    EvidenceReceived,
+    EvidenceWanted,
     Received,
     Role,
     State,
@@ -129,7 +132,7 @@ def test_handshake_completes_and_each_side_learns_the_others_device_key() -> Non
     a, b = connect()
     assert a.peer_key == bytes(BOB.verify_key)
     assert b.peer_key == bytes(ALICE.verify_key)
-    assert a.version == b.version == 1
+    assert a.version == b.version == 2
     assert a.error is None and b.error is None and not a.close_expected()
 
 
@@ -189,8 +192,11 @@ def test_hello_of_another_protocol_is_a_version_mismatch() -> None:
     b = make(Role.RESPONDER, BOB)
     b.receive_data(msgpack.packb({"t": "hello", "protocol": "gossip", "versions": [1]}))
     assert code_of(b) == "version-mismatch"
-    our_hello = msgpack.packb({"t": "hello", "protocol": "potluck-sync", "versions": [1]})
+    our_hello = msgpack.packb({"t": "hello", "protocol": "potluck-sync", "versions": [1, 2]})
     assert b.data_to_send() == [our_hello]  # and nothing else: no error before the handshake
+    assert our_hello.hex() == (  # the example of docs/protocol.md §messages, 43 bytes
+        "83a174a568656c6c6fa870726f746f636f6cac706f746c75636b2d73796e63"
+        "a876657273696f6e73920102")
 
 
 def test_hello_altered_in_flight_fails_the_handshake() -> None:
@@ -318,6 +324,350 @@ def test_same_seq_with_different_heads_sends_the_fork_evidence() -> None:
     pump(a, b)
     assert [e.hash for e in received(b)] == [ours[0].hash]
     assert [e.hash for e in received(a)] == [theirs[0].hash]
+
+
+# -- fork evidence (version 2) --------------------------------------------------------
+
+
+def fork(key: SigningKey = ALICE, seq: int = 2, group: bytes = GROUP,
+         ) -> tuple[Envelope, Envelope]:
+    """Two versions of ``key``'s event ``seq``: the same prev, different bodies."""
+    before = chain(key, seq - 1, group=group)[-1] if seq > 1 else None
+    left, right = (create(key, group=group, seq=seq, prev=before.hash if before else None,
+                          deps=[], hlc=5000 + seq, type="offer.posted", body={"item": item})
+                   for item in ("left", "right"))
+    return left, right
+
+
+def evidence(left: Envelope | bytes, right: Envelope | bytes) -> dict[str, object]:
+    return {"t": "evidence", "events": [x.raw if isinstance(x, Envelope) else x
+                                        for x in (left, right)]}
+
+
+def plain(side: SyncProtocol, frame: bytes) -> dict[str, object]:
+    """What ``side`` (the receiver of ``frame``) would read, without feeding it."""
+    session = side._session
+    assert session is not None
+    copy = CipherState(session.receive._key)
+    copy._nonce = session.receive.nonce
+    message: dict[str, object] = msgpack.unpackb(copy.decrypt(frame), raw=False)
+    return message
+
+
+ALICE_KEY = bytes(ALICE.verify_key)
+
+
+def test_equal_vectors_with_a_fork_point_only_on_one_side_ask_for_the_evidence() -> None:
+    a, b = connect()
+    left, right = fork()
+    xs = chain(ALICE, 2)  # both hold the same first version of seq 2
+    a.send_have(heads(xs), {ALICE_KEY: 2})
+    b.send_have(heads(xs))
+    pump(a, b)
+    assert a.requests() == [EvidenceWanted(ALICE_KEY, 2)]
+    assert b.requests() == []  # the vectors are equal: no events either way
+    assert b.peer_forks == {ALICE_KEY: 2}
+    a.send_evidence(left.raw, right.raw)
+    (frame,) = a.data_to_send()
+    assert plain(b, frame) == evidence(left, right)
+    b.receive_data(frame)
+    (got,) = b.evidence_received()
+    assert got == EvidenceReceived(ALICE_KEY, 2, (left, right))
+    assert b.events_received() == [] and b.error is None and b.state is State.OPEN
+    assert a.evidence_sent == 1 and a.peer_forks == {ALICE_KEY: 2}
+
+
+def test_evidence_the_peer_has_is_not_sent_again_nor_echoed_back() -> None:
+    a, b = connect()
+    left, right = fork()
+    sync_vectors(a, b, {}, {})
+    a.send_evidence(left.raw, right.raw)
+    pump(a, b)
+    assert len(b.evidence_received()) == 1
+    a.send_evidence(left.raw, right.raw)  # again: b has it
+    a.send_evidence(right.raw, left.raw)
+    b.send_evidence(left.raw, right.raw)  # relay back to where it came from
+    assert a.data_to_send() == [] and b.data_to_send() == []
+    assert a.requests() == [] and b.requests() == []
+    later, other = fork(seq=5)  # a fork further on changes no fork point: not sent
+    a.send_evidence(later.raw, other.raw)
+    assert a.data_to_send() == [] and a.evidence_sent == 1
+
+
+def test_a_lower_fork_point_is_sent_and_an_equal_or_higher_one_is_not() -> None:
+    a, b = connect()
+    carol = bytes(CAROL.verify_key)
+    a.send_have({}, {ALICE_KEY: 3, carol: 2})
+    b.send_have({}, {ALICE_KEY: 5, carol: 2})
+    pump(a, b)
+    assert a.requests() == [EvidenceWanted(ALICE_KEY, 3)]  # b only proves seq 5
+    assert b.requests() == []
+
+
+def test_fork_points_announced_in_the_first_vector_are_compared_when_it_completes() -> None:
+    a, b = connect()
+    bob = bytes(BOB.verify_key)
+    a.send_have({}, {ALICE_KEY: 2})
+    b.send_have({}, {bob: 4})
+    pump(a, b)
+    assert a.requests() == [EvidenceWanted(ALICE_KEY, 2)]
+    assert b.requests() == [EvidenceWanted(bob, 4)]
+
+
+def test_evidence_given_before_the_peer_vector_is_complete_is_asked_for_once_it_is() -> None:
+    a, b = connect()
+    left, right = fork()
+    a.send_evidence(left.raw, right.raw)
+    assert a.data_to_send() == []
+    b.send_have({})
+    pump(a, b)
+    assert a.requests() == [EvidenceWanted(ALICE_KEY, 2)]
+
+
+def test_crossing_evidence_settles_on_the_lower_point_and_goes_quiet() -> None:
+    a, b = connect()
+    sync_vectors(a, b, {}, {})
+    low, other = fork(seq=2)
+    high, another = fork(seq=4)
+    a.send_evidence(low.raw, other.raw)  # each learnt of a fork from a third node,
+    b.send_evidence(high.raw, another.raw)  # and both are in flight at once
+    pump(a, b)
+    assert [e.seq for e in a.evidence_received()] == [4]
+    assert [e.seq for e in b.evidence_received()] == [2]
+    assert a.requests() == b.requests() == []  # each knows the other holds seq 2
+    assert a.peer_forks == b.peer_forks == {ALICE_KEY: 2}
+    a.send_evidence(low.raw, other.raw)
+    b.send_evidence(low.raw, other.raw)
+    assert a.data_to_send() == b.data_to_send() == []
+
+
+def test_evidence_that_arrives_before_the_peer_vector_is_compared_with_ours_after_it(
+) -> None:
+    """A peer may send evidence before its have; our lower point still reaches it."""
+    a, b = connect()
+    low, other = fork(seq=2)
+    high, another = fork(seq=4)
+    a.send_have({}, {ALICE_KEY: 2})
+    late = a.data_to_send()  # a's have: b reads it later
+    a.receive_data(seal(b, evidence(high, another)))
+    assert [e.seq for e in a.evidence_received()] == [4] and a.requests() == []
+    a.receive_data(seal(b, {"t": "have", "vector": [], "end": True}))
+    assert a.requests() == [EvidenceWanted(ALICE_KEY, 2)]
+    a.send_evidence(low.raw, other.raw)
+    (frame,) = a.data_to_send()
+    for have in late:
+        b.receive_data(have)
+    assert plain(b, frame) == evidence(low, other)
+
+
+def test_no_fork_points_leaves_have_frames_as_version_one_wrote_them() -> None:
+    xs = chain(ALICE, 3)
+    frames = []
+    for versions in ((1,), (1, 2)):
+        a, b = connect(versions=versions)
+        a.send_have(heads(xs), {})
+        (frame,) = a.data_to_send()
+        assert set(plain(b, frame)) == {"t", "vector", "end"}
+        frames.append(len(frame))
+    assert frames[0] == frames[1]
+
+
+def test_fork_points_split_over_have_messages_like_the_vector() -> None:
+    a, b = connect()
+    points = {bytes([i % 256, i // 256]) * 16: 1 + i % 7 for i in range(MAX_HAVE_ENTRIES + 5)}
+    a.send_have(heads(chain(ALICE, 1)), points)
+    first, second = a.data_to_send()
+    assert len(first) <= MAX_FRAME_BYTES and plain(b, first)["end"] is False
+    b.receive_data(first)
+    b.receive_data(second)
+    assert b.error is None and b.peer_vector_complete
+    assert b.peer_forks == points
+
+
+# -- version 1 peers: no fork points, no evidence
+
+
+def test_a_version_one_peer_gets_neither_fork_points_nor_evidence() -> None:
+    old = make(Role.INITIATOR, ALICE, versions=(1,))
+    new = make(Role.RESPONDER, BOB)
+    pump(old, new)
+    assert old.version == new.version == 1
+    assert old.requests() == new.requests() == [VectorWanted()]
+    left, right = fork()
+    new.send_have({}, {ALICE_KEY: 2})
+    (have,) = new.data_to_send()
+    assert set(plain(old, have)) == {"t", "vector", "end"}
+    old.receive_data(have)
+    old.send_have({})
+    pump(old, new)
+    assert new.requests() == [] and not new.can_send_evidence and new.can_send_events
+    new.send_evidence(left.raw, right.raw)  # the relay offers it to everyone: dropped
+    assert new.data_to_send() == [] and new.evidence_sent == 0
+
+
+def test_evidence_on_a_version_one_connection_is_an_unknown_message() -> None:
+    a, b = connect(versions=(1,))
+    b.receive_data(seal(a, evidence(*fork())))
+    assert_refused(b, a, "unknown-message")
+    assert b.error is not None and "version 1" in b.error.reason
+    assert b.evidence_received() == []
+
+
+def test_fork_points_sent_to_a_version_one_node_are_ignored() -> None:
+    a, b = connect(versions=(1,))
+    b.receive_data(seal(a, {"t": "have", "vector": [], "end": True,
+                            "forks": "not even a list"}))  # an unknown key in version 1
+    assert b.error is None and b.peer_vector_complete and b.peer_forks == {}
+
+
+# -- which states take evidence
+
+
+@pytest.mark.parametrize("state", [State.OPEN, State.LOCAL_DONE])
+def test_evidence_is_received_while_the_peer_may_still_send(state: State) -> None:
+    me, peer = in_state(Role.INITIATOR, state)
+    left, right = fork()
+    me.receive_data(seal(peer, evidence(left, right)))
+    assert me.state is state and me.error is None
+    assert [e.versions for e in me.evidence_received()] == [(left, right)]
+
+
+def test_evidence_may_be_sent_after_the_peer_said_bye_but_not_after_our_own() -> None:
+    a, b = connect()
+    sync_vectors(a, b, {}, {})
+    a.send_bye()
+    pump(a, b)
+    assert (a.state, b.state) == (State.LOCAL_DONE, State.PEER_DONE)
+    left, right = fork()
+    b.send_evidence(left.raw, right.raw)  # b may still send, a may still receive
+    pump(a, b)
+    assert len(a.evidence_received()) == 1 and a.error is None
+    assert not a.can_send_evidence
+    with pytest.raises(LocalProtocolError):
+        a.send_evidence(left.raw, right.raw)
+
+
+def test_evidence_after_the_peers_bye_is_unexpected() -> None:
+    a, b = connect()
+    a.send_bye()
+    pump(a, b)
+    b.receive_data(seal(a, evidence(*fork())))
+    assert_refused(b, a, "unexpected-message")
+    assert b.error is not None and "PEER_DONE" in b.error.reason
+
+
+# -- bad evidence is refused with its own code, and nothing is handed over
+
+
+def forged(env: Envelope) -> bytes:
+    fields = msgpack.unpackb(env.raw, raw=False)
+    signed = pack({k: v for k, v in fields.items() if k != "sig"})
+    return pack({**fields, "sig": CAROL.sign(signed).signature})
+
+
+def _same_event() -> dict[str, object]:
+    left, _ = fork()
+    return evidence(left, left)
+
+
+def _two_authors() -> dict[str, object]:
+    return evidence(fork(ALICE)[0], fork(BOB)[1])
+
+
+def _two_seqs() -> dict[str, object]:
+    return evidence(fork(seq=2)[0], fork(seq=3)[1])
+
+
+def _bad_first_signature() -> dict[str, object]:
+    left, right = fork()
+    return evidence(forged(left), right)
+
+
+def _bad_second_signature() -> dict[str, object]:
+    left, right = fork()
+    return evidence(left, forged(right))
+
+
+def _another_group() -> dict[str, object]:
+    return evidence(*fork(group=b"H" * 32))
+
+
+def _one_of_another_group() -> dict[str, object]:
+    left, _ = fork()
+    return evidence(left, fork(group=b"H" * 32)[1])
+
+
+def _not_an_event() -> dict[str, object]:
+    return evidence(fork()[0], b"\x81\xa1v\x01")
+
+
+def _oversized() -> dict[str, object]:
+    return evidence(fork()[0], bytes(MAX_EVENT_BYTES + 1))
+
+
+BAD_EVIDENCE: dict[str, tuple[Callable[[], dict[str, object]], str]] = {
+    "one version": (lambda: {"t": "evidence", "events": [fork()[0].raw]}, "malformed-frame"),
+    "three versions": (lambda: {"t": "evidence", "events": [*raws(list(fork())), b"x"]},
+                       "malformed-frame"),
+    "no list": (lambda: {"t": "evidence", "events": b"xy"}, "malformed-frame"),
+    "missing": (lambda: {"t": "evidence"}, "malformed-frame"),
+    "text": (lambda: {"t": "evidence", "events": ["a", "b"]}, "malformed-frame"),
+    "not an event": (_not_an_event, "malformed-event"),
+    "oversized": (_oversized, "oversized-event"),
+    "the same event twice": (_same_event, "bad-evidence"),
+    "two authors": (_two_authors, "bad-evidence"),
+    "two seqs": (_two_seqs, "bad-evidence"),
+    "bad first signature": (_bad_first_signature, "bad-signature"),
+    "bad second signature": (_bad_second_signature, "bad-signature"),
+    "another group": (_another_group, "unknown-group"),
+    "one of another group": (_one_of_another_group, "unknown-group"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EVIDENCE))
+def test_bad_evidence_is_refused_with_its_code_and_nothing_is_handed_over(case: str) -> None:
+    make_message, code = BAD_EVIDENCE[case]
+    a, b = connect()
+    sync_vectors(a, b, {}, {})
+    b.receive_data(seal(a, make_message()))
+    assert_refused(b, a, code)
+    assert b.evidence_received() == [] and b.requests() == [] and b.peer_forks == {}
+
+
+def test_evidence_by_an_author_the_validate_hook_refuses_takes_the_hooks_code() -> None:
+    def members_only(envelope: Envelope) -> None:
+        if envelope.author != ALICE_KEY:
+            raise NotAMember("author never joined")
+
+    a, b = connect(validate=members_only)
+    b.receive_data(seal(a, evidence(*fork(CAROL))))
+    assert_refused(b, a, "not-a-member")
+
+
+@pytest.mark.parametrize("forks", [
+    "xy", [[b"a" * 32]], [[b"a" * 31, 2]], [[b"a" * 32, 0]], [[b"a" * 32, True]],
+    [[b"a" * 32, 2]] * (MAX_HAVE_ENTRIES + 1),
+])
+def test_have_with_bad_fork_points_is_malformed_frame(forks: object) -> None:
+    a, b = connect()
+    b.receive_data(seal(a, {"t": "have", "vector": [], "end": True, "forks": forks}))
+    assert_refused(b, a, "malformed-frame")
+
+
+def test_send_evidence_takes_two_versions_of_one_event() -> None:
+    a, b = connect()
+    sync_vectors(a, b, {}, {})
+    left, right = fork()
+    for first, second in ((left.raw, left.raw), (left.raw, fork(BOB)[1].raw),
+                          (left.raw, fork(seq=3)[1].raw), (left.raw, b"not an event")):
+        with pytest.raises(LocalProtocolError):
+            a.send_evidence(first, second)
+    with pytest.raises(LocalProtocolError):
+        a.send_have({}, {b"short": 1})
+    assert a.data_to_send() == []
+    fresh = make(Role.INITIATOR, ALICE)
+    with pytest.raises(LocalProtocolError):  # before the handshake
+        fresh.send_evidence(left.raw, right.raw)
 
 
 # -- frames and flow control --------------------------------------------------------
@@ -661,6 +1011,7 @@ SAMPLES: dict[str, dict[str, object]] = {
     "handshake": {"t": "handshake", "noise": b"\x00" * 48},
     "have": {"t": "have", "vector": [], "end": True},
     "events": {"t": "events", "author": b"a" * 32, "events": [b"x"]},
+    "evidence": {"t": "evidence", "events": [b"x", b"y"]},
     "credit": {"t": "credit", "bytes": 1},
     "error": {"t": "error", "code": "x", "reason": "x"},
     "bye": {"t": "bye"},
@@ -705,7 +1056,8 @@ _values = st.recursive(
 _messages = st.fixed_dictionaries(
     {"t": st.sampled_from(sorted(MESSAGE_TYPES))},
     optional={name: _values for name in ("protocol", "versions", "noise", "vector", "end",
-                                         "author", "events", "bytes", "code", "reason")})
+                                         "forks", "author", "events", "bytes", "code",
+                                         "reason")})
 
 
 @settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])

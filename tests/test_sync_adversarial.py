@@ -30,6 +30,7 @@ from synchelp import (
     eventually,
     has_seq,
     new_nodes,
+    same_vectors,
     stock,
     stop_all,
     with_signature,
@@ -42,7 +43,16 @@ from node.app import Node
 from node.events import MAX_EVENT_BYTES, Envelope
 from node.identity import Group
 from projections import views
-from sync.protocol import MAX_BATCH_BYTES, MAX_CLEAR_FRAME_BYTES, MAX_FRAME_BYTES, State
+from sync.bundle import BundleSealer, import_bundle
+from sync.protocol import (
+    MAX_BATCH_BYTES,
+    MAX_CLEAR_FRAME_BYTES,
+    MAX_FRAME_BYTES,
+    Role,
+    State,
+    SyncProtocol,
+)
+from sync.transport import Session
 
 Frame = bytes | str
 CLOSE_MESSAGE_TOO_BIG = 1009  # RFC 6455: the websocket library refused the frame
@@ -472,11 +482,6 @@ async def test_honest_events_still_flow_between_nodes_holding_two_branches_of_a_
         await close_all([ana, bo])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fork evidence travels only when two vectors differ (sync/protocol.py "
-    "SyncProtocol._compare, docs/protocol.md §8): a node that saw both versions of "
-    "Mal's seq 2 never tells a peer whose head is the same first version, so Bo leaves "
-    "Mal out of his projections, Ana does not, and their digests differ for good"))
 async def test_fork_evidence_found_by_one_node_reaches_a_peer_with_the_same_head(
         tmp_path: Path, group: Group) -> None:
     """Ana and Bo are connected; Mal's chain reaches both through Ana; then Mal hands Bo
@@ -514,3 +519,201 @@ async def test_fork_evidence_found_by_one_node_reaches_a_peer_with_the_same_head
 
 async def _forks(node: Node) -> bool:
     return bool(await node.store.forks())
+
+
+# -- fork evidence travels when vectors are equal (protocol version 2, §evidence) --------
+
+
+def forked_mal(group: Group) -> tuple[Author, Envelope, Envelope, Envelope]:
+    """Mal's seq 1 and two versions of his seq 2."""
+    mal = Author(group)
+    joined = mal.joined()
+    left = mal.write("offer.posted", offer("Left"))
+    right = mal.after(joined, "offer.posted", offer("Right"))
+    return mal, joined, left, right
+
+
+async def hand_over(serving: Serving, author: bytes, raws: list[bytes]) -> None:
+    """A peer with the group secret gives ``serving`` these events, then leaves."""
+    assert serving.port is not None
+    group = serving.node.group
+    peer = await RawPeer.connect(serving.port, SigningKey.generate(), secret=group.secret,
+                                 group=group.id)
+    try:
+        await peer.handshake()
+        await within(peer.send(peer.message(events_message(author, raws))))
+        await peer.frames_during(0.2)  # let the node read it before we hang up
+    finally:
+        await peer.close()
+
+
+async def flagged(node: Node, author: bytes, seq: int = 2) -> bool:
+    return (author, seq, 2) in await node.store.forks()
+
+
+def sessions_of(*servings: Serving) -> list[Session]:
+    return [s for serving in servings if serving.node.peer_manager is not None
+            for s in serving.node.peer_manager.sessions]
+
+
+def count_recordings(node: Node) -> list[bool]:
+    """Every ``record_evidence`` result of ``node`` from now on: True when it was new."""
+    results: list[bool] = []
+    original = node.store.record_evidence
+
+    async def counting(*args: Envelope, **kwargs: bool) -> bool:
+        new = await original(*args, **kwargs)
+        results.append(new)
+        return new
+
+    node.store.record_evidence = counting  # type: ignore[method-assign]
+    return results
+
+
+async def test_fork_evidence_reaches_a_peer_with_the_same_head_when_they_meet(
+        tmp_path: Path, group: Group) -> None:
+    """At the start of a session, each side learns the other's forks, whichever side
+    holds them: a one-shot ``potluck sync`` dialling a node that knows of a fork, and
+    a one-shot sync bringing a fork to the node it dials. Each then says bye only once
+    its evidence is out, and the three nodes end with the same projections."""
+    ana, bo, cy = await new_nodes(tmp_path, group, "Ana", "Bo", "Cy")
+    servings: list[Serving] = []
+    try:
+        a = await Serving(ana).start()
+        servings.append(a)
+        mal, joined, left, right = forked_mal(group)
+        await hand_over(a, mal.author, [joined.raw, left.raw])
+        await eventually(lambda: has_seq(ana, mal.author, 2), "Ana stores Mal's chain")
+        for node in (bo, cy):
+            await within(node.sync_once(a.address), 20)
+            assert await same_vectors(ana, node)
+        result = await within(bo.store.receive([right]))  # e.g. from a bundle
+        assert result.forks == [(mal.author, 2)]
+        assert await ana.store.forks() == [] and await digest(ana) != await digest(bo)
+        await within(bo.sync_once(a.address), 20)  # the dialling side holds the fork
+        assert await flagged(ana, mal.author), "Ana learns of the fork from Bo"
+        await within(cy.sync_once(a.address), 20)  # the listening side holds it
+        assert await flagged(cy, mal.author), "Cy learns of the fork from Ana"
+        assert await digest(ana) == await digest(bo) == await digest(cy)
+        assert await same_vectors(ana, bo, cy)
+    finally:
+        await stop_all(servings)
+        await close_all([ana, bo, cy])
+
+
+async def test_known_evidence_is_neither_recorded_nor_relayed_again_and_all_goes_quiet(
+        tmp_path: Path, group: Group) -> None:
+    """Three nodes connected in a triangle: a fork found by one reaches the other two,
+    each session carries the evidence at most once each way, then nothing more moves.
+    The same evidence sent again and again changes nothing and goes nowhere."""
+    ana, bo, cy = await new_nodes(tmp_path, group, "Ana", "Bo", "Cy")
+    servings: list[Serving] = []
+    try:
+        a = await Serving(ana).start()
+        b = await Serving(bo, peers=[a.address]).start()
+        c = await Serving(cy, listen=None, peers=[a.address, b.address]).start()
+        servings += [c, b, a]
+        await c.wait_line("caught up with", 2)
+        await b.wait_line("caught up with")
+        mal, joined, left, right = forked_mal(group)
+        await hand_over(a, mal.author, [joined.raw, left.raw])
+        for node in (ana, bo, cy):
+            await eventually(partial(has_seq, node, mal.author, 2), "Mal's chain everywhere")
+        recorded = {name: count_recordings(node)
+                    for name, node in (("Ana", ana), ("Bo", bo), ("Cy", cy))}
+        await hand_over(b, mal.author, [right.raw])  # Bo finds the fork
+
+        async def everywhere() -> bool:
+            return all([await flagged(node, mal.author) for node in (ana, bo, cy)])
+
+        await eventually(everywhere, "every node learns of the fork", seconds=3)
+        assert await digest(ana) == await digest(bo) == await digest(cy)
+
+        def totals() -> tuple[int, int]:
+            sessions = sessions_of(a, b, c)
+            return (sum(s.stats.evidence_out for s in sessions),
+                    sum(s.stats.evidence_in for s in sessions))
+
+        await asyncio.sleep(0.5)  # let any late relay happen
+        sent, received = totals()
+        assert 2 <= sent <= 6, sent  # 3 sessions, at most once each way
+        assert received == sent
+        assert sum(new for results in recorded.values() for new in results) == 2  # Ana, Cy
+        assert all(new is False for new in recorded["Bo"])  # Bo found it himself
+        await asyncio.sleep(1.0)
+        assert totals() == (sent, received), "evidence still moving after a quiet second"
+
+        # the same evidence, again and again: recorded once, relayed never
+        before = await snapshot(ana)
+        calls = len(recorded["Ana"])
+        peer = await RawPeer.connect(a.port or 0, SigningKey.generate(),
+                                     secret=group.secret, group=group.id)
+        try:
+            await peer.handshake()
+            assert peer.protocol.peer_forks == {mal.author: 2}  # Ana's have said so
+            for _ in range(5):
+                await within(peer.send(peer.message(
+                    {"t": "evidence", "events": [left.raw, right.raw]})))
+            during = await peer.frames_during(0.5)
+            assert during is not None and peer.protocol.error is None
+            assert peer.protocol.state is State.OPEN
+        finally:
+            await peer.close()
+        assert recorded["Ana"][calls:] == [False] * 5
+        assert await snapshot(ana) == before
+        await asyncio.sleep(0.3)
+        assert totals() == (sent, received), "known evidence was relayed"
+        assert sum(serving.count("peer lost") for serving in (a, b, c)) == 0
+    finally:
+        await stop_all(servings)
+        await close_all([ana, bo, cy])
+
+
+async def test_a_version_one_peer_is_served_without_fork_points_or_evidence(
+        net: Net, group: Group) -> None:
+    """A node of protocol version 1 does not know the evidence message: a node holding
+    fork evidence syncs with it as before and never sends it one. A version 2 peer in
+    the same position gets the evidence at the start of its session."""
+    mal, joined, left, right = forked_mal(group)
+    await hand_over(net.a, mal.author, [joined.raw, left.raw])
+    await hand_over(net.a, mal.author, [right.raw])
+    await eventually(lambda: flagged(net.ana, mal.author), "Ana flags Mal")
+    for versions in ((1,), (1, 2)):
+        ws_peer = await RawPeer.connect(net.port, SigningKey.generate(),
+                                        secret=group.secret, group=group.id)
+        peer = RawPeer(ws_peer.ws, SyncProtocol(
+            Role.INITIATOR, device_key=SigningKey.generate(), group_secret=group.secret,
+            group=group.id, versions=versions))
+        try:
+            await peer.handshake()
+            assert peer.protocol.version == max(versions)
+            peer.protocol.send_have({})  # an empty vector: Ana sends everything she has
+            await peer.flush()
+            during = await peer.frames_during(1.0)
+            assert during is not None and peer.protocol.error is None, peer.protocol.error
+            got = [e for batch in peer.protocol.events_received() for e in batch.envelopes]
+            assert (mal.author, 2) in {(e.author, e.seq) for e in got}
+            evidence = peer.protocol.evidence_received()
+            if versions == (1,):
+                assert evidence == [] and peer.protocol.peer_forks == {}
+            else:
+                assert [(e.author, e.seq) for e in evidence] == [(mal.author, 2)]
+                assert {e.hash for e in evidence[0].versions} == {left.hash, right.hash}
+        finally:
+            await peer.close()
+    await still_serving(net)
+
+
+async def test_fork_evidence_from_a_bundle_import_is_relayed_to_connected_peers(
+        net: Net, group: Group, tmp_path: Path) -> None:
+    mal, joined, left, right = forked_mal(group)
+    await hand_over(net.a, mal.author, [joined.raw, left.raw])
+    await eventually(lambda: has_seq(net.bo, mal.author, 2), "relayed to Bo")
+    sealer = BundleSealer(group.secret)
+    path = tmp_path / "right.potluck"
+    path.write_bytes(sealer.header + sealer.events_chunk(mal.author, [right.raw])
+                     + sealer.end_chunk())
+    imported = await within(import_bundle(net.bo.store, path))
+    assert imported.forks == [(mal.author, 2)]
+    await eventually(lambda: flagged(net.ana, mal.author), "Ana learns of it", seconds=2)
+    assert await digest(net.ana) == await digest(net.bo)
