@@ -53,6 +53,8 @@ T = TypeVar("T")
 SCHEMA_VERSION = 1
 CHUNK = 500
 MAX_AUTHOR_FILTER = 500  # authors named in one query; beyond, rows are filtered here
+WAL_CHECKPOINT_PAGES = 10_000
+WAL_KEEP_BYTES = 64 << 20
 MAX_FUTURE_MS = 24 * 3600 * 1000
 """An event stamped further than this beyond our clock is held until then (a peer's
 clock set a year ahead must not drag every node's clock with it)."""
@@ -177,6 +179,12 @@ class Store:
             raise StorageError(f"the log cannot use write-ahead logging (mode {mode})")
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA cache_size = -16384")  # 16 MiB: the indexes of a busy log stay hot
+        # Checkpoint the WAL every ~40 MiB instead of SQLite's 4 MiB: a checkpoint copies
+        # and fsyncs every page the log rewrote, and the hot pages (index roots, busy
+        # entities' states) were copied again at every one of them: appends gained 10-15%
+        # (docs/performance.md). The file is cut back to 64 MiB after a checkpoint.
+        db.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+        db.execute(f"PRAGMA journal_size_limit = {WAL_KEEP_BYTES}")
         db.execute("BEGIN IMMEDIATE")
         for statement in _SCHEMA.split(";"):
             if statement.strip():
