@@ -22,6 +22,7 @@ import hashlib
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from operator import attrgetter
 
 import msgpack
 
@@ -219,7 +220,7 @@ class Runner:
             batch = [e for e in batch if self._kept(e)]
         if not batch:
             return
-        ordered = sorted(batch, key=_key_of)
+        ordered = sorted(batch, key=_KEY_OF)
         causality = LogCausality(db)
         recent = self._recent
         for event in ordered:
@@ -444,8 +445,8 @@ def _event_lookup(
     return lookup
 
 
-def _key_of(event: Event) -> Key:
-    return (event.hlc, event.author, event.seq)
+_KEY_OF = attrgetter("hlc", "author", "seq")
+"""An event's canonical key (hlc, author, seq), read in C for the sort of every batch."""
 
 
 class _RecentEvents:
