@@ -2,14 +2,28 @@
 
 Entity: one item at one location (``stock:<item>@<location>``).
 
-How a count combines with deltas (docs/events.md §stock): a ``stock.counted`` sets the
-quantity to what a person physically counted. Deltas the counter had already seen
-(causally before the count) are inside that number and are dropped. Deltas made after
-seeing the count add to it. Deltas *concurrent* with the count (made on a node that had
-not seen it, by someone the counter had not heard from) may or may not be in the
-physical number: they are added, and the row is flagged ``recount`` so that somebody
-counts again. Two concurrent counts also flag ``recount``; the later in canonical order
-wins. A later count that has seen everything clears the flag.
+How counts and deltas combine (docs/events.md §stock, decision 0004). Of the entity's
+events in canonical order, the *standing* count W is the last ``stock.counted``:
+
+- on-hand is W's number plus every delta W had not seen (not in its causal past),
+  wherever that delta sorts: after W, or before it (late, or concurrent with earlier
+  counts too). A delta W had seen is inside its number. Without a count, on-hand is the
+  sum of the deltas.
+- ``recount`` is flagged while something is concurrent with W: a delta or another
+  count that W had not seen, or a later delta whose author had not seen W. A count that
+  had seen every earlier event of the entity clears it.
+
+Why only W matters: each count is a fresh physical number, so whatever an earlier count
+did with a delta is replaced; judging a delta against the count before (as version 1
+did) added a delta concurrent with two counts by the first and dropped it by the second.
+
+The state is what a later count needs without the events, and stays small: per author,
+one run (first, last, sum) of the deltas W had not seen, a suffix of that author's
+deltas because seeing an event means seeing its author's earlier ones; and per author
+the last count W had not seen. A new count that had seen W decides from the ends of each
+run: it saw the last, so the whole run; or not the first, so none of it. A count that
+saw part of a run, or had not seen W (two counts concurrent), needs the events: ``apply``
+returns None and ``fold`` decides from each author's deltas.
 
 Expiry: positive deltas with ``expires`` form lots; stock leaves first-expired-first-out,
 and lots never exceed what is on hand. The earliest remaining expiry is kept in the row;
@@ -31,7 +45,7 @@ def entity_of(item: str, location: str) -> str:
 
 class Inventory:
     NAME = "inventory"
-    VERSION = 1
+    VERSION = 2  # 2: deltas are judged against the standing count only
     TYPES: frozenset[str] = frozenset({"stock.adjusted", "stock.counted"})
     TABLES: tuple[Table, ...] = (
         Table("inventory", (
@@ -49,34 +63,31 @@ class Inventory:
     def apply(self, entity: str, state: State | None, event: Event,
               causality: Causality) -> State | None:
         body = event.body
+        if isinstance(body, b.StockAdjusted):
+            s = state if state is not None else _empty(body)
+            _add_delta(s, event, body, causality)
+            return s
         if isinstance(body, b.StockCounted):
-            if state is None:
-                state = _empty(body)
-            # Which deltas since the last count did the counter see? Decided per author
-            # from the summary kept in the state; only a count that saw part of one
-            # author's run needs the entity's events (re-fold).
-            return state if _count_from_summary(state, event, body, causality) else None
-        if not isinstance(body, b.StockAdjusted):
-            return state
-        s = state if state is not None else _empty(body)
-        _add_delta(s, event, body, causality)
-        return s
+            s = state if state is not None else _empty(body)
+            return s if _count_from_summary(s, event, body, causality) else None
+        return state
 
     def fold(self, entity: str, events: Sequence[Event], causality: Causality) -> State | None:
         s: State | None = None
-        since_count: list[tuple[Event, b.StockAdjusted]] = []
+        past = _Past()
         for event in events:
             body = event.body
-            if not isinstance(body, (b.StockAdjusted, b.StockCounted)):
-                continue
-            if s is None:
-                s = _empty(body)
-            if isinstance(body, b.StockCounted):
-                _apply_count(s, event, body, since_count, causality)
-                since_count = []
-            else:
+            if isinstance(body, b.StockAdjusted):
+                if s is None:
+                    s = _empty(body)
                 _add_delta(s, event, body, causality)
-                since_count.append((event, body))
+                past.add_delta(event, body.delta)
+            elif isinstance(body, b.StockCounted):
+                if s is None:
+                    s = _empty(body)
+                if not _count_from_summary(s, event, body, causality):
+                    _count_from_past(s, event, body, past, causality)
+                past.counts[event.author] = event.ref
         return s
 
     def rows(self, entity: str, state: State) -> dict[str, list[Row]]:
@@ -95,37 +106,102 @@ class Inventory:
 
 
 def _empty(body: b.StockAdjusted | b.StockCounted) -> State:
-    # since: author hex -> [author, first seq, first hlc, last seq, last hlc, sum] of the
-    # deltas since the last count, so a new count can tell what it saw without them.
+    # count: ref of the standing count W. since: author hex -> [author, first seq, first
+    # hlc, last seq, last hlc, sum] of that author's deltas W had not seen (all of them
+    # while there is no count). rivals: author hex -> ref of that author's last count W
+    # had not seen.
     return {"item": body.item, "location": body.location, "on_hand": 0, "lots": [],
-            "count": None, "recount": False, "since": {}}
+            "count": None, "recount": False, "since": {}, "rivals": {}}
+
+
+class _Past:
+    """What ``fold`` has seen so far, for the counts the state cannot decide: each
+    author's deltas in seq order as [hlc, seq, running sum], and each author's last
+    count."""
+
+    __slots__ = ("counts", "deltas")
+
+    def __init__(self) -> None:
+        self.deltas: dict[bytes, list[tuple[int, int, int]]] = {}
+        self.counts: dict[bytes, list[object]] = {}
+
+    def add_delta(self, event: Event, delta: int) -> None:
+        mine = self.deltas.setdefault(event.author, [])
+        mine.append((event.hlc, event.seq, (mine[-1][2] if mine else 0) + delta))
 
 
 def _count_from_summary(s: State, event: Event, body: b.StockCounted,
                         causality: Causality) -> bool:
-    """Apply a count using the per-author summary; False when it cannot decide."""
+    """Make ``event`` the standing count from the state alone; False (state untouched)
+    when the state cannot tell which deltas it had seen."""
+    standing = s["count"]
+    if isinstance(standing, list) and not causality.happened_before(standing, event.ref):
+        return False  # concurrent counts: this one may lack deltas inside the other
     since = s["since"]
-    assert isinstance(since, dict)
+    rivals = s["rivals"]
+    assert isinstance(since, dict) and isinstance(rivals, dict)
+    unseen: dict[str, list[object]] = {}
     missed = 0
-    concurrent = False
-    for author, first_seq, first_hlc, last_seq, last_hlc, total in since.values():
+    for key, run in since.items():
+        author, first_seq, first_hlc, last_seq, last_hlc, total = run
         if causality.happened_before([last_hlc, author, last_seq], event.ref):
-            continue  # the counter saw all of this author's deltas
+            continue  # saw the whole run
         if causality.happened_before([first_hlc, author, first_seq], event.ref):
-            return False  # saw some, not all: needs the events themselves
+            return False  # saw part of it: which part needs the deltas themselves
+        unseen[key] = run
         missed += total
-        concurrent = True
-    previous = s["count"]
-    recount = isinstance(previous, list) and not causality.happened_before(previous, event.ref)
-    _set_count(s, event, body.count + missed, recount or concurrent)
+    # Counts this one had not seen: only among those W had not seen, as it had seen W.
+    others = {key: ref for key, ref in rivals.items()
+              if not causality.happened_before(ref, event.ref)}
+    _set_count(s, event, body.count + missed, unseen, others)
     return True
 
 
-def _set_count(s: State, event: Event, on_hand: int, recount: bool) -> None:
+def _count_from_past(s: State, event: Event, body: b.StockCounted, past: _Past,
+                     causality: Causality) -> None:
+    """Make ``event`` the standing count, deciding from every earlier event."""
+    unseen: dict[str, list[object]] = {}
+    missed = 0
+    for author, deltas in past.deltas.items():
+        seen = _seen_prefix(author, deltas, event.ref, causality)
+        if seen == len(deltas):
+            continue
+        first_hlc, first_seq, _ = deltas[seen]
+        last_hlc, last_seq, running = deltas[-1]
+        total = running - (deltas[seen - 1][2] if seen else 0)
+        unseen[author.hex()] = [author, first_seq, first_hlc, last_seq, last_hlc, total]
+        missed += total
+    others = {author.hex(): ref for author, ref in past.counts.items()
+              if not causality.happened_before(ref, event.ref)}
+    _set_count(s, event, body.count + missed, unseen, others)
+
+
+def _seen_prefix(author: bytes, deltas: Sequence[tuple[int, int, int]], ref: list[object],
+                 causality: Causality) -> int:
+    """How many of ``author``'s deltas the event ``ref`` had seen: always a prefix."""
+    hlc, seq, _ = deltas[-1]
+    if causality.happened_before([hlc, author, seq], ref):
+        return len(deltas)
+    low, high = 0, len(deltas) - 1  # deltas[:low] seen, deltas[high:] not
+    while low < high:
+        middle = (low + high) // 2
+        hlc, seq, _ = deltas[middle]
+        if causality.happened_before([hlc, author, seq], ref):
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+def _set_count(s: State, event: Event, on_hand: int, unseen: dict[str, list[object]],
+               rivals: dict[str, list[object]]) -> None:
+    """Every delta or count the new standing count had not seen sorts before it, so is
+    concurrent with it: any one of them flags a recount; none clears the flag."""
     s["on_hand"] = on_hand
     s["count"] = event.ref
-    s["recount"] = recount
-    s["since"] = {}
+    s["since"] = unseen
+    s["rivals"] = rivals
+    s["recount"] = bool(unseen or rivals)
     _trim(s)
 
 
@@ -152,21 +228,6 @@ def _add_delta(s: State, event: Event, body: b.StockAdjusted, causality: Causali
     elif body.delta < 0:
         _consume(lots, -body.delta)
     _trim(s)
-
-
-def _apply_count(
-    s: State, event: Event, body: b.StockCounted,
-    since_count: Sequence[tuple[Event, b.StockAdjusted]], causality: Causality,
-) -> None:
-    """Set on-hand to the count plus the deltas since the last count that it missed."""
-    previous = s["count"]
-    recount = isinstance(previous, list) and not causality.happened_before(previous, event.ref)
-    missed = 0
-    for delta_event, delta in since_count:
-        if not causality.happened_before(delta_event.ref, event.ref):
-            missed += delta.delta
-            recount = True
-    _set_count(s, event, body.count + missed, recount)
 
 
 def _consume(lots: list[list[object]], amount: int) -> None:
