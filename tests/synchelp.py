@@ -160,10 +160,13 @@ async def stop_all(servings: Sequence[Serving]) -> None:
 
 class CountingProxy:
     """A TCP relay on 127.0.0.1 to ``port`` that counts the bytes of every connection in
-    each direction: the real wire (HTTP upgrade, websocket framing and frames)."""
+    each direction: the real wire (HTTP upgrade, websocket framing and frames). With
+    ``bytes_per_second`` it is also a slow link: a test can act in the middle of a
+    transfer however fast the nodes have become."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, bytes_per_second: float | None = None) -> None:
         self.target = port
+        self.pace = bytes_per_second  # None: as fast as it goes; else each chunk waits
         self.up = 0  # client -> node
         self.down = 0  # node -> client
         self.port: int | None = None
@@ -196,6 +199,8 @@ class CountingProxy:
                         self.down += len(data)
                     writer.write(data)
                     await writer.drain()
+                    if self.pace is not None:
+                        await asyncio.sleep(len(data) / self.pace)
             finally:
                 writer.close()
 

@@ -319,7 +319,9 @@ async def test_stopping_a_node_during_a_catch_up_is_clean_and_the_catch_up_resum
     ana, bo = two
     await append_notes(ana, NOTES)
     a = await Serving(ana).start()
-    b = await Serving(bo, listen=None, peers=[a.address]).start()
+    # ~6 MB over a 2 MB/s link: seconds of catch-up to stop in the middle of
+    slow = await CountingProxy(a.port or 0, bytes_per_second=2e6).start()
+    b = await Serving(bo, listen=None, peers=[slow.address]).start()
     try:
         await eventually(lambda: has_seq(bo, ana.author, 2), "the catch-up has begun")
         await within(b.stop(), 10)  # mid-stream: every task ends, nothing hangs
@@ -331,6 +333,7 @@ async def test_stopping_a_node_during_a_catch_up_is_clean_and_the_catch_up_resum
         assert await digest(ana) == await digest(bo)
     finally:
         await stop_all([b, a])
+        await slow.stop()
 
 
 # -- a large catch-up and its bytes on the wire ----------------------------------------
