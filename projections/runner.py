@@ -18,10 +18,12 @@ canonical order; ``digest`` hashes the canonical rows so two nodes can compare.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from operator import attrgetter
 
 import msgpack
@@ -306,10 +308,11 @@ class Runner:
         folded = 0
         cache = _StateCache()
         cache.on_disk = set()
-        for chunk in _canonical_chunks(db, REBUILD_CHUNK):
-            self.apply(db, chunk, cache)
-            folded += len(chunk)
-        self._flush(db, cache)
+        with _cyclic_gc_paused():
+            for chunk in _canonical_chunks(db, REBUILD_CHUNK):
+                self.apply(db, chunk, cache)
+                folded += len(chunk)
+            self._flush(db, cache)
         self.mark_current(db)
         return folded
 
@@ -328,6 +331,21 @@ class Runner:
                 for row in db.execute(f'SELECT {columns} FROM "{table.name}" ORDER BY {order}'):
                     h.update(_pack(list(row)))
         return h.hexdigest()
+
+
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cycle collector for a bulk fold. A rebuild keeps up to
+    STATE_CACHE_LIMIT states alive, every one a nest of dicts and lists, and each full
+    collection walked all of them again: 15 % of a rebuild. Folds make no reference
+    cycles, so reference counting frees all they drop; the collector resumes after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def fork_points(db: sqlite3.Connection) -> dict[bytes, int]:

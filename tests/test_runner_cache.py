@@ -8,6 +8,7 @@ from what is on disk: the projections equal a rebuild and show every committed e
 from __future__ import annotations
 
 import datetime
+import gc
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,5 +96,23 @@ async def test_a_damaged_stored_event_met_by_a_refold_names_doctor(tmp_path: Pat
         await node.post(adjust(2))  # incremental: no re-fold, no read of the damage
         with pytest.raises(StorageError, match="damaged: run 'potluck doctor --repair'"):
             await node.store.write(node.runner.rebuild)
+    finally:
+        await node.close()
+
+
+async def test_a_rebuild_leaves_the_cycle_collector_as_it_found_it(tmp_path: Path) -> None:
+    """Rebuild pauses Python's cycle collector for speed; it must switch it back on, and
+    must not switch it on for a program that had it off."""
+    node = await stocked(tmp_path / "ana")
+    try:
+        assert gc.isenabled()
+        assert await equals_a_rebuild(node)
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            assert await equals_a_rebuild(node)
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
     finally:
         await node.close()
