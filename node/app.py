@@ -89,9 +89,10 @@ class Node:
         store = await Store.open(data_dir / LOG_FILE, group)
         runner = Runner()
         try:
-            stale = await store.write(runner.setup)
-            if stale:
-                await store.write(runner.rebuild)
+            if not await store.read(runner.ready):
+                stale = await store.write(runner.setup)
+                if stale:
+                    await store.write(runner.rebuild)
         except BaseException:
             await store.close()
             raise

@@ -185,6 +185,13 @@ class Store:
         # (docs/performance.md). The file is cut back to 64 MiB after a checkpoint.
         db.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
         db.execute(f"PRAGMA journal_size_limit = {WAL_KEEP_BYTES}")
+        if not self._schema_ready(db):  # the usual case needs no write lock to open
+            self._create_schema(db)
+        top = db.execute("SELECT max(hlc) FROM events").fetchone()[0]
+        self.clock.observe(top or 0)
+
+    def _create_schema(self, db: sqlite3.Connection) -> None:
+        """Create what is missing, or refuse a log of another schema or group."""
         db.execute("BEGIN IMMEDIATE")
         for statement in _SCHEMA.split(";"):
             if statement.strip():
@@ -203,8 +210,17 @@ class Store:
                 db.execute("ROLLBACK")
                 raise StorageError("the log belongs to another group than group.bin")
         db.execute("COMMIT")
-        top = db.execute("SELECT max(hlc) FROM events").fetchone()[0]
-        self.clock.observe(top or 0)
+
+    def _schema_ready(self, db: sqlite3.Connection) -> bool:
+        """True when the log already has this schema and this group: tables and the
+        ``meta`` rows are created in one transaction, so the rows prove the tables.
+        A read, so that opening the log (every ``potluck`` command does) does not wait
+        for the write lock that a busy ``potluck serve`` may hold for a while."""
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
+            return False
+        rows = dict(db.execute(
+            "SELECT key, value FROM meta WHERE key IN ('schema', 'group')").fetchall())
+        return rows.get("schema") == SCHEMA_VERSION and rows.get("group") == self.group.id
 
     async def close(self) -> None:
         await self._conn.close()

@@ -161,6 +161,27 @@ class Runner:
 
     # -- schema --------------------------------------------------------------------
 
+    def ready(self, db: sqlite3.Connection) -> bool:
+        """Read-only: True when every table exists and every projection is at its
+        version, so ``setup`` has nothing to write (it also reads the fork points).
+
+        Why: ``setup`` needs SQLite's write lock, and every ``potluck`` command opens the
+        log; beside a ``potluck serve`` busy with a large sync, taking that lock just to
+        find the tables already there made a read like ``potluck board`` wait."""
+        names = {row[0] for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+        wanted = {"proj_meta", "proj_state", "proj_index"}
+        for projection in self.projections:
+            for table in projection.TABLES:
+                wanted |= {table.name, f"{table.name}_by_entity"}
+        if not wanted <= names:
+            return False
+        versions = dict(db.execute("SELECT name, version FROM proj_meta").fetchall())
+        if any(versions.get(p.NAME) != p.VERSION for p in self.projections):
+            return False
+        self._forks = fork_points(db)
+        return True
+
     def setup(self, db: sqlite3.Connection) -> bool:
         """Create missing tables; return True when a projection's version changed."""
         for statement in _INTERNAL.split(";"):

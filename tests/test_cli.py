@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from node.app import LOG_FILE
 
 POTLUCK = [sys.executable, "-c", "from node.cli import main; main()"]
 TIMEOUT = 60
@@ -315,3 +318,17 @@ def test_potluck_home_chooses_the_data_dir_when_no_option_is_given(tmp_path: Pat
     assert HEX64.fullmatch(offer)
     info = json.loads(potluck(None, "whoami", "--json", env=env).stdout)
     assert (info["key"], info["events"], Path(info["data_dir"])) == (key, 2, home)
+
+
+def test_reading_commands_do_not_wait_for_a_writer_holding_the_log(walk: Walk) -> None:
+    """A ``potluck serve`` storing a large sync holds SQLite's write lock for a while;
+    commands that only read must not queue behind it (they used to take the lock just to
+    find the tables already there, and waited up to the 10 s busy timeout)."""
+    writer = sqlite3.connect(walk.dir / LOG_FILE, isolation_level=None, timeout=1)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # held for the whole test
+        for command in ("board", "inventory", "roster", "whoami"):
+            assert as_json(walk.dir, command)  # else "the database is busy" after 10 s
+        writer.execute("ROLLBACK")
+    finally:
+        writer.close()
