@@ -313,8 +313,9 @@ class Session:
             else:
                 self.stats.events_in += len(result.stored)
                 self.stats.future += result.future
-                for batch in batches:
-                    self.protocol.send_credit(batch.size)
+                # one grant for the whole transaction: a grant per frame let the sender
+                # fill each small grant with a frame of its size, and frames stayed small
+                self.protocol.send_credit(sum(batch.size for batch in batches))
                 if result.stored and self._on_stored is not None:
                     self._on_stored(self, result.stored)
                 if result.forks and self._on_forked is not None:
