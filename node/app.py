@@ -229,7 +229,9 @@ class Node:
                 "peer_name": (await self.names()).get(key) if key else None,
                 "received": session.stats.events_in, "sent": session.stats.events_out,
                 "held_future": session.stats.future,
-                "bytes_in": session.stats.bytes_in, "bytes_out": session.stats.bytes_out}
+                "bytes_in": session.stats.bytes_in, "bytes_out": session.stats.bytes_out,
+                "evidence_in": session.stats.evidence_in,
+                "evidence_out": session.stats.evidence_out}
 
     async def _discover(self, manager: PeerManager, port: int | None, host: str | None,
                         say: Callable[[str], None]) -> Discovery | None:

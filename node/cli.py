@@ -741,6 +741,10 @@ def sync_command(address: str, as_json: bool) -> None:
         click.echo(f"Held {report['held_future']} events stamped more than 24 hours ahead of "
                    "this computer's clock: they wait for their time, unapplied. Check both "
                    "clocks; 'potluck doctor' lists them.")
+    if report["evidence_in"] or report["evidence_out"]:
+        click.echo(f"Proof that a member wrote two versions of one event: received "
+                   f"{report['evidence_in']}, sent {report['evidence_out']}. Their events "
+                   "from there on are left out of the board; 'potluck whoami' names them.")
 
 
 @cli.command()

@@ -590,10 +590,12 @@ async def test_fork_evidence_reaches_a_peer_with_the_same_head_when_they_meet(
         result = await within(bo.store.receive([right]))  # e.g. from a bundle
         assert result.forks == [(mal.author, 2)]
         assert await ana.store.forks() == [] and await digest(ana) != await digest(bo)
-        await within(bo.sync_once(a.address), 20)  # the dialling side holds the fork
+        sent = await within(bo.sync_once(a.address), 20)  # the dialling side holds it
         assert await flagged(ana, mal.author), "Ana learns of the fork from Bo"
-        await within(cy.sync_once(a.address), 20)  # the listening side holds it
+        assert (sent["evidence_in"], sent["evidence_out"]) == (0, 1)  # potluck sync --json
+        got = await within(cy.sync_once(a.address), 20)  # the listening side holds it
         assert await flagged(cy, mal.author), "Cy learns of the fork from Ana"
+        assert (got["evidence_in"], got["evidence_out"]) == (1, 0)
         assert await digest(ana) == await digest(bo) == await digest(cy)
         assert await same_vectors(ana, bo, cy)
     finally:
