@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -731,3 +732,42 @@ def test_history_helper_builds_valid_chains() -> None:
         events.verify_chain(chain, None)
     assert any(len(env.deps) >= 2 for env in history.events)
 
+
+
+# -- opening an existing log -----------------------------------------------------------
+
+
+async def test_a_log_of_another_group_is_refused_at_open(tmp_path: Path, group: Group) -> None:
+    path = tmp_path / "log.db"
+    async with opened(path, group):
+        pass
+    with pytest.raises(StorageError, match="belongs to another group"):
+        await Store.open(path, Group.new("Another group"))
+
+
+async def test_a_log_of_another_schema_version_is_refused_at_open(
+        tmp_path: Path, group: Group) -> None:
+    path = tmp_path / "log.db"
+    async with opened(path, group):
+        pass
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = 99 WHERE key = 'schema'")
+    with pytest.raises(StorageError, match="the log has schema 99"):
+        await Store.open(path, group)
+
+
+async def test_opening_a_log_does_not_wait_for_a_writer(tmp_path: Path, group: Group) -> None:
+    """Every ``potluck`` command opens the log; beside a ``serve`` holding the write lock
+    for a large sync, opening it and reading must not queue behind that writer."""
+    path = tmp_path / "log.db"
+    key = make_key(1)
+    async with opened(path, group) as store:
+        await store.append(key, [("member.joined", joined_body(group, key, "Ana"))])
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        async with opened(path, group) as store:
+            assert await asyncio.wait_for(store.count(), 5) == 1
+        writer.execute("ROLLBACK")
+    finally:
+        writer.close()
