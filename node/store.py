@@ -53,6 +53,8 @@ T = TypeVar("T")
 SCHEMA_VERSION = 1
 CHUNK = 500
 MAX_AUTHOR_FILTER = 500  # authors named in one query; beyond, rows are filtered here
+PENDING_IN_MEMORY = 50_000
+"""Held events whose index ``receive`` keeps in memory; beyond, it asks SQLite."""
 WAL_CHECKPOINT_PAGES = 10_000
 WAL_KEEP_BYTES = 64 << 20
 MAX_FUTURE_MS = 24 * 3600 * 1000
@@ -420,8 +422,10 @@ class Store:
                 outcome = self._accept(run, env, env.hash in authentic)
                 if outcome is not None:
                     released.extend(run.released_by(outcome))
-            work = released
-            authentic.update(e.hash for e in released)  # held events were authenticated
+            # one event can be released twice in a round (by its predecessor and by
+            # the dep it waited for): take it once, or the second looks like a duplicate
+            work = list({env.hash: env for env in released}.values())
+            authentic.update(e.hash for e in work)  # held events were authenticated
         self._store_accepted(run)
         result = run.result
         if result.forks and not result.stored:
@@ -696,6 +700,10 @@ class _ReceiveRun:
     event's existence, deps and held dependants cost six statements each. Heads, the
     events accepted in this run and an index of the held events (hash, chain position,
     what each waits for; not their bytes) answer those questions from memory.
+
+    The index is loaded only while at most PENDING_IN_MEMORY events are held: a peer
+    whose clock runs a year ahead can leave any number held, and memory must not grow
+    with them. Beyond that, each stored event asks the ``pending`` indexes instead.
     """
 
     def __init__(self, db: sqlite3.Connection, heads: dict[bytes, Head]) -> None:
@@ -707,9 +715,12 @@ class _ReceiveRun:
         self._held: set[bytes] = set()
         self._by_chain: dict[tuple[bytes, int], set[bytes]] = {}
         self._by_dep: dict[bytes, set[bytes]] = {}
-        for hash_, author, seq, waiting in db.execute(
-                "SELECT hash, author, seq, waiting FROM pending"):
-            self._index(hash_, author, seq, waiting)
+        self._in_memory = db.execute("SELECT 1 FROM pending LIMIT 1 OFFSET ?",
+                                     (PENDING_IN_MEMORY,)).fetchone() is None
+        if self._in_memory:
+            for hash_, author, seq, waiting in db.execute(
+                    "SELECT hash, author, seq, waiting FROM pending"):
+                self._index(hash_, author, seq, waiting)
 
     def _index(self, hash_: bytes, author: bytes, seq: int, waiting: bytes | None) -> None:
         self._held.add(hash_)
@@ -719,15 +730,23 @@ class _ReceiveRun:
 
     def hold(self, env: Envelope, waiting: bytes | None, not_before: int | None = None) -> None:
         _hold(self.db, env, waiting, not_before)
-        self._index(env.hash, env.author, env.seq, waiting)
+        if self._in_memory:
+            self._index(env.hash, env.author, env.seq, waiting)
 
     def unhold(self, env: Envelope) -> None:
-        if env.hash in self._held:
+        if not self._in_memory or env.hash in self._held:
             self._held.discard(env.hash)
             self.db.execute("DELETE FROM pending WHERE hash = ?", (env.hash,))
 
     def released_by(self, stored: Envelope) -> list[Envelope]:
         """Held events that ``stored`` may unblock: the author's next, and dependants."""
+        if not self._in_memory:
+            rows = {hash_: raw for query, params in (
+                ("SELECT hash, raw FROM pending WHERE author = ? AND seq = ?",
+                 (stored.author, stored.seq + 1)),
+                ("SELECT hash, raw FROM pending WHERE waiting = ?", (stored.hash,)),
+            ) for hash_, raw in self.db.execute(query, params)}
+            return [_stored(raw) for raw in rows.values()]
         hashes = (self._by_chain.pop((stored.author, stored.seq + 1), set())
                   | self._by_dep.pop(stored.hash, set())) & self._held
         if not hashes:

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from node import events
+from node import store as store_module
 from node.errors import (
     AmbiguousId,
     BadSignature,
@@ -40,6 +41,14 @@ from node.identity import Group, membership_proof
 from node.store import ReceiveResult, Store
 
 OFFER = ("offer.posted", {"title": "Bread"})
+
+
+@pytest.fixture(params=["in memory", "in sqlite"])
+def held_index(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held events indexed in memory, or looked up in SQLite as beyond
+    PENDING_IN_MEMORY held events: every held-event test runs both ways."""
+    if request.param == "in sqlite":
+        monkeypatch.setattr(store_module, "PENDING_IN_MEMORY", 0)
 
 
 @asynccontextmanager
@@ -240,9 +249,11 @@ async def test_receive_stores_another_nodes_events_and_is_idempotent(
 
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(data=st.data(), seed=st.integers(0, 3))
+@given(data=st.data(), seed=st.integers(0, 3), indexed=st.booleans())
 def test_receive_in_any_order_with_duplicates_ends_in_the_same_log(
-        data: st.DataObject, seed: int) -> None:
+        data: st.DataObject, seed: int, indexed: bool) -> None:
+    """``indexed``: held events indexed in memory, or (beyond PENDING_IN_MEMORY held
+    events) looked up in SQLite: the same log either way."""
     history = HISTORIES[seed]
     envs = history.events
     order = data.draw(st.permutations(range(len(envs))), label="order")
@@ -263,7 +274,12 @@ def test_receive_in_any_order_with_duplicates_ends_in_the_same_log(
                 count, vector, pending = await snapshot(store)
                 return count, vector, pending, await hashes(store)
 
-    count, vector, pending, stored = asyncio.run(run())
+    limit = store_module.PENDING_IN_MEMORY
+    store_module.PENDING_IN_MEMORY = limit if indexed else 0
+    try:
+        count, vector, pending, stored = asyncio.run(run())
+    finally:
+        store_module.PENDING_IN_MEMORY = limit
     assert stored == {env.hash for env in envs}
     assert vector == vector_of(envs)
     assert count == len(envs)
@@ -284,6 +300,7 @@ async def test_receive_of_a_whole_history_in_one_batch_stores_every_event(
         assert await store.pending_count() == 0
 
 
+@pytest.mark.usefixtures("held_index")
 @pytest.mark.asyncio
 async def test_event_is_held_until_its_dep_arrives(tmp_path: Path, group: Group) -> None:
     history = History(group, [make_key(1), make_key(2)])
@@ -303,6 +320,7 @@ async def test_event_is_held_until_its_dep_arrives(tmp_path: Path, group: Group)
         assert (await store.vector())[bytes(b.verify_key)] == (2, b2.hash)
 
 
+@pytest.mark.usefixtures("held_index")
 @pytest.mark.asyncio
 async def test_event_is_held_across_a_seq_gap_and_released_in_order(
         tmp_path: Path, group: Group) -> None:
@@ -322,6 +340,7 @@ async def test_event_is_held_across_a_seq_gap_and_released_in_order(
         assert (await store.vector())[bytes(key.verify_key)] == (5, chain[4].hash)
 
 
+@pytest.mark.usefixtures("held_index")
 @pytest.mark.asyncio
 async def test_event_waiting_for_two_deps_is_released_when_both_arrive(
         tmp_path: Path, group: Group) -> None:
@@ -340,6 +359,7 @@ async def test_event_waiting_for_two_deps_is_released_when_both_arrive(
         assert await store.pending_count() == 0
 
 
+@pytest.mark.usefixtures("held_index")
 @pytest.mark.asyncio
 async def test_event_held_for_a_seq_gap_then_a_dep_is_released_when_the_dep_arrives(
         tmp_path: Path, group: Group) -> None:
@@ -443,6 +463,7 @@ async def test_receive_rejects_an_invalid_event_in_a_batch_and_keeps_the_valid_o
         assert await hashes(store) == {env.hash for env in history.events}
 
 
+@pytest.mark.usefixtures("held_index")
 @pytest.mark.asyncio
 async def test_receive_never_stores_a_seq_that_skips_its_predecessor(
         tmp_path: Path, group: Group) -> None:
@@ -481,6 +502,7 @@ async def receive_held_then_invalid(store: Store, group: Group) -> Envelope:
     return bad
 
 
+@pytest.mark.usefixtures("held_index")
 @pytest.mark.asyncio
 async def test_held_event_found_invalid_on_release_is_rejected_and_not_stored(
         tmp_path: Path, group: Group) -> None:
@@ -490,6 +512,7 @@ async def test_held_event_found_invalid_on_release_is_rejected_and_not_stored(
         assert await store.count() == 3
 
 
+@pytest.mark.usefixtures("held_index")
 @pytest.mark.asyncio
 async def test_held_event_found_invalid_on_release_leaves_nothing_pending(
         tmp_path: Path, group: Group) -> None:
