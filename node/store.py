@@ -383,8 +383,11 @@ class Store:
         db.executemany("INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?)",
                        [(a, h.seq, h.hash, h.hlc) for a, h in moved.items()])
 
-    def _run_hooks(self, db: sqlite3.Connection, added: Sequence[Envelope]) -> None:
-        if added:
+    def _run_hooks(self, db: sqlite3.Connection, added: Sequence[Envelope], *,
+                   forked: bool = False) -> None:
+        """Run the hooks for events just added, or for a new fork (which changes what
+        projections may show even when nothing was added)."""
+        if added or forked:
             for hook in self._hooks:
                 hook(db, added)
 
@@ -428,10 +431,7 @@ class Store:
             authentic.update(e.hash for e in work)  # held events were authenticated
         self._store_accepted(run)
         result = run.result
-        if result.forks and not result.stored:
-            for hook in self._hooks:  # a fork changes what projections may show
-                hook(db, [])
-        self._run_hooks(db, result.stored)
+        self._run_hooks(db, result.stored, forked=bool(result.forks))
         for env in result.stored:
             self.clock.observe(env.hlc)
         return result
@@ -633,8 +633,7 @@ class Store:
     async def fork_points(self) -> dict[bytes, int]:
         """author -> the lowest seq they equivocated at: where projections cut them off,
         and what sync tells a peer this node can prove (docs/protocol.md §evidence)."""
-        return await self._run(lambda db: {row[0]: row[1] for row in db.execute(
-            "SELECT author, min(seq) FROM forks GROUP BY author")}, write=False)
+        return await self._run(fork_points, write=False)
 
     async def fork_evidence(self, author: bytes) -> tuple[bytes, bytes] | None:
         """Two versions (wire bytes) of ``author``'s event at their lowest fork point:
@@ -669,8 +668,7 @@ class Store:
             _record_fork(db, second)
             if db.total_changes == before:
                 return False
-            for hook in self._hooks:  # a fork changes what projections may show
-                hook(db, [])
+            self._run_hooks(db, [], forked=True)
             return True
 
         added = await self._run(record, write=True)
@@ -881,6 +879,11 @@ def _record_fork(db: sqlite3.Connection, env: Envelope) -> None:
                "WHERE author = ? AND seq = ?", (env.author, env.seq))
     db.execute("INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?)",
                (env.author, env.seq, env.hash, env.raw))
+
+
+def fork_points(db: sqlite3.Connection) -> dict[bytes, int]:
+    """author -> the first seq at which they equivocated."""
+    return dict(db.execute("SELECT author, min(seq) FROM forks GROUP BY author").fetchall())
 
 
 def _fork_versions(db: sqlite3.Connection, author: bytes) -> tuple[bytes, bytes] | None:

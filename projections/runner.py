@@ -31,7 +31,7 @@ import msgpack
 from node import body as b
 from node.errors import InvalidEvent, StorageError
 from node.events import Envelope
-from node.store import hash_key
+from node.store import fork_points, hash_key
 from projections.board import Board
 from projections.catalog import Catalog
 from projections.fold import Causality, Event, Key, Projection, State
@@ -41,23 +41,25 @@ from projections.roster import Roster
 REBUILD_CHUNK = 2000
 STATE_CACHE_LIMIT = 20_000  # entities kept in memory during a rebuild before a write
 LIVE_CACHE_LIMIT = 4_096
-RECENT_EVENTS = 8_192
-LOAD_CHUNK = 500  # entities per state query (SQLite allows 32,766 parameters)
 """Entities whose fold state stays in memory between batches: the hot set (stock at the
 busy places, this week's posts and shifts) is read from SQLite once, not every batch."""
+RECENT_EVENTS = 8_192  # folded events kept for lookups by hash (up to twice as many)
+LOAD_CHUNK = 500  # entities per state query (SQLite allows 32,766 parameters)
 ENTITY_COLUMN = "_entity"
 
-_INTERNAL = """
-CREATE TABLE IF NOT EXISTS proj_meta (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS proj_state (
+_INTERNAL: tuple[tuple[str, str], ...] = (
+    ("proj_meta", "CREATE TABLE IF NOT EXISTS proj_meta ("
+                  "name TEXT PRIMARY KEY, version INTEGER NOT NULL)"),
+    ("proj_state", """CREATE TABLE IF NOT EXISTS proj_state (
     entity TEXT PRIMARY KEY, last BLOB NOT NULL, state BLOB NOT NULL,
     tables TEXT NOT NULL           -- the projection tables holding its rows
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS proj_index (
+) WITHOUT ROWID"""),
+    ("proj_index", """CREATE TABLE IF NOT EXISTS proj_index (
     entity TEXT NOT NULL, hlc INTEGER NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (entity, hlc, author, seq)
-) WITHOUT ROWID
-"""
+) WITHOUT ROWID"""),
+)
+"""The runner's own tables, (name, statement)."""
 
 
 def all_projections() -> tuple[Projection, ...]:
@@ -168,45 +170,45 @@ class Runner:
         Why: ``setup`` needs SQLite's write lock, and every ``potluck`` command opens the
         log; beside a ``potluck serve`` busy with a large sync, taking that lock just to
         find the tables already there made a read like ``potluck board`` wait."""
-        names = {row[0] for row in db.execute(
+        present = {row[0] for row in db.execute(
             "SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
-        wanted = {"proj_meta", "proj_state", "proj_index"}
-        for projection in self.projections:
-            for table in projection.TABLES:
-                wanted |= {table.name, f"{table.name}_by_entity"}
-        if not wanted <= names:
-            return False
-        versions = dict(db.execute("SELECT name, version FROM proj_meta").fetchall())
-        if any(versions.get(p.NAME) != p.VERSION for p in self.projections):
+        if any(name not in present for name, _ in self._schema()) or self._stale(db):
             return False
         self._forks = fork_points(db)
         return True
 
     def setup(self, db: sqlite3.Connection) -> bool:
         """Create missing tables; return True when a projection's version changed."""
-        for statement in _INTERNAL.split(";"):
+        for _, statement in self._schema():
             db.execute(statement)
         self._forks = fork_points(db)
-        stale = False
+        return self._stale(db)
+
+    def _schema(self) -> list[tuple[str, str]]:
+        """(name, statement) of every table and index the runner keeps, its own first."""
+        schema = list(_INTERNAL)
         for projection in self.projections:
-            row = db.execute("SELECT version FROM proj_meta WHERE name = ?",
-                             (projection.NAME,)).fetchone()
-            if row is None or row[0] != projection.VERSION:
-                stale = True
             for table in projection.TABLES:
                 columns = ", ".join(f'"{name}" {kind}' for name, kind in table.columns)
                 key = ", ".join(f'"{k}"' for k in table.key)
-                db.execute(f'CREATE TABLE IF NOT EXISTS "{table.name}" ('
-                           f'{ENTITY_COLUMN} TEXT NOT NULL, {columns}, PRIMARY KEY ({key}))')
-                db.execute(f'CREATE INDEX IF NOT EXISTS "{table.name}_by_entity" '
-                           f'ON "{table.name}" ({ENTITY_COLUMN})')
-        return stale
+                schema.append((table.name, f'CREATE TABLE IF NOT EXISTS "{table.name}" ('
+                               f'{ENTITY_COLUMN} TEXT NOT NULL, {columns}, '
+                               f'PRIMARY KEY ({key}))'))
+                index = f"{table.name}_by_entity"
+                schema.append((index, f'CREATE INDEX IF NOT EXISTS "{index}" '
+                               f'ON "{table.name}" ({ENTITY_COLUMN})'))
+        return schema
+
+    def _stale(self, db: sqlite3.Connection) -> bool:
+        """True when a projection's rows were folded by another version of it."""
+        versions = dict(db.execute("SELECT name, version FROM proj_meta").fetchall())
+        return any(versions.get(p.NAME) != p.VERSION for p in self.projections)
 
     def _drop(self, db: sqlite3.Connection) -> None:
         for projection in self.projections:
             for table in projection.TABLES:
                 db.execute(f'DROP TABLE IF EXISTS "{table.name}"')
-        for name in ("proj_meta", "proj_state", "proj_index"):
+        for name, _ in _INTERNAL:
             db.execute(f"DROP TABLE IF EXISTS {name}")
 
     # -- folding -------------------------------------------------------------------
@@ -281,7 +283,7 @@ class Runner:
             missing &= states.on_disk
         loaded = _load_states(db, projection, missing) if missing else {}
         for event, entities in touched:
-            key = (event.hlc, event.author, event.seq)
+            key: Key = _KEY_OF(event)
             for entity in entities:
                 index.append((entity, *key))
                 if entity in late:
@@ -367,11 +369,6 @@ def _cyclic_gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def fork_points(db: sqlite3.Connection) -> dict[bytes, int]:
-    """author -> the first seq at which they equivocated."""
-    return dict(db.execute("SELECT author, min(seq) FROM forks GROUP BY author").fetchall())
 
 
 def _pack(value: object) -> bytes:
