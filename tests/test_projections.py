@@ -103,6 +103,14 @@ async def one(node: Node, table: str, **where: object) -> Row:
     return rows[0]
 
 
+async def assert_rice_everywhere(nodes: Sequence[Node], on_hand: int, flags: str) -> None:
+    """Every node shows rice at the pantry so, and its rows equal a rebuild."""
+    for node in nodes:
+        row = await one(node, "inventory", item="rice", location="pantry")
+        assert (row["on_hand"], row["flags"]) == (on_hand, flags)
+        await assert_rebuild_agrees(node)
+
+
 async def claims_of(node: Node, target: Envelope) -> dict[bytes, Row]:
     return {r["id"]: r for r in await node.rows("board_claims")  # type: ignore[misc]
             if r["target"] == target.hash}
@@ -422,10 +430,7 @@ async def test_a_late_delta_that_sorts_before_the_count_is_still_added_with_a_re
     delta = await bo.does("stock.adjusted", **adjust("rice", "pantry", 4))
     assert delta.key < count.key  # Bo's delta re-folds Ann's row when it arrives
     await world.meet(ann.node, bo.node)
-    for node in (ann.node, bo.node):
-        row = await one(node, "inventory", item="rice", location="pantry")
-        assert (row["on_hand"], row["flags"]) == (14, "recount")
-        await assert_rebuild_agrees(node)
+    await assert_rice_everywhere([ann.node, bo.node], 14, "recount")
 
 
 async def test_two_counts_made_apart_flag_a_recount(world: World) -> None:
@@ -451,11 +456,8 @@ async def test_a_second_count_by_the_same_counter_keeps_the_concurrent_delta(
     await ann.does("stock.counted", item="rice", location="pantry", count=10)
     await ann.does("stock.counted", item="rice", location="pantry", count=12)
     await world.meet(ann.node, bo.node)
-    for node in (ann.node, bo.node):
-        row = await one(node, "inventory", item="rice", location="pantry")
-        # docs: a delta the standing count had not seen is added and flags a recount
-        assert (row["on_hand"], row["flags"]) == (16, "recount")
-        await assert_rebuild_agrees(node)
+    # docs: a delta the standing count had not seen is added and flags a recount
+    await assert_rice_everywhere([ann.node, bo.node], 16, "recount")
 
 
 async def test_a_count_that_saw_the_last_count_but_not_the_delta_still_adds_it(
@@ -469,10 +471,7 @@ async def test_a_count_that_saw_the_last_count_but_not_the_delta_still_adds_it(
     await world.meet(ann.node, cy.node)  # Cy sees Ann's count, not Bo's delta
     await cy.does("stock.counted", item="rice", location="pantry", count=12)
     await world.meet(ann.node, bo.node, cy.node)
-    for node in (ann.node, bo.node, cy.node):
-        row = await one(node, "inventory", item="rice", location="pantry")
-        assert (row["on_hand"], row["flags"]) == (16, "recount")
-        await assert_rebuild_agrees(node)
+    await assert_rice_everywhere([ann.node, bo.node, cy.node], 16, "recount")
 
 
 async def test_a_delta_inside_one_count_is_added_to_a_concurrent_count_that_wins(
@@ -487,11 +486,8 @@ async def test_a_delta_inside_one_count_is_added_to_a_concurrent_count_that_wins
     cys = await cy.does("stock.counted", item="rice", location="pantry", count=7)
     assert cys.key > anns.key
     await world.meet(ann.node, bo.node, cy.node)
-    for node in (ann.node, bo.node, cy.node):
-        row = await one(node, "inventory", item="rice", location="pantry")
-        # Cy's count stands; the 4 inside Ann's count is not inside his.
-        assert (row["on_hand"], row["flags"]) == (11, "recount")
-        await assert_rebuild_agrees(node)
+    # Cy's count stands; the 4 inside Ann's count is not inside his.
+    await assert_rice_everywhere([ann.node, bo.node, cy.node], 11, "recount")
 
 
 async def test_a_count_that_saw_part_of_someones_deltas_adds_the_rest(world: World) -> None:
@@ -503,10 +499,7 @@ async def test_a_count_that_saw_part_of_someones_deltas_adds_the_rest(world: Wor
     await bo.does("stock.adjusted", **adjust("rice", "pantry", 3))  # Ann has not seen it
     await ann.does("stock.counted", item="rice", location="pantry", count=10)
     await world.meet(ann.node, bo.node)
-    for node in (ann.node, bo.node):
-        row = await one(node, "inventory", item="rice", location="pantry")
-        assert (row["on_hand"], row["flags"]) == (13, "recount")
-        await assert_rebuild_agrees(node)
+    await assert_rice_everywhere([ann.node, bo.node], 13, "recount")
 
 
 async def test_two_concurrent_counts_with_their_own_deltas_then_a_count_that_saw_all(
@@ -522,21 +515,15 @@ async def test_two_concurrent_counts_with_their_own_deltas_then_a_count_that_saw
     await bo.does("stock.adjusted", **adjust("rice", "pantry", 5))
     assert bos.key > anns.key
     await world.meet(ann.node, bo.node)
-    for node in (ann.node, bo.node):
-        row = await one(node, "inventory", item="rice", location="pantry")
-        # Bo's count stands: + his later 5, + Ann's 2 and -1 he had not seen; his 3 is in it.
-        assert (row["on_hand"], row["flags"]) == (26, "recount")
-        await assert_rebuild_agrees(node)
+    # Bo's count stands: + his later 5, + Ann's 2 and -1 he had not seen; his 3 is in it.
+    await assert_rice_everywhere([ann.node, bo.node], 26, "recount")
 
     # Ann has now seen everything: her count settles it, and Bo's next delta adds to it.
     await ann.does("stock.counted", item="rice", location="pantry", count=25)
     await world.meet(ann.node, bo.node)
     await bo.does("stock.adjusted", **adjust("rice", "pantry", -4, "distribution"))
     await world.meet(ann.node, bo.node)
-    for node in (ann.node, bo.node):
-        row = await one(node, "inventory", item="rice", location="pantry")
-        assert (row["on_hand"], row["flags"]) == (21, "")
-        await assert_rebuild_agrees(node)
+    await assert_rice_everywhere([ann.node, bo.node], 21, "")
 
 
 async def test_adjusting_and_counting_in_turn_never_re_folds(
