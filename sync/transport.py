@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -447,6 +449,28 @@ def make_protocol(role: Role, key: SigningKey, store: Store) -> SyncProtocol:
                         group=store.group.id)
 
 
+def dial_problem(exc: BaseException) -> str:
+    """What went wrong when dialing, in words a volunteer can act on (also shown by
+    ``potluck peers`` and ``serve``), with the system's own message kept at the end."""
+    if isinstance(exc, ConnectionRefusedError):
+        hint = ("nothing is listening there: is 'potluck serve' running on that computer, "
+                "and is that its port?")
+    elif isinstance(exc, TimeoutError):
+        hint = (f"no answer within {OPEN_TIMEOUT:.0f} s: check the address, and that both "
+                "computers are on the same network")
+    elif isinstance(exc, socket.gaierror):
+        hint = "that host name is not known here: use the other computer's IP address"
+    elif isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        hint = "this computer has no route to it: check the address and the Wi-Fi"
+    elif isinstance(exc, InvalidHandshake):
+        hint = "something answered there, but not a Potluck node: check the port"
+    elif isinstance(exc, InvalidURI):
+        return "that is not an address HOST:PORT"
+    else:
+        return str(exc) or type(exc).__name__
+    return f"{hint} ({exc})" if str(exc) else hint
+
+
 async def connect_session(
     address: str, key: SigningKey, store: Store, *, one_shot: bool = False,
     on_stored: Callable[[Session, Sequence[Envelope]], None] | None = None,
@@ -461,7 +485,7 @@ async def connect_session(
                            open_timeout=OPEN_TIMEOUT, close_timeout=CLOSE_TIMEOUT,
                            ping_interval=20, ping_timeout=20)
     except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-        raise DialError(f"cannot reach {address}: {exc}") from None
+        raise DialError(f"cannot reach {address}: {dial_problem(exc)}") from None
     return Session(ws, make_protocol(Role.INITIATOR, key, store), store, address=address,
                    one_shot=one_shot, on_stored=on_stored, on_forked=on_forked,
                    limits=limits)

@@ -9,14 +9,18 @@ a role, an offer with a confirmed claim and a shift.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from sync.transport import dial_problem
 
 POTLUCK = [sys.executable, "-c", "from node.cli import main; main()"]
 TIMEOUT = 60
@@ -186,3 +190,27 @@ def test_init_where_the_data_dir_cannot_be_made_gives_one_line(tmp_path: Path) -
     blocker.write_text("not a directory")
     proc = potluck(blocker / "node", "init", "--name", "Ana", "--new-group", "Eastside")
     assert_one_line_error(proc, str(blocker / "node"))
+
+
+def test_sync_with_nothing_listening_says_what_to_check_and_changes_nothing(
+        node: Node) -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago: nobody listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = potluck(node.dir, "sync", f"127.0.0.1:{port}")
+    assert_one_line_error(proc, "is 'potluck serve' running on that computer")
+    assert state(node.dir) == node.before
+
+
+@pytest.mark.parametrize(("problem", "words"), [
+    (ConnectionRefusedError(111, "Connect call failed"), "nothing is listening there"),
+    (TimeoutError(), "no answer within"),
+    (socket.gaierror(-2, "Name or service not known"), "use the other computer's IP"),
+    (OSError(errno.EHOSTUNREACH, "No route to host"), "no route to it"),
+    (OSError(errno.EACCES, "Permission denied"), "Permission denied"),
+])
+def test_a_failed_dial_is_told_in_words_to_act_on(problem: OSError, words: str) -> None:
+    said = dial_problem(problem)
+    assert words in said
+    if str(problem):
+        assert str(problem) in said  # the system's own words stay, for whoever helps
