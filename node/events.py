@@ -252,7 +252,9 @@ def _insert_sig(signed: bytes, entries: int, type_: str, sig: bytes) -> bytes:
 
 
 def _with_sig(signed_fields: dict[str, object], sig: bytes) -> dict[str, object]:
-    """The full map: ``sig`` sorts between ``seq`` and ``type``."""
+    """The full map: ``sig`` sorts between ``seq`` and ``type``. ``create`` splices the
+    bytes instead (``_insert_sig``); tests pack this map to check the splice and to
+    forge events."""
     full: dict[str, object] = {}
     for name, value in signed_fields.items():
         if name == "type":
