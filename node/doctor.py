@@ -778,8 +778,7 @@ class _Doctor:
         runner = Runner()
         stale = False
         if before is not None:
-            versions = dict(self.db.execute("SELECT name, version FROM proj_meta"))
-            stale = any(versions.get(p.NAME) != p.VERSION for p in runner.projections)
+            stale = runner.stale(self.db)
         runner.setup(self.db)
         self.projections_rebuilt = runner.rebuild(self.db)
         after = (runner.digest(self.db), _internal_hash(self.db))
@@ -852,9 +851,15 @@ def _check_joined(group: Group, env: Envelope) -> None:
 
 
 def _internal_hash(db: sqlite3.Connection) -> str:
+    """The runner's fold states and index, by entity name: the numbers entities get
+    differ between a live fold and a rebuild, and mean nothing outside this node."""
     h = hashlib.blake2b(digest_size=32)
-    for table, order in (("proj_state", "entity"), ("proj_index", "entity, hlc, author, seq")):
-        for row in db.execute(f"SELECT * FROM {table} ORDER BY {order}"):
+    for query in (
+            "SELECT e.name, s.last, s.state, s.tables FROM proj_state s "
+            "JOIN proj_entities e ON e.id = s.entity ORDER BY e.name",
+            "SELECT e.name, i.hlc, i.author, i.seq FROM proj_index i "
+            "JOIN proj_entities e ON e.id = i.entity ORDER BY e.name, i.hlc, i.author, i.seq"):
+        for row in db.execute(query):
             h.update(msgpack.packb(list(row), use_bin_type=True))
     return h.hexdigest()
 
@@ -944,7 +949,7 @@ def _summarise(lines: Sequence[str]) -> list[str]:
 # -- salvage -----------------------------------------------------------------------
 
 _CORE_TABLES = {"meta", "events", "heads", "seen", "pending", "forks", "quarantine",
-                "proj_meta", "proj_state", "proj_index"}
+                "proj_meta", "proj_entities", "proj_state", "proj_index"}
 _EVENT_START = b"\xa6author\xc4\x20"
 """An event's wire bytes: a map of 9 or 10 keys whose first key is "author" (bin 32)."""
 

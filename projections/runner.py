@@ -50,16 +50,26 @@ ENTITY_COLUMN = "_entity"
 _INTERNAL: tuple[tuple[str, str], ...] = (
     ("proj_meta", "CREATE TABLE IF NOT EXISTS proj_meta ("
                   "name TEXT PRIMARY KEY, version INTEGER NOT NULL)"),
+    ("proj_entities", """CREATE TABLE IF NOT EXISTS proj_entities (
+    id INTEGER PRIMARY KEY,        -- this node's number for it, in order of first fold
+    name TEXT NOT NULL UNIQUE      -- the projection's name: 'board:<hash>', 'stock:...'
+)"""),
     ("proj_state", """CREATE TABLE IF NOT EXISTS proj_state (
-    entity TEXT PRIMARY KEY, last BLOB NOT NULL, state BLOB NOT NULL,
+    entity INTEGER PRIMARY KEY, last BLOB NOT NULL, state BLOB NOT NULL,
     tables TEXT NOT NULL           -- the projection tables holding its rows
-) WITHOUT ROWID"""),
+)"""),
     ("proj_index", """CREATE TABLE IF NOT EXISTS proj_index (
-    entity TEXT NOT NULL, hlc INTEGER NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL,
+    entity INTEGER NOT NULL, hlc INTEGER NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (entity, hlc, author, seq)
 ) WITHOUT ROWID"""),
 )
 """The runner's own tables, (name, statement)."""
+
+LAYOUT = 2
+"""Version of the runner's own layout, kept in proj_meta under ``LAYOUT_KEY``; a node
+that finds another rebuilds. 2: entities are numbered (``proj_entities``), so the states,
+index and rows of entities folded together sit together on disk (decision 0010)."""
+LAYOUT_KEY = "(runner)"
 
 
 def all_projections() -> tuple[Projection, ...]:
@@ -172,7 +182,7 @@ class Runner:
         find the tables already there made a read like ``potluck board`` wait."""
         present = {row[0] for row in db.execute(
             "SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
-        if any(name not in present for name, _ in self._schema()) or self._stale(db):
+        if any(name not in present for name, _ in self._schema()) or self.stale(db):
             return False
         self._forks = fork_points(db)
         return True
@@ -182,7 +192,7 @@ class Runner:
         for _, statement in self._schema():
             db.execute(statement)
         self._forks = fork_points(db)
-        return self._stale(db)
+        return self.stale(db)
 
     def _schema(self) -> list[tuple[str, str]]:
         """(name, statement) of every table and index the runner keeps, its own first."""
@@ -192,17 +202,19 @@ class Runner:
                 columns = ", ".join(f'"{name}" {kind}' for name, kind in table.columns)
                 key = ", ".join(f'"{k}"' for k in table.key)
                 schema.append((table.name, f'CREATE TABLE IF NOT EXISTS "{table.name}" ('
-                               f'{ENTITY_COLUMN} TEXT NOT NULL, {columns}, '
+                               f'{ENTITY_COLUMN} INTEGER NOT NULL, {columns}, '
                                f'PRIMARY KEY ({key}))'))
                 index = f"{table.name}_by_entity"
                 schema.append((index, f'CREATE INDEX IF NOT EXISTS "{index}" '
                                f'ON "{table.name}" ({ENTITY_COLUMN})'))
         return schema
 
-    def _stale(self, db: sqlite3.Connection) -> bool:
-        """True when a projection's rows were folded by another version of it."""
+    def stale(self, db: sqlite3.Connection) -> bool:
+        """True when a projection's rows were folded by another version of it, or the
+        runner's tables are of another layout."""
         versions = dict(db.execute("SELECT name, version FROM proj_meta").fetchall())
-        return any(versions.get(p.NAME) != p.VERSION for p in self.projections)
+        return versions.get(LAYOUT_KEY) != LAYOUT or any(
+            versions.get(p.NAME) != p.VERSION for p in self.projections)
 
     def _drop(self, db: sqlite3.Connection) -> None:
         for projection in self.projections:
@@ -274,7 +286,7 @@ class Runner:
     ) -> None:
         """Fold ``ordered`` (events of the projection's types) into the states."""
         late: set[str] = set()
-        index: list[tuple[str, int, bytes, int]] = []
+        index: list[tuple[int, int, bytes, int]] = []
         entities_of, apply = projection.entities, projection.apply
         touched = [(event, tuple(entities_of(event, lookup))) for event in ordered]
         missing = {entity for _, entities in touched for entity in entities
@@ -282,18 +294,20 @@ class Runner:
         if states.on_disk is not None:  # a rebuild: only what it wrote itself can exist
             missing &= states.on_disk
         loaded = _load_states(db, projection, missing) if missing else {}
+        numbers = _Numbering(db)
         for event, entities in touched:
             key: Key = _KEY_OF(event)
             for entity in entities:
-                index.append((entity, *key))
-                if entity in late:
-                    continue
                 cached = states.get(entity)
                 if cached is None:
-                    cached = loaded.pop(entity, None) or _Cached(projection, None, None, ())
+                    cached = loaded.pop(entity, None) or _Cached(
+                        projection, numbers.new(entity), None, None, ())
                     states[entity] = cached
                 else:
                     states.move_to_end(entity)  # most recently used last
+                index.append((cached.id, *key))
+                if entity in late:
+                    continue
                 if cached.last is not None and key <= cached.last:
                     late.add(entity)
                     continue
@@ -304,10 +318,11 @@ class Runner:
                 cached.state, cached.last, cached.dirty = new, key, True
         if not index:
             return
+        numbers.save()
         db.executemany("INSERT OR IGNORE INTO proj_index VALUES (?, ?, ?, ?)", index)
         for entity in late:
-            history = [e for e in _entity_events(db, entity) if self._kept(e)]
             cached = states[entity]
+            history = [e for e in _entity_events(db, cached.id) if self._kept(e)]
             cached.state = projection.fold(entity, history, causality)
             cached.last = history[-1].key if history else None
             cached.dirty = True
@@ -341,7 +356,7 @@ class Runner:
 
     def mark_current(self, db: sqlite3.Connection) -> None:
         db.executemany("INSERT OR REPLACE INTO proj_meta VALUES (?, ?)",
-                       [(p.NAME, p.VERSION) for p in self.projections])
+                       [(LAYOUT_KEY, LAYOUT), *((p.NAME, p.VERSION) for p in self.projections)])
 
     def digest(self, db: sqlite3.Connection) -> str:
         """BLAKE2b-256 over every projection row in canonical order, as hex."""
@@ -376,14 +391,46 @@ def _pack(value: object) -> bytes:
     return packed
 
 
+class _Numbering:
+    """Numbers for entities seen for the first time, saved in ``proj_entities``.
+
+    Why numbers: entity names are mostly event hashes, random, and keying the states,
+    the index and the rows by them put each entity a batch touched on a page of its
+    own, so a commit wrote about 2.4 pages an event. Numbered in order of first fold,
+    the posts, claims and shifts people are busy with sit together at the end of each
+    table. Read from the table each time, so another process's numbers or a rolled
+    back transaction cannot leave a stale counter behind."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._next: int | None = None
+        self._new: list[tuple[int, str]] = []
+
+    def new(self, name: str) -> int:
+        if self._next is None:
+            self._next = self._db.execute(
+                "SELECT coalesce(max(id), 0) + 1 FROM proj_entities").fetchone()[0]
+            assert self._next is not None
+        number = self._next
+        self._next += 1
+        self._new.append((number, name))
+        return number
+
+    def save(self) -> None:
+        if self._new:
+            self._db.executemany("INSERT INTO proj_entities VALUES (?, ?)", self._new)
+            self._new = []
+
+
 class _Cached:
     """One entity's fold state between the batch that loads it and the write."""
 
-    __slots__ = ("dirty", "last", "projection", "state", "tables")
+    __slots__ = ("dirty", "id", "last", "projection", "state", "tables")
 
-    def __init__(self, projection: Projection, state: State | None, last: Key | None,
-                 tables: tuple[str, ...]) -> None:
+    def __init__(self, projection: Projection, id_: int, state: State | None,
+                 last: Key | None, tables: tuple[str, ...]) -> None:
         self.projection = projection
+        self.id = id_  # its number in proj_entities
         self.state = state
         self.last = last
         self.tables = tables  # tables holding its rows now: the only ones to clear
@@ -404,49 +451,53 @@ class _StateCache(OrderedDict[str, _Cached]):
 def _load_states(
     db: sqlite3.Connection, projection: Projection, entities: Iterable[str]
 ) -> dict[str, _Cached]:
-    """The stored states of ``entities`` (those that have one), a few queries for a
-    whole batch: most entities a batch touches first are new, and asking for each one
-    alone was a sixth of the statements of a sync."""
+    """The numbers and stored states of ``entities`` (those that have a number), a few
+    queries for a whole batch: most entities a batch touches first are new, and asking
+    for each one alone was a sixth of the statements of a sync."""
     wanted = list(entities)
     found: dict[str, _Cached] = {}
     for start in range(0, len(wanted), LOAD_CHUNK):
         part = wanted[start:start + LOAD_CHUNK]
         marks = ",".join("?" * len(part))
-        for entity, last, state, tables in db.execute(
-                f"SELECT entity, last, state, tables FROM proj_state WHERE entity IN ({marks})",
-                part):
+        for name, id_, last, state, tables in db.execute(
+                "SELECT e.name, e.id, s.last, s.state, s.tables FROM proj_entities e "
+                f"LEFT JOIN proj_state s ON s.entity = e.id WHERE e.name IN ({marks})", part):
+            if last is None:  # numbered, but its events left the projections (a fork)
+                found[name] = _Cached(projection, id_, None, None, ())
+                continue
             hlc, author, seq = msgpack.unpackb(last, raw=False)
-            found[entity] = _Cached(projection, msgpack.unpackb(state, raw=False),
-                                    (hlc, author, seq), tuple(t for t in tables.split(",") if t))
+            found[name] = _Cached(projection, id_, msgpack.unpackb(state, raw=False),
+                                  (hlc, author, seq), tuple(t for t in tables.split(",") if t))
     return found
 
 
 def _write_all(db: sqlite3.Connection, dirty: Sequence[tuple[str, _Cached]]) -> None:
     """Replace the rows and save the states of ``dirty`` entities, in the caller's
     transaction, with one statement per table rather than per entity."""
-    deletes: dict[str, list[tuple[str]]] = {}
+    deletes: dict[str, list[tuple[int]]] = {}
     inserts: dict[str, list[tuple[object, ...]]] = {}
-    saved: list[tuple[str, bytes, bytes, str]] = []
-    dropped: list[tuple[str]] = []
+    saved: list[tuple[int, bytes, bytes, str]] = []
+    dropped: list[tuple[int]] = []
     for entity, cached in dirty:
         cached.dirty = False
+        number = cached.id
         if cached.state is None or cached.last is None:
             for table_name in cached.tables:
-                deletes.setdefault(table_name, []).append((entity,))
-            dropped.append((entity,))
+                deletes.setdefault(table_name, []).append((number,))
+            dropped.append((number,))
             cached.tables = ()
             continue
         written = []
         for table_name, rows in cached.projection.rows(entity, cached.state).items():
             if rows:
-                inserts.setdefault(table_name, []).extend((entity, *row) for row in rows)
+                inserts.setdefault(table_name, []).extend((number, *row) for row in rows)
                 written.append(table_name)
         for table_name in cached.tables:
             # a table of one row per entity is overwritten by its REPLACE below
             if table_name not in _ONE_ROW or table_name not in written:
-                deletes.setdefault(table_name, []).append((entity,))
+                deletes.setdefault(table_name, []).append((number,))
         cached.tables = tuple(written)
-        saved.append((entity, _pack(list(cached.last)), _pack(cached.state), ",".join(written)))
+        saved.append((number, _pack(list(cached.last)), _pack(cached.state), ",".join(written)))
     for table_name, keys in deletes.items():
         db.executemany(f'DELETE FROM "{table_name}" WHERE {ENTITY_COLUMN} = ?', keys)
     for table_name, rows in inserts.items():
@@ -457,7 +508,7 @@ def _write_all(db: sqlite3.Connection, dirty: Sequence[tuple[str, _Cached]]) -> 
     db.executemany("DELETE FROM proj_state WHERE entity = ?", dropped)
 
 
-def _entity_events(db: sqlite3.Connection, entity: str) -> Iterator[Event]:
+def _entity_events(db: sqlite3.Connection, entity: int) -> Iterator[Event]:
     rows = db.execute(
         "SELECT e.raw, e.hash FROM proj_index i JOIN events e "
         "ON e.author = i.author AND e.seq = i.seq WHERE i.entity = ? "

@@ -128,13 +128,17 @@ class Node:
         return await self.store.read(query)
 
     async def dump(self) -> dict[str, list[tuple[object, ...]]]:
-        """Every projection table, rows sorted: equal dumps mean equal projections."""
+        """Every projection table, rows sorted: equal dumps mean equal projections.
+
+        The hidden entity column holds this node's number for the entity, so it is
+        shown as the entity's name, which every node and a rebuild agree on."""
 
         def query(db: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
+            names = dict(db.execute("SELECT id, name FROM proj_entities"))
             out = {}
             for table in TABLES:
                 rows = db.execute(f'SELECT * FROM "{table}"').fetchall()
-                out[table] = sorted((tuple(row) for row in rows), key=repr)
+                out[table] = sorted(((names[row[0]], *row[1:]) for row in rows), key=repr)
             return out
 
         return await self.store.read(query)
