@@ -561,10 +561,13 @@ class Store:
         """
         def read(db: sqlite3.Connection) -> tuple[int, list[tuple[bytes, int, bytes]]]:
             if len(wants) <= MAX_AUTHOR_FILTER:
+                # "+author": without it SQLite took every event of those authors through
+                # the (author, seq) index and sorted them by id for each slice: 20-37 ms
+                # a slice of a 200,000-event log instead of 2-3 ms along the ids
                 marks = ",".join("?" * len(wants))
                 rows = db.execute(
                     f"SELECT id, author, seq, raw FROM events WHERE id > ? "
-                    f"AND author IN ({marks}) ORDER BY id LIMIT ?",
+                    f"AND +author IN ({marks}) ORDER BY id LIMIT ?",
                     (after_id, *wants, limit)).fetchall()
             else:
                 rows = db.execute("SELECT id, author, seq, raw FROM events WHERE id > ? "
