@@ -96,7 +96,7 @@ class Node:
         except BaseException:
             await store.close()
             raise
-        store.add_hook(runner, runner.rolled_back)
+        runner.attach(store)
         return cls(data_dir, key, store, runner)
 
     @classmethod

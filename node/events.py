@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias, cast
+from typing import NamedTuple, TypeAlias, cast
 
 import msgpack
 from nacl.bindings import crypto_sign, crypto_sign_seed_keypair
@@ -206,6 +206,67 @@ def _signed_fields(
     return fields
 
 
+class Unsigned(NamedTuple):
+    """One of this node's new events before signing: every field but prev and sig,
+    already checked and canonical (``unsigned``). prev is the hash of the signed event
+    before it, so it is only known while signing the run in order (``seal_run``)."""
+
+    seq: int
+    hlc: int
+    type: str
+    body: Body
+    deps: tuple[bytes, ...]
+    parsed: object = None
+
+
+def unsigned(seq: int, hlc: int, type_: str, body: Mapping[str, object],
+             deps: Sequence[bytes] = (), parsed: object = None) -> Unsigned:
+    """Check and canonicalise a new event's fields. ``parsed`` is carried along for
+    this node's projections, never encoded."""
+    if not (0 < seq < MAX_INT):
+        raise MalformedEvent(f"seq: {seq!r} is not an integer in 1..2^63-1")
+    if not (0 < hlc < MAX_INT):
+        raise MalformedEvent(f"hlc: {hlc!r} is not an integer in 1..2^63-1")
+    body_c = cast(Body, dict(body))
+    if not _is_canonical_order(body_c):  # a typed body's map usually is already
+        body_c = cast(Body, canonical(body_c))
+    return Unsigned(seq, hlc, type_, body_c, tuple(sorted(set(deps))), parsed)
+
+
+def seal(key: SigningKey, group: bytes, prev: bytes | None, event: Unsigned
+         ) -> tuple[bytes, bytes]:
+    """(sig, wire bytes) of ``event`` after ``prev``: the one place events are signed,
+    here and in the signing process (node/signer.py), so both give the same bytes."""
+    fields = _signed_fields(ENVELOPE_VERSION, group, bytes(key.verify_key), event.seq, prev,
+                            event.deps, event.hlc, event.type, event.body)
+    signed = _packb(fields)
+    sig = sign_bytes(key, signed)
+    raw = _insert_sig(signed, len(fields), event.type, sig)
+    if len(raw) > MAX_EVENT_BYTES:
+        raise OversizedEvent(f"event is {len(raw)} bytes, limit {MAX_EVENT_BYTES}")
+    return sig, raw
+
+
+def sealed(group: bytes, author: bytes, prev: bytes | None, event: Unsigned, sig: bytes,
+           raw: bytes) -> Envelope:
+    """The Envelope of ``event`` signed as ``sig`` and ``raw`` (by ``seal``)."""
+    return _envelope(group, author, event.seq, prev, event.deps, event.hlc, event.type,
+                     event.body, sig, raw, blake2b256(raw), event.parsed)
+
+
+def seal_run(key: SigningKey, group: bytes, prev: bytes | None,
+             run: Iterable[Unsigned]) -> list[Envelope]:
+    """Sign ``run``, consecutive events of ``key``'s author after ``prev``, in order."""
+    author = bytes(key.verify_key)
+    out: list[Envelope] = []
+    for event in run:
+        sig, raw = seal(key, group, prev, event)
+        env = sealed(group, author, prev, event, sig, raw)
+        out.append(env)
+        prev = env.hash
+    return out
+
+
 def create(
     key: SigningKey, *, group: bytes, seq: int, prev: bytes | None,
     deps: Sequence[bytes], hlc: int, type: str, body: Mapping[str, object],
@@ -214,26 +275,9 @@ def create(
     """Sign a new event. The caller (the node) picks seq, prev, deps and hlc.
 
     The body is canonicalised here; a peer's ``decode(raw)`` gives an equal value.
-    ``parsed`` is carried along for this node's projections, never encoded.
     """
-    if not (0 < seq < MAX_INT):
-        raise MalformedEvent(f"seq: {seq!r} is not an integer in 1..2^63-1")
-    if not (0 < hlc < MAX_INT):
-        raise MalformedEvent(f"hlc: {hlc!r} is not an integer in 1..2^63-1")
-    author = bytes(key.verify_key)
-    body_c = cast(Body, dict(body))
-    if not _is_canonical_order(body_c):  # a typed body's map usually is already
-        body_c = cast(Body, canonical(body_c))
-    deps_c = tuple(sorted(set(deps)))
-    fields = _signed_fields(ENVELOPE_VERSION, group, author, seq, prev, deps_c, hlc, type,
-                            body_c)
-    signed = _packb(fields)
-    sig = sign_bytes(key, signed)
-    raw = _insert_sig(signed, len(fields), type, sig)
-    if len(raw) > MAX_EVENT_BYTES:
-        raise OversizedEvent(f"event is {len(raw)} bytes, limit {MAX_EVENT_BYTES}")
-    return _envelope(group, author, seq, prev, deps_c, hlc, type, body_c, sig, raw,
-                     blake2b256(raw), parsed)
+    [env] = seal_run(key, group, prev, [unsigned(seq, hlc, type, body, deps, parsed)])
+    return env
 
 
 _SIG_ENTRY = b"\xa3sig\xc4\x40"  # "sig" then the header of 64 bytes of bin 8

@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -35,6 +35,7 @@ import aiosqlite
 from nacl.signing import SigningKey
 
 from node import events
+from node import signer as signer_module
 from node.body import BaseBody, references
 from node.clock import HybridClock, system_ms, wall_ms
 from node.errors import (
@@ -143,7 +144,9 @@ class Store:
         self.now_ms = now_ms
         self._hooks: list[ProjectionHook] = []
         self._on_rollback: list[Callable[[], None]] = []
+        self._before_commit: list[Callable[[sqlite3.Connection], None]] = []
         self._listeners: list[Callable[[], None]] = []
+        self._signer: signer_module.Signer | None = None
         self.clock = HybridClock(now_ms)
 
     @classmethod
@@ -225,16 +228,26 @@ class Store:
         return rows.get("schema") == SCHEMA_VERSION and rows.get("group") == self.group.id
 
     async def close(self) -> None:
+        if self._signer is not None:
+            self._signer.close()
+            self._signer = None
         await self._conn.close()
 
     def add_hook(self, hook: ProjectionHook,
-                 on_rollback: Callable[[], None] | None = None) -> None:
+                 on_rollback: Callable[[], None] | None = None,
+                 before_commit: Callable[[sqlite3.Connection], None] | None = None) -> None:
         """Run ``hook`` inside every transaction that adds events to the log, and
         ``on_rollback`` (on the database thread) when such a transaction is undone, so
-        a hook that keeps state in memory can drop what never reached the disk."""
+        a hook that keeps state in memory can drop what never reached the disk.
+
+        ``before_commit`` runs at the end of every write transaction, before its
+        COMMIT: a hook called several times in one transaction (an append stores and
+        folds its events chunk by chunk) can write what it folded once, there."""
         self._hooks.append(hook)
         if on_rollback is not None:
             self._on_rollback.append(on_rollback)
+        if before_commit is not None:
+            self._before_commit.append(before_commit)
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the event loop) after each commit that added events.
@@ -264,6 +277,8 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(db)
+                for finish in self._before_commit:
+                    finish(db)
                 db.execute("COMMIT")
             except BaseException:
                 for listener in self._on_rollback:
@@ -327,33 +342,49 @@ class Store:
                 deps.append(other_head.hash)
                 dep_hlcs.append(other_head.hlc)
         deps = deps[: events.MAX_DEPS]
-        written: list[Envelope] = []
-        prev = head
+        run: list[events.Unsigned] = []
+        seq, hlc = (head.seq, head.hlc) if head else (0, 0)
         for draft in drafts:
             body: Mapping[str, object]
             if isinstance(draft, BaseBody):
                 type_, body, parsed = draft.TYPE, draft.to_body(), draft
             else:
                 (type_, body), parsed = draft, None
-            hlc = self.clock.tick(prev.hlc if prev else 0, *dep_hlcs)
-            envelope = events.create(
-                key, group=self.group.id, seq=prev.seq + 1 if prev else 1,
-                prev=prev.hash if prev else None, deps=deps, hlc=hlc, type=type_,
-                body=body, parsed=parsed,
-            )
-            written.append(envelope)
-            prev = Head(envelope.seq, envelope.hash, envelope.hlc)
+            seq, hlc = seq + 1, self.clock.tick(hlc, *dep_hlcs)
+            run.append(events.unsigned(seq, hlc, type_, body, deps, parsed))
             deps, dep_hlcs = [], []
-        if not written:
-            return written
-        # Signing stays on this thread: a signer thread beside it made every SQLite
-        # call wait for the GIL, and the inserts ran 8x slower (docs/performance.md).
-        if written[0].seq == 1:
-            _check_first(self.group, written[0])
-        _check_named(db, written)
-        self._insert_many(db, written, heads)
-        self._run_hooks(db, written)
+        written: list[Envelope] = []
+        for chunk in self._signed(key, head.hash if head else None, run):
+            # stored and folded chunk by chunk, while the signer signs the next
+            if chunk[0].seq == 1:
+                _check_first(self.group, chunk[0])
+            _check_named(db, chunk)
+            self._insert_many(db, chunk, heads)
+            self._run_hooks(db, chunk)
+            written.extend(chunk)
         return written
+
+    def _signed(self, key: SigningKey, prev: bytes | None,
+                run: Sequence[events.Unsigned]) -> Iterator[list[Envelope]]:
+        """``run`` signed in order after ``prev``, in chunks: by the signing process
+        (node/signer.py) for a long run once it is up, else here in one chunk."""
+        done = 0
+        signer = self._signer
+        if len(run) >= signer_module.MIN_RUN and signer_module.AVAILABLE:
+            if signer is None or not signer.alive or signer.key != key:
+                if signer is not None:
+                    signer.close()
+                signer = self._signer = signer_module.Signer(key)
+            if signer.ready():
+                try:
+                    for chunk in signer.sign(self.group.id, prev, run):
+                        done += len(chunk)
+                        prev = chunk[-1].hash
+                        yield chunk
+                except signer_module.SignerFailed:
+                    pass  # signed here from where it stopped; started again next time
+        if done < len(run):
+            yield events.seal_run(key, self.group.id, prev, run[done:])
 
     def first_event_body(self, name: str, author: bytes) -> dict[str, object]:
         """The body of ``member.joined`` with this author's membership proof."""

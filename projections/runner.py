@@ -31,10 +31,10 @@ import msgpack
 from node import body as b
 from node.errors import InvalidEvent, StorageError
 from node.events import Envelope
-from node.store import fork_points, hash_key
+from node.store import Store, fork_points, hash_key
 from projections.board import Board
 from projections.catalog import Catalog
-from projections.fold import Causality, Event, Key, Projection, State
+from projections.fold import Causality, Event, Key, Projection, State, Table
 from projections.inventory import Inventory
 from projections.roster import Roster
 
@@ -65,10 +65,11 @@ _INTERNAL: tuple[tuple[str, str], ...] = (
 )
 """The runner's own tables, (name, statement)."""
 
-LAYOUT = 2
+LAYOUT = 3
 """Version of the runner's own layout, kept in proj_meta under ``LAYOUT_KEY``; a node
 that finds another rebuilds. 2: entities are numbered (``proj_entities``), so the states,
-index and rows of entities folded together sit together on disk (decision 0010)."""
+index and rows of entities folded together sit together on disk (decision 0010).
+3: projection tables are clustered by entity number (WITHOUT ROWID)."""
 LAYOUT_KEY = "(runner)"
 
 
@@ -81,6 +82,25 @@ def all_projections() -> tuple[Projection, ...]:
 _ONE_ROW = frozenset(table.name for projection in all_projections()
                      for table in projection.TABLES if table.key == (table.entity_column,))
 """Tables whose key is the entity: an entity's new row replaces its old one in place."""
+
+
+def _insert_statement(table: Table) -> str:
+    """INSERT for rows of ``table``; in a table of one row per entity, an upsert that
+    changes the row in place (a REPLACE deleted and re-inserted it, in both indexes)."""
+    marks = ", ".join("?" * (len(table.columns) + 1))
+    statement = f'INSERT INTO "{table.name}" VALUES ({marks})'
+    if table.name not in _ONE_ROW:
+        return statement
+    target = ", ".join(f'"{k}"' for k in (ENTITY_COLUMN, *table.key))
+    changes = ", ".join(f'"{name}" = excluded."{name}"' for name, _ in table.columns
+                        if name not in table.key)
+    if not changes:
+        return f"{statement} ON CONFLICT ({target}) DO NOTHING"
+    return f"{statement} ON CONFLICT ({target}) DO UPDATE SET {changes}"
+
+
+_INSERTS = {table.name: _insert_statement(table) for projection in all_projections()
+            for table in projection.TABLES}
 
 
 def to_event(env: Envelope) -> Event | None:
@@ -166,6 +186,8 @@ class Runner:
         self._live = _StateCache()
         self._data_version: int | None = None
         self._recent = _RecentEvents()
+        self._attached = False  # folds write at before_commit (``attach``)
+        self._unwritten = False  # folded states in _live wait for before_commit
         self._by_type: dict[str, tuple[Projection, ...]] = {}
         for projection in self.projections:
             for type_ in projection.TYPES:
@@ -201,12 +223,15 @@ class Runner:
             for table in projection.TABLES:
                 columns = ", ".join(f'"{name}" {kind}' for name, kind in table.columns)
                 key = ", ".join(f'"{k}"' for k in table.key)
+                # Clustered by entity number, so an entity's rows are replaced where
+                # they sit, beside those of entities folded at the same time; the key
+                # (an event hash, a slug) is a second index, for the views' look-ups.
                 schema.append((table.name, f'CREATE TABLE IF NOT EXISTS "{table.name}" ('
                                f'{ENTITY_COLUMN} INTEGER NOT NULL, {columns}, '
-                               f'PRIMARY KEY ({key}))'))
-                index = f"{table.name}_by_entity"
-                schema.append((index, f'CREATE INDEX IF NOT EXISTS "{index}" '
-                               f'ON "{table.name}" ({ENTITY_COLUMN})'))
+                               f'PRIMARY KEY ({ENTITY_COLUMN}, {key})) WITHOUT ROWID'))
+                index = f"{table.name}_by_key"
+                schema.append((index, f'CREATE UNIQUE INDEX IF NOT EXISTS "{index}" '
+                               f'ON "{table.name}" ({key})'))
         return schema
 
     def stale(self, db: sqlite3.Connection) -> bool:
@@ -238,10 +263,28 @@ class Runner:
             self.rebuild(db)
             return
         parsed = [e for e in map(to_event, added) if e is not None]
-        self.apply(db, parsed)
+        self.apply(db, parsed, defer=self._attached)
+
+    def attach(self, store: Store) -> None:
+        """Fold every transaction of ``store`` that adds events, and write what each
+        changed once, just before it commits (``before_commit``)."""
+        store.add_hook(self, self.rolled_back, self.before_commit)
+        self._attached = True
+
+    def before_commit(self, db: sqlite3.Connection) -> None:
+        """Write the states and rows the transaction's folds changed; forget the least
+        recently used states beyond LIVE_CACHE_LIMIT."""
+        if not self._unwritten:
+            return
+        self._unwritten = False
+        states = self._live
+        _write_all(db, [(entity, c) for entity, c in states.items() if c.dirty])
+        while len(states) > LIVE_CACHE_LIMIT:
+            states.popitem(last=False)  # the least recently used
 
     def rolled_back(self) -> None:
         """The store's hook for a transaction that did not commit: forget its states."""
+        self._unwritten = False
         self._live.clear()
         self._recent.clear()
 
@@ -250,9 +293,11 @@ class Runner:
         return fork is None or event.seq < fork
 
     def apply(self, db: sqlite3.Connection, batch: Sequence[Event],
-              cache: _StateCache | None = None) -> None:
+              cache: _StateCache | None = None, *, defer: bool = False) -> None:
         """Fold ``batch`` and write what changed. With ``cache`` (rebuild), states stay
-        in that cache and are written only when it is full or flushed."""
+        in that cache and are written only when it is full or flushed. With ``defer``,
+        ``before_commit`` writes them: an append folds its chunks one by one, and the
+        busiest entities (the stock at each place) changed in every chunk."""
         if self._forks:
             batch = [e for e in batch if self._kept(e)]
         if not batch:
@@ -274,9 +319,9 @@ class Runner:
                 self._apply_one(db, projection, mine[projection.NAME], causality, lookup,
                                 states)
         if cache is None:
-            _write_all(db, [(entity, c) for entity, c in states.items() if c.dirty])
-            while len(states) > LIVE_CACHE_LIMIT:
-                states.popitem(last=False)  # the least recently used
+            self._unwritten = True
+            if not defer:
+                self.before_commit(db)
         elif len(states) > STATE_CACHE_LIMIT:
             self._flush(db, states)
 
@@ -501,9 +546,7 @@ def _write_all(db: sqlite3.Connection, dirty: Sequence[tuple[str, _Cached]]) -> 
     for table_name, keys in deletes.items():
         db.executemany(f'DELETE FROM "{table_name}" WHERE {ENTITY_COLUMN} = ?', keys)
     for table_name, rows in inserts.items():
-        marks = ", ".join("?" * len(rows[0]))
-        verb = "INSERT OR REPLACE" if table_name in _ONE_ROW else "INSERT"
-        db.executemany(f'{verb} INTO "{table_name}" VALUES ({marks})', rows)
+        db.executemany(_INSERTS[table_name], rows)
     db.executemany("INSERT OR REPLACE INTO proj_state VALUES (?, ?, ?, ?)", saved)
     db.executemany("DELETE FROM proj_state WHERE entity = ?", dropped)
 

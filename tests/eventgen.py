@@ -74,7 +74,7 @@ class Node:
             await store.read(lambda db: db.execute("PRAGMA synchronous = OFF"))
         runner = Runner()
         await store.write(runner.setup)
-        store.add_hook(runner, runner.rolled_back)
+        runner.attach(store)
         return cls(store, runner)
 
     async def close(self) -> None:
@@ -120,7 +120,7 @@ class Node:
         """The rows of a projection table as dicts, without the hidden entity column."""
 
         def query(db: sqlite3.Connection) -> list[dict[str, object]]:
-            cursor = db.execute(f'SELECT * FROM "{table}" ORDER BY rowid')
+            cursor = db.execute(f'SELECT * FROM "{table}"')
             names = [d[0] for d in cursor.description]
             return [{k: v for k, v in zip(names, row, strict=True) if k != "_entity"}
                     for row in cursor]

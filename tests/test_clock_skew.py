@@ -55,7 +55,7 @@ async def open_node(root: Path, name: str, group: Group, wall: Wall) -> Node:
     runner = Runner()
     if await store.write(runner.setup):
         await store.write(runner.rebuild)
-    store.add_hook(runner)
+    runner.attach(store)
     node = Node(data_dir, key, store, runner)
     await store.append(key, [("member.joined", store.first_event_body(name, node.author))])
     return node

@@ -192,7 +192,7 @@ async def _receive_all(batches: Sequence[Sequence[Envelope]], group: Group) -> N
         runner = Runner()
         if await store.write(runner.setup):
             await store.write(runner.rebuild)
-        store.add_hook(runner)
+        runner.attach(store)
         try:
             for batch in batches:
                 result = await store.receive(batch)
