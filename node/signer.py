@@ -32,7 +32,8 @@ import signal
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, Any
 
 import msgpack
@@ -48,6 +49,8 @@ MAX_CHUNK = 128
 """Chunks double up to this and stay there: the database stores and folds a chunk in
 about the time the child signs the next, so small chunks keep both busy and leave the
 database little to do after the last (chunks of 512 left it 11 ms a batch)."""
+PART = 64
+"""Events in each frame of a run sent to the child."""
 MIN_RUN = 256
 """Shorter runs are signed in place: the round trip would cost more than it hides."""
 AVAILABLE = os.name == "posix"
@@ -117,32 +120,59 @@ class Signer:
         return self._ready
 
     def sign(self, group: bytes, prev: bytes | None,
-             run: Sequence[Unsigned]) -> Iterator[list[Envelope]]:
+             run: Iterable[Unsigned]) -> Iterator[list[Envelope]]:
         """Signed envelopes of ``run`` after ``prev``, in chunks, as the child signs
-        them. Raises SignerFailed (and stops the child) on any trouble; a caller that
-        stops early also stops it, since its unread answers would confuse the next."""
+        them. ``run`` is sent PART events at a time as it is produced, so the child
+        signs the first while the caller prepares the rest. Raises SignerFailed (and
+        stops the child) on any trouble; a caller that stops early also stops it,
+        since its unread answers would confuse the next."""
         if self._proc is None:
             raise SignerFailed("the signing process is not running")
         author = bytes(self.key.verify_key)
+        asked: list[Unsigned] = []
         done = 0
         try:
-            _write_frame(self._in, [group, prev, [[e.seq, e.hlc, e.type, e.body, list(e.deps)]
-                                                  for e in run]])
-            while done < len(run):
-                answer = _read_frame(self._out)
-                if not isinstance(answer, list) or not answer:
-                    raise SignerFailed("the signing process answered nonsense")
-                chunk = self._check(group, author, prev, run[done:done + len(answer)], answer)
+            self._send([group, prev])
+            part: list[list[object]] = []
+            for event in run:  # what goes wrong making the run is the caller's to see
+                asked.append(event)
+                part.append([event.seq, event.hlc, event.type, event.body, list(event.deps)])
+                if len(part) == PART:
+                    self._send(part)
+                    part = []
+            if part:
+                self._send(part)
+            self._send(None)  # the end of the run
+            while done < len(asked):
+                chunk = self._receive(group, author, prev, asked[done:])
                 done += len(chunk)
                 prev = chunk[-1].hash
                 yield chunk
-        except (OSError, EOFError, ValueError, TypeError, msgpack.UnpackException,
-                PotluckError) as exc:
-            self.close()
-            raise SignerFailed(f"the signing process failed: {exc}") from None
         finally:
-            if done < len(run):
+            if done < len(asked) or not asked:
                 self.close()
+
+    def _send(self, value: object) -> None:
+        try:
+            _write_frame(self._in, value)
+        except (OSError, ValueError) as exc:  # a closed or broken pipe
+            self.close()
+            raise SignerFailed(f"the signing process is gone: {exc}") from None
+
+    def _receive(self, group: bytes, author: bytes, prev: bytes | None,
+                 asked: Sequence[Unsigned]) -> list[Envelope]:
+        """The next chunk, checked; SignerFailed (and the child stopped) otherwise."""
+        try:
+            answer = _read_frame(self._out)
+            if not isinstance(answer, list) or not answer:
+                raise SignerFailed("the signing process answered nonsense")
+            return self._check(group, author, prev, asked, answer)
+        except (OSError, EOFError, ValueError, TypeError, msgpack.UnpackException,
+                PotluckError, SignerFailed) as exc:
+            self.close()
+            if isinstance(exc, SignerFailed):
+                raise
+            raise SignerFailed(f"the signing process failed: {exc}") from None
 
     def _check(self, group: bytes, author: bytes, prev: bytes | None,
                asked: Sequence[Unsigned], answer: list[object]) -> list[Envelope]:
@@ -151,10 +181,11 @@ class Signer:
             raise SignerFailed("the signing process signed more than it was asked")
         chunk: list[Envelope] = []
         for event, item in zip(asked, answer, strict=False):
-            if not (isinstance(item, list) and len(item) == 2
-                    and all(isinstance(part, bytes) for part in item)):
+            if type(item) is not list or len(item) != 2:
                 raise SignerFailed("the signing process answered nonsense")
             sig, raw = item
+            if type(sig) is not bytes or type(raw) is not bytes:
+                raise SignerFailed("the signing process answered nonsense")
             if prev is not None and _PREV_ENTRY + prev not in raw:
                 raise SignerFailed("the signing process broke the chain")
             env = events.sealed(group, author, prev, event, sig, raw)
@@ -199,9 +230,44 @@ def _widen(pipe: IO[bytes]) -> None:
         fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
-def serve(inp: IO[bytes], out: IO[bytes]) -> None:
-    """The child: sign runs until the parent closes the pipe."""
-    seed = _read_frame(inp)
+class _Frames:
+    """Frames read from a pipe's descriptor, with a look that never waits: the child
+    takes in the parts of a run while it signs the ones already there."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray()
+
+    def next(self, wait: bool) -> object:
+        """The next frame; _NOTHING if ``wait`` is false and none has fully arrived."""
+        while True:
+            if len(self._buffer) >= _LENGTH.size:
+                (length,) = _LENGTH.unpack_from(self._buffer)
+                end = _LENGTH.size + length
+                if len(self._buffer) >= end:
+                    frame = msgpack.unpackb(bytes(self._buffer[_LENGTH.size:end]), raw=False)
+                    del self._buffer[:end]
+                    return frame
+            if not wait and not select.select([self._fd], [], [], 0)[0]:
+                return _NOTHING
+            data = os.read(self._fd, PIPE_BYTES)
+            if not data:
+                raise EOFError
+            self._buffer += data
+
+
+_NOTHING = object()
+_LOOK_EVERY = 16
+"""Events signed between looks for more of the run (a look is a system call)."""
+
+
+def serve(inp: int, out: IO[bytes]) -> None:
+    """The child: sign runs until the parent closes the pipe.
+
+    Nothing is written back until the whole run has been read: the parent writes all
+    of it before it reads, so neither side can wait on a full pipe for the other."""
+    frames = _Frames(inp)
+    seed = frames.next(wait=True)
     if not isinstance(seed, bytes):
         raise SystemExit("potluck signer: expected a key")
     key = SigningKey(seed)
@@ -209,29 +275,48 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
     out.flush()
     while True:
         try:
-            request = _read_frame(inp)
+            header = frames.next(wait=True)
         except EOFError:
             return
-        assert isinstance(request, list) and len(request) == 3
-        group: bytes = request[0]
-        prev: bytes | None = request[1]
-        run: list[list[Any]] = request[2]
+        assert isinstance(header, list) and len(header) == 2
+        group: bytes = header[0]
+        prev: bytes | None = header[1]
+        queue: deque[list[Any]] = deque()
+        ended = False
+        signed: list[list[list[bytes]]] = []  # chunks not yet written
         chunk: list[list[bytes]] = []
         size = FIRST_CHUNK
-        for seq, hlc, type_, body, deps in run:
-            event = Unsigned(seq, hlc, type_, body, tuple(deps))
-            sig, raw = events.seal(key, group, prev, event)
+        while queue or not ended:
+            if not ended and (not queue or len(chunk) % _LOOK_EVERY == 0):
+                part = frames.next(wait=not queue)
+                if part is None:
+                    ended = True
+                elif part is not _NOTHING:
+                    assert isinstance(part, list)
+                    queue.extend(part)
+                    continue
+            if not queue:
+                continue
+            seq, hlc, type_, body, deps = queue.popleft()
+            sig, raw = events.seal(key, group, prev, Unsigned(seq, hlc, type_, body,
+                                                              tuple(deps)))
             chunk.append([sig, raw])
             prev = events.blake2b256(raw)
             if len(chunk) == size:
-                _write_frame(out, chunk)
+                signed.append(chunk)
                 chunk, size = [], min(size * 2, MAX_CHUNK)
+            if ended:
+                for ready in signed:
+                    _write_frame(out, ready)
+                signed = []
         if chunk:
-            _write_frame(out, chunk)
+            signed.append(chunk)
+        for ready in signed:
+            _write_frame(out, ready)
 
 
 if __name__ == "__main__":
     # Ctrl-C reaches the whole process group: the parent decides when this one ends,
     # by closing the pipe, so that a run it is storing is never cut short
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    serve(sys.stdin.buffer, sys.stdout.buffer)
+    serve(sys.stdin.fileno(), sys.stdout.buffer)

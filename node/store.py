@@ -342,19 +342,24 @@ class Store:
                 deps.append(other_head.hash)
                 dep_hlcs.append(other_head.hlc)
         deps = deps[: events.MAX_DEPS]
-        run: list[events.Unsigned] = []
-        seq, hlc = (head.seq, head.hlc) if head else (0, 0)
-        for draft in drafts:
-            body: Mapping[str, object]
-            if isinstance(draft, BaseBody):
-                type_, body, parsed = draft.TYPE, draft.to_body(), draft
-            else:
-                (type_, body), parsed = draft, None
-            seq, hlc = seq + 1, self.clock.tick(hlc, *dep_hlcs)
-            run.append(events.unsigned(seq, hlc, type_, body, deps, parsed))
-            deps, dep_hlcs = [], []
+
+        def prepared() -> Iterator[events.Unsigned]:
+            """The run to sign, made as it is consumed (the signing process starts on
+            the first events while the rest are made)."""
+            nonlocal deps, dep_hlcs
+            seq, hlc = (head.seq, head.hlc) if head else (0, 0)
+            for draft in drafts:
+                body: Mapping[str, object]
+                if isinstance(draft, BaseBody):
+                    type_, body, parsed = draft.TYPE, draft.to_body(), draft
+                else:
+                    (type_, body), parsed = draft, None
+                seq, hlc = seq + 1, self.clock.tick(hlc, *dep_hlcs)
+                yield events.unsigned(seq, hlc, type_, body, deps, parsed)
+                deps, dep_hlcs = [], []
+
         written: list[Envelope] = []
-        for chunk in self._signed(key, head.hash if head else None, run):
+        for chunk in self._signed(key, head.hash if head else None, prepared(), len(drafts)):
             # stored and folded chunk by chunk, while the signer signs the next
             if chunk[0].seq == 1:
                 _check_first(self.group, chunk[0])
@@ -364,27 +369,30 @@ class Store:
             written.extend(chunk)
         return written
 
-    def _signed(self, key: SigningKey, prev: bytes | None,
-                run: Sequence[events.Unsigned]) -> Iterator[list[Envelope]]:
-        """``run`` signed in order after ``prev``, in chunks: by the signing process
-        (node/signer.py) for a long run once it is up, else here in one chunk."""
+    def _signed(self, key: SigningKey, prev: bytes | None, run: Iterator[events.Unsigned],
+                length: int) -> Iterator[list[Envelope]]:
+        """``run`` (``length`` events) signed in order after ``prev``, in chunks: by the
+        signing process (node/signer.py) for a long run once it is up, else here in one
+        chunk. If the process fails, what it did not sign is signed here."""
+        seen: list[events.Unsigned] = []  # the part of ``run`` the signer took
         done = 0
         signer = self._signer
-        if len(run) >= signer_module.MIN_RUN and signer_module.AVAILABLE:
+        if length >= signer_module.MIN_RUN and signer_module.AVAILABLE:
             if signer is None or not signer.alive or signer.key != key:
                 if signer is not None:
                     signer.close()
                 signer = self._signer = signer_module.Signer(key)
             if signer.ready():
                 try:
-                    for chunk in signer.sign(self.group.id, prev, run):
+                    for chunk in signer.sign(self.group.id, prev, _recorded(run, seen)):
                         done += len(chunk)
                         prev = chunk[-1].hash
                         yield chunk
                 except signer_module.SignerFailed:
                     pass  # signed here from where it stopped; started again next time
-        if done < len(run):
-            yield events.seal_run(key, self.group.id, prev, run[done:])
+        rest = [*seen[done:], *run]
+        if rest:
+            yield events.seal_run(key, self.group.id, prev, rest)
 
     def first_event_body(self, name: str, author: bytes) -> dict[str, object]:
         """The body of ``member.joined`` with this author's membership proof."""
@@ -891,6 +899,13 @@ def _due(db: sqlite3.Connection, now: int) -> list[Envelope]:
     rows = db.execute("SELECT raw FROM pending WHERE not_before <= ?", (now,)).fetchall()
     db.execute("UPDATE pending SET not_before = NULL WHERE not_before <= ?", (now,))
     return [_stored(row[0]) for row in rows]
+
+
+def _recorded(items: Iterator[T], into: list[T]) -> Iterator[T]:
+    """``items``, each also appended to ``into`` as it is taken."""
+    for item in items:
+        into.append(item)
+        yield item
 
 
 def _check_named(db: sqlite3.Connection, batch: Sequence[Envelope]) -> None:
