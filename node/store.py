@@ -378,11 +378,12 @@ class Store:
         done = 0
         signer = self._signer
         if length >= signer_module.MIN_RUN and signer_module.AVAILABLE:
-            if signer is None or not signer.alive or signer.key != key:
-                if signer is not None:
-                    signer.close()
+            # one helper, for the first key with a long run: a node writes with its own
+            # device key; a store written with several (tests, the benchmarks) signs
+            # for the others in place rather than start a process for each
+            if signer is None or (not signer.alive and signer.key == key):
                 signer = self._signer = signer_module.Signer(key)
-            if signer.ready():
+            if signer.key == key and signer.ready():
                 try:
                     for chunk in signer.sign(self.group.id, prev, _recorded(run, seen)):
                         done += len(chunk)

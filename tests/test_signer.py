@@ -217,8 +217,27 @@ async def test_an_append_whose_helper_died_signs_in_place(tmp_path: Path) -> Non
         written = await node.store.append(KEY, drafts(500, start=5_000))
         assert len(written) == 500
         await assert_sound(node)
-        # the next long append starts a new helper
-        assert helper_of(node.store) is not helper or not helper.alive
+        await node.store.append(KEY, drafts(300, start=6_000))
+        again = helper_of(node.store)
+        assert again is not None and again is not helper and again.alive
+
+
+@pytest.mark.asyncio
+async def test_a_long_run_of_another_key_is_signed_in_place_beside_the_helper(
+        tmp_path: Path) -> None:
+    other = make_key(71)
+    async with node_at(tmp_path / "log.db") as node:
+        await node.join(KEY, "Ana")
+        await node.join(other, "Bo")
+        await appended_with_the_helper(node, 300)
+        helper = helper_of(node.store)
+        written = await node.store.append(other, drafts(400, start=8_000))
+        assert len(written) == 400 and {e.author for e in written} == {
+            bytes(other.verify_key)}
+        assert helper_of(node.store) is helper and helper is not None and helper.alive
+        for env in written[-2:]:
+            events.verify_signature(events.decode(env.raw))
+        await assert_sound(node)
 
 
 @pytest.mark.asyncio
