@@ -692,10 +692,14 @@ def bundle_export(file: Path, since_file: Path | None, as_json: bool) -> None:
     info = _with_node(lambda node: export_bundle(node.store, file, since=since))
     if as_json:
         _print_json({"file": str(file), "events": info.events, "bytes": info.bytes,
-                     "authors": info.authors})
+                     "authors": info.authors, "evidence": info.evidence})
     else:
         click.echo(f"Wrote {info.events} events from {info.authors} members to {file} "
                    f"({info.bytes:,} bytes).")
+        if info.evidence:
+            click.echo(f"It also carries the proof that {info.evidence} member(s) wrote two "
+                       "versions of one event: whoever imports it leaves their later events "
+                       "out too.")
 
 
 @bundle.command("import")
@@ -708,11 +712,15 @@ def bundle_import(file: Path, as_json: bool) -> None:
         _print_json({"file": str(file), "stored": result.stored,
                      "duplicates": result.duplicates, "held": result.held,
                      "rejected": result.rejected, "reasons": result.reasons,
-                     "forks": [[a.hex(), seq] for a, seq in result.forks]})
+                     "forks": [[a.hex(), seq] for a, seq in result.forks],
+                     "evidence": result.evidence})
         return
     click.echo(f"Imported {result.stored} new events ({result.duplicates} already here"
                + (f", {result.rejected} refused" if result.rejected else "")
                + (f", {result.held} waiting for earlier events" if result.held else "") + ").")
+    if result.evidence:
+        click.echo(f"It proved that {result.evidence} member(s) wrote two versions of one "
+                   "event: their events from there on are left out until people sort it out.")
     for reason in result.reasons:
         click.echo(f"  refused: {reason}")
 

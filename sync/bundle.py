@@ -13,12 +13,19 @@ Byte layout and reasons: docs/decisions/0006-invites-and-bundles.md.
     chunk   = flags (1; bit 0 = final) | length (4, big-endian) | nonce (24) | sealed
     sealed  = XChaCha20-Poly1305(key, nonce, msgpack, ad = header | index (8) | flags)
     msgpack = {"author": key, "events": [wire bytes...]}  or, final: {"count": N}
+              or, from version 2: {"evidence": [wire bytes, wire bytes]}
 
 The chunk index and the final flag are sealed in, so chunks cannot be reordered,
 dropped, moved between files, or cut off after any chunk without the import noticing
 (the STREAM construction of Hoang, Reyhanitabar, Rogaway and Vizár, 2015, with random
 nonces). Import streams one chunk (at most about 1 MiB) at a time and stores each
 chunk before reading the next: what came before a damaged chunk stays imported.
+
+Version 2 adds *fork evidence*: two versions of one (author, seq), as sync's
+``evidence`` message carries them (docs/protocol.md §8a), one chunk each, after the
+events. Without it a node that only ever meets bundles would keep showing a member who
+equivocated, while the node that wrote the bundle had cut them off. A bundle with no
+evidence to carry is still written as version 1, for older Potluck to read.
 
 The *vector file* (``--since``) is what a node has, carried the other way so the
 bundle holds only what is new: JSON ``{"<author hex>": <seq>, ...}``.
@@ -50,9 +57,13 @@ from node import events
 from node.errors import InvalidEvent, MalformedEvent, UsageError
 from node.identity import GROUP_SECRET_BYTES, Group, replace_durably
 from node.store import Store
+from sync.errors import BadEvidence
 
 MAGIC = b"POTLUCKB"
 FORMAT_VERSION = 1
+EVIDENCE_VERSION = 2
+"""The format of a bundle that carries fork evidence; read from this release on."""
+READABLE_VERSIONS = (FORMAT_VERSION, EVIDENCE_VERSION)
 SALT_BYTES = 16
 TAG_BYTES = 16
 HEADER_BYTES = len(MAGIC) + 1 + SALT_BYTES + TAG_BYTES
@@ -75,6 +86,7 @@ class BundleInfo:
     events: int
     bytes: int
     authors: int
+    evidence: int = 0  # forks proven (two versions of one event each)
 
 
 @dataclass(slots=True)
@@ -85,7 +97,9 @@ class ImportResult:
     ``held``: events of the bundle now set aside in the log, waiting for an event they
     follow that is not here yet (sync or a later bundle brings it; they are then stored).
     ``rejected``: events refused (bad signature, not a member...); ``reasons`` says why
-    for the first ``MAX_REASONS`` of them. ``forks``: (author, seq) equivocations seen.
+    for the first ``MAX_REASONS`` of them. ``forks``: (author, seq) equivocations seen,
+    in the events or proven by the bundle's evidence. ``evidence``: proofs of a fork that
+    were new here (a proof that does not hold is counted in ``rejected``).
     """
 
     stored: int = 0
@@ -96,6 +110,7 @@ class ImportResult:
     reasons: list[str] = field(default_factory=list)
     events: int = 0
     chunks: int = 0
+    evidence: int = 0
 
 
 class BundleDamaged(UsageError):
@@ -126,11 +141,15 @@ class BundleSealer:
     """Writes a bundle's bytes for a group secret: ``header``, then one ``events_chunk``
     per author run, then ``end_chunk``. Pure; ``export_bundle`` does the file work."""
 
-    def __init__(self, secret: bytes, salt: bytes | None = None) -> None:
+    def __init__(self, secret: bytes, salt: bytes | None = None,
+                 version: int = FORMAT_VERSION) -> None:
         if len(secret) != GROUP_SECRET_BYTES:
             raise ValueError("a group secret is 32 bytes")
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"no bundle format {version}")
         salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt
-        self.header = MAGIC + bytes([FORMAT_VERSION]) + salt + _tag(secret, salt)
+        self.version = version
+        self.header = MAGIC + bytes([version]) + salt + _tag(secret, salt)
         self._key = _key(secret, salt)
         self.index = 0
         self.count = 0
@@ -139,6 +158,12 @@ class BundleSealer:
         """A chunk of one author's events (wire bytes, in seq order)."""
         self.count += len(raws)
         return self.seal(_packb({"author": author, "events": list(raws)}), final=False)
+
+    def evidence_chunk(self, first: bytes, second: bytes) -> bytes:
+        """A chunk proving a fork: two versions (wire bytes) of one (author, seq)."""
+        if self.version < EVIDENCE_VERSION:
+            raise ValueError("fork evidence needs bundle format 2")
+        return self.seal(_packb({"evidence": [first, second]}), final=False)
 
     def end_chunk(self) -> bytes:
         """The last chunk: it says how many events came before it."""
@@ -175,7 +200,11 @@ async def export_bundle(
     so ``path`` is either the old file or a whole new bundle, never half of one.
     """
     since = since or {}
-    sealer = BundleSealer(store.group.secret)
+    proofs = [proof for proof in [await store.fork_evidence(author)
+                                  for author in await store.fork_points()]
+              if proof is not None]
+    sealer = BundleSealer(store.group.secret,
+                          version=EVIDENCE_VERSION if proofs else FORMAT_VERSION)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     written = 0
     authors = 0
@@ -202,6 +231,8 @@ async def export_bundle(
                         size += len(raw) + 5
                 if pending:
                     written += await _write(file, sealer.events_chunk(author, pending))
+            for first, second in proofs:  # after the events, so the forked author's
+                written += await _write(file, sealer.evidence_chunk(first, second))
             written += await _write(file, sealer.end_chunk())
             await asyncio.to_thread(os.fsync, file.fileno())
         finally:
@@ -215,7 +246,8 @@ async def export_bundle(
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    return BundleInfo(events=sealer.count, bytes=written, authors=authors)
+    return BundleInfo(events=sealer.count, bytes=written, authors=authors,
+                      evidence=len(proofs))
 
 
 def _create(path: Path) -> BinaryIO:
@@ -268,7 +300,7 @@ def _check_header(path: Path, head: bytes) -> None:
         raise UsageError(f"the bundle {path} is damaged: it ends inside its header")
     if head[len(MAGIC)] == 0:
         raise UsageError(f"the bundle {path} is damaged: its header is wrong")
-    if head[len(MAGIC)] != FORMAT_VERSION:
+    if head[len(MAGIC)] not in READABLE_VERSIONS:
         raise UsageError(f"the bundle {path} was made by a newer Potluck (bundle format "
                          f"{head[len(MAGIC)]}): update Potluck on this device to import it")
     if len(head) < HEADER_BYTES:
@@ -356,6 +388,13 @@ async def _import(store: Store, path: Path, file: BinaryIO) -> ImportResult:
             if await _read(file, 1):
                 raise await damaged(index + 1, "perhaps two files were joined")
             break
+        if header[len(MAGIC)] >= EVIDENCE_VERSION and isinstance(content, dict) \
+                and set(content) == {"evidence"}:
+            if not await _import_evidence(store, content["evidence"], result):
+                raise await damaged(index, "its contents are not understood")
+            result.chunks += 1
+            index += 1
+            continue
         batch = _events_of(content, result)
         if batch is None:
             raise await damaged(index, "its contents are not understood")
@@ -369,6 +408,30 @@ async def _import(store: Store, path: Path, file: BinaryIO) -> ImportResult:
         index += 1
     result.held = max(0, await store.pending_count() - pending_before)
     return result
+
+
+async def _import_evidence(store: Store, raws: object, result: ImportResult) -> bool:
+    """Keep a proof of a fork; False if the chunk is not two byte strings. A proof
+    that does not hold (not two versions of one event, another group, a forged
+    signature) is refused like a bad event and the import goes on."""
+    if not (isinstance(raws, list) and len(raws) == 2
+            and all(isinstance(raw, bytes) for raw in raws)):
+        return False
+    where = f"evidence {result.evidence + 1}"
+    try:
+        first, second = events.decode(raws[0]), events.decode(raws[1])
+        if (first.author, first.seq) != (second.author, second.seq) \
+                or first.hash == second.hash:
+            raise BadEvidence("the two versions are not two versions of one event")
+        new = await store.record_evidence(first, second)
+    except (InvalidEvent, BadEvidence) as exc:
+        _reject(result, where, exc)
+        return True
+    if new:
+        result.evidence += 1
+        if (first.author, first.seq) not in result.forks:
+            result.forks.append((first.author, first.seq))
+    return True
 
 
 def _events_of(content: object, result: ImportResult) -> list[events.Envelope] | None:
@@ -394,7 +457,7 @@ def _events_of(content: object, result: ImportResult) -> list[events.Envelope] |
     return batch
 
 
-def _reject(result: ImportResult, where: str, exc: InvalidEvent) -> None:
+def _reject(result: ImportResult, where: str, exc: InvalidEvent | BadEvidence) -> None:
     result.rejected += 1
     if len(result.reasons) < MAX_REASONS:
         result.reasons.append(f"{where}: {exc.code}: {exc}")

@@ -407,7 +407,7 @@ async def test_an_end_marker_with_the_wrong_count_is_damage(
 @pytest.mark.parametrize("content, message", [
     (b"", r"is not a Potluck bundle \(it is empty\)"),
     (b"hello, this is a shopping list", "is not a Potluck bundle"),
-    (b"POTLUCKB\x02" + bytes(40), r"made by a newer Potluck \(bundle format 2\)"),
+    (b"POTLUCKB\x03" + bytes(40), r"made by a newer Potluck \(bundle format 3\)"),
     (b"POTLUCKB", "ends inside its header"),
 ])
 async def test_a_file_that_is_not_a_bundle_is_refused(
@@ -469,3 +469,109 @@ def test_a_bad_vector_file_is_refused_naming_the_problem(
 def test_a_missing_vector_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no file"):
         read_vector_file(tmp_path / "have.json")
+
+
+# -- fork evidence (format 2) -------------------------------------------------------------
+
+async def other_version(store: Store, key: SigningKey, seq: int) -> events.Envelope:
+    """A second, different event at ``key``'s ``seq`` in ``store``: an equivocation."""
+    author = bytes(key.verify_key)
+    [kept] = [e async for e in store.iter_events(author=author) if e.seq == seq]
+    return events.create(key, group=store.group.id, seq=seq, prev=kept.prev,
+                         deps=kept.deps, hlc=kept.hlc, type="offer.posted",
+                         body={"title": "The same tins, promised twice"})
+
+
+async def forked(store: Store) -> tuple[events.Envelope, events.Envelope]:
+    """Make Alice equivocate at her seq 5 in ``store``; both versions."""
+    twin = await other_version(store, ALICE, 5)
+    result = await store.receive([twin])
+    assert result.forks == [(bytes(ALICE.verify_key), 5)]
+    first, second = await store.fork_evidence(bytes(ALICE.verify_key)) or (b"", b"")
+    return events.decode(first), events.decode(second)
+
+
+async def test_a_bundle_carries_fork_evidence_to_a_store_that_holds_one_version(
+    stores: tuple[Store, Store], tmp_path: Path,
+) -> None:
+    a, b = stores
+    await forked(a)
+    path = tmp_path / "forked.potluck"
+    info = await export_bundle(a, path)
+    assert info.evidence == 1 and path.read_bytes()[:9] == b"POTLUCKB\x02"
+
+    result = await import_bundle(b, path)
+    alice = bytes(ALICE.verify_key)
+    assert (result.stored, result.rejected, result.evidence) == (32, 0, 1)
+    assert result.forks == [(alice, 5)]
+    assert await b.fork_points() == await a.fork_points() == {alice: 5}
+
+    again = await import_bundle(b, path)  # nothing new: no evidence counted, no fork
+    assert (again.stored, again.duplicates, again.evidence, again.forks) == (0, 32, 0, [])
+
+
+async def test_a_bundle_without_evidence_stays_in_the_first_format(
+    stores: tuple[Store, Store], tmp_path: Path,
+) -> None:
+    a, _ = stores
+    info = await export_bundle(a, tmp_path / "plain.potluck")
+    assert info.evidence == 0
+    assert (tmp_path / "plain.potluck").read_bytes()[:9] == b"POTLUCKB\x01"
+
+
+async def write_with_evidence(a: Store, path: Path, pairs: list[list[object]]) -> None:
+    """A format-2 bundle of all of ``a``'s events, then one evidence chunk per pair."""
+    sealer = BundleSealer(a.group.secret, version=2)
+    data = sealer.header
+    for author in await seqs(a):
+        raws = [e.raw async for e in a.iter_events(author=author)]
+        data += sealer.events_chunk(author, raws)
+    for pair in pairs:
+        data += sealer.seal(msgpack.packb({"evidence": pair}, use_bin_type=True), final=False)
+    path.write_bytes(data + sealer.end_chunk())
+
+
+async def test_evidence_that_proves_nothing_is_refused_and_the_rest_imported(
+    stores: tuple[Store, Store], tmp_path: Path,
+) -> None:
+    a, b = stores
+    alice = bytes(ALICE.verify_key)
+    [kept] = [e async for e in a.iter_events(author=alice) if e.seq == 5]
+    twin = await other_version(a, ALICE, 5)
+    sig_at = twin.raw.index(twin.sig)
+    bad_sig = twin.raw[:sig_at] + bytes(64) + twin.raw[sig_at + 64:]
+    path = tmp_path / "odd.potluck"
+    await write_with_evidence(a, path, [[kept.raw, kept.raw], [kept.raw, bad_sig]])
+    result = await import_bundle(b, path)
+    assert (result.stored, result.evidence, result.rejected) == (32, 0, 2)
+    assert result.reasons[0].startswith("evidence 1: bad-evidence: ")
+    assert result.reasons[1].startswith("evidence 1: bad-signature: ")
+    assert await b.fork_points() == {}
+
+
+async def test_an_evidence_chunk_that_is_not_two_events_is_damage(
+    stores: tuple[Store, Store], tmp_path: Path,
+) -> None:
+    a, b = stores
+    path = tmp_path / "garbled.potluck"
+    await write_with_evidence(a, path, [["not bytes", b"x"]])
+    with pytest.raises(BundleDamaged, match="its contents are not understood") as caught:
+        await import_bundle(b, path)
+    assert caught.value.imported.stored == 32  # the events before it stay
+
+
+async def test_a_first_format_bundle_does_not_carry_evidence(
+    stores: tuple[Store, Store], tmp_path: Path,
+) -> None:
+    a, b = stores
+    first, second = await forked(a)
+    sealer = BundleSealer(a.group.secret)  # format 1
+    with pytest.raises(ValueError, match="format 2"):
+        sealer.evidence_chunk(first.raw, second.raw)
+    data = sealer.header + sealer.seal(
+        msgpack.packb({"evidence": [first.raw, second.raw]}, use_bin_type=True), final=False)
+    path = tmp_path / "v1.potluck"
+    path.write_bytes(data + sealer.end_chunk())
+    with pytest.raises(BundleDamaged, match="its contents are not understood"):
+        await import_bundle(b, path)
+    assert await b.fork_points() == {}
