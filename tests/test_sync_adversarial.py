@@ -719,3 +719,20 @@ async def test_fork_evidence_from_a_bundle_import_is_relayed_to_connected_peers(
     assert imported.forks == [(mal.author, 2)]
     await eventually(lambda: flagged(net.ana, mal.author), "Ana learns of it", seconds=2)
     assert await digest(net.ana) == await digest(net.bo)
+
+
+async def test_fork_evidence_carried_by_a_bundle_is_relayed_to_connected_peers(
+        net: Net, group: Group, tmp_path: Path) -> None:
+    """The bundle holds no event Bo lacks, only the proof (format 2): Bo keeps it and
+    hands it on to Ana, who holds the same first version as Bo."""
+    mal, joined, left, right = forked_mal(group)
+    await hand_over(net.a, mal.author, [joined.raw, left.raw])
+    await eventually(lambda: has_seq(net.bo, mal.author, 2), "relayed to Bo")
+    sealer = BundleSealer(group.secret, version=2)
+    path = tmp_path / "proof.potluck"
+    path.write_bytes(sealer.header + sealer.evidence_chunk(left.raw, right.raw)
+                     + sealer.end_chunk())
+    imported = await within(import_bundle(net.bo.store, path))
+    assert (imported.stored, imported.evidence, imported.forks) == (0, 1, [(mal.author, 2)])
+    await eventually(lambda: flagged(net.ana, mal.author), "Ana learns of it", seconds=2)
+    assert await digest(net.ana) == await digest(net.bo)
