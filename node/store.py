@@ -58,6 +58,7 @@ PENDING_IN_MEMORY = 50_000
 """Held events whose index ``receive`` keeps in memory; beyond, it asks SQLite."""
 WAL_CHECKPOINT_PAGES = 10_000
 WAL_KEEP_BYTES = 64 << 20
+_IN_CHUNK = 500  # values in one IN (...) query (SQLite allows 32,766 parameters)
 MAX_FUTURE_MS = 24 * 3600 * 1000
 """An event stamped further than this beyond our clock is held until then (a peer's
 clock set a year ahead must not drag every node's clock with it)."""
@@ -910,12 +911,28 @@ def _recorded(items: Iterator[T], into: list[T]) -> Iterator[T]:
 
 
 def _check_named(db: sqlite3.Connection, batch: Sequence[Envelope]) -> None:
-    """This node's events may only name events it has (receivers would hold them)."""
+    """This node's events may only name events it has (receivers would hold them).
+    One query for the whole batch: a quarter of a busy append's events name one."""
     written = {env.hash for env in batch}
+    naming: list[tuple[Envelope, list[bytes]]] = []
     for env in batch:
         parsed = env.parsed if isinstance(env.parsed, BaseBody) else None
         named = [h for h in references(env.type, env.body, parsed) if h not in written]
-        if named and len(_resolve(db, named)) < len(named):
+        if named:
+            naming.append((env, named))
+    if not naming:
+        return
+    wanted = {h for _, named in naming for h in named}
+    keys = list({hash_key(h) for h in wanted})
+    present: set[bytes] = set()
+    for start in range(0, len(keys), _IN_CHUNK):
+        part = keys[start:start + _IN_CHUNK]
+        present.update(row[0] for row in db.execute(
+            f"SELECT hash FROM events WHERE hkey IN ({','.join('?' * len(part))})", part)
+            if row[0] in wanted)
+    for env, named in naming:
+        absent = [h for h in named if h not in present]
+        if absent and len(_resolve(db, absent)) < len(absent):  # fork evidence counts
             raise UsageError(f"{env.type} names an event this node does not have")
 
 
