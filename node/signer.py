@@ -60,7 +60,9 @@ PIPE_BYTES = 1 << 20
 """The child's answers a pipe holds unread: a few chunks of MAX_CHUNK (~350 KB each)."""
 _LENGTH = struct.Struct(">I")
 _PREV_ENTRY = b"\xa4prev\xc4\x20"  # "prev" then the header of 32 bytes of bin 8
-_READY = b"R"
+_READY = "ready"
+ANSWER_SECONDS = 30.0
+"""The longest the parent waits for the next chunk before it signs the rest itself."""
 
 
 class SignerFailed(Exception):
@@ -73,30 +75,25 @@ def _write_frame(out: IO[bytes], value: object) -> None:
     out.flush()
 
 
-def _read_exactly(inp: IO[bytes], n: int) -> bytes:
-    data = inp.read(n)
-    if data is None or len(data) != n:
-        raise EOFError
-    return bytes(data)
-
-
-def _read_frame(inp: IO[bytes]) -> object:
-    (length,) = _LENGTH.unpack(_read_exactly(inp, _LENGTH.size))
-    return msgpack.unpackb(_read_exactly(inp, length), raw=False)
-
-
 class Signer:
     """The parent's side: one helper process signing for one device key."""
 
     def __init__(self, key: SigningKey) -> None:
         self.key = key
-        self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            [sys.executable, "-m", "node.signer"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._in, self._out = self._proc.stdin, self._proc.stdout
+        self.worked = False  # it has been ready once: worth starting again if it dies
         self._ready = False
-        _widen(self._out)
+        self._proc: subprocess.Popen[bytes] | None = None
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "node.signer"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError:  # no interpreter to start (a frozen build): sign in place
+            return
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._in = self._proc.stdin
+        self._out = _Frames(self._proc.stdout.fileno())
+        _widen(self._in)
+        _widen(self._proc.stdout)
         try:
             _write_frame(self._in, key.encode())
         except OSError:
@@ -111,12 +108,14 @@ class Signer:
         and the append that started it signs in place meanwhile)."""
         if self._ready or self._proc is None:
             return self._ready
-        readable, _, _ = select.select([self._out], [], [], 0)
-        if readable:
-            if self._out.read(1) == _READY:
-                self._ready = True
-            else:
-                self.close()
+        try:
+            hello = self._out.next(wait=False)
+        except (OSError, EOFError, ValueError, msgpack.UnpackException):
+            hello = None
+        if hello == _READY:
+            self._ready = self.worked = True
+        elif hello is not _NOTHING:
+            self.close()
         return self._ready
 
     def sign(self, group: bytes, prev: bytes | None,
@@ -150,26 +149,28 @@ class Signer:
                 yield chunk
         finally:
             if done < len(asked) or not asked:
-                self.close()
+                self.close(kill=True)
 
     def _send(self, value: object) -> None:
         try:
             _write_frame(self._in, value)
         except (OSError, ValueError) as exc:  # a closed or broken pipe
-            self.close()
+            self.close(kill=True)
             raise SignerFailed(f"the signing process is gone: {exc}") from None
 
     def _receive(self, group: bytes, author: bytes, prev: bytes | None,
                  asked: Sequence[Unsigned]) -> list[Envelope]:
-        """The next chunk, checked; SignerFailed (and the child stopped) otherwise."""
+        """The next chunk, checked; SignerFailed (and the child stopped) otherwise,
+        also when none comes within ANSWER_SECONDS: a stopped child must not hold the
+        log's write lock for ever."""
         try:
-            answer = _read_frame(self._out)
+            answer = self._out.next(wait=True, timeout=ANSWER_SECONDS)
             if not isinstance(answer, list) or not answer:
                 raise SignerFailed("the signing process answered nonsense")
             return self._check(group, author, prev, asked, answer)
         except (OSError, EOFError, ValueError, TypeError, msgpack.UnpackException,
-                PotluckError, SignerFailed) as exc:
-            self.close()
+                PotluckError, SignerFailed, TimeoutError) as exc:
+            self.close(kill=True)
             if isinstance(exc, SignerFailed):
                 raise
             raise SignerFailed(f"the signing process failed: {exc}") from None
@@ -203,11 +204,14 @@ class Signer:
         events.verify_signature(decoded)
         return chunk
 
-    def close(self) -> None:
-        """Stop the child: closing its input ends it; a stuck one is killed."""
+    def close(self, *, kill: bool = False) -> None:
+        """Stop the child: closing its input ends it; a stuck one is killed, and so is
+        one given up on in the middle of a run (``kill``)."""
         proc, self._proc, self._ready = self._proc, None, False
         if proc is None:
             return
+        if kill and proc.poll() is None:
+            proc.kill()  # it may be stuck, or blocked writing answers nobody will read
         for stream in (proc.stdin, proc.stdout):
             try:
                 if stream is not None:
@@ -238,8 +242,9 @@ class _Frames:
         self._fd = fd
         self._buffer = bytearray()
 
-    def next(self, wait: bool) -> object:
-        """The next frame; _NOTHING if ``wait`` is false and none has fully arrived."""
+    def next(self, wait: bool, timeout: float | None = None) -> object:
+        """The next frame; _NOTHING if ``wait`` is false and none has fully arrived.
+        Raises TimeoutError if ``wait`` and no byte comes for ``timeout`` seconds."""
         while True:
             if len(self._buffer) >= _LENGTH.size:
                 (length,) = _LENGTH.unpack_from(self._buffer)
@@ -250,6 +255,9 @@ class _Frames:
                     return frame
             if not wait and not select.select([self._fd], [], [], 0)[0]:
                 return _NOTHING
+            if wait and timeout is not None and not select.select([self._fd], [], [],
+                                                                  timeout)[0]:
+                raise TimeoutError(f"no answer in {timeout:.0f} s")
             data = os.read(self._fd, PIPE_BYTES)
             if not data:
                 raise EOFError
@@ -271,8 +279,7 @@ def serve(inp: int, out: IO[bytes]) -> None:
     if not isinstance(seed, bytes):
         raise SystemExit("potluck signer: expected a key")
     key = SigningKey(seed)
-    out.write(_READY)
-    out.flush()
+    _write_frame(out, _READY)
     while True:
         try:
             header = frames.next(wait=True)

@@ -381,8 +381,10 @@ class Store:
         if length >= signer_module.MIN_RUN and signer_module.AVAILABLE:
             # one helper, for the first key with a long run: a node writes with its own
             # device key; a store written with several (tests, the benchmarks) signs
-            # for the others in place rather than start a process for each
-            if signer is None or (not signer.alive and signer.key == key):
+            # for the others in place rather than start a process for each. One that
+            # died is started again only if it had worked: one that cannot start
+            # (no interpreter to run, a broken install) is not tried at every append
+            if signer is None or (not signer.alive and signer.key == key and signer.worked):
                 signer = self._signer = signer_module.Signer(key)
             if signer.key == key and signer.ready():
                 try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -266,3 +267,36 @@ async def test_closing_the_store_ends_the_helper(tmp_path: Path) -> None:
         assert helper is not None and helper._proc is not None
         proc = helper._proc
     assert proc.poll() is not None
+
+
+@pytest.mark.asyncio
+async def test_an_append_whose_helper_stops_answering_signs_in_place_after_a_while(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A helper frozen mid-run (SIGSTOP) must not hold the log's write lock for ever."""
+    monkeypatch.setattr(signer_module, "ANSWER_SECONDS", 0.5)
+    async with node_at(tmp_path / "log.db") as node:
+        await node.join(KEY, "Ana")
+        await appended_with_the_helper(node, 300)
+        helper = helper_of(node.store)
+        assert helper is not None and helper._proc is not None
+        frozen = helper._proc
+        frozen.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        written = await node.store.append(KEY, drafts(400, start=11_000))
+        assert len(written) == 400 and time.monotonic() - started < 20
+        assert frozen.wait(timeout=10) != 0  # killed, not left stopped
+        await assert_sound(node)
+
+
+@pytest.mark.asyncio
+async def test_a_helper_that_cannot_start_is_not_tried_at_every_append(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(signer_module.sys, "executable", str(tmp_path / "no-python"))
+    async with node_at(tmp_path / "log.db") as node:
+        await node.join(KEY, "Ana")
+        await node.store.append(KEY, drafts(300))
+        broken = helper_of(node.store)
+        assert broken is not None and not broken.alive and not broken.worked
+        written = await node.store.append(KEY, drafts(300, start=12_000))
+        assert len(written) == 300 and helper_of(node.store) is broken
+        await assert_sound(node)
