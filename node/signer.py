@@ -84,8 +84,9 @@ class Signer:
         self._ready = False
         self._proc: subprocess.Popen[bytes] | None = None
         try:
+            # -P: not from the current directory, which may hold another "node"
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "node.signer"], stdin=subprocess.PIPE,
+                [sys.executable, "-P", "-m", "node.signer"], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         except OSError:  # no interpreter to start (a frozen build): sign in place
             return

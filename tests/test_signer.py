@@ -300,3 +300,21 @@ async def test_a_helper_that_cannot_start_is_not_tried_at_every_append(
         written = await node.store.append(KEY, drafts(300, start=12_000))
         assert len(written) == 300 and helper_of(node.store) is broken
         await assert_sound(node)
+
+
+def test_the_helper_starts_from_a_directory_holding_another_node_package(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``potluck`` run from a project folder with its own ``node`` package: the helper
+    must still import Potluck's (it runs with -P: not from the current directory)."""
+    decoy = tmp_path / "node"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text('raise SystemExit("not Potluck")\n')
+    monkeypatch.chdir(tmp_path)
+    helper = Signer(KEY)
+    try:
+        wait_ready(helper)
+        run = run_of(300)
+        assert [e.raw for e in signed_by(helper, bytes(32), run)] == [
+            e.raw for e in events.seal_run(KEY, GROUP.id, bytes(32), run)]
+    finally:
+        helper.close()
