@@ -34,6 +34,7 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 import msgpack
@@ -84,10 +85,12 @@ class Signer:
         self._ready = False
         self._proc: subprocess.Popen[bytes] | None = None
         try:
-            # -P: not from the current directory, which may hold another "node"
+            # the same Potluck as this process: its own directory first on the path,
+            # and -P so that the current directory (which may hold another "node")
+            # is not
             self._proc = subprocess.Popen(
                 [sys.executable, "-P", "-m", "node.signer"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_child_env())
         except OSError:  # no interpreter to start (a frozen build): sign in place
             return
         assert self._proc.stdin is not None and self._proc.stdout is not None
@@ -224,6 +227,16 @@ class Signer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _child_env() -> dict[str, str]:
+    """This environment, with the directory holding this ``node`` package first on
+    PYTHONPATH (a checkout run without installing, or an older tree under test)."""
+    env = dict(os.environ)
+    home = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [home, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+    return env
 
 
 def _widen(pipe: IO[bytes]) -> None:
