@@ -235,9 +235,8 @@ def unsigned(seq: int, hlc: int, type_: str, body: Mapping[str, object],
     return tuple.__new__(Unsigned, (seq, hlc, type_, body_c, deps_c, parsed))
 
 
-def seal(key: SigningKey, group: bytes, prev: bytes | None, event: Unsigned
-         ) -> tuple[bytes, bytes]:
-    """(sig, wire bytes) of ``event`` after ``prev``: the one place events are signed,
+def seal(key: SigningKey, group: bytes, prev: bytes | None, event: Unsigned) -> bytes:
+    """The wire bytes of ``event`` after ``prev``: the one place events are signed,
     here and in the signing process (node/signer.py), so both give the same bytes."""
     fields = _signed_fields(ENVELOPE_VERSION, group, bytes(key.verify_key), event.seq, prev,
                             event.deps, event.hlc, event.type, event.body)
@@ -246,14 +245,17 @@ def seal(key: SigningKey, group: bytes, prev: bytes | None, event: Unsigned
     raw = _insert_sig(signed, len(fields), event.type, sig)
     if len(raw) > MAX_EVENT_BYTES:
         raise OversizedEvent(f"event is {len(raw)} bytes, limit {MAX_EVENT_BYTES}")
-    return sig, raw
+    return raw
 
 
-def sealed(group: bytes, author: bytes, prev: bytes | None, event: Unsigned, sig: bytes,
+def sealed(group: bytes, author: bytes, prev: bytes | None, event: Unsigned,
            raw: bytes) -> Envelope:
-    """The Envelope of ``event`` signed as ``sig`` and ``raw`` (by ``seal``)."""
+    """The Envelope of ``event`` signed into ``raw`` (by ``seal``); its signature is
+    read back from where ``seal`` put it."""
+    end = len(raw) - _tail(event.type)
     return _envelope(group, author, event.seq, prev, event.deps, event.hlc, event.type,
-                     event.body, sig, raw, blake2b256(raw), event.parsed)
+                     event.body, raw[end - SIG_BYTES:end], raw, blake2b256(raw),
+                     event.parsed)
 
 
 def seal_run(key: SigningKey, group: bytes, prev: bytes | None,
@@ -262,8 +264,7 @@ def seal_run(key: SigningKey, group: bytes, prev: bytes | None,
     author = bytes(key.verify_key)
     out: list[Envelope] = []
     for event in run:
-        sig, raw = seal(key, group, prev, event)
-        env = sealed(group, author, prev, event, sig, raw)
+        env = sealed(group, author, prev, event, seal(key, group, prev, event))
         out.append(env)
         prev = env.hash
     return out
@@ -289,12 +290,16 @@ def _insert_sig(signed: bytes, entries: int, type_: str, sig: bytes) -> bytes:
     """The wire bytes: ``signed`` (a map of ``entries`` < 15 pairs, so a one-byte
     header) with the ``sig`` pair spliced in before ``type``, where it sorts. Splicing
     instead of packing the map again; ``decode`` still checks the result is canonical."""
-    name = len(type_.encode())
-    # "type" (5 bytes), the type string with its 1-3 byte header, "v" (2), 1 (1)
-    tail = 5 + (1 if name < 32 else 2 if name < 256 else 3) + name + 2 + 1
-    cut = len(signed) - tail
+    cut = len(signed) - _tail(type_)
     return b"".join((bytes((0x80 | (entries + 1),)), signed[1:cut], _SIG_ENTRY, sig,
                      signed[cut:]))
+
+
+def _tail(type_: str) -> int:
+    """Bytes after the signature in an event's wire bytes: "type" (5 bytes), the type
+    string with its 1-3 byte header, "v" (2), 1 (1)."""
+    name = len(type_.encode())
+    return 5 + (1 if name < 32 else 2 if name < 256 else 3) + name + 2 + 1
 
 
 def _with_sig(signed_fields: dict[str, object], sig: bytes) -> dict[str, object]:

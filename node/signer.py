@@ -7,14 +7,16 @@ for it. A thread cannot take that work: signing and SQLite both need the GIL bet
 their C calls, and a signer thread made every insert wait for it (decision 0010). On
 the two cores of an old laptop the process signs while the database thread works.
 
-The parent starts it (``python -m node.signer``) on the first large append, and sends
-the device key's 32-byte seed down the pipe, never on a command line or to a file.
-Frames both ways are a 4-byte big-endian length, then msgpack:
+The parent starts it (``python -P -m node.signer``, its own package first on the
+path) on the first large append, and sends the device key's 32-byte seed down the pipe,
+never on a command line or to a file. Frames both ways are a 4-byte big-endian length,
+then msgpack:
 
-- parent to child, first: the seed (bin 32); the child answers ``b"R"`` once ready;
-- parent to child, a run: ``[group, prev or nil, [[seq, hlc, type, body, deps], ...]]``;
-- child to parent: chunks of ``[[sig, raw], ...]``, growing from ``FIRST_CHUNK`` events
-  to ``MAX_CHUNK``, until the run is signed.
+- parent to child, first: the seed (bin 32); the child answers ``"ready"``;
+- parent to child, a run: ``[group, prev or nil]``, then parts of up to ``PART``
+  events ``[[seq, hlc, type, body, deps], ...]`` as the parent makes them, then nil;
+- child to parent, once it has read the whole run: chunks of wire bytes ``[raw, ...]``,
+  growing from ``FIRST_CHUNK`` events to ``MAX_CHUNK``, until the run is signed.
 
 The child signs with ``events.seal``, the same function the parent uses, so the bytes
 are the ones the parent would have made. The parent checks each chunk still (every
@@ -122,18 +124,19 @@ class Signer:
             self.close()
         return self._ready
 
-    def sign(self, group: bytes, prev: bytes | None,
-             run: Iterable[Unsigned]) -> Iterator[list[Envelope]]:
+    def sign(self, group: bytes, prev: bytes | None, run: Iterable[Unsigned],
+             asked: list[Unsigned]) -> Iterator[list[Envelope]]:
         """Signed envelopes of ``run`` after ``prev``, in chunks, as the child signs
         them. ``run`` is sent PART events at a time as it is produced, so the child
-        signs the first while the caller prepares the rest. Raises SignerFailed (and
-        stops the child) on any trouble; a caller that stops early also stops it,
-        since its unread answers would confuse the next."""
+        signs the first while the caller prepares the rest; each event taken is added
+        to ``asked``, so a caller can sign itself what comes after the chunks it got.
+        Raises SignerFailed (and stops the child) on any trouble; a caller that stops
+        early also stops it, since its unread answers would confuse the next."""
         if self._proc is None:
             raise SignerFailed("the signing process is not running")
         author = bytes(self.key.verify_key)
-        asked: list[Unsigned] = []
-        done = 0
+        start = len(asked)
+        done = start
         try:
             self._send([group, prev])
             part: list[list[object]] = []
@@ -152,7 +155,7 @@ class Signer:
                 prev = chunk[-1].hash
                 yield chunk
         finally:
-            if done < len(asked) or not asked:
+            if done < len(asked) or done == start:
                 self.close(kill=True)
 
     def _send(self, value: object) -> None:
@@ -185,15 +188,12 @@ class Signer:
         if len(answer) > len(asked):
             raise SignerFailed("the signing process signed more than it was asked")
         chunk: list[Envelope] = []
-        for event, item in zip(asked, answer, strict=False):
-            if type(item) is not list or len(item) != 2:
-                raise SignerFailed("the signing process answered nonsense")
-            sig, raw = item
-            if type(sig) is not bytes or type(raw) is not bytes:
+        for event, raw in zip(asked, answer, strict=False):
+            if type(raw) is not bytes:
                 raise SignerFailed("the signing process answered nonsense")
             if prev is not None and _PREV_ENTRY + prev not in raw:
                 raise SignerFailed("the signing process broke the chain")
-            env = events.sealed(group, author, prev, event, sig, raw)
+            env = events.sealed(group, author, prev, event, raw)
             chunk.append(env)
             prev = env.hash
         # The last one in full: decoded, compared and its signature verified. With
@@ -201,8 +201,9 @@ class Signer:
         last, event = chunk[-1], asked[len(chunk) - 1]
         decoded = events.decode(last.raw)
         if ((decoded.author, decoded.group, decoded.seq, decoded.hlc, decoded.type,
-             decoded.deps, decoded.prev)
-                != (author, group, event.seq, event.hlc, event.type, event.deps, last.prev)
+             decoded.deps, decoded.prev, decoded.sig)
+                != (author, group, event.seq, event.hlc, event.type, event.deps, last.prev,
+                    last.sig)
                 or events.pack(decoded.body) != events.pack(event.body)):
             raise SignerFailed("the signing process signed something else")
         events.verify_signature(decoded)
@@ -304,8 +305,8 @@ def serve(inp: int, out: IO[bytes]) -> None:
         prev: bytes | None = header[1]
         queue: deque[list[Any]] = deque()
         ended = False
-        signed: list[list[list[bytes]]] = []  # chunks not yet written
-        chunk: list[list[bytes]] = []
+        signed: list[list[bytes]] = []  # chunks not yet written
+        chunk: list[bytes] = []
         size = FIRST_CHUNK
         while queue or not ended:
             if not ended and (not queue or len(chunk) % _LOOK_EVERY == 0):
@@ -319,9 +320,8 @@ def serve(inp: int, out: IO[bytes]) -> None:
             if not queue:
                 continue
             seq, hlc, type_, body, deps = queue.popleft()
-            sig, raw = events.seal(key, group, prev, Unsigned(seq, hlc, type_, body,
-                                                              tuple(deps)))
-            chunk.append([sig, raw])
+            raw = events.seal(key, group, prev, Unsigned(seq, hlc, type_, body, tuple(deps)))
+            chunk.append(raw)
             prev = events.blake2b256(raw)
             if len(chunk) == size:
                 signed.append(chunk)

@@ -375,7 +375,7 @@ class Store:
         """``run`` (``length`` events) signed in order after ``prev``, in chunks: by the
         signing process (node/signer.py) for a long run once it is up, else here in one
         chunk. If the process fails, what it did not sign is signed here."""
-        seen: list[events.Unsigned] = []  # the part of ``run`` the signer took
+        taken: list[events.Unsigned] = []  # the part of ``run`` the signer took
         done = 0
         signer = self._signer
         if length >= signer_module.MIN_RUN and signer_module.AVAILABLE:
@@ -388,13 +388,13 @@ class Store:
                 signer = self._signer = signer_module.Signer(key)
             if signer.key == key and signer.ready():
                 try:
-                    for chunk in signer.sign(self.group.id, prev, _recorded(run, seen)):
+                    for chunk in signer.sign(self.group.id, prev, run, taken):
                         done += len(chunk)
                         prev = chunk[-1].hash
                         yield chunk
                 except signer_module.SignerFailed:
                     pass  # signed here from where it stopped; started again next time
-        rest = [*seen[done:], *run]
+        rest = [*taken[done:], *run]
         if rest:
             yield events.seal_run(key, self.group.id, prev, rest)
 
@@ -903,13 +903,6 @@ def _due(db: sqlite3.Connection, now: int) -> list[Envelope]:
     rows = db.execute("SELECT raw FROM pending WHERE not_before <= ?", (now,)).fetchall()
     db.execute("UPDATE pending SET not_before = NULL WHERE not_before <= ?", (now,))
     return [_stored(row[0]) for row in rows]
-
-
-def _recorded(items: Iterator[T], into: list[T]) -> Iterator[T]:
-    """``items``, each also appended to ``into`` as it is taken."""
-    for item in items:
-        into.append(item)
-        yield item
 
 
 def _check_named(db: sqlite3.Connection, batch: Sequence[Envelope]) -> None:

@@ -69,7 +69,7 @@ def signer() -> object:
 
 
 def signed_by(helper: Signer, prev: bytes | None, run: list[Unsigned]) -> list[Envelope]:
-    return [env for chunk in helper.sign(GROUP.id, prev, run) for env in chunk]
+    return [env for chunk in helper.sign(GROUP.id, prev, run, []) for env in chunk]
 
 
 def test_the_process_signs_byte_for_byte_what_signing_in_place_makes(signer: Signer) -> None:
@@ -128,7 +128,7 @@ def test_a_process_that_dies_is_reported_and_not_waited_for() -> None:
 def test_stopping_early_stops_the_process(signer: Signer) -> None:
     helper = Signer(KEY)
     wait_ready(helper)
-    chunks = helper.sign(GROUP.id, None, run_of(600, first_seq=1))
+    chunks = helper.sign(GROUP.id, None, run_of(600, first_seq=1), [])
     next(chunks)
     chunks.close()  # its unread answers would be taken for the next run's
     assert not helper.alive
