@@ -1,6 +1,7 @@
 """The runner: keeps every projection's tables equal to a fold of the log.
 
-It runs inside the store's write transaction (``Store.add_hook``), so events, fold
+It runs inside the store's write transactions (``Runner.attach(store)``): it folds each
+batch the store adds and writes what changed just before the COMMIT, so events, fold
 states, rows and the index move together: a node killed at any instant restarts with
 projections that match its log.
 
@@ -9,8 +10,8 @@ skipped: they stay in the log and are relayed, docs/events.md §forward-compatib
 sorted into canonical order and handed to each projection. For each entity touched, the
 stored state is loaded once; an event that sorts after the entity's last key is applied
 incrementally; otherwise the entity is re-folded from its own events, found through
-``proj_index`` (entity -> events), never from the whole log. At the end each touched
-entity's rows are replaced and its state saved.
+``proj_index`` (entity -> events), never from the whole log. Before the commit each
+entity folded in the transaction has its rows replaced and its state saved, once.
 
 ``rebuild`` drops everything and streams the whole log through the same path in
 canonical order; ``digest`` hashes the canonical rows so two nodes can compare.
@@ -177,7 +178,7 @@ class LogCausality:
 
 
 class Runner:
-    """Materialises ``projections`` into SQLite tables; use as a store hook."""
+    """Materialises ``projections`` into SQLite tables; ``attach`` it to a store."""
 
     def __init__(self, projections: Sequence[Projection] | None = None) -> None:
         self.projections = tuple(projections or all_projections())
@@ -187,8 +188,6 @@ class Runner:
         self._live = _StateCache()
         self._data_version: int | None = None
         self._recent = _RecentEvents()
-        self._attached = False  # folds write at before_commit (``attach``)
-        self._unwritten = False  # folded states in _live wait for before_commit
         self._by_type: dict[str, tuple[Projection, ...]] = {}
         for projection in self.projections:
             for type_ in projection.TYPES:
@@ -251,7 +250,7 @@ class Runner:
 
     # -- folding -------------------------------------------------------------------
 
-    def __call__(self, db: sqlite3.Connection, added: Sequence[Envelope]) -> None:
+    def _fold_added(self, db: sqlite3.Connection, added: Sequence[Envelope]) -> None:
         """The store hook: fold events just added to the log (or react to a new fork)."""
         version = db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._data_version:  # another process wrote: states may be stale
@@ -264,29 +263,27 @@ class Runner:
             self.rebuild(db)
             return
         parsed = [e for e in map(to_event, added) if e is not None]
-        self.apply(db, parsed, defer=self._attached)
+        self.apply(db, parsed)
 
     def attach(self, store: Store) -> None:
         """Fold every transaction of ``store`` that adds events, and write what each
-        changed once, just before it commits (``before_commit``)."""
-        store.add_hook(self, self.rolled_back, self.before_commit)
-        self._attached = True
+        changed once, just before it commits (``before_commit``): an append folds its
+        chunks one by one, and the busiest entities (the stock at each place) changed
+        in every chunk."""
+        store.add_hook(self._fold_added, self.rolled_back, self.before_commit)
 
     def before_commit(self, db: sqlite3.Connection) -> None:
         """Write the states and rows the transaction's folds changed; forget the least
         recently used states beyond LIVE_CACHE_LIMIT."""
-        if not self._unwritten:
-            return
-        self._unwritten = False
         states = self._live
-        _write_all(db, list(states.changed.items()))
-        states.changed.clear()
+        if states.changed:
+            _write_all(db, list(states.changed.items()))
+            states.changed.clear()
         while len(states) > LIVE_CACHE_LIMIT:
             states.popitem(last=False)  # the least recently used
 
     def rolled_back(self) -> None:
         """The store's hook for a transaction that did not commit: forget its states."""
-        self._unwritten = False
         self._live.clear()
         self._recent.clear()
 
@@ -295,11 +292,9 @@ class Runner:
         return fork is None or event.seq < fork
 
     def apply(self, db: sqlite3.Connection, batch: Sequence[Event],
-              cache: _StateCache | None = None, *, defer: bool = False) -> None:
-        """Fold ``batch`` and write what changed. With ``cache`` (rebuild), states stay
-        in that cache and are written only when it is full or flushed. With ``defer``,
-        ``before_commit`` writes them: an append folds its chunks one by one, and the
-        busiest entities (the stock at each place) changed in every chunk."""
+              cache: _StateCache | None = None) -> None:
+        """Fold ``batch`` into the live states, which ``before_commit`` writes; with
+        ``cache`` (rebuild), into that cache, written when it is full or flushed."""
         if self._forks:
             batch = [e for e in batch if self._kept(e)]
         if not batch:
@@ -320,11 +315,7 @@ class Runner:
             if mine[projection.NAME]:
                 self._apply_one(db, projection, mine[projection.NAME], causality, lookup,
                                 states)
-        if cache is None:
-            self._unwritten = True
-            if not defer:
-                self.before_commit(db)
-        elif len(states) > STATE_CACHE_LIMIT:
+        if cache is not None and len(states) > STATE_CACHE_LIMIT:
             self._flush(db, states)
 
     def _apply_one(
