@@ -58,7 +58,8 @@ PENDING_IN_MEMORY = 50_000
 """Held events whose index ``receive`` keeps in memory; beyond, it asks SQLite."""
 WAL_CHECKPOINT_PAGES = 10_000
 WAL_KEEP_BYTES = 64 << 20
-_IN_CHUNK = 500  # values in one IN (...) query (SQLite allows 32,766 parameters)
+IN_CHUNK = 500
+"""Values in one ``IN (...)`` query (SQLite allows 32,766 parameters)."""
 MAX_FUTURE_MS = 24 * 3600 * 1000
 """An event stamped further than this beyond our clock is held until then (a peer's
 clock set a year ahead must not drag every node's clock with it)."""
@@ -905,6 +906,14 @@ def _due(db: sqlite3.Connection, now: int) -> list[Envelope]:
     return [_stored(row[0]) for row in rows]
 
 
+def in_parts(values: Sequence[T]) -> Iterator[tuple[Sequence[T], str]]:
+    """``values`` in parts of at most IN_CHUNK, each with the ``?,?,...`` of its
+    ``IN (...)``: one query for a whole batch, within SQLite's parameter limit."""
+    for start in range(0, len(values), IN_CHUNK):
+        part = values[start:start + IN_CHUNK]
+        yield part, ",".join("?" * len(part))
+
+
 def _check_named(db: sqlite3.Connection, batch: Sequence[Envelope]) -> None:
     """This node's events may only name events it has (receivers would hold them).
     One query for the whole batch: a quarter of a busy append's events name one."""
@@ -918,13 +927,10 @@ def _check_named(db: sqlite3.Connection, batch: Sequence[Envelope]) -> None:
     if not naming:
         return
     wanted = {h for _, named in naming for h in named}
-    keys = list({hash_key(h) for h in wanted})
     present: set[bytes] = set()
-    for start in range(0, len(keys), _IN_CHUNK):
-        part = keys[start:start + _IN_CHUNK]
+    for part, marks in in_parts(list({hash_key(h) for h in wanted})):
         present.update(row[0] for row in db.execute(
-            f"SELECT hash FROM events WHERE hkey IN ({','.join('?' * len(part))})", part)
-            if row[0] in wanted)
+            f"SELECT hash FROM events WHERE hkey IN ({marks})", part) if row[0] in wanted)
     for env, named in naming:
         absent = [h for h in named if h not in present]
         if absent and len(_resolve(db, absent)) < len(absent):  # fork evidence counts

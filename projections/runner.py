@@ -33,7 +33,7 @@ import msgpack
 from node import body as b
 from node.errors import InvalidEvent, StorageError
 from node.events import Envelope
-from node.store import Store, fork_points, hash_key
+from node.store import Store, fork_points, hash_key, in_parts
 from projections.board import Board
 from projections.catalog import Catalog
 from projections.fold import Causality, Event, Key, Projection, State, Table
@@ -46,7 +46,6 @@ LIVE_CACHE_LIMIT = 4_096
 """Entities whose fold state stays in memory between batches: the hot set (stock at the
 busy places, this week's posts and shifts) is read from SQLite once, not every batch."""
 RECENT_EVENTS = 8_192  # folded events kept for lookups by hash (up to twice as many)
-LOAD_CHUNK = 500  # entities per state query (SQLite allows 32,766 parameters)
 ENTITY_COLUMN = "_entity"
 
 _INTERNAL: tuple[tuple[str, str], ...] = (
@@ -510,11 +509,8 @@ def _load_states(
     """The numbers and stored states of ``entities`` (those that have a number), a few
     queries for a whole batch: most entities a batch touches first are new, and asking
     for each one alone was a sixth of the statements of a sync."""
-    wanted = list(entities)
     found: dict[str, _Cached] = {}
-    for start in range(0, len(wanted), LOAD_CHUNK):
-        part = wanted[start:start + LOAD_CHUNK]
-        marks = ",".join("?" * len(part))
+    for part, marks in in_parts(list(entities)):
         for name, id_, last, state, tables in db.execute(
                 "SELECT e.name, e.id, s.last, s.state, s.tables FROM proj_entities e "
                 f"LEFT JOIN proj_state s ON s.entity = e.id WHERE e.name IN ({marks})", part):
