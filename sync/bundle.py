@@ -359,6 +359,7 @@ async def _import(store: Store, path: Path, file: BinaryIO) -> ImportResult:
         return BundleDamaged(message, index + 1, result)
 
     index = 0
+    proofs = 0  # evidence chunks read, to name a refused one
     while True:
         head = await _read(file, _FRAME_HEAD)
         if len(head) < _FRAME_HEAD:
@@ -390,7 +391,8 @@ async def _import(store: Store, path: Path, file: BinaryIO) -> ImportResult:
             break
         if header[len(MAGIC)] >= EVIDENCE_VERSION and isinstance(content, dict) \
                 and set(content) == {"evidence"}:
-            if not await _import_evidence(store, content["evidence"], result):
+            proofs += 1
+            if not await _import_evidence(store, content["evidence"], proofs, result):
                 raise await damaged(index, "its contents are not understood")
             result.chunks += 1
             index += 1
@@ -410,22 +412,23 @@ async def _import(store: Store, path: Path, file: BinaryIO) -> ImportResult:
     return result
 
 
-async def _import_evidence(store: Store, raws: object, result: ImportResult) -> bool:
-    """Keep a proof of a fork; False if the chunk is not two byte strings. A proof
-    that does not hold (not two versions of one event, another group, a forged
-    signature) is refused like a bad event and the import goes on."""
+async def _import_evidence(store: Store, raws: object, number: int,
+                           result: ImportResult) -> bool:
+    """Keep the bundle's ``number``-th proof of a fork; False if the chunk is not two
+    byte strings. A proof that does not hold (not two versions of one event, another
+    group, a forged signature) is refused like a bad event and the import goes on."""
     if not (isinstance(raws, list) and len(raws) == 2
             and all(isinstance(raw, bytes) for raw in raws)):
         return False
-    where = f"evidence {result.evidence + 1}"
+    where = f"evidence {number}"
     try:
         first, second = events.decode(raws[0]), events.decode(raws[1])
-        if (first.author, first.seq) != (second.author, second.seq) \
-                or first.hash == second.hash:
-            raise BadEvidence("the two versions are not two versions of one event")
         new = await store.record_evidence(first, second)
-    except (InvalidEvent, BadEvidence) as exc:
+    except InvalidEvent as exc:
         _reject(result, where, exc)
+        return True
+    except ValueError as exc:  # record_evidence: not two versions of one event
+        _reject(result, where, BadEvidence(str(exc)))
         return True
     if new:
         result.evidence += 1

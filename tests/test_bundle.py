@@ -545,7 +545,7 @@ async def test_evidence_that_proves_nothing_is_refused_and_the_rest_imported(
     result = await import_bundle(b, path)
     assert (result.stored, result.evidence, result.rejected) == (32, 0, 2)
     assert result.reasons[0].startswith("evidence 1: bad-evidence: ")
-    assert result.reasons[1].startswith("evidence 1: bad-signature: ")
+    assert result.reasons[1].startswith("evidence 2: bad-signature: ")
     assert await b.fork_points() == {}
 
 
