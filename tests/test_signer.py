@@ -159,6 +159,20 @@ async def appended_with_the_helper(node: Node, n: int) -> list[Envelope]:
     return await node.store.append(KEY, drafts(n, start=1_000))
 
 
+@asynccontextmanager
+async def node_with_helper(path: Path, *others: SigningKey) -> AsyncIterator[
+        tuple[Node, Signer]]:
+    """A node where Ana (and ``others``) joined and Ana's helper signed a long run."""
+    async with node_at(path) as node:
+        await node.join(KEY, "Ana")
+        for n, other in enumerate(others):
+            await node.join(other, f"Member {n}")
+        await appended_with_the_helper(node, 300)
+        helper = helper_of(node.store)
+        assert helper is not None and helper._proc is not None
+        yield node, helper
+
+
 async def assert_sound(node: Node) -> None:
     """Every event verifies on its own, each chains to the one before, and the
     projections equal a rebuild from the log."""
@@ -208,11 +222,8 @@ async def test_short_appends_never_start_the_helper(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_an_append_whose_helper_died_signs_in_place(tmp_path: Path) -> None:
-    async with node_at(tmp_path / "log.db") as node:
-        await node.join(KEY, "Ana")
-        await appended_with_the_helper(node, 300)
-        helper = helper_of(node.store)
-        assert helper is not None and helper._proc is not None
+    async with node_with_helper(tmp_path / "log.db") as (node, helper):
+        assert helper._proc is not None
         helper._proc.kill()
         helper._proc.wait()
         written = await node.store.append(KEY, drafts(500, start=5_000))
@@ -227,11 +238,7 @@ async def test_an_append_whose_helper_died_signs_in_place(tmp_path: Path) -> Non
 async def test_a_long_run_of_another_key_is_signed_in_place_beside_the_helper(
         tmp_path: Path) -> None:
     other = make_key(71)
-    async with node_at(tmp_path / "log.db") as node:
-        await node.join(KEY, "Ana")
-        await node.join(other, "Bo")
-        await appended_with_the_helper(node, 300)
-        helper = helper_of(node.store)
+    async with node_with_helper(tmp_path / "log.db", other) as (node, helper):
         written = await node.store.append(other, drafts(400, start=8_000))
         assert len(written) == 400 and {e.author for e in written} == {
             bytes(other.verify_key)}
@@ -243,11 +250,7 @@ async def test_a_long_run_of_another_key_is_signed_in_place_beside_the_helper(
 
 @pytest.mark.asyncio
 async def test_an_append_whose_helper_lies_signs_in_place(tmp_path: Path) -> None:
-    async with node_at(tmp_path / "log.db") as node:
-        await node.join(KEY, "Ana")
-        await appended_with_the_helper(node, 300)
-        old = helper_of(node.store)
-        assert old is not None
+    async with node_with_helper(tmp_path / "log.db") as (node, old):
         old.close()
         liar = Signer(SigningKey(bytes(32)))
         await asyncio.to_thread(wait_ready, liar)
@@ -260,12 +263,9 @@ async def test_an_append_whose_helper_lies_signs_in_place(tmp_path: Path) -> Non
 
 @pytest.mark.asyncio
 async def test_closing_the_store_ends_the_helper(tmp_path: Path) -> None:
-    async with node_at(tmp_path / "log.db") as node:
-        await node.join(KEY, "Ana")
-        await appended_with_the_helper(node, 300)
-        helper = helper_of(node.store)
-        assert helper is not None and helper._proc is not None
+    async with node_with_helper(tmp_path / "log.db") as (_, helper):
         proc = helper._proc
+        assert proc is not None
     assert proc.poll() is not None
 
 
@@ -274,12 +274,9 @@ async def test_an_append_whose_helper_stops_answering_signs_in_place_after_a_whi
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A helper frozen mid-run (SIGSTOP) must not hold the log's write lock for ever."""
     monkeypatch.setattr(signer_module, "ANSWER_SECONDS", 0.5)
-    async with node_at(tmp_path / "log.db") as node:
-        await node.join(KEY, "Ana")
-        await appended_with_the_helper(node, 300)
-        helper = helper_of(node.store)
-        assert helper is not None and helper._proc is not None
+    async with node_with_helper(tmp_path / "log.db") as (node, helper):
         frozen = helper._proc
+        assert frozen is not None
         frozen.send_signal(signal.SIGSTOP)
         started = time.monotonic()
         written = await node.store.append(KEY, drafts(400, start=11_000))
