@@ -35,7 +35,7 @@ import struct
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -125,7 +125,7 @@ class Signer:
         return self._ready
 
     def sign(self, group: bytes, prev: bytes | None, run: Iterable[Unsigned],
-             asked: list[Unsigned]) -> Iterator[list[Envelope]]:
+             asked: list[Unsigned]) -> Generator[list[Envelope], None, None]:
         """Signed envelopes of ``run`` after ``prev``, in chunks, as the child signs
         them. ``run`` is sent PART events at a time as it is produced, so the child
         signs the first while the caller prepares the rest; each event taken is added

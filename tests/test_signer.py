@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -288,7 +289,7 @@ async def test_an_append_whose_helper_stops_answering_signs_in_place_after_a_whi
 @pytest.mark.asyncio
 async def test_a_helper_that_cannot_start_is_not_tried_at_every_append(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(signer_module.sys, "executable", str(tmp_path / "no-python"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
     async with node_at(tmp_path / "log.db") as node:
         await node.join(KEY, "Ana")
         await node.store.append(KEY, drafts(300))
