@@ -23,7 +23,7 @@ import ifaddr
 from nacl.signing import SigningKey
 
 from node import body as b
-from node import invite
+from node import collector, invite
 from node.errors import UsageError
 from node.events import Envelope
 from node.identity import (
@@ -86,6 +86,7 @@ class Node:
 
     @classmethod
     async def _start(cls, data_dir: Path, key: SigningKey, group: Group) -> Node:
+        collector.tune()
         store = await Store.open(data_dir / LOG_FILE, group)
         runner = Runner()
         try:
