@@ -66,11 +66,12 @@ _INTERNAL: tuple[tuple[str, str], ...] = (
 )
 """The runner's own tables, (name, statement)."""
 
-LAYOUT = 3
+LAYOUT = 4
 """Version of the runner's own layout, kept in proj_meta under ``LAYOUT_KEY``; a node
 that finds another rebuilds. 2: entities are numbered (``proj_entities``), so the states,
 index and rows of entities folded together sit together on disk (decision 0010).
-3: projection tables are clustered by entity number (WITHOUT ROWID)."""
+3: projection tables are clustered by entity number (WITHOUT ROWID). 4: without a
+second, unique index on each table's key."""
 LAYOUT_KEY = "(runner)"
 
 
@@ -87,7 +88,7 @@ _ONE_ROW = frozenset(table.name for projection in all_projections()
 
 def _insert_statement(table: Table) -> str:
     """INSERT for rows of ``table``; in a table of one row per entity, an upsert that
-    changes the row in place (a REPLACE deleted and re-inserted it, in both indexes)."""
+    changes the row in place (a REPLACE deleted and re-inserted it)."""
     marks = ", ".join("?" * (len(table.columns) + 1))
     statement = f'INSERT INTO "{table.name}" VALUES ({marks})'
     if table.name not in _ONE_ROW:
@@ -223,14 +224,15 @@ class Runner:
                 columns = ", ".join(f'"{name}" {kind}' for name, kind in table.columns)
                 key = ", ".join(f'"{k}"' for k in table.key)
                 # Clustered by entity number, so an entity's rows are replaced where
-                # they sit, beside those of entities folded at the same time; the key
-                # (an event hash, a slug) is a second index, for the views' look-ups.
+                # they sit, beside those of entities folded at the same time. No second
+                # index on the key: every key names its entity (an entity's own id or
+                # slug, or a row of it such as a claim of an offer), so the primary key
+                # already keeps keys unique, and a second index of hashes took a page
+                # of its own for most rows a commit wrote (LAYOUT 4). Look-ups by key
+                # go through the entity (views.board_entry, views.claim).
                 schema.append((table.name, f'CREATE TABLE IF NOT EXISTS "{table.name}" ('
                                f'{ENTITY_COLUMN} INTEGER NOT NULL, {columns}, '
                                f'PRIMARY KEY ({ENTITY_COLUMN}, {key})) WITHOUT ROWID'))
-                index = f"{table.name}_by_key"
-                schema.append((index, f'CREATE UNIQUE INDEX IF NOT EXISTS "{index}" '
-                               f'ON "{table.name}" ({key})'))
         return schema
 
     def stale(self, db: sqlite3.Connection) -> bool:

@@ -12,8 +12,12 @@ import datetime
 import sqlite3
 from typing import TypedDict
 
+from node import events
 from node.clock import wall_ms
+from node.store import hash_key
+from projections.board import entity_of
 from projections.roster import iso_week
+from projections.runner import ENTITY_COLUMN
 
 EXPIRING_DAYS = 3
 _URGENCY_RANK = {"urgent": 0, "normal": 1, "low": 2}
@@ -56,18 +60,37 @@ def known_slugs(db: sqlite3.Connection) -> dict[str, set[str]]:
 
 
 def board_entry(db: sqlite3.Connection, id_: bytes) -> dict[str, object] | None:
-    row = db.execute("SELECT kind, status, author FROM board_entries WHERE id = ?",
-                     (id_,)).fetchone()
+    """The offer or need ``id_``: found through its entity, the rows' primary key."""
+    row = db.execute(
+        f"SELECT kind, status, author FROM board_entries WHERE {ENTITY_COLUMN} = "
+        "(SELECT id FROM proj_entities WHERE name = ?) AND id = ?",
+        (entity_of(id_), id_)).fetchone()
     return None if row is None else {"kind": row[0], "status": row[1], "author": row[2]}
 
 
 def claim(db: sqlite3.Connection, id_: bytes) -> dict[str, object] | None:
+    """The claim ``id_`` with its target's holder and kind. A claim's row belongs to
+    its target's entity, and the claim event in the log names the target."""
+    target = _claim_target(db, id_)
+    if target is None:
+        return None
     row = db.execute(
         "SELECT c.status, c.claimant, e.author, e.kind FROM board_claims c "
-        "JOIN board_entries e ON e.id = c.target WHERE c.id = ?", (id_,)).fetchone()
+        f"JOIN board_entries e ON e.{ENTITY_COLUMN} = c.{ENTITY_COLUMN} AND e.id = c.target "
+        f"WHERE c.{ENTITY_COLUMN} = (SELECT id FROM proj_entities WHERE name = ?) "
+        "AND c.id = ?", (entity_of(target), id_)).fetchone()
     if row is None:
         return None
     return {"status": row[0], "claimant": row[1], "holder": row[2], "kind": row[3]}
+
+
+def _claim_target(db: sqlite3.Connection, id_: bytes) -> bytes | None:
+    row = db.execute("SELECT raw FROM events WHERE hkey = ? AND hash = ? AND "
+                     "type = 'claim.made'", (hash_key(id_), id_)).fetchone()
+    if row is None:
+        return None
+    target = events.decode(row[0]).body.get("target")
+    return target if isinstance(target, bytes) else None
 
 
 def board(db: sqlite3.Connection) -> dict[str, list[dict[str, object]]]:
