@@ -168,8 +168,9 @@ class Node:
         holder = claim["holder"] == self.author
         claimant = claim["claimant"] == self.author
         if step in ("confirmed", "declined") and not holder:
+            verb = "confirm" if step == "confirmed" else "decline"
             raise UsageError(f"only the person who posted the {claim['kind']} can "
-                             f"{step[:-1] if step.endswith('ed') else step} its claims")
+                             f"{verb} its claims")
         if step == "released" and not claimant:
             raise UsageError("only the person who made the claim can release it")
         if step == "fulfilled" and not (holder or claimant):
