@@ -574,13 +574,16 @@ def _event_lookup(
     db: sqlite3.Connection, recent: _RecentEvents
 ) -> Callable[[bytes], Event | None]:
     def lookup(hash_: bytes) -> Event | None:
-        event = recent.get(hash_)
-        if event is not None:
-            return event
-        row = db.execute("SELECT raw FROM events WHERE hkey = ? AND hash = ?",
-                         (hash_key(hash_), hash_)).fetchone()
-        return _unpack_event(row[0], hash_) if row else None
+        return recent.get(hash_) or stored_event(db, hash_)
     return lookup
+
+
+def stored_event(db: sqlite3.Connection, hash_: bytes) -> Event | None:
+    """The log's event ``hash_`` as folds see it; None when the log lacks it or
+    projections skip its type. Damage on disk is a StorageError naming the repair."""
+    row = db.execute("SELECT raw FROM events WHERE hkey = ? AND hash = ?",
+                     (hash_key(hash_), hash_)).fetchone()
+    return _unpack_event(row[0], hash_) if row else None
 
 
 _KEY_OF = attrgetter("hlc", "author", "seq")

@@ -12,12 +12,11 @@ import datetime
 import sqlite3
 from typing import TypedDict
 
-from node import events
+from node import body as b
 from node.clock import wall_ms
-from node.store import hash_key
 from projections.board import entity_of
 from projections.roster import iso_week
-from projections.runner import ENTITY_COLUMN
+from projections.runner import ENTITY_COLUMN, stored_event
 
 EXPIRING_DAYS = 3
 _URGENCY_RANK = {"urgent": 0, "normal": 1, "low": 2}
@@ -71,26 +70,17 @@ def board_entry(db: sqlite3.Connection, id_: bytes) -> dict[str, object] | None:
 def claim(db: sqlite3.Connection, id_: bytes) -> dict[str, object] | None:
     """The claim ``id_`` with its target's holder and kind. A claim's row belongs to
     its target's entity, and the claim event in the log names the target."""
-    target = _claim_target(db, id_)
-    if target is None:
+    made = stored_event(db, id_)
+    if made is None or not isinstance(made.body, b.ClaimMade):
         return None
     row = db.execute(
         "SELECT c.status, c.claimant, e.author, e.kind FROM board_claims c "
         f"JOIN board_entries e ON e.{ENTITY_COLUMN} = c.{ENTITY_COLUMN} AND e.id = c.target "
         f"WHERE c.{ENTITY_COLUMN} = (SELECT id FROM proj_entities WHERE name = ?) "
-        "AND c.id = ?", (entity_of(target), id_)).fetchone()
+        "AND c.id = ?", (entity_of(made.body.target), id_)).fetchone()
     if row is None:
         return None
     return {"status": row[0], "claimant": row[1], "holder": row[2], "kind": row[3]}
-
-
-def _claim_target(db: sqlite3.Connection, id_: bytes) -> bytes | None:
-    row = db.execute("SELECT raw FROM events WHERE hkey = ? AND hash = ? AND "
-                     "type = 'claim.made'", (hash_key(id_), id_)).fetchone()
-    if row is None:
-        return None
-    target = events.decode(row[0]).body.get("target")
-    return target if isinstance(target, bytes) else None
 
 
 def board(db: sqlite3.Connection) -> dict[str, list[dict[str, object]]]:
