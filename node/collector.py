@@ -9,6 +9,10 @@ path makes no reference cycles (reference counting frees what it drops). Examine
 GENERATION_0 allocations instead, the collector still runs, still finds the cycles of
 the libraries around us (asyncio, websockets), and the garbage it can let wait is at
 most GENERATION_0 objects: a few megabytes.
+
+Process-wide on purpose: ``Node`` is the composition root of a node process (the
+``potluck`` command, ``potluck serve``, the benchmarks), and the test suite runs with
+the setting the node runs with.
 """
 
 from __future__ import annotations

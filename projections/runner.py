@@ -71,7 +71,7 @@ LAYOUT = 4
 that finds another rebuilds. 2: entities are numbered (``proj_entities``), so the states,
 index and rows of entities folded together sit together on disk (decision 0010).
 3: projection tables are clustered by entity number (WITHOUT ROWID). 4: without a
-second, unique index on each table's key."""
+second, unique index on each table's key (3 is brought to 4 in place: ``_migrate``)."""
 LAYOUT_KEY = "(runner)"
 
 
@@ -210,11 +210,26 @@ class Runner:
         return True
 
     def setup(self, db: sqlite3.Connection) -> bool:
-        """Create missing tables; return True when a projection's version changed."""
+        """Create missing tables and bring a layout that changes in place up to date;
+        return True when a rebuild is still needed (a projection's version changed)."""
         for _, statement in self._schema():
             db.execute(statement)
+        self._migrate(db)
         self._forks = fork_points(db)
         return self.stale(db)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Layout 3 → 4 only dropped the index on each table's key: drop it where it
+        is, rather than rebuild every projection (a minute for a large log, holding
+        the write lock)."""
+        row = db.execute("SELECT version FROM proj_meta WHERE name = ?",
+                         (LAYOUT_KEY,)).fetchone()
+        if row is None or row[0] != 3:
+            return
+        for projection in self.projections:
+            for table in projection.TABLES:
+                db.execute(f'DROP INDEX IF EXISTS "{table.name}_by_key"')
+        db.execute("INSERT OR REPLACE INTO proj_meta VALUES (?, ?)", (LAYOUT_KEY, LAYOUT))
 
     def _schema(self) -> list[tuple[str, str]]:
         """(name, statement) of every table and index the runner keeps, its own first."""

@@ -60,14 +60,14 @@ async def test_a_claim_or_offer_not_on_the_board_is_refused_and_nothing_written(
     ana, ben = pair
     soup = await ana.post(b.OfferPosted(title="Soup", quantity=4))
     claim_elsewhere = await ana.post(b.ClaimMade(target=soup.hash, quantity=1))
-    before = await ben.store.count()
+    before = await ana.store.count(), await ben.store.count()
     with pytest.raises(UsageError, match="that claim is not on this node's board"):
         await ben.post(b.ClaimConfirmed(claim=claim_elsewhere.hash))
     with pytest.raises(UsageError, match="that claim is not on this node's board"):
         await ana.post(b.ClaimConfirmed(claim=soup.hash))  # an offer's id, not a claim's
     with pytest.raises(UsageError, match="not on this node's board"):
         await ben.post(b.ClaimMade(target=soup.hash, quantity=1))
-    assert await ben.store.count() == before
+    assert (await ana.store.count(), await ben.store.count()) == before
 
 
 async def test_only_the_author_withdraws_an_offer_and_a_withdrawn_one_takes_no_claims(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def test_tune_leaves_a_process_that_collects_less_often_alone(
     assert gc.get_threshold() == (0, 10, 10)
 
 
-def test_the_collector_still_collects_cycles_after_tune(default_thresholds: None) -> None:
+def test_the_collector_still_frees_cycles_after_tune(default_thresholds: None) -> None:
     collector.tune()
     runs: list[str] = []
 
@@ -47,19 +48,29 @@ def test_the_collector_still_collects_cycles_after_tune(default_thresholds: None
         if phase == "stop":
             runs.append(phase)
 
+    class Node:
+        """A container in a reference cycle: only the collector can free it."""
+
+        def __init__(self) -> None:
+            self.me = self
+
+    first = Node()
+    gone = weakref.ref(first)
+    del first
     gc.callbacks.append(record)
+    was_enabled = gc.isenabled()
+    gc.enable()
     try:
-        was_enabled = gc.isenabled()
-        gc.enable()
         for _ in range(3 * collector.GENERATION_0):
             cycle: list[object] = []
-            cycle.append(cycle)  # garbage only the collector can free
+            cycle.append(cycle)
         del cycle
     finally:
         gc.callbacks.remove(record)
         if not was_enabled:
             gc.disable()
     assert runs, "no collection ran in 3 x GENERATION_0 allocations"
+    assert gone() is None, "a cycle survived 3 x GENERATION_0 allocations"
 
 
 async def test_a_node_process_is_tuned_when_a_node_opens(

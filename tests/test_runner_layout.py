@@ -1,0 +1,90 @@
+"""A node whose projections were written by an older layout of the runner's tables
+(``LAYOUT`` in projections/runner.py): changed in place where that is enough, rebuilt
+otherwise, and either way the same rows as a fresh fold."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from node import body as b
+from node.app import LOG_FILE, Node
+from node.identity import Group
+from projections.runner import LAYOUT, LAYOUT_KEY, Runner
+
+PROBE = "(probe)"
+"""A proj_meta row planted by the test: a rebuild drops proj_meta, a migration keeps it."""
+
+
+async def filled(data_dir: Path) -> str:
+    """A node with an offer, a claim and stock; returns its digest."""
+    node = await Node.init(data_dir, "Ana", Group.new("Street pantry"))
+    try:
+        await node.post(b.LocationDefined(slug="hall", name="Church hall", kind="pantry"))
+        await node.post(b.ItemDefined(slug="rice", name="Rice", unit="kg", category="food",
+                                      storage="ambient"))
+        await node.post(b.StockAdjusted(item="rice", location="hall", delta=5,
+                                        reason="donation"))
+        soup = await node.post(b.OfferPosted(title="Soup", quantity=4))
+        await node.post(b.ClaimMade(target=soup.hash, quantity=1))
+        return await node.store.read(node.runner.digest)
+    finally:
+        await node.close()
+
+
+def key_indexes(db: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE '%_by_key'")}
+
+
+def as_written_by_layout(path: Path, layout: int) -> None:
+    """Make the projections look written by ``layout``: 3 had a unique index on each
+    projection table's key."""
+    with sqlite3.connect(path) as db:
+        for projection in Runner().projections:
+            for table in projection.TABLES:
+                key = ", ".join(f'"{k}"' for k in table.key)
+                db.execute(f'CREATE UNIQUE INDEX "{table.name}_by_key" ON "{table.name}" '
+                           f"({key})")
+        db.executemany("INSERT OR REPLACE INTO proj_meta VALUES (?, ?)",
+                       [(LAYOUT_KEY, layout), (PROBE, 1)])
+    db.close()
+
+
+async def reopened(data_dir: Path) -> tuple[str, set[str], dict[str, int]]:
+    node = await Node.open(data_dir)
+    try:
+        digest = await node.store.read(node.runner.digest)
+        indexes = await node.store.read(key_indexes)
+        meta = dict(await node.store.read(
+            lambda db: db.execute("SELECT name, version FROM proj_meta").fetchall()))
+        return digest, indexes, meta
+    finally:
+        await node.close()
+
+
+async def test_layout_3_loses_its_key_indexes_in_place_without_a_rebuild(
+        tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    digest = await filled(data_dir)
+    as_written_by_layout(data_dir / LOG_FILE, 3)
+
+    after, indexes, meta = await reopened(data_dir)
+
+    assert indexes == set()
+    assert meta[LAYOUT_KEY] == LAYOUT
+    assert meta.get(PROBE) == 1, "the node rebuilt its projections instead of migrating"
+    assert after == digest
+
+
+async def test_an_older_layout_is_rebuilt_to_the_same_rows(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    digest = await filled(data_dir)
+    as_written_by_layout(data_dir / LOG_FILE, 2)
+
+    after, indexes, meta = await reopened(data_dir)
+
+    assert indexes == set()
+    assert meta[LAYOUT_KEY] == LAYOUT
+    assert PROBE not in meta, "layout 2 must be rebuilt, not patched"
+    assert after == digest
