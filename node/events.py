@@ -303,7 +303,7 @@ def _tail(type_: str) -> int:
 
 
 def _with_sig(signed_fields: dict[str, object], sig: bytes) -> dict[str, object]:
-    """The full map: ``sig`` sorts between ``seq`` and ``type``. ``create`` splices the
+    """The full map: ``sig`` sorts between ``seq`` and ``type``. ``seal`` splices the
     bytes instead (``_insert_sig``); tests pack this map to check the splice and to
     forge events."""
     full: dict[str, object] = {}

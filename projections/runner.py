@@ -47,6 +47,9 @@ LIVE_CACHE_LIMIT = 4_096
 busy places, this week's posts and shifts) is read from SQLite once, not every batch."""
 RECENT_EVENTS = 8_192  # folded events kept for lookups by hash (up to twice as many)
 ENTITY_COLUMN = "_entity"
+NUMBER_OF = "(SELECT id FROM proj_entities WHERE name = ?)"
+"""SQL for an entity's number on this node, given its name as the parameter: how the
+views find one entity's rows through the tables' primary key."""
 
 _INTERNAL: tuple[tuple[str, str], ...] = (
     ("proj_meta", "CREATE TABLE IF NOT EXISTS proj_meta ("
@@ -561,7 +564,7 @@ def _write_all(db: sqlite3.Connection, dirty: Sequence[tuple[str, _Cached]]) -> 
                 inserts.setdefault(table_name, []).extend((number, *row) for row in rows)
                 written.append(table_name)
         for table_name in cached.tables:
-            # a table of one row per entity is overwritten by its REPLACE below
+            # a table of one row per entity is overwritten by its upsert below
             if table_name not in _ONE_ROW or table_name not in written:
                 deletes.setdefault(table_name, []).append((number,))
         cached.tables = tuple(written)

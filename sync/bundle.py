@@ -231,7 +231,7 @@ async def export_bundle(
                         size += len(raw) + 5
                 if pending:
                     written += await _write(file, sealer.events_chunk(author, pending))
-            for first, second in proofs:  # after the events, so the forked author's
+            for first, second in proofs:  # after the events, before the final chunk
                 written += await _write(file, sealer.evidence_chunk(first, second))
             written += await _write(file, sealer.end_chunk())
             await asyncio.to_thread(os.fsync, file.fileno())
