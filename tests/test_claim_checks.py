@@ -14,6 +14,7 @@ import pytest
 from node import body as b
 from node.app import Node
 from node.errors import UsageError
+from node.events import Envelope
 from node.identity import Group
 
 
@@ -36,12 +37,18 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
         await ben.close()
 
 
+async def ben_claims(pair: tuple[Node, Node], post: b.OfferPosted | b.NeedPosted) -> Envelope:
+    """Ana posts ``post``; Ben, having synced, claims from it; returns the claim."""
+    ana, ben = pair
+    target = await ana.post(post)
+    await share(ana, ben)
+    return await ben.post(b.ClaimMade(target=target.hash, quantity=1))
+
+
 async def test_only_the_holder_confirms_and_only_the_claimant_releases(
         pair: tuple[Node, Node]) -> None:
     ana, ben = pair
-    soup = await ana.post(b.OfferPosted(title="Soup", quantity=4))
-    await share(ana, ben)
-    claim = await ben.post(b.ClaimMade(target=soup.hash, quantity=2))
+    claim = await ben_claims(pair, b.OfferPosted(title="Soup", quantity=4))
     with pytest.raises(UsageError, match="only the person who posted the offer can "
                                          "confirm its claims"):
         await ben.post(b.ClaimConfirmed(claim=claim.hash))
@@ -84,10 +91,8 @@ async def test_only_the_author_withdraws_an_offer_and_a_withdrawn_one_takes_no_c
 
 
 async def test_only_the_holder_declines(pair: tuple[Node, Node]) -> None:
-    ana, ben = pair
-    need = await ana.post(b.NeedPosted(title="Nappies", quantity=2))
-    await share(ana, ben)
-    claim = await ben.post(b.ClaimMade(target=need.hash, quantity=1))
+    _, ben = pair
+    claim = await ben_claims(pair, b.NeedPosted(title="Nappies", quantity=2))
     with pytest.raises(UsageError, match="only the person who posted the need can "
                                          "decline its claims"):
         await ben.post(b.ClaimDeclined(claim=claim.hash))
