@@ -12,6 +12,7 @@ The event is durable when ``post`` returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -36,6 +37,7 @@ from node.identity import (
 from node.store import Store
 from projections import views
 from projections.board import ALLOWED_FROM
+from projections.projector import Projector
 from projections.runner import Runner
 from sync import peers as peer_table
 from sync.discovery import Discovery, interfaces_for
@@ -73,6 +75,9 @@ class Node:
         self.store = store
         self.runner = runner
         self.peer_manager: PeerManager | None = None  # while serve() runs
+        self._projector: Projector | None = None  # while folding_behind() is entered
+        self._folding_behind = 0
+        store.on_change(self._wake_projector)
 
     @property
     def group(self) -> Group:
@@ -89,15 +94,17 @@ class Node:
         collector.tune()
         store = await Store.open(data_dir / LOG_FILE, group)
         runner = Runner()
+        runner.attach(store)  # before any write: its before_commit saves what folds wrote
         try:
             if not await store.read(runner.ready):
                 stale = await store.write(runner.setup)
                 if stale:
                     await store.write(runner.rebuild)
+            if await store.read(runner.behind):  # killed while a projector was behind
+                await store.write(runner.catch_up)
         except BaseException:
             await store.close()
             raise
-        runner.attach(store)
         return cls(data_dir, key, store, runner)
 
     @classmethod
@@ -122,7 +129,49 @@ class Node:
         return node
 
     async def close(self) -> None:
+        self._stop_projector()
         await self.store.close()
+
+    @contextlib.asynccontextmanager
+    async def folding_behind(self) -> AsyncIterator[None]:
+        """While inside, a second process folds what large receives store
+        (projections/projector.py, decision 0012); on the way out it stops and this
+        process folds whatever it left, so the projections match the log again."""
+        self._folding_behind += 1
+        if self._folding_behind == 1:
+            self.store.fold_behind(self._projector_ready)
+        try:
+            yield
+        finally:
+            self._folding_behind -= 1
+            if self._folding_behind == 0:
+                # it finishes its transaction first: wait off the event loop
+                await asyncio.to_thread(self._stop_projector)
+                await self.catch_up()
+
+    def _projector_ready(self) -> bool:
+        """The store's question before a large receive: the first one starts the
+        projector, and receives fold in place until it is up (a short sync ends
+        before it would be). One that died is not started again here."""
+        if self._projector is None:
+            self._projector = Projector(self.data_dir / LOG_FILE)
+        return self._projector.alive and self._projector.ready()
+
+    def _stop_projector(self) -> None:
+        self.store.fold_behind(None)
+        projector, self._projector = self._projector, None
+        if projector is not None:
+            projector.close()
+
+    def _wake_projector(self) -> None:
+        if self._projector is not None:
+            self._projector.wake()
+
+    async def catch_up(self) -> int:
+        """Fold here whatever the log holds beyond the projections; how many events."""
+        if not await self.store.read(self.runner.behind):
+            return 0
+        return await self.store.write(self.runner.catch_up)
 
     # -- writing -------------------------------------------------------------------
 
@@ -218,12 +267,13 @@ class Node:
     async def sync_once(self, address: str) -> dict[str, object]:
         """Catch up both ways with the node at ``address``, then close: ``potluck sync``."""
         host, port = _address(address)
-        try:
-            session = await connect_session(f"{host}:{port}", self.key, self.store,
-                                            one_shot=True)
-        except DialError as exc:
-            raise UsageError(str(exc)) from None
-        await session.run()
+        async with self.folding_behind():
+            try:
+                session = await connect_session(f"{host}:{port}", self.key, self.store,
+                                                one_shot=True)
+            except DialError as exc:
+                raise UsageError(str(exc)) from None
+            await session.run()
         key = session.peer_key
         if session.error is not None or session.protocol.state != State.CLOSED:
             raise UsageError(f"sync with {address} failed: {session.error or 'connection lost'}")
@@ -284,15 +334,16 @@ class Node:
             peer_host, peer_port = _address(address)
             manager.add_peer(f"{peer_host}:{peer_port}", "manual")
         discovery: Discovery | None = None
-        try:
-            if discover:
-                discovery = await self._discover(manager, bound, host, say)
-            await stop.wait()
-        finally:
-            if discovery is not None:
-                await discovery.stop()
-            await manager.stop()
-            self.peer_manager = None
+        async with self.folding_behind():
+            try:
+                if discover:
+                    discovery = await self._discover(manager, bound, host, say)
+                await stop.wait()
+            finally:
+                if discovery is not None:
+                    await discovery.stop()
+                await manager.stop()
+                self.peer_manager = None
 
     def peer_vectors(self) -> list[dict[bytes, tuple[int, bytes]]]:
         """What each connected peer device has of the log, as sync knows it (one vector

@@ -92,7 +92,7 @@ class Signer:
             # is not
             self._proc = subprocess.Popen(
                 [sys.executable, "-P", "-m", "node.signer"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_child_env())
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=child_env())
         except OSError:  # no interpreter to start (a frozen build): sign in place
             return
         assert self._proc.stdin is not None and self._proc.stdout is not None
@@ -230,7 +230,7 @@ class Signer:
             proc.wait()
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     """This environment, with the directory holding this ``node`` package first on
     PYTHONPATH (a checkout run without installing, or an older tree under test)."""
     env = dict(os.environ)

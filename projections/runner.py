@@ -27,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from operator import attrgetter
+from typing import NamedTuple
 
 import msgpack
 
@@ -76,6 +77,10 @@ index and rows of entities folded together sit together on disk (decision 0010).
 3: projection tables are clustered by entity number (WITHOUT ROWID). 4: without a
 second, unique index on each table's key (3 is brought to 4 in place: ``_migrate``)."""
 LAYOUT_KEY = "(runner)"
+CHECKPOINT_KEY = "(folded)"
+"""proj_meta row: the arrival number (``events.id``) up to which the log is folded.
+Events after it are the backlog a receive left to a process folding behind the log;
+every fold takes the backlog first, so the folded events are always a prefix."""
 
 
 def all_projections() -> tuple[Projection, ...]:
@@ -144,6 +149,14 @@ def _unpack_event(raw: bytes, hash_: bytes) -> Event | None:
     return Event(hash_, author, seq, hlc, parsed)
 
 
+class Backlog(NamedTuple):
+    """Events of the log after ``after`` up to ``last`` (arrival numbers), parsed."""
+
+    after: int
+    last: int
+    events: list[Event]
+
+
 class LogCausality:
     """``Causality`` from the store's ``seen`` table: deps give each author's knowledge.
 
@@ -191,6 +204,8 @@ class Runner:
         self._live = _StateCache()
         self._data_version: int | None = None
         self._recent = _RecentEvents()
+        self._folded: int | None = None
+        """The checkpoint this transaction moved to, written by ``before_commit``."""
         self._by_type: dict[str, tuple[Projection, ...]] = {}
         for projection in self.projections:
             for type_ in projection.TYPES:
@@ -209,6 +224,9 @@ class Runner:
             "SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
         if any(name not in present for name, _ in self._schema()) or self.stale(db):
             return False
+        if db.execute("SELECT 1 FROM proj_meta WHERE name = ?",
+                      (CHECKPOINT_KEY,)).fetchone() is None:
+            return False  # a node from before the checkpoint: ``setup`` writes it
         self._forks = fork_points(db)
         return True
 
@@ -218,6 +236,10 @@ class Runner:
         for _, statement in self._schema():
             db.execute(statement)
         self._migrate(db)
+        # Before the checkpoint every write folded its own events, so the whole log is
+        # folded; for a log whose projections are stale, the rebuild that follows sets it.
+        db.execute("INSERT OR IGNORE INTO proj_meta VALUES (?, ?)",
+                   (CHECKPOINT_KEY, _last_id(db)))
         self._forks = fork_points(db)
         return self.stale(db)
 
@@ -270,7 +292,55 @@ class Runner:
     # -- folding -------------------------------------------------------------------
 
     def _fold_added(self, db: sqlite3.Connection, added: Sequence[Envelope]) -> None:
-        """The store hook: fold events just added to the log (or react to a new fork)."""
+        """The store hook: fold events just added to the log (or react to a new fork),
+        after the backlog a receive left behind (``Store.receive(fold=False)``), so
+        the folded events stay a prefix of the log in arrival order."""
+        if not self._ready_to_fold(db):
+            return
+        top = _last_id(db)
+        self._fold_backlog(db, top - len(added))
+        parsed = [e for e in map(to_event, added) if e is not None]
+        self.apply(db, parsed)
+        self._folded = top
+
+    def behind(self, db: sqlite3.Connection) -> int:
+        """Read-only: how many stored events the projections have not folded yet."""
+        stored = _stored_checkpoint(db)
+        return 0 if stored is None else _last_id(db) - stored
+
+    def catch_up(self, db: sqlite3.Connection, limit: int | None = None,
+                 read: Backlog | None = None) -> int:
+        """Fold what the log holds beyond the projections' checkpoint, at most ``limit``
+        events (all without); return how many. Run in a write transaction, as the
+        store's hooks are, with ``before_commit`` before its COMMIT: the projector
+        process (projections/projector.py) and a node opening after a crash do.
+        ``read``: the backlog's next events, read before the transaction (``backlog``)
+        so the write lock is not held for it; used if the checkpoint is where it began."""
+        if not self._ready_to_fold(db):
+            return 0  # rebuilt: nothing is behind
+        top = _last_id(db)
+        start = self._checkpoint(db, top)
+        if read is not None and read.after == start and read.last > start:
+            self.apply(db, read.events)
+            self._folded = read.last
+            return read.last - start
+        end = top if limit is None else min(top, start + limit)
+        self._fold_backlog(db, end)
+        return end - start
+
+    def backlog(self, db: sqlite3.Connection, limit: int) -> Backlog:
+        """Read-only: the next ``limit`` events after the checkpoint, parsed for
+        ``catch_up``. Events never change, so reading them outside the write
+        transaction is safe; the checkpoint is checked again inside it."""
+        after = self._checkpoint(db, _last_id(db))
+        rows = db.execute("SELECT id, raw, hash FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                          (after, limit)).fetchall()
+        parsed = [e for e in (_unpack_event(r[1], r[2]) for r in rows) if e is not None]
+        return Backlog(after, rows[-1][0] if rows else after, parsed)
+
+    def _ready_to_fold(self, db: sqlite3.Connection) -> bool:
+        """Forget states another process may have changed; rebuild on a new fork.
+        False when it rebuilt (everything is folded)."""
         version = db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._data_version:  # another process wrote: states may be stale
             self._live.clear()
@@ -280,9 +350,32 @@ class Runner:
             # An author equivocated: their events from the fork on leave every projection
             # until people resolve it (docs/events.md §forks). Rare, so rebuild.
             self.rebuild(db)
-            return
-        parsed = [e for e in map(to_event, added) if e is not None]
-        self.apply(db, parsed)
+            return False
+        return True
+
+    def _checkpoint(self, db: sqlite3.Connection, assumed: int) -> int:
+        """The arrival number up to which the log is folded: this transaction's if it
+        folded already, else the stored one; ``assumed`` where none is stored (a
+        runner used without ``setup``, which writes it)."""
+        if self._folded is not None:
+            return self._folded
+        stored = _stored_checkpoint(db)
+        return assumed if stored is None else stored
+
+    def _fold_backlog(self, db: sqlite3.Connection, end: int) -> None:
+        """Fold the stored events with arrival numbers after the checkpoint up to
+        ``end``, in arrival order, ``REBUILD_CHUNK`` at a time (bounded memory)."""
+        after = self._checkpoint(db, end)
+        while after < end:
+            rows = db.execute(
+                "SELECT id, raw, hash FROM events WHERE id > ? AND id <= ? ORDER BY id "
+                "LIMIT ?", (after, end, REBUILD_CHUNK)).fetchall()
+            if not rows:
+                break
+            self.apply(db, [e for e in (_unpack_event(r[1], r[2]) for r in rows)
+                            if e is not None])
+            after = rows[-1][0]
+        self._folded = end
 
     def attach(self, store: Store) -> None:
         """Fold every transaction of ``store`` that adds events, and write what each
@@ -298,6 +391,10 @@ class Runner:
         if states.changed:
             _write_all(db, list(states.changed.items()))
             states.changed.clear()
+        if self._folded is not None:
+            db.execute("INSERT OR REPLACE INTO proj_meta VALUES (?, ?)",
+                       (CHECKPOINT_KEY, self._folded))
+            self._folded = None
         while len(states) > LIVE_CACHE_LIMIT:
             states.popitem(last=False)  # the least recently used
 
@@ -305,6 +402,7 @@ class Runner:
         """The store's hook for a transaction that did not commit: forget its states."""
         self._live.clear()
         self._recent.clear()
+        self._folded = None
 
     def _kept(self, event: Event) -> bool:
         fork = self._forks.get(event.author)
@@ -410,6 +508,7 @@ class Runner:
                 folded += len(chunk)
             self._flush(db, cache)
         self.mark_current(db)
+        self._folded = _last_id(db)
         return folded
 
     def mark_current(self, db: sqlite3.Connection) -> None:
@@ -575,6 +674,16 @@ def _write_all(db: sqlite3.Connection, dirty: Sequence[tuple[str, _Cached]]) -> 
         db.executemany(_INSERTS[table_name], rows)
     db.executemany("INSERT OR REPLACE INTO proj_state VALUES (?, ?, ?, ?)", saved)
     db.executemany("DELETE FROM proj_state WHERE entity = ?", dropped)
+
+
+def _stored_checkpoint(db: sqlite3.Connection) -> int | None:
+    row = db.execute("SELECT version FROM proj_meta WHERE name = ?",
+                     (CHECKPOINT_KEY,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _last_id(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
 
 
 def _entity_events(db: sqlite3.Connection, entity: int) -> Iterator[Event]:
