@@ -14,6 +14,7 @@ temporary directory (in /dev/shm when there is one, to spare the disk).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import tempfile
@@ -21,12 +22,14 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
+from unittest import mock
 
 from eventgen import KINDS, Network, Node, Op, Peer, shuffled_delivery
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from node import store as store_module
 from node.events import Envelope
 
 T = TypeVar("T")
@@ -93,6 +96,46 @@ def test_any_order_and_duplication_of_the_event_set_gives_the_canonical_projecti
             assert await shuffled.rebuild() == digest, "incremental != rebuild (shuffled)"
             assert await reference.rebuild() == digest, "incremental != rebuild (canonical)"
             await assert_same_projections(shuffled, reference, "after rebuild")
+
+    asyncio.run(check())
+
+
+# -- property A': folding behind the log ------------------------------------------------
+
+
+@PROPERTY
+@given(n=authors, skew=skews, operations=ops, rng=st.randoms(use_true_random=False))
+def test_receives_left_to_a_projector_fold_to_the_canonical_projections(
+        n: int, skew: list[int], operations: list[Op], rng: random.Random) -> None:
+    """Receives that store without folding (``Store.fold_behind``), folds of the backlog
+    of any size in between (the projector's transactions), and writes that fold in
+    place interleaved: the folded events stay a prefix of the log, and once caught up
+    the rows are the canonical ones."""
+    async def check() -> None:
+        async with network(n, skew, operations) as net:
+            union = net.union()
+            reference = await canonical_node(net, union)
+            node = await net.fresh()
+            runner, store = node.runner, node.store
+            with mock.patch.object(store_module, "BULK_RECEIVE", 1):
+                for chunk in shuffled_delivery(union, rng):
+                    behind_before = await store.read(runner.behind)
+                    deferred = rng.random() < 0.6
+                    store.fold_behind((lambda: True) if deferred else None)
+                    stored = await node.receive(chunk)
+                    behind = await store.read(runner.behind)
+                    if deferred:
+                        assert behind == behind_before + len(stored)
+                    elif stored:
+                        assert behind == 0, "a fold in place leaves a backlog"
+                    if rng.random() < 0.3:
+                        limit = rng.randint(1, 5)
+                        folded = await store.write(
+                            functools.partial(runner.catch_up, limit=limit))
+                        assert folded == min(limit, behind)
+            await store.write(runner.catch_up)
+            assert await store.read(runner.behind) == 0
+            await assert_same_projections(node, reference, "folded behind the log")
 
     asyncio.run(check())
 

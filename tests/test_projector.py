@@ -1,0 +1,175 @@
+"""Folding behind the log in a second process (projections/projector.py, decision 0012).
+
+Real nodes on real SQLite files, a real projector process, real websockets for the
+end-to-end sync. The property that any mix of deferred and in-place folds ends with the
+canonical rows is in test_convergence.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from synchelp import Serving, append_stock, close_all, digest, eventually, new_nodes, within
+
+from node.app import LOG_FILE, Node
+from node.events import Envelope
+from node.identity import Group
+from node.store import BULK_RECEIVE, begin_write
+from projections.projector import Projector
+
+EVENTS = BULK_RECEIVE + 500
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[Node, Node, list[Envelope]]]:
+    """Ana with EVENTS stock events, and Bo who has none of them."""
+    ana, bo = await new_nodes(tmp_path, Group.new("Projector test"), "Ana", "Bo")
+    try:
+        await append_stock(ana, EVENTS, batch=EVENTS)
+        everything = [env async for env in ana.store.iter_events()]
+        yield ana, bo, everything
+    finally:
+        await close_all([ana, bo])
+
+
+async def behind(node: Node) -> int:
+    return int(await node.store.read(node.runner.behind))
+
+
+async def assert_folded_as_a_rebuild(node: Node) -> None:
+    """The rows folded behind the log equal a rebuild's (canonical order)."""
+    assert await behind(node) == 0
+    folded = await digest(node)
+    await node.store.write(node.runner.rebuild)
+    assert await digest(node) == folded
+
+
+async def projector_up(node: Node) -> None:
+    async def ready() -> bool:
+        return node._projector_ready()
+    await eventually(ready, "the projector started", 30)
+
+
+async def test_a_large_receive_is_folded_by_the_projector_process(
+        pair: tuple[Node, Node, list[Envelope]]) -> None:
+    _, bo, everything = pair
+    async with bo.folding_behind():
+        await projector_up(bo)
+        result = await within(bo.store.receive(everything))
+        assert len(result.stored) == EVENTS + 1  # and Ana's member.joined
+        # this process writes nothing from here on: only the projector can fold
+
+        async def folded() -> bool:
+            return await behind(bo) == 0
+        await eventually(folded, "the projector folded the backlog", 30)
+        await assert_folded_as_a_rebuild(bo)
+
+
+async def test_what_a_killed_projector_left_is_folded_when_the_node_stops_folding_behind(
+        pair: tuple[Node, Node, list[Envelope]]) -> None:
+    ana, bo, everything = pair
+    async with bo.folding_behind():
+        await projector_up(bo)
+        projector = bo._projector
+        assert projector is not None and projector._proc is not None
+        projector._proc.send_signal(signal.SIGSTOP)  # frozen before it can fold
+        await within(bo.store.receive(everything))
+        assert await behind(bo) == EVENTS + 1
+        projector._proc.kill()
+        projector._proc.wait()
+        # a dead projector: the next large receive folds in place, backlog first
+        assert not bo._projector_ready()
+        await append_stock(ana, 10, first=EVENTS + 1)
+        later = [env async for env in ana.store.iter_events()][-10:]
+        await within(bo.store.receive(later))  # small: folds in place, backlog first
+        assert await behind(bo) == 0
+    await assert_folded_as_a_rebuild(bo)
+
+
+async def test_leaving_folding_behind_folds_the_rest(
+        pair: tuple[Node, Node, list[Envelope]]) -> None:
+    _, bo, everything = pair
+    async with bo.folding_behind():
+        await projector_up(bo)
+        projector = bo._projector
+        assert projector is not None and projector._proc is not None
+        projector._proc.send_signal(signal.SIGSTOP)
+        await within(bo.store.receive(everything))
+        assert await behind(bo) == EVENTS + 1
+        projector._proc.kill()  # else closing waits for a frozen process
+    await assert_folded_as_a_rebuild(bo)
+
+
+async def test_a_node_stopped_with_a_backlog_folds_it_when_it_opens(
+        pair: tuple[Node, Node, list[Envelope]]) -> None:
+    _, bo, everything = pair
+    bo.store.fold_behind(lambda: True)  # as if a projector ran, and then nothing did
+    await within(bo.store.receive(everything))
+    assert await behind(bo) == EVENTS + 1
+    await bo.close()
+    again = await within(Node.open(bo.data_dir))
+    try:
+        await assert_folded_as_a_rebuild(again)
+    finally:
+        await again.close()
+
+
+async def test_a_sync_of_a_large_log_ends_with_the_projections_caught_up(
+        pair: tuple[Node, Node, list[Envelope]]) -> None:
+    ana, bo, _ = pair
+    serving = await Serving(ana).start()
+    try:
+        report = await within(bo.sync_once(serving.address), 60)
+    finally:
+        await serving.stop()
+    assert report["received"] == EVENTS + 1
+    assert await behind(bo) == 0
+    assert bo._projector is None  # stopped with the sync
+    assert await digest(bo) == await digest(ana)
+
+
+async def test_a_projector_for_a_log_it_cannot_fold_ends_and_says_so(tmp_path: Path) -> None:
+    sqlite3.connect(tmp_path / LOG_FILE).close()  # no tables: not a node's log yet
+    projector = Projector(tmp_path / LOG_FILE)
+    try:
+        deadline = time.monotonic() + 30
+        while projector.alive and time.monotonic() < deadline:
+            assert not projector.ready()
+            await asyncio.sleep(0.02)
+        assert not projector.ready() and not projector.alive
+    finally:
+        projector.close()
+
+
+def test_begin_write_waits_for_another_process_transaction(tmp_path: Path) -> None:
+    path = tmp_path / "lock.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA journal_mode = WAL")
+    holder.execute("CREATE TABLE t (x)")
+    waiter = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    release.start()
+    began = time.monotonic()
+    begin_write(waiter)
+    waited = time.monotonic() - began
+    waiter.execute("INSERT INTO t VALUES (1)")
+    waiter.execute("COMMIT")
+    release.join()
+    assert waited >= 0.25
+    assert waiter.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000  # restored
+
+    holder.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        begin_write(waiter, timeout=0.2)
+    assert not waiter.in_transaction
+    holder.execute("ROLLBACK")
+    holder.close()
+    waiter.close()
