@@ -57,6 +57,7 @@ import os
 import random
 import resource
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -211,9 +212,10 @@ async def fill(data_dir: Path, events: int, authors: int) -> int:
 # -- the child processes ------------------------------------------------------------
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    """This process's peak resident set size so far (``RUSAGE_CHILDREN``: that of its
+    largest child that ended, such as node B's projector), in MiB."""
+    peak = resource.getrusage(who).ru_maxrss
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
@@ -292,7 +294,7 @@ async def client_role(data_dir: Path, group_dir: Path) -> None:
         await Receiver(node).commands(pipe)
     finally:  # also on failure: aiosqlite's thread would keep the process alive
         await node.close()
-    pipe.reply(rss=peak_rss_mb())
+    pipe.reply(rss=peak_rss_mb(), rss_children=peak_rss_mb(resource.RUSAGE_CHILDREN))
 
 
 class Receiver:
@@ -311,7 +313,7 @@ class Receiver:
         self.changed = asyncio.Event()
         self._receive = self.store.receive
         self.store.receive = self._counting_receive  # type: ignore[method-assign]
-        self.store.add_hook(self._hook)
+        self.store.add_hook(self._hook, before_commit=self._count)
         self.store.on_change(self._stamp)
         self._stop = asyncio.Event()
         self._serving: asyncio.Task[None] | None = None
@@ -322,9 +324,11 @@ class Receiver:
         return result
 
     def _hook(self, _db: object, added: Sequence[Envelope]) -> None:  # in the transaction
-        self.added += len(added)
         if self.recording:
             self.collected.extend(e.hash for e in added)
+
+    def _count(self, db: sqlite3.Connection) -> None:  # before each commit
+        self.added = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
 
     def _stamp(self) -> None:  # after the commit
         now = self.last_commit = time.monotonic()
@@ -386,6 +390,8 @@ class Receiver:
         await manager.start()
         manager.add_peer(address, "manual")
         sessions: list[Session] = []
+        folding = self.node.folding_behind()
+        await folding.__aenter__()
         try:
             progress, since = self.added, time.monotonic()
             while self.added < target:
@@ -398,15 +404,33 @@ class Receiver:
                 elif time.monotonic() - since > STALL_SECONDS:
                     raise RuntimeError(f"cold sync stalled at {self.added - target + expected}"
                                        f" of {expected} events")
-            stored_seconds = self.last_commit - start
+            stored_only = self.last_commit - start
+            await self._projected()
+            stored_seconds = time.monotonic() - start
             sessions = list(manager.sessions) or sessions
         finally:
             await manager.stop()
+            await folding.__aexit__(None, None, None)
         stats = sessions[0].stats if sessions else SessionStats()
         return {"seconds": time.monotonic() - start, "stored_seconds": stored_seconds,
+                "stored_only_seconds": stored_only,
                 "received": stats.events_in, "bytes_in": stats.bytes_in,
                 "bytes_out": stats.bytes_out, "held": self.held,
                 "count": await self.store.count(), "pending": await self.store.pending_count()}
+
+    async def _projected(self) -> None:
+        """Wait until the projector (projections/projector.py) has folded every stored
+        event: the cold sync is timed to stored *and* projected."""
+        since, behind = time.monotonic(), -1
+        while True:
+            now = await self.store.read(self.node.runner.behind)
+            if now == 0:
+                return
+            if now != behind:
+                since, behind = time.monotonic(), now
+            elif time.monotonic() - since > STALL_SECONDS:
+                raise RuntimeError(f"the projections stalled {now} events behind the log")
+            await asyncio.sleep(0.002)
 
     async def live_start(self, address: str) -> None:
         """``Node.serve`` dialing A; returns once it says it is caught up with A."""
@@ -464,6 +488,7 @@ class Child:
 
     def __init__(self, *args: str) -> None:
         self.role = " ".join(args)
+        self.rss_children = 0.0
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -484,9 +509,11 @@ class Child:
         return self.reply()
 
     def quit(self) -> float:
-        rss = float(self.call("quit")["rss"])
+        """Its peak RSS; that of its largest child is left in ``rss_children``."""
+        reply = self.call("quit")
+        self.rss_children = float(reply.get("rss_children", 0.0))
         self.proc.wait(timeout=30)
-        return rss
+        return float(reply["rss"])
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -501,6 +528,7 @@ class RunResult:
     cold_held: int
     rss_a: float
     rss_b: float
+    rss_projector: float
     catch_up_ms: float
     catch_up_bytes: int
     catch_up_encoded: int
@@ -548,21 +576,24 @@ def run_once(template: Path, expected: int, args: argparse.Namespace, *,
 
             digests_equal = a.call("digest") == b_node.call("digest")
             rss_a, rss_b = a.quit(), b_node.quit()
+            rss_projector = b_node.rss_children
         finally:
             for child in children:
                 child.kill()
 
-    print(f"run: cold {expected:,} events stored in {cold['stored_seconds']:.2f} s, "
+    print(f"run: cold {expected:,} events stored in {cold['stored_only_seconds']:.2f} s, "
+          f"stored and projected in {cold['stored_seconds']:.2f} s, "
           f"session ended after {cold['seconds']:.2f} s "
           f"({cold['bytes_in']:,} B in, {cold['bytes_out']:,} B out, {cold['held']:,} held "
           f"until their deps or prev arrived); catch-up stored in "
           f"{catch['stored_seconds'] * 1000:.0f} ms, returned after "
           f"{catch['seconds'] * 1000:.0f} ms; live {len(live)}/{args.live} arrived; "
-          f"rss A {rss_a:.0f} MB, B {rss_b:.0f} MB", file=sys.stderr, flush=True)
+          f"rss A {rss_a:.0f} MB, B {rss_b:.0f} MB (its projector {rss_projector:.0f} MB)",
+          file=sys.stderr, flush=True)
     return RunResult(
         cold_events=expected / cold["stored_seconds"],
         cold_mb=cold["bytes_in"] / cold["stored_seconds"] / 1e6, cold_held=cold["held"],
-        rss_a=rss_a, rss_b=rss_b,
+        rss_a=rss_a, rss_b=rss_b, rss_projector=rss_projector,
         catch_up_ms=catch["stored_seconds"] * 1000,
         catch_up_bytes=catch["bytes_in"] + catch["bytes_out"],
         catch_up_encoded=added["bytes"],
@@ -677,6 +708,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     print(_line("cold sync held out of order", med([r.cold_held for r in results]), "events"))
     print(_line("peak rss A", med([r.rss_a for r in results]), "MB"))
     print(_line("peak rss B", med([r.rss_b for r in results]), "MB"))
+    print(_line("peak rss B projector", med([r.rss_projector for r in results]), "MB"))
     print(_line("catch-up 1000", med([r.catch_up_ms for r in results]), "ms"))
     print(_line("catch-up 1000", catch_bytes, "bytes"))
     print(_line("live p50", med([med(r.live_ms) for r in results if r.live_ms]), "ms", 1))
