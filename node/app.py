@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -35,7 +36,7 @@ from node.identity import (
     save_group,
 )
 from node.store import Store
-from projections import views
+from projections import projector, views
 from projections.board import ALLOWED_FROM
 from projections.projector import Projector
 from projections.runner import Runner
@@ -100,8 +101,7 @@ class Node:
                 stale = await store.write(runner.setup)
                 if stale:
                     await store.write(runner.rebuild)
-            if await store.read(runner.behind):  # killed while a projector was behind
-                await store.write(runner.catch_up)
+            await _catch_up(store, runner)  # stopped while a projector was behind
         except BaseException:
             await store.close()
             raise
@@ -129,7 +129,7 @@ class Node:
         return node
 
     async def close(self) -> None:
-        self._stop_projector()
+        await self._stop_projector()
         await self.store.close()
 
     @contextlib.asynccontextmanager
@@ -145,8 +145,7 @@ class Node:
         finally:
             self._folding_behind -= 1
             if self._folding_behind == 0:
-                # it finishes its transaction first: wait off the event loop
-                await asyncio.to_thread(self._stop_projector)
+                await self._stop_projector()
                 await self.catch_up()
 
     def _projector_ready(self) -> bool:
@@ -157,21 +156,21 @@ class Node:
             self._projector = Projector(self.data_dir / LOG_FILE)
         return self._projector.alive and self._projector.ready()
 
-    def _stop_projector(self) -> None:
+    async def _stop_projector(self) -> None:
+        """Detach it here, on the event loop (so no wake-up reaches a closed pipe), then
+        wait off the loop while it finishes its transaction."""
         self.store.fold_behind(None)
         projector, self._projector = self._projector, None
         if projector is not None:
-            projector.close()
+            await asyncio.to_thread(projector.close)
 
     def _wake_projector(self) -> None:
         if self._projector is not None:
             self._projector.wake()
 
     async def catch_up(self) -> int:
-        """Fold here whatever the log holds beyond the projections; how many events."""
-        if not await self.store.read(self.runner.behind):
-            return 0
-        return await self.store.write(self.runner.catch_up)
+        """Fold here what the log holds beyond the projections; how many events."""
+        return await _catch_up(self.store, self.runner)
 
     # -- writing -------------------------------------------------------------------
 
@@ -405,6 +404,20 @@ def local_addresses() -> list[str]:
             if ip.is_IPv4 and isinstance(ip.ip, str) and not ip.ip.startswith("127."):
                 found.append(ip.ip)
     return found
+
+
+async def _catch_up(store: Store, runner: Runner) -> int:
+    """Fold the backlog as it stands, ``projector.CHUNK`` events a transaction: a
+    ``serve`` writing beside this waits for one chunk at most, never for all of it,
+    and what arrives meanwhile is its projector's to fold."""
+    backlog = await store.read(runner.behind)
+    folded = 0
+    while folded < backlog:
+        step = await store.write(functools.partial(runner.catch_up, limit=projector.CHUNK))
+        if step <= 0:
+            break
+        folded += step
+    return folded
 
 
 def _address(text: str) -> tuple[str, int]:

@@ -189,18 +189,7 @@ class Store:
         return store
 
     def _setup(self, db: sqlite3.Connection) -> None:
-        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StorageError(f"the log cannot use write-ahead logging (mode {mode})")
-        db.execute("PRAGMA synchronous = FULL")
-        db.execute("PRAGMA cache_size = -16384")  # 16 MiB: the indexes of a busy log stay hot
-        # Checkpoint the WAL every ~40 MiB instead of SQLite's 4 MiB: a checkpoint copies
-        # and fsyncs every page the log rewrote, and the hot pages (index roots, busy
-        # entities' states) were copied again at every one of them: appends gained 10-15%
-        # (docs/performance.md). The file is cut back to 64 MiB after a checkpoint.
-        db.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
-        db.execute(f"PRAGMA journal_size_limit = {WAL_KEEP_BYTES}")
+        configure(db)
         if not self._schema_ready(db):  # the usual case needs no write lock to open
             self._create_schema(db)
         top = db.execute("SELECT max(hlc) FROM events").fetchone()[0]
@@ -1037,6 +1026,23 @@ def _read_only(directory: Path) -> bool:
         return False
 
 
+def configure(db: sqlite3.Connection) -> None:
+    """The settings of every connection that writes the log: this store's, and the
+    projector's (projections/projector.py)."""
+    db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise StorageError(f"the log cannot use write-ahead logging (mode {mode})")
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute("PRAGMA cache_size = -16384")  # 16 MiB: the indexes of a busy log stay hot
+    # Checkpoint the WAL every ~40 MiB instead of SQLite's 4 MiB: a checkpoint copies
+    # and fsyncs every page the log rewrote, and the hot pages (index roots, busy
+    # entities' states) were copied again at every one of them: appends gained 10-15%
+    # (docs/performance.md). The file is cut back to 64 MiB after a checkpoint.
+    db.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+    db.execute(f"PRAGMA journal_size_limit = {WAL_KEEP_BYTES}")
+
+
 def begin_write(db: sqlite3.Connection, timeout: float = BUSY_TIMEOUT_S) -> None:
     """BEGIN IMMEDIATE, waiting up to ``timeout`` for another process's transaction.
 
@@ -1045,6 +1051,7 @@ def begin_write(db: sqlite3.Connection, timeout: float = BUSY_TIMEOUT_S) -> None
     lock was free. With a second process folding behind the log, the two hand the lock
     to each other all through a cold sync, and those naps cost a fifth of it. Here the
     pauses grow from 0.2 to 2 ms."""
+    before = db.execute("PRAGMA busy_timeout").fetchone()[0]
     db.execute("PRAGMA busy_timeout = 0")
     try:
         deadline = time.monotonic() + timeout
@@ -1054,12 +1061,13 @@ def begin_write(db: sqlite3.Connection, timeout: float = BUSY_TIMEOUT_S) -> None
                 db.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # and extended
+                if not busy or time.monotonic() > deadline:
                     raise
             time.sleep(pause)
             pause = min(pause * 2, LOCK_POLL_S[1])
     finally:
-        db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        db.execute(f"PRAGMA busy_timeout = {int(before)}")
 
 
 def _describe_sqlite_error(exc: sqlite3.Error) -> str:

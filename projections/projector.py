@@ -33,7 +33,7 @@ from pathlib import Path
 
 from node import collector
 from node.signer import child_env
-from node.store import BUSY_TIMEOUT_S, begin_write
+from node.store import BUSY_TIMEOUT_S, begin_write, configure
 from projections.runner import Runner
 
 READY = b"ready\n"
@@ -90,7 +90,7 @@ class Projector:
             os.write(self._proc.stdin.fileno(), b"\n")
         except BlockingIOError:
             pass
-        except OSError:  # it ended: the backlog is folded in place from now on
+        except (OSError, ValueError):  # it ended: the backlog is folded in place from now on
             self.close()
 
     def close(self, timeout: float = BUSY_TIMEOUT_S) -> None:
@@ -117,10 +117,8 @@ def serve(log_path: str, wake: int, said: int) -> int:
     the parent closes the pipe; ``said``: where it says READY once it has opened the
     log. Returns the exit status (1: the log is not ready)."""
     collector.tune()
-    db = sqlite3.connect(log_path, isolation_level=None, check_same_thread=False)
-    db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-    db.execute("PRAGMA synchronous = FULL")
-    db.execute("PRAGMA cache_size = -16384")
+    db = sqlite3.connect(log_path, isolation_level=None)
+    configure(db)
     runner = Runner()
     if not runner.ready(db):  # a projection of another version: the node rebuilds
         return 1

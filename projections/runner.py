@@ -24,7 +24,7 @@ import hashlib
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from operator import attrgetter
 from typing import NamedTuple
@@ -77,6 +77,12 @@ index and rows of entities folded together sit together on disk (decision 0010).
 3: projection tables are clustered by entity number (WITHOUT ROWID). 4: without a
 second, unique index on each table's key (3 is brought to 4 in place: ``_migrate``)."""
 LAYOUT_KEY = "(runner)"
+FORKS_KEY = "(forks)"
+"""proj_meta row: ``forks_mark`` of the fork points the projections leave authors out
+from. A fork recorded without a fold (a receive left to the projector) shows as a
+difference: the next fold, in whichever process, rebuilds, and so does a node that
+opens (``stale``); a runner that finds the mark already matching adopts the fork points
+another process rebuilt for, without rebuilding again."""
 CHECKPOINT_KEY = "(folded)"
 """proj_meta row: the arrival number (``events.id``) up to which the log is folded.
 Events after it are the backlog a receive left to a process folding behind the log;
@@ -224,9 +230,8 @@ class Runner:
             "SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
         if any(name not in present for name, _ in self._schema()) or self.stale(db):
             return False
-        if db.execute("SELECT 1 FROM proj_meta WHERE name = ?",
-                      (CHECKPOINT_KEY,)).fetchone() is None:
-            return False  # a node from before the checkpoint: ``setup`` writes it
+        if _stored_meta(db, CHECKPOINT_KEY) is None or _stored_meta(db, FORKS_KEY) is None:
+            return False  # a node from before the checkpoint: ``setup`` writes them
         self._forks = fork_points(db)
         return True
 
@@ -236,11 +241,12 @@ class Runner:
         for _, statement in self._schema():
             db.execute(statement)
         self._migrate(db)
-        # Before the checkpoint every write folded its own events, so the whole log is
-        # folded; for a log whose projections are stale, the rebuild that follows sets it.
-        db.execute("INSERT OR IGNORE INTO proj_meta VALUES (?, ?)",
-                   (CHECKPOINT_KEY, _last_id(db)))
         self._forks = fork_points(db)
+        # Before the checkpoint every write folded its own events (and rebuilt on a
+        # fork), so the whole log is folded as of its forks; for a log whose projections
+        # are stale, the rebuild that follows sets both.
+        db.executemany("INSERT OR IGNORE INTO proj_meta VALUES (?, ?)",
+                       [(CHECKPOINT_KEY, _last_id(db)), (FORKS_KEY, forks_mark(self._forks))])
         return self.stale(db)
 
     def _migrate(self, db: sqlite3.Connection) -> None:
@@ -276,11 +282,14 @@ class Runner:
         return schema
 
     def stale(self, db: sqlite3.Connection) -> bool:
-        """True when a projection's rows were folded by another version of it, or the
-        runner's tables are of another layout."""
+        """True when a projection's rows were folded by another version of it, the
+        runner's tables are of another layout, or a fork was recorded that the rows do
+        not leave out yet (``FORKS_KEY``)."""
         versions = dict(db.execute("SELECT name, version FROM proj_meta").fetchall())
+        forks = versions.get(FORKS_KEY)
         return versions.get(LAYOUT_KEY) != LAYOUT or any(
-            versions.get(p.NAME) != p.VERSION for p in self.projections)
+            versions.get(p.NAME) != p.VERSION for p in self.projections) or (
+            forks is not None and forks != forks_mark(fork_points(db)))
 
     def _drop(self, db: sqlite3.Connection) -> None:
         for projection in self.projections:
@@ -305,7 +314,7 @@ class Runner:
 
     def behind(self, db: sqlite3.Connection) -> int:
         """Read-only: how many stored events the projections have not folded yet."""
-        stored = _stored_checkpoint(db)
+        stored = _stored_meta(db, CHECKPOINT_KEY)
         return 0 if stored is None else _last_id(db) - stored
 
     def catch_up(self, db: sqlite3.Connection, limit: int | None = None,
@@ -346,11 +355,15 @@ class Runner:
             self._live.clear()
             self._data_version = version
         forks = fork_points(db)
-        if forks != self._forks:
+        stored = _stored_meta(db, FORKS_KEY)
+        if forks_mark(forks) != (forks_mark(self._forks) if stored is None else stored):
             # An author equivocated: their events from the fork on leave every projection
             # until people resolve it (docs/events.md §forks). Rare, so rebuild.
             self.rebuild(db)
             return False
+        if forks != self._forks:  # another process rebuilt for them already
+            self._forks = forks
+            self._live.clear()
         return True
 
     def _checkpoint(self, db: sqlite3.Connection, assumed: int) -> int:
@@ -359,7 +372,7 @@ class Runner:
         runner used without ``setup``, which writes it)."""
         if self._folded is not None:
             return self._folded
-        stored = _stored_checkpoint(db)
+        stored = _stored_meta(db, CHECKPOINT_KEY)
         return assumed if stored is None else stored
 
     def _fold_backlog(self, db: sqlite3.Connection, end: int) -> None:
@@ -513,7 +526,8 @@ class Runner:
 
     def mark_current(self, db: sqlite3.Connection) -> None:
         db.executemany("INSERT OR REPLACE INTO proj_meta VALUES (?, ?)",
-                       [(LAYOUT_KEY, LAYOUT), *((p.NAME, p.VERSION) for p in self.projections)])
+                       [(LAYOUT_KEY, LAYOUT), (FORKS_KEY, forks_mark(self._forks)),
+                        *((p.NAME, p.VERSION) for p in self.projections)])
 
     def digest(self, db: sqlite3.Connection) -> str:
         """BLAKE2b-256 over every projection row in canonical order, as hex."""
@@ -676,9 +690,24 @@ def _write_all(db: sqlite3.Connection, dirty: Sequence[tuple[str, _Cached]]) -> 
     db.executemany("DELETE FROM proj_state WHERE entity = ?", dropped)
 
 
-def _stored_checkpoint(db: sqlite3.Connection) -> int | None:
-    row = db.execute("SELECT version FROM proj_meta WHERE name = ?",
-                     (CHECKPOINT_KEY,)).fetchone()
+def forks_mark(forks: Mapping[bytes, int]) -> int:
+    """A 63-bit fingerprint of fork points (author -> seq), for ``FORKS_KEY``."""
+    h = hashlib.blake2b(digest_size=8)
+    for author, seq in sorted(forks.items()):
+        h.update(author)
+        h.update(seq.to_bytes(8, "big"))
+    return int.from_bytes(h.digest(), "big") >> 1
+
+
+def folded_through(db: sqlite3.Connection) -> int:
+    """The arrival number up to which the projections are folded: what a page showing
+    them compares to notice a change (node/web/page.py)."""
+    stored = _stored_meta(db, CHECKPOINT_KEY)
+    return _last_id(db) if stored is None else stored
+
+
+def _stored_meta(db: sqlite3.Connection, name: str) -> int | None:
+    row = db.execute("SELECT version FROM proj_meta WHERE name = ?", (name,)).fetchone()
     return None if row is None else int(row[0])
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from node.app import Node
 from node.web.form import Known
 from node.web.i18n import EN, Message, Translator
-from projections import views
+from projections import runner, views
 from projections.board import ALLOWED_FROM
 from projections.roster import iso_week
 
@@ -81,8 +81,11 @@ def catalog(db: sqlite3.Connection) -> dict[str, list[Row]]:
 
 
 def last_id(db: sqlite3.Connection) -> int:
-    """The log's arrival counter: what the live feed compares (node/web/feed.py)."""
-    return int(db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
+    """How far the projections the pages show are folded, as the log's arrival counter:
+    what the live feed compares (node/web/feed.py). Not the log's newest event: during
+    a large sync the projector folds behind the log, and a page redrawn when an event
+    was stored but not yet folded would wait for the next event to show it."""
+    return runner.folded_through(db)
 
 
 async def known(node: Node) -> Known:
