@@ -14,9 +14,11 @@ temporary directory (in /dev/shm when there is one, to spare the disk).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import random
+import sqlite3
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
@@ -31,6 +33,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from node import store as store_module
 from node.events import Envelope
+from projections.projector import fold_chunk
+from projections.runner import Runner
 
 T = TypeVar("T")
 
@@ -108,16 +112,22 @@ def test_any_order_and_duplication_of_the_event_set_gives_the_canonical_projecti
 def test_receives_left_to_a_projector_fold_to_the_canonical_projections(
         n: int, skew: list[int], operations: list[Op], rng: random.Random) -> None:
     """Receives that store without folding (``Store.fold_behind``), folds of the backlog
-    of any size in between (the projector's transactions), and writes that fold in
-    place interleaved: the folded events stay a prefix of the log, and once caught up
-    the rows are the canonical ones."""
+    of any size in between by a second runner on its own connection (the projector's
+    transactions: read ahead, states invalidated by the other's commits), and writes
+    that fold in place interleaved: the folded events stay a prefix of the log, and once
+    caught up the rows are the canonical ones."""
     async def check() -> None:
         async with network(n, skew, operations) as net:
             union = net.union()
             reference = await canonical_node(net, union)
             node = await net.fresh()
             runner, store = node.runner, node.store
-            with mock.patch.object(store_module, "BULK_RECEIVE", 1):
+            await store.write(runner.rebuild)  # an empty log: marks the versions current
+            path = await store.read(lambda db: db.execute("PRAGMA database_list").fetchone()[2])
+            other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            projector = Runner()
+            assert projector.ready(other)
+            with contextlib.closing(other), mock.patch.object(store_module, "BULK_RECEIVE", 1):
                 for chunk in shuffled_delivery(union, rng):
                     behind_before = await store.read(runner.behind)
                     deferred = rng.random() < 0.6
@@ -128,11 +138,13 @@ def test_receives_left_to_a_projector_fold_to_the_canonical_projections(
                         assert behind == behind_before + len(stored)
                     elif stored:
                         assert behind == 0, "a fold in place leaves a backlog"
-                    if rng.random() < 0.3:
-                        limit = rng.randint(1, 5)
-                        folded = await store.write(
-                            functools.partial(runner.catch_up, limit=limit))
+                    if rng.random() < 0.3:  # a transaction of the projector process,
+                        limit = rng.randint(1, 5)  # on a connection and runner of its own
+                        folded = await asyncio.to_thread(fold_chunk, other, projector, limit)
                         assert folded == min(limit, behind)
+                    elif rng.random() < 0.2:  # or of this process
+                        folded = await store.write(functools.partial(runner.catch_up, limit=2))
+                        assert folded == min(2, behind)
             await store.write(runner.catch_up)
             assert await store.read(runner.behind) == 0
             await assert_same_projections(node, reference, "folded behind the log")

@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 from synchelp import Serving, append_stock, close_all, digest, eventually, new_nodes, within
 
+from node import doctor, events
 from node.app import LOG_FILE, Node
 from node.events import Envelope
 from node.identity import Group
 from node.store import BULK_RECEIVE, begin_write
+from node.web import page
 from projections.projector import Projector
 
 EVENTS = BULK_RECEIVE + 500
@@ -62,13 +64,20 @@ async def test_a_large_receive_is_folded_by_the_projector_process(
     _, bo, everything = pair
     async with bo.folding_behind():
         await projector_up(bo)
+        projector = bo._projector
+        assert projector is not None and projector._proc is not None
+        projector._proc.send_signal(signal.SIGSTOP)  # so that the receive is seen behind
         result = await within(bo.store.receive(everything))
         assert len(result.stored) == EVENTS + 1  # and Ana's member.joined
+        assert await behind(bo) == EVENTS + 1  # stored, not folded
+        assert await bo.store.read(page.last_id) == 1  # pages still show the folded part
+        projector._proc.send_signal(signal.SIGCONT)
         # this process writes nothing from here on: only the projector can fold
 
         async def folded() -> bool:
             return await behind(bo) == 0
         await eventually(folded, "the projector folded the backlog", 30)
+        assert await bo.store.read(page.last_id) == EVENTS + 2
         await assert_folded_as_a_rebuild(bo)
 
 
@@ -121,6 +130,51 @@ async def test_a_node_stopped_with_a_backlog_folds_it_when_it_opens(
         await again.close()
 
 
+async def test_a_fork_stored_behind_the_log_is_left_out_when_the_node_opens(
+        pair: tuple[Node, Node, list[Envelope]]) -> None:
+    """A large receive that also records a fork, stopped before anything folded: the
+    node that opens again must rebuild without the forked events, not just fold the
+    backlog (the fork points it reads then are already the new ones)."""
+    ana, bo, everything = pair
+    await within(bo.store.receive(everything[:50]))  # folded in place
+    kept = everything[5]
+    assert kept.author == ana.author
+    twin = events.create(ana.key, group=ana.group.id, seq=kept.seq, prev=kept.prev,
+                         deps=kept.deps, hlc=kept.hlc, type="offer.posted",
+                         body={"title": "the same seq, told differently"})
+    bo.store.fold_behind(lambda: True)
+    result = await within(bo.store.receive([twin, *everything[50:]]))
+    assert result.forks == [(ana.author, kept.seq)]
+    assert await behind(bo) == len(everything) - 50
+    await bo.close()
+    again = await within(Node.open(bo.data_dir))
+    try:
+        await assert_folded_as_a_rebuild(again)
+        rows = await again.store.read(lambda db: db.execute(
+            "SELECT count(*) FROM inventory").fetchone()[0])
+        assert rows == 1
+        on_hand = await again.store.read(lambda db: db.execute(
+            "SELECT on_hand FROM inventory").fetchone()[0])
+        assert on_hand == sum(range(1, kept.seq - 1))  # Ana's stock before her fork only
+    finally:
+        await again.close()
+
+
+async def test_doctor_compares_the_projections_of_a_node_with_a_backlog_as_folded(
+        pair: tuple[Node, Node, list[Envelope]]) -> None:
+    _, bo, everything = pair
+    bo.store.fold_behind(lambda: True)
+    await within(bo.store.receive(everything))
+    await bo.close()
+    report = await doctor.examine(bo.data_dir)
+    assert report.healthy, doctor.render(report)
+    codes = {finding.code: finding for finding in report.findings}
+    assert codes["projections"].severity == "ok"
+    assert f"{EVENTS + 1:,} events a sync stored" in codes["projections-behind"].message
+    again = await within(Node.open(bo.data_dir))  # and examining changed nothing:
+    await again.close()  # the backlog was there to fold when it opened
+
+
 async def test_a_sync_of_a_large_log_ends_with_the_projections_caught_up(
         pair: tuple[Node, Node, list[Envelope]]) -> None:
     ana, bo, _ = pair
@@ -154,6 +208,7 @@ def test_begin_write_waits_for_another_process_transaction(tmp_path: Path) -> No
     holder.execute("PRAGMA journal_mode = WAL")
     holder.execute("CREATE TABLE t (x)")
     waiter = sqlite3.connect(path, isolation_level=None)
+    waiter.execute("PRAGMA busy_timeout = 1234")
     holder.execute("BEGIN IMMEDIATE")
     release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
     release.start()
@@ -164,7 +219,7 @@ def test_begin_write_waits_for_another_process_transaction(tmp_path: Path) -> No
     waiter.execute("COMMIT")
     release.join()
     assert waited >= 0.25
-    assert waiter.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000  # restored
+    assert waiter.execute("PRAGMA busy_timeout").fetchone()[0] == 1234  # restored
 
     holder.execute("BEGIN IMMEDIATE")
     with pytest.raises(sqlite3.OperationalError, match="locked"):
