@@ -85,6 +85,7 @@ from node import body as b  # noqa: E402
 from node.app import LOG_FILE, Node  # noqa: E402
 from node.events import Envelope  # noqa: E402
 from node.identity import Group, load_group  # noqa: E402
+from node.store import last_arrival  # noqa: E402
 from sync.peers import PeerManager  # noqa: E402
 from sync.transport import Session, SessionStats  # noqa: E402
 
@@ -328,7 +329,7 @@ class Receiver:
             self.collected.extend(e.hash for e in added)
 
     def _count(self, db: sqlite3.Connection) -> None:  # before each commit
-        self.added = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        self.added = last_arrival(db)
 
     def _stamp(self) -> None:  # after the commit
         now = self.last_commit = time.monotonic()
@@ -390,27 +391,26 @@ class Receiver:
         await manager.start()
         manager.add_peer(address, "manual")
         sessions: list[Session] = []
-        folding = self.node.folding_behind()
-        await folding.__aenter__()
-        try:
-            progress, since = self.added, time.monotonic()
-            while self.added < target:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.changed.wait(), 1.0)
-                self.changed.clear()
+        async with self.node.folding_behind():
+            try:
+                progress, since = self.added, time.monotonic()
+                while self.added < target:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.changed.wait(), 1.0)
+                    self.changed.clear()
+                    sessions = list(manager.sessions) or sessions
+                    if self.added > progress:
+                        progress, since = self.added, time.monotonic()
+                    elif time.monotonic() - since > STALL_SECONDS:
+                        raise RuntimeError(f"cold sync stalled at "
+                                           f"{self.added - target + expected} of {expected} "
+                                           "events")
+                stored_only = self.last_commit - start
+                await self._projected()
+                stored_seconds = time.monotonic() - start
                 sessions = list(manager.sessions) or sessions
-                if self.added > progress:
-                    progress, since = self.added, time.monotonic()
-                elif time.monotonic() - since > STALL_SECONDS:
-                    raise RuntimeError(f"cold sync stalled at {self.added - target + expected}"
-                                       f" of {expected} events")
-            stored_only = self.last_commit - start
-            await self._projected()
-            stored_seconds = time.monotonic() - start
-            sessions = list(manager.sessions) or sessions
-        finally:
-            await manager.stop()
-            await folding.__aexit__(None, None, None)
+            finally:
+                await manager.stop()
         stats = sessions[0].stats if sessions else SessionStats()
         return {"seconds": time.monotonic() - start, "stored_seconds": stored_seconds,
                 "stored_only_seconds": stored_only,

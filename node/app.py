@@ -38,7 +38,6 @@ from node.identity import (
 from node.store import Store
 from projections import projector, views
 from projections.board import ALLOWED_FROM
-from projections.projector import Projector
 from projections.runner import Runner
 from sync import peers as peer_table
 from sync.discovery import Discovery, interfaces_for
@@ -76,7 +75,7 @@ class Node:
         self.store = store
         self.runner = runner
         self.peer_manager: PeerManager | None = None  # while serve() runs
-        self._projector: Projector | None = None  # while folding_behind() is entered
+        self._projector: projector.Projector | None = None  # inside folding_behind()
         self._folding_behind = 0
         store.on_change(self._wake_projector)
 
@@ -153,16 +152,16 @@ class Node:
         projector, and receives fold in place until it is up (a short sync ends
         before it would be). One that died is not started again here."""
         if self._projector is None:
-            self._projector = Projector(self.data_dir / LOG_FILE)
+            self._projector = projector.Projector(self.data_dir / LOG_FILE)
         return self._projector.alive and self._projector.ready()
 
     async def _stop_projector(self) -> None:
         """Detach it here, on the event loop (so no wake-up reaches a closed pipe), then
         wait off the loop while it finishes its transaction."""
         self.store.fold_behind(None)
-        projector, self._projector = self._projector, None
-        if projector is not None:
-            await asyncio.to_thread(projector.close)
+        running, self._projector = self._projector, None
+        if running is not None:
+            await asyncio.to_thread(running.close)
 
     def _wake_projector(self) -> None:
         if self._projector is not None:

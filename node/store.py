@@ -643,9 +643,7 @@ class Store:
 
     async def last_id(self) -> int:
         """The local arrival number of the newest event (0 for an empty log)."""
-        return int(await self._run(
-            lambda db: db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0],
-            write=False))
+        return await self._run(last_arrival, write=False)
 
     async def read_after(
         self, last_id: int, limit: int = CHUNK
@@ -1024,6 +1022,11 @@ def _read_only(directory: Path) -> bool:
         return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+def last_arrival(db: sqlite3.Connection) -> int:
+    """The local arrival number (``events.id``) of the newest event; 0 for an empty log."""
+    return int(db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
 
 
 def configure(db: sqlite3.Connection) -> None:

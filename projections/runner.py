@@ -34,7 +34,7 @@ import msgpack
 from node import body as b
 from node.errors import InvalidEvent, StorageError
 from node.events import Envelope
-from node.store import Store, fork_points, hash_key, in_parts
+from node.store import Store, fork_points, hash_key, in_parts, last_arrival
 from projections.board import Board
 from projections.catalog import Catalog
 from projections.fold import Causality, Event, Key, Projection, State, Table
@@ -246,7 +246,7 @@ class Runner:
         # fork), so the whole log is folded as of its forks; for a log whose projections
         # are stale, the rebuild that follows sets both.
         db.executemany("INSERT OR IGNORE INTO proj_meta VALUES (?, ?)",
-                       [(CHECKPOINT_KEY, _last_id(db)), (FORKS_KEY, forks_mark(self._forks))])
+                       [(CHECKPOINT_KEY, last_arrival(db)), (FORKS_KEY, forks_mark(self._forks))])
         return self.stale(db)
 
     def _migrate(self, db: sqlite3.Connection) -> None:
@@ -306,7 +306,7 @@ class Runner:
         the folded events stay a prefix of the log in arrival order."""
         if not self._ready_to_fold(db):
             return
-        top = _last_id(db)
+        top = last_arrival(db)
         self._fold_backlog(db, top - len(added))
         parsed = [e for e in map(to_event, added) if e is not None]
         self.apply(db, parsed)
@@ -315,7 +315,7 @@ class Runner:
     def behind(self, db: sqlite3.Connection) -> int:
         """Read-only: how many stored events the projections have not folded yet."""
         stored = _stored_meta(db, CHECKPOINT_KEY)
-        return 0 if stored is None else _last_id(db) - stored
+        return 0 if stored is None else last_arrival(db) - stored
 
     def catch_up(self, db: sqlite3.Connection, limit: int | None = None,
                  read: Backlog | None = None) -> int:
@@ -327,7 +327,7 @@ class Runner:
         so the write lock is not held for it; used if the checkpoint is where it began."""
         if not self._ready_to_fold(db):
             return 0  # rebuilt: nothing is behind
-        top = _last_id(db)
+        top = last_arrival(db)
         start = self._checkpoint(db, top)
         if read is not None and read.after == start and read.last > start:
             self.apply(db, read.events)
@@ -341,11 +341,8 @@ class Runner:
         """Read-only: the next ``limit`` events after the checkpoint, parsed for
         ``catch_up``. Events never change, so reading them outside the write
         transaction is safe; the checkpoint is checked again inside it."""
-        after = self._checkpoint(db, _last_id(db))
-        rows = db.execute("SELECT id, raw, hash FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                          (after, limit)).fetchall()
-        parsed = [e for e in (_unpack_event(r[1], r[2]) for r in rows) if e is not None]
-        return Backlog(after, rows[-1][0] if rows else after, parsed)
+        top = last_arrival(db)
+        return _arrivals(db, self._checkpoint(db, top), top, limit)
 
     def _ready_to_fold(self, db: sqlite3.Connection) -> bool:
         """Forget states another process may have changed; rebuild on a new fork.
@@ -380,14 +377,11 @@ class Runner:
         ``end``, in arrival order, ``REBUILD_CHUNK`` at a time (bounded memory)."""
         after = self._checkpoint(db, end)
         while after < end:
-            rows = db.execute(
-                "SELECT id, raw, hash FROM events WHERE id > ? AND id <= ? ORDER BY id "
-                "LIMIT ?", (after, end, REBUILD_CHUNK)).fetchall()
-            if not rows:
+            chunk = _arrivals(db, after, end, REBUILD_CHUNK)
+            if chunk.last == after:
                 break
-            self.apply(db, [e for e in (_unpack_event(r[1], r[2]) for r in rows)
-                            if e is not None])
-            after = rows[-1][0]
+            self.apply(db, chunk.events)
+            after = chunk.last
         self._folded = end
 
     def attach(self, store: Store) -> None:
@@ -521,7 +515,7 @@ class Runner:
                 folded += len(chunk)
             self._flush(db, cache)
         self.mark_current(db)
-        self._folded = _last_id(db)
+        self._folded = last_arrival(db)
         return folded
 
     def mark_current(self, db: sqlite3.Connection) -> None:
@@ -703,7 +697,7 @@ def folded_through(db: sqlite3.Connection) -> int:
     """The arrival number up to which the projections are folded: what a page showing
     them compares to notice a change (node/web/page.py)."""
     stored = _stored_meta(db, CHECKPOINT_KEY)
-    return _last_id(db) if stored is None else stored
+    return last_arrival(db) if stored is None else stored
 
 
 def _stored_meta(db: sqlite3.Connection, name: str) -> int | None:
@@ -711,8 +705,13 @@ def _stored_meta(db: sqlite3.Connection, name: str) -> int | None:
     return None if row is None else int(row[0])
 
 
-def _last_id(db: sqlite3.Connection) -> int:
-    return int(db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
+def _arrivals(db: sqlite3.Connection, after: int, end: int, limit: int) -> Backlog:
+    """The events with arrival numbers after ``after`` up to ``end``, at most ``limit``,
+    parsed for folding (types projections skip are left out of ``events``)."""
+    rows = db.execute("SELECT id, raw, hash FROM events WHERE id > ? AND id <= ? "
+                      "ORDER BY id LIMIT ?", (after, end, limit)).fetchall()
+    parsed = [e for e in (_unpack_event(r[1], r[2]) for r in rows) if e is not None]
+    return Backlog(after, rows[-1][0] if rows else after, parsed)
 
 
 def _entity_events(db: sqlite3.Connection, entity: int) -> Iterator[Event]:
