@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -59,19 +60,26 @@ async def projector_up(node: Node) -> None:
     await eventually(ready, "the projector started", 30)
 
 
+async def received_while_frozen(bo: Node, everything: list[Envelope]) -> subprocess.Popen[bytes]:
+    """Bo's projector started, then frozen (SIGSTOP) before it can fold, and a large
+    receive left behind it; returns the frozen process."""
+    await projector_up(bo)
+    projector = bo._projector
+    assert projector is not None and projector._proc is not None
+    projector._proc.send_signal(signal.SIGSTOP)
+    result = await within(bo.store.receive(everything))
+    assert len(result.stored) == EVENTS + 1  # and Ana's member.joined
+    assert await behind(bo) == EVENTS + 1  # stored, not folded
+    return projector._proc
+
+
 async def test_a_large_receive_is_folded_by_the_projector_process(
         pair: tuple[Node, Node, list[Envelope]]) -> None:
     _, bo, everything = pair
     async with bo.folding_behind():
-        await projector_up(bo)
-        projector = bo._projector
-        assert projector is not None and projector._proc is not None
-        projector._proc.send_signal(signal.SIGSTOP)  # so that the receive is seen behind
-        result = await within(bo.store.receive(everything))
-        assert len(result.stored) == EVENTS + 1  # and Ana's member.joined
-        assert await behind(bo) == EVENTS + 1  # stored, not folded
+        frozen = await received_while_frozen(bo, everything)
         assert await bo.store.read(page.last_id) == 1  # pages still show the folded part
-        projector._proc.send_signal(signal.SIGCONT)
+        frozen.send_signal(signal.SIGCONT)
         # this process writes nothing from here on: only the projector can fold
 
         async def folded() -> bool:
@@ -85,14 +93,9 @@ async def test_what_a_killed_projector_left_is_folded_when_the_node_stops_foldin
         pair: tuple[Node, Node, list[Envelope]]) -> None:
     ana, bo, everything = pair
     async with bo.folding_behind():
-        await projector_up(bo)
-        projector = bo._projector
-        assert projector is not None and projector._proc is not None
-        projector._proc.send_signal(signal.SIGSTOP)  # frozen before it can fold
-        await within(bo.store.receive(everything))
-        assert await behind(bo) == EVENTS + 1
-        projector._proc.kill()
-        projector._proc.wait()
+        frozen = await received_while_frozen(bo, everything)
+        frozen.kill()
+        frozen.wait()
         # a dead projector: the next large receive folds in place, backlog first
         assert not bo._projector_ready()
         await append_stock(ana, 10, first=EVENTS + 1)
@@ -106,13 +109,8 @@ async def test_leaving_folding_behind_folds_the_rest(
         pair: tuple[Node, Node, list[Envelope]]) -> None:
     _, bo, everything = pair
     async with bo.folding_behind():
-        await projector_up(bo)
-        projector = bo._projector
-        assert projector is not None and projector._proc is not None
-        projector._proc.send_signal(signal.SIGSTOP)
-        await within(bo.store.receive(everything))
-        assert await behind(bo) == EVENTS + 1
-        projector._proc.kill()  # else closing waits for a frozen process
+        frozen = await received_while_frozen(bo, everything)
+        frozen.kill()  # else closing waits for a frozen process
     await assert_folded_as_a_rebuild(bo)
 
 
