@@ -10,7 +10,8 @@ skipped: they stay in the log and are relayed, docs/events.md §forward-compatib
 sorted into canonical order and handed to each projection. For each entity touched, the
 stored state is loaded once; an event that sorts after the entity's last key is applied
 incrementally; otherwise the entity is re-folded from its own events, found through
-``proj_index`` (entity -> events), never from the whole log. Before the commit each
+``proj_index`` (entity -> events, in buckets of arrivals: ``INDEX_BUCKET``), never from
+the whole log. Before the commit each
 entity folded in the transaction has its rows replaced and its state saved, once.
 
 ``rebuild`` drops everything and streams the whole log through the same path in
@@ -64,18 +65,27 @@ _INTERNAL: tuple[tuple[str, str], ...] = (
     tables TEXT NOT NULL           -- the projection tables holding its rows
 )"""),
     ("proj_index", """CREATE TABLE IF NOT EXISTS proj_index (
+    bucket INTEGER NOT NULL,       -- arrival number // INDEX_BUCKET when folded
     entity INTEGER NOT NULL, hlc INTEGER NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL,
-    PRIMARY KEY (entity, hlc, author, seq)
+    PRIMARY KEY (bucket, entity, hlc, author, seq)
 ) WITHOUT ROWID"""),
 )
 """The runner's own tables, (name, statement)."""
 
-LAYOUT = 4
+LAYOUT = 5
 """Version of the runner's own layout, kept in proj_meta under ``LAYOUT_KEY``; a node
 that finds another rebuilds. 2: entities are numbered (``proj_entities``), so the states,
 index and rows of entities folded together sit together on disk (decision 0010).
 3: projection tables are clustered by entity number (WITHOUT ROWID). 4: without a
-second, unique index on each table's key (3 is brought to 4 in place: ``_migrate``)."""
+second, unique index on each table's key. 5: ``proj_index`` in buckets of arrivals
+(``INDEX_BUCKET``). 3 and 4 are brought to 5 in place (``_migrate``)."""
+INDEX_BUCKET = 4_096
+"""Arrivals per bucket of ``proj_index``, whose key starts with the bucket. Keyed by
+entity alone, every commit added a row at the end of each busy entity's run of rows,
+and those runs are far apart: a third of a page per event appended (the stock at every
+place), a third of all an append wrote. A bucket's rows sit together at the end of the
+index, so a commit rewrites a few dozen pages; re-folding one entity seeks once per
+bucket (250 for a million events) instead of once (decision 0013)."""
 LAYOUT_KEY = "(runner)"
 FORKS_KEY = "(forks)"
 """proj_meta row: ``forks_mark`` of the fork points the projections leave authors out
@@ -250,16 +260,23 @@ class Runner:
         return self.stale(db)
 
     def _migrate(self, db: sqlite3.Connection) -> None:
-        """Layout 3 → 4 only dropped the index on each table's key: drop it where it
-        is, rather than rebuild every projection (a minute for a large log, holding
-        the write lock)."""
+        """Bring layouts 3 and 4 to 5 where they are, rather than rebuild every
+        projection (a minute for a large log, holding the write lock): 3 → 4 only
+        dropped the index on each table's key; 4 → 5 put ``proj_index`` in buckets,
+        and its rows so far all go in bucket 0, where they keep their order."""
         row = db.execute("SELECT version FROM proj_meta WHERE name = ?",
                          (LAYOUT_KEY,)).fetchone()
-        if row is None or row[0] != 3:
+        if row is None or row[0] not in (3, 4):
             return
-        for projection in self.projections:
-            for table in projection.TABLES:
-                db.execute(f'DROP INDEX IF EXISTS "{table.name}_by_key"')
+        if row[0] == 3:
+            for projection in self.projections:
+                for table in projection.TABLES:
+                    db.execute(f'DROP INDEX IF EXISTS "{table.name}_by_key"')
+        db.execute("ALTER TABLE proj_index RENAME TO proj_index_unbucketed")
+        db.execute(dict(_INTERNAL)["proj_index"])
+        db.execute("INSERT INTO proj_index SELECT 0, entity, hlc, author, seq "
+                   "FROM proj_index_unbucketed")
+        db.execute("DROP TABLE proj_index_unbucketed")
         db.execute("INSERT OR REPLACE INTO proj_meta VALUES (?, ?)", (LAYOUT_KEY, LAYOUT))
 
     def _schema(self) -> list[tuple[str, str]]:
@@ -309,7 +326,7 @@ class Runner:
         top = last_arrival(db)
         self._fold_backlog(db, top - len(added))
         parsed = [e for e in map(to_event, added) if e is not None]
-        self.apply(db, parsed)
+        self.apply(db, parsed, arrival=top)
         self._folded = top
 
     def behind(self, db: sqlite3.Connection) -> int:
@@ -330,7 +347,7 @@ class Runner:
         top = last_arrival(db)
         start = self._checkpoint(db, top)
         if read is not None and read.after == start and read.last > start:
-            self.apply(db, read.events)
+            self.apply(db, read.events, arrival=read.last)
             self._folded = read.last
             return read.last - start
         end = top if limit is None else min(top, start + limit)
@@ -380,7 +397,7 @@ class Runner:
             chunk = _arrivals(db, after, end, REBUILD_CHUNK)
             if chunk.last == after:
                 break
-            self.apply(db, chunk.events)
+            self.apply(db, chunk.events, arrival=chunk.last)
             after = chunk.last
         self._folded = end
 
@@ -415,10 +432,14 @@ class Runner:
         fork = self._forks.get(event.author)
         return fork is None or event.seq < fork
 
-    def apply(self, db: sqlite3.Connection, batch: Sequence[Event],
+    def apply(self, db: sqlite3.Connection, batch: Sequence[Event], *, arrival: int,
               cache: _StateCache | None = None) -> None:
         """Fold ``batch`` into the live states, which ``before_commit`` writes; with
-        ``cache`` (rebuild), into that cache, written when it is full or flushed."""
+        ``cache`` (rebuild), into that cache, written when it is full or flushed.
+        ``arrival``: where the batch ends in the log (a rebuild: how many events it
+        has folded), which picks its bucket of ``proj_index``. Any bucket would be
+        correct, since each event is folded once between rebuilds and a look-up reads
+        every bucket; arrivals make the buckets fill one after another."""
         if self._forks:
             batch = [e for e in batch if self._kept(e)]
         if not batch:
@@ -435,20 +456,22 @@ class Runner:
         for event in ordered:  # one pass sorts the batch out to the projections it concerns
             for projection in self._by_type.get(event.body.TYPE, none):
                 mine[projection.NAME].append(event)
+        bucket = arrival // INDEX_BUCKET
         for projection in self.projections:
             if mine[projection.NAME]:
                 self._apply_one(db, projection, mine[projection.NAME], causality, lookup,
-                                states)
+                                states, bucket)
         if cache is not None and len(states) > STATE_CACHE_LIMIT:
             self._flush(db, states)
 
     def _apply_one(
         self, db: sqlite3.Connection, projection: Projection, ordered: Sequence[Event],
         causality: Causality, lookup: Callable[[bytes], Event | None], states: _StateCache,
+        bucket: int,
     ) -> None:
         """Fold ``ordered`` (events of the projection's types) into the states."""
         late: set[str] = set()
-        index: list[tuple[int, int, bytes, int]] = []
+        index: list[tuple[int, int, int, bytes, int]] = []
         entities_of, apply = projection.entities, projection.apply
         touched = [(event, tuple(entities_of(event, lookup))) for event in ordered]
         missing = {entity for _, entities in touched for entity in entities
@@ -467,7 +490,7 @@ class Runner:
                     states[entity] = cached
                 else:
                     states.move_to_end(entity)  # most recently used last
-                index.append((cached.id, *key))
+                index.append((bucket, cached.id, *key))
                 if entity in late:
                     continue
                 if cached.last is not None and key <= cached.last:
@@ -482,7 +505,7 @@ class Runner:
         if not index:
             return
         numbers.save()
-        db.executemany("INSERT OR IGNORE INTO proj_index VALUES (?, ?, ?, ?)", index)
+        db.executemany("INSERT OR IGNORE INTO proj_index VALUES (?, ?, ?, ?, ?)", index)
         for entity in late:
             cached = states[entity]
             history = [e for e in _entity_events(db, cached.id) if self._kept(e)]
@@ -511,8 +534,8 @@ class Runner:
         cache.on_disk = set()
         with _cyclic_gc_paused():
             for chunk in _canonical_chunks(db, REBUILD_CHUNK):
-                self.apply(db, chunk, cache)
                 folded += len(chunk)
+                self.apply(db, chunk, arrival=folded, cache=cache)
             self._flush(db, cache)
         self.mark_current(db)
         self._folded = last_arrival(db)
@@ -715,9 +738,12 @@ def _arrivals(db: sqlite3.Connection, after: int, end: int, limit: int) -> Backl
 
 
 def _entity_events(db: sqlite3.Connection, entity: int) -> Iterator[Event]:
+    """One entity's events in canonical order: one seek in each bucket of the index."""
     rows = db.execute(
-        "SELECT e.raw, e.hash FROM proj_index i JOIN events e "
-        "ON e.author = i.author AND e.seq = i.seq WHERE i.entity = ? "
+        "WITH RECURSIVE buckets(n) AS (SELECT (SELECT min(bucket) FROM proj_index) "
+        "UNION ALL SELECT n + 1 FROM buckets WHERE n < (SELECT max(bucket) FROM proj_index)) "
+        "SELECT e.raw, e.hash FROM buckets CROSS JOIN proj_index i ON i.bucket = buckets.n "
+        "AND i.entity = ? JOIN events e ON e.author = i.author AND e.seq = i.seq "
         "ORDER BY i.hlc, i.author, i.seq", (entity,))
     for raw, hash_ in rows:
         event = _unpack_event(raw, hash_)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -39,11 +40,24 @@ def key_indexes(db: sqlite3.Connection) -> set[str]:
         "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE '%_by_key'")}
 
 
+def index_rows(db: sqlite3.Connection) -> list[tuple[object, ...]]:
+    """``proj_index`` by entity name, in any layout (numbers and buckets aside)."""
+    return sorted(db.execute("SELECT e.name, i.hlc, i.author, i.seq FROM proj_index i "
+                             "JOIN proj_entities e ON e.id = i.entity").fetchall())
+
+
 def as_written_by_layout(path: Path, layout: int) -> None:
-    """Make the projections look written by ``layout``: 3 had a unique index on each
+    """Make the projections look written by ``layout``: up to 4, ``proj_index`` was
+    keyed by entity alone, without buckets; 3 also had a unique index on each
     projection table's key."""
     with sqlite3.connect(path) as db:
-        for projection in Runner().projections:
+        db.execute("ALTER TABLE proj_index RENAME TO bucketed")
+        db.execute("CREATE TABLE proj_index (entity INTEGER NOT NULL, hlc INTEGER NOT NULL, "
+                   "author BLOB NOT NULL, seq INTEGER NOT NULL, "
+                   "PRIMARY KEY (entity, hlc, author, seq)) WITHOUT ROWID")
+        db.execute("INSERT INTO proj_index SELECT entity, hlc, author, seq FROM bucketed")
+        db.execute("DROP TABLE bucketed")
+        for projection in Runner().projections if layout == 3 else ():
             for table in projection.TABLES:
                 key = ", ".join(f'"{k}"' for k in table.key)
                 db.execute(f'CREATE UNIQUE INDEX "{table.name}_by_key" ON "{table.name}" '
@@ -53,34 +67,53 @@ def as_written_by_layout(path: Path, layout: int) -> None:
     db.close()
 
 
-async def reopened(data_dir: Path) -> tuple[str, set[str], dict[str, int]]:
+class Reopened(NamedTuple):
+    digest: str
+    key_indexes: set[str]
+    meta: dict[str, int]
+    index: list[tuple[object, ...]]
+    buckets: list[int]
+
+
+async def reopened(data_dir: Path) -> Reopened:
     node = await Node.open(data_dir)
     try:
-        digest = await node.store.read(node.runner.digest)
-        indexes = await node.store.read(key_indexes)
-        meta = dict(await node.store.read(
-            lambda db: db.execute("SELECT name, version FROM proj_meta").fetchall()))
-        return digest, indexes, meta
+        read = node.store.read
+        return Reopened(
+            await read(node.runner.digest), await read(key_indexes),
+            dict(await read(lambda db: db.execute(
+                "SELECT name, version FROM proj_meta").fetchall())),
+            await read(index_rows),
+            [row[0] for row in await read(lambda db: db.execute(
+                "SELECT DISTINCT bucket FROM proj_index").fetchall())])
     finally:
         await node.close()
 
 
-@pytest.mark.parametrize(("layout", "migrated"), [(3, True), (2, False)],
-                         ids=["layout 3 changes in place", "layout 2 is rebuilt"])
-async def test_an_older_layout_ends_with_no_key_index_and_the_same_rows(
+@pytest.mark.parametrize(("layout", "migrated"), [(4, True), (3, True), (2, False)],
+                         ids=["layout 4 changes in place", "layout 3 changes in place",
+                              "layout 2 is rebuilt"])
+async def test_an_older_layout_ends_in_the_current_one_with_the_same_rows(
         tmp_path: Path, layout: int, migrated: bool) -> None:
-    """Layout 3 only had the key indexes too many: they are dropped without a rebuild.
+    """Layout 4 is only missing the buckets of ``proj_index``: its rows move to bucket
+    0 without a rebuild. Layout 3 also had key indexes too many: they are dropped.
     Anything older is rebuilt."""
     data_dir = tmp_path / "node"
     digest = await filled(data_dir)
+    with sqlite3.connect(data_dir / LOG_FILE) as db:
+        index = index_rows(db)
+    db.close()
     as_written_by_layout(data_dir / LOG_FILE, layout)
 
-    after, indexes, meta = await reopened(data_dir)
+    after = await reopened(data_dir)
 
-    assert indexes == set()
-    assert meta[LAYOUT_KEY] == LAYOUT
+    assert after.key_indexes == set()
+    assert after.meta[LAYOUT_KEY] == LAYOUT
+    assert after.index == index
+    assert after.buckets == [0]
+    meta = after.meta
     if migrated:
         assert meta.get(PROBE) == 1, "the node rebuilt its projections instead of migrating"
     else:
         assert PROBE not in meta, "an older layout must be rebuilt, not patched"
-    assert after == digest
+    assert after.digest == digest
