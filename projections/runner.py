@@ -49,16 +49,17 @@ LIVE_CACHE_LIMIT = 4_096
 busy places, this week's posts and shifts) is read from SQLite once, not every batch."""
 RECENT_EVENTS = 8_192  # folded events kept for lookups by hash (up to twice as many)
 ENTITY_COLUMN = "_entity"
-NUMBER_OF = "(SELECT id FROM proj_entities WHERE name = ?)"
-"""SQL for an entity's number on this node, given its name as the parameter: how the
-views find one entity's rows through the tables' primary key."""
+NUMBER_OF = "(SELECT id FROM proj_entities WHERE key = ? AND name = ?)"
+"""SQL for an entity's number on this node, given ``number_of(name)`` as its two
+parameters: how the views find one entity's rows through the tables' primary key."""
 
 _INTERNAL: tuple[tuple[str, str], ...] = (
     ("proj_meta", "CREATE TABLE IF NOT EXISTS proj_meta ("
                   "name TEXT PRIMARY KEY, version INTEGER NOT NULL)"),
     ("proj_entities", """CREATE TABLE IF NOT EXISTS proj_entities (
     id INTEGER PRIMARY KEY,        -- this node's number for it, in order of first fold
-    name TEXT NOT NULL UNIQUE      -- the projection's name: 'board:<hash>', 'stock:...'
+    name TEXT NOT NULL,            -- the projection's name: 'board:<hash>', 'stock:...'
+    key INTEGER NOT NULL           -- name_key(name): what look-ups by name seek
 )"""),
     ("proj_state", """CREATE TABLE IF NOT EXISTS proj_state (
     entity INTEGER PRIMARY KEY, last BLOB NOT NULL, state BLOB NOT NULL,
@@ -71,14 +72,22 @@ _INTERNAL: tuple[tuple[str, str], ...] = (
 ) WITHOUT ROWID"""),
 )
 """The runner's own tables, (name, statement)."""
+_INTERNAL_INDEXES: tuple[tuple[str, str], ...] = (
+    # Not a unique index of names: a name is mostly an event hash in hex, so such an
+    # index took a page of its own for most entities a commit numbered. The key is 8
+    # bytes, and a node never numbers a name it finds (``_load_states``).
+    ("proj_entities_key",
+     "CREATE INDEX IF NOT EXISTS proj_entities_key ON proj_entities (key)"),
+)
 
-LAYOUT = 5
+LAYOUT = 6
 """Version of the runner's own layout, kept in proj_meta under ``LAYOUT_KEY``; a node
 that finds another rebuilds. 2: entities are numbered (``proj_entities``), so the states,
 index and rows of entities folded together sit together on disk (decision 0010).
 3: projection tables are clustered by entity number (WITHOUT ROWID). 4: without a
 second, unique index on each table's key. 5: ``proj_index`` in buckets of arrivals
-(``INDEX_BUCKET``). 3 and 4 are brought to 5 in place (``_migrate``)."""
+(``INDEX_BUCKET``). 6: ``proj_entities`` found by an 8-byte key of the name, not a unique
+index of names. 3 to 5 are brought to 6 in place (``_migrate``)."""
 INDEX_BUCKET = 4_096
 """Arrivals per bucket of ``proj_index``, whose key starts with the bucket. Keyed by
 entity alone, every commit added a row at the end of each busy entity's run of rows,
@@ -238,7 +247,8 @@ class Runner:
         find the tables already there made a read like ``potluck board`` wait."""
         present = {row[0] for row in db.execute(
             "SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
-        if any(name not in present for name, _ in self._schema()) or self.stale(db):
+        if any(name not in present for name, _ in (*self._schema(), *_INTERNAL_INDEXES)) \
+                or self.stale(db):
             return False
         if _stored_meta(db, CHECKPOINT_KEY) is None or _stored_meta(db, FORKS_KEY) is None:
             return False  # a node from before the checkpoint: ``setup`` writes them
@@ -251,6 +261,8 @@ class Runner:
         for _, statement in self._schema():
             db.execute(statement)
         self._migrate(db)
+        for _, statement in _INTERNAL_INDEXES:
+            db.execute(statement)
         self._forks = fork_points(db)
         # Before the checkpoint every write folded its own events (and rebuilt on a
         # fork), so the whole log is folded as of its forks; for a log whose projections
@@ -260,27 +272,32 @@ class Runner:
         return self.stale(db)
 
     def _migrate(self, db: sqlite3.Connection) -> None:
-        """Bring layouts 3 and 4 to 5 where they are, rather than rebuild every
+        """Bring layouts 3 to 5 up to 6 where they are, rather than rebuild every
         projection (a minute for a large log, holding the write lock): 3 → 4 only
         dropped the index on each table's key; 4 → 5 put ``proj_index`` in buckets,
-        and its rows so far all go in bucket 0, where they keep their order."""
+        and its rows so far all go in bucket 0, where they keep their order; 5 → 6
+        gave ``proj_entities`` its keys in place of the unique index of names."""
         row = db.execute("SELECT version FROM proj_meta WHERE name = ?",
                          (LAYOUT_KEY,)).fetchone()
-        if row is None or row[0] not in (3, 4):
+        if row is None or row[0] not in (3, 4, 5):
+            columns = {r[1] for r in db.execute("PRAGMA table_info(proj_entities)")}
+            if "key" not in columns:  # an older layout, rebuilt next: start it afresh
+                self._drop(db)
+                for _, statement in self._schema():
+                    db.execute(statement)
             return
         if row[0] == 3:
             for projection in self.projections:
                 for table in projection.TABLES:
                     db.execute(f'DROP INDEX IF EXISTS "{table.name}_by_key"')
-        db.execute("ALTER TABLE proj_index RENAME TO proj_index_unbucketed")
-        db.execute(dict(_INTERNAL)["proj_index"])
-        db.execute("INSERT INTO proj_index SELECT 0, entity, hlc, author, seq "
-                   "FROM proj_index_unbucketed")
-        db.execute("DROP TABLE proj_index_unbucketed")
+        if row[0] <= 4:
+            _recreate(db, "proj_index", "SELECT 0, entity, hlc, author, seq FROM old")
+        _recreate(db, "proj_entities", "SELECT id, name, name_key(name) FROM old")
         db.execute("INSERT OR REPLACE INTO proj_meta VALUES (?, ?)", (LAYOUT_KEY, LAYOUT))
 
     def _schema(self) -> list[tuple[str, str]]:
-        """(name, statement) of every table and index the runner keeps, its own first."""
+        """(name, statement) of every table the runner keeps, its own first (their
+        indexes: ``_INTERNAL_INDEXES``)."""
         schema = list(_INTERNAL)
         for projection in self.projections:
             for table in projection.TABLES:
@@ -614,7 +631,8 @@ class _Numbering:
 
     def save(self) -> None:
         if self._new:
-            self._db.executemany("INSERT INTO proj_entities VALUES (?, ?)", self._new)
+            self._db.executemany("INSERT INTO proj_entities VALUES (?, ?, ?)",
+                                 [(number, name, name_key(name)) for number, name in self._new])
             self._new = []
 
 
@@ -660,10 +678,13 @@ def _load_states(
     queries for a whole batch: most entities a batch touches first are new, and asking
     for each one alone was a sixth of the statements of a sync."""
     found: dict[str, _Cached] = {}
-    for part, marks in in_parts(list(entities)):
+    wanted = set(entities)
+    for part, marks in in_parts([name_key(name) for name in wanted]):
         for name, id_, last, state, tables in db.execute(
                 "SELECT e.name, e.id, s.last, s.state, s.tables FROM proj_entities e "
-                f"LEFT JOIN proj_state s ON s.entity = e.id WHERE e.name IN ({marks})", part):
+                f"LEFT JOIN proj_state s ON s.entity = e.id WHERE e.key IN ({marks})", part):
+            if name not in wanted:  # another name with the same key
+                continue
             if last is None:  # numbered, but its events left the projections (a fork)
                 found[name] = _Cached(projection, id_, None, None, ())
                 continue
@@ -705,6 +726,31 @@ def _write_all(db: sqlite3.Connection, dirty: Sequence[tuple[str, _Cached]]) -> 
         db.executemany(_INSERTS[table_name], rows)
     db.executemany("INSERT OR REPLACE INTO proj_state VALUES (?, ?, ?, ?)", saved)
     db.executemany("DELETE FROM proj_state WHERE entity = ?", dropped)
+
+
+def _recreate(db: sqlite3.Connection, table: str, rows: str) -> None:
+    """Give one of the runner's tables its current shape, filled by ``rows``: a SELECT
+    from the table as it was (``old``), where ``name_key`` can be called."""
+    db.execute(f"ALTER TABLE {table} RENAME TO old")
+    db.execute(dict(_INTERNAL)[table])
+    db.create_function("name_key", 1, name_key, deterministic=True)
+    try:
+        db.execute(f"INSERT INTO {table} {rows}")
+    finally:
+        db.create_function("name_key", 1, None)
+    db.execute("DROP TABLE old")
+
+
+def name_key(name: str) -> int:
+    """The 8-byte key ``proj_entities`` finds an entity's name by (signed, as SQLite's
+    integers are). Names may collide on it: a look-up compares the name too."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big",
+                          signed=True)
+
+
+def number_of(name: str) -> tuple[int, str]:
+    """The parameters of ``NUMBER_OF`` for the entity ``name``."""
+    return name_key(name), name
 
 
 def forks_mark(forks: Mapping[bytes, int]) -> int:

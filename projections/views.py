@@ -16,7 +16,7 @@ from node import body as b
 from node.clock import wall_ms
 from projections.board import entity_of
 from projections.roster import iso_week
-from projections.runner import ENTITY_COLUMN, NUMBER_OF, stored_event
+from projections.runner import ENTITY_COLUMN, NUMBER_OF, number_of, stored_event
 
 EXPIRING_DAYS = 3
 _URGENCY_RANK = {"urgent": 0, "normal": 1, "low": 2}
@@ -63,7 +63,7 @@ def board_entry(db: sqlite3.Connection, id_: bytes) -> dict[str, object] | None:
     row = db.execute(
         "SELECT kind, status, author FROM board_entries "
         f"WHERE {ENTITY_COLUMN} = {NUMBER_OF} AND id = ?",
-        (entity_of(id_), id_)).fetchone()
+        (*number_of(entity_of(id_)), id_)).fetchone()
     return None if row is None else {"kind": row[0], "status": row[1], "author": row[2]}
 
 
@@ -77,7 +77,7 @@ def claim(db: sqlite3.Connection, id_: bytes) -> dict[str, object] | None:
         "SELECT c.status, c.claimant, e.author, e.kind FROM board_claims c "
         f"JOIN board_entries e ON e.{ENTITY_COLUMN} = c.{ENTITY_COLUMN} AND e.id = c.target "
         f"WHERE c.{ENTITY_COLUMN} = {NUMBER_OF} AND c.id = ?",
-        (entity_of(made.body.target), id_)).fetchone()
+        (*number_of(entity_of(made.body.target)), id_)).fetchone()
     if row is None:
         return None
     return {"status": row[0], "claimant": row[1], "holder": row[2], "kind": row[3]}

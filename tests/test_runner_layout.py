@@ -13,7 +13,8 @@ import pytest
 from node import body as b
 from node.app import LOG_FILE, Node
 from node.identity import Group
-from projections.runner import LAYOUT, LAYOUT_KEY, Runner
+from projections import views
+from projections.runner import LAYOUT, LAYOUT_KEY, Runner, name_key
 
 PROBE = "(probe)"
 """A proj_meta row planted by the test: a rebuild drops proj_meta, a migration keeps it."""
@@ -35,6 +36,11 @@ async def filled(data_dir: Path) -> str:
         await node.close()
 
 
+def offer_id(db: sqlite3.Connection) -> bytes:
+    [(id_,)] = db.execute("SELECT id FROM board_entries").fetchall()
+    return bytes(id_)
+
+
 def key_indexes(db: sqlite3.Connection) -> set[str]:
     return {row[0] for row in db.execute(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE '%_by_key'")}
@@ -46,17 +52,26 @@ def index_rows(db: sqlite3.Connection) -> list[tuple[object, ...]]:
                              "JOIN proj_entities e ON e.id = i.entity").fetchall())
 
 
+def reshape(db: sqlite3.Connection, table: str, create: str, columns: str) -> None:
+    db.execute(f"ALTER TABLE {table} RENAME TO current")
+    db.execute(create)
+    db.execute(f"INSERT INTO {table} SELECT {columns} FROM current")
+    db.execute("DROP TABLE current")
+
+
 def as_written_by_layout(path: Path, layout: int) -> None:
-    """Make the projections look written by ``layout``: up to 4, ``proj_index`` was
-    keyed by entity alone, without buckets; 3 also had a unique index on each
-    projection table's key."""
+    """Make the projections look written by ``layout``: up to 5, ``proj_entities``
+    had a unique index of names and no keys; up to 4, ``proj_index`` was keyed by
+    entity alone, without buckets; 3 also had a unique index on each projection
+    table's key."""
     with sqlite3.connect(path) as db:
-        db.execute("ALTER TABLE proj_index RENAME TO bucketed")
-        db.execute("CREATE TABLE proj_index (entity INTEGER NOT NULL, hlc INTEGER NOT NULL, "
-                   "author BLOB NOT NULL, seq INTEGER NOT NULL, "
-                   "PRIMARY KEY (entity, hlc, author, seq)) WITHOUT ROWID")
-        db.execute("INSERT INTO proj_index SELECT entity, hlc, author, seq FROM bucketed")
-        db.execute("DROP TABLE bucketed")
+        reshape(db, "proj_entities", "CREATE TABLE proj_entities (id INTEGER PRIMARY KEY, "
+                "name TEXT NOT NULL UNIQUE)", "id, name")
+        if layout <= 4:
+            reshape(db, "proj_index", "CREATE TABLE proj_index (entity INTEGER NOT NULL, "
+                    "hlc INTEGER NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL, "
+                    "PRIMARY KEY (entity, hlc, author, seq)) WITHOUT ROWID",
+                    "entity, hlc, author, seq")
         for projection in Runner().projections if layout == 3 else ():
             for table in projection.TABLES:
                 key = ", ".join(f'"{k}"' for k in table.key)
@@ -73,6 +88,8 @@ class Reopened(NamedTuple):
     meta: dict[str, int]
     index: list[tuple[object, ...]]
     buckets: list[int]
+    entities: list[tuple[str, int]]
+    offer_found: bool
 
 
 async def reopened(data_dir: Path) -> Reopened:
@@ -85,19 +102,24 @@ async def reopened(data_dir: Path) -> Reopened:
                 "SELECT name, version FROM proj_meta").fetchall())),
             await read(index_rows),
             [row[0] for row in await read(lambda db: db.execute(
-                "SELECT DISTINCT bucket FROM proj_index").fetchall())])
+                "SELECT DISTINCT bucket FROM proj_index").fetchall())],
+            await read(lambda db: db.execute(
+                "SELECT name, key FROM proj_entities INDEXED BY proj_entities_key "
+                "ORDER BY name").fetchall()),
+            await read(lambda db: views.board_entry(db, offer_id(db)) is not None))
     finally:
         await node.close()
 
 
-@pytest.mark.parametrize(("layout", "migrated"), [(4, True), (3, True), (2, False)],
-                         ids=["layout 4 changes in place", "layout 3 changes in place",
-                              "layout 2 is rebuilt"])
+@pytest.mark.parametrize(("layout", "migrated"), [(5, True), (4, True), (3, True), (2, False)],
+                         ids=["layout 5 changes in place", "layout 4 changes in place",
+                              "layout 3 changes in place", "layout 2 is rebuilt"])
 async def test_an_older_layout_ends_in_the_current_one_with_the_same_rows(
         tmp_path: Path, layout: int, migrated: bool) -> None:
-    """Layout 4 is only missing the buckets of ``proj_index``: its rows move to bucket
-    0 without a rebuild. Layout 3 also had key indexes too many: they are dropped.
-    Anything older is rebuilt."""
+    """Layout 5 only lacks the keys of ``proj_entities``: they are computed in place.
+    Layout 4 also lacks the buckets of ``proj_index``: its rows move to bucket 0. Layout
+    3 also had key indexes too many: they are dropped. Anything older is rebuilt. Each
+    ends with entities found by their keys (the views' ``NUMBER_OF``)."""
     data_dir = tmp_path / "node"
     digest = await filled(data_dir)
     with sqlite3.connect(data_dir / LOG_FILE) as db:
@@ -111,6 +133,8 @@ async def test_an_older_layout_ends_in_the_current_one_with_the_same_rows(
     assert after.meta[LAYOUT_KEY] == LAYOUT
     assert after.index == index
     assert after.buckets == [0]
+    assert after.entities and all(key == name_key(name) for name, key in after.entities)
+    assert after.offer_found
     meta = after.meta
     if migrated:
         assert meta.get(PROBE) == 1, "the node rebuilt its projections instead of migrating"
