@@ -19,9 +19,27 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from node import body as b
-from projections.fold import Causality, Event, Lookup, Row, State, Table, fold_by_apply, ref_key
+from projections.fold import (
+    Causality,
+    Event,
+    Key,
+    Lookup,
+    Row,
+    State,
+    Table,
+    fold_by_apply,
+    ref_key,
+)
 
 ACTIVE = ("pending", "confirmed", "fulfilled")
+
+# The state of an entity: {"post": [kind, author, hlc, title, category, item, quantity,
+# location, until, urgency] or None, "withdrawn": bool, "claims": {claim id: [claimant,
+# quantity, hlc, seq, status]}}. Lists, not maps of field names: a busy commit rewrites
+# the states of hundreds of posts, and with names and hex ids they took twice the
+# pages (VERSION 2). The post's id is the entity's; a claim's author is its claimant.
+KIND, AUTHOR, HLC, TITLE, CATEGORY, ITEM, QUANTITY, LOCATION, UNTIL, URGENCY = range(10)
+CLAIMANT, AMOUNT, MADE_HLC, MADE_SEQ, STATUS = range(5)
 _STEP_STATUS = {
     "claim.confirmed": "confirmed",
     "claim.declined": "declined",
@@ -36,13 +54,16 @@ ALLOWED_FROM = {
 }
 
 
+_PREFIX = "board:"
+
+
 def entity_of(target: bytes) -> str:
-    return "board:" + target.hex()
+    return _PREFIX + target.hex()
 
 
 class Board:
     NAME = "board"
-    VERSION = 1
+    VERSION = 2  # 2: compact states
     TYPES: frozenset[str] = frozenset({
         "offer.posted", "offer.withdrawn", "need.posted", "need.withdrawn", "claim.made",
         *_STEP_STATUS,
@@ -90,17 +111,16 @@ class Board:
         if isinstance(body, (b.OfferPosted, b.NeedPosted)):
             s["post"] = _post(event, body)
         elif isinstance(body, (b.OfferWithdrawn, b.NeedWithdrawn)):
-            if isinstance(post, dict) and post["author"] == event.author:
+            if isinstance(post, list) and post[AUTHOR] == event.author:
                 s["withdrawn"] = True
         elif isinstance(body, b.ClaimMade):
-            claims[event.hash.hex()] = {"id": event.hash, "claimant": event.author,
-                                        "quantity": body.quantity, "ref": event.ref,
-                                        "status": "pending"}
+            claims[event.hash] = [event.author, body.quantity, event.hlc, event.seq,
+                                  "pending"]
         elif isinstance(body, b.ClaimStep):
-            claim = claims.get(body.claim.hex())
-            if isinstance(claim, dict):
+            claim = claims.get(body.claim)
+            if isinstance(claim, list):
                 _step(claim, event.body.TYPE, event.author,
-                      post["author"] if isinstance(post, dict) else None)
+                      post[AUTHOR] if isinstance(post, list) else None)
         return s
 
     def fold(self, entity: str, events: Sequence[Event], causality: Causality) -> State | None:
@@ -110,64 +130,67 @@ class Board:
         post = state["post"]
         claims = state["claims"]
         assert isinstance(claims, dict)
-        if not isinstance(post, dict):
+        if not isinstance(post, list):
             return {}  # claims on something this node has not seen posted (yet)
-        quantity = post["quantity"]
-        ranked = sorted(
-            (c for c in claims.values() if c["status"] in ACTIVE),
-            key=lambda c: (c["status"] == "pending", ref_key(c["ref"])),
-        )
-        claimed = sum(int(c["quantity"]) for c in ranked)
+        quantity = post[QUANTITY]
+        in_order = sorted(claims.items(), key=_made)
+        ranked = sorted((item for item in in_order if item[1][STATUS] in ACTIVE),
+                        key=lambda item: item[1][STATUS] == "pending")  # stable: by made
+        claimed = sum(int(claim[AMOUNT]) for _, claim in ranked)
         over = isinstance(quantity, int) and claimed > quantity
         flags_of: dict[bytes, list[str]] = {}
         rank_of: dict[bytes, int] = {}
         running = 0
-        for rank, claim in enumerate(ranked, start=1):
-            running += int(claim["quantity"])
+        for rank, (id_, claim) in enumerate(ranked, start=1):
+            running += int(claim[AMOUNT])
             flags = []
             if isinstance(quantity, int) and running > quantity:
                 flags.append("over")
-            if over and claim["status"] == "pending":
+            if over and claim[STATUS] == "pending":
                 flags.append("needs-decision")
-            rank_of[claim["id"]] = rank
-            flags_of[claim["id"]] = flags
+            rank_of[id_] = rank
+            flags_of[id_] = flags
+        post_id = bytes.fromhex(entity[len(_PREFIX):])
         claim_rows: list[Row] = [
-            (claim["id"], post["id"], claim["claimant"], claim["quantity"],
-             ref_key(claim["ref"])[0], claim["status"], rank_of.get(claim["id"]),
-             ",".join(flags_of.get(claim["id"], [])))
-            for claim in sorted(claims.values(), key=lambda c: ref_key(c["ref"]))
+            (id_, post_id, claim[CLAIMANT], claim[AMOUNT], claim[MADE_HLC], claim[STATUS],
+             rank_of.get(id_), ",".join(flags_of.get(id_, [])))
+            for id_, claim in in_order
         ]
         remaining = quantity - claimed if isinstance(quantity, int) else None
         entry: Row = (
-            post["id"], post["kind"], post["author"], post["hlc"], post["title"],
-            post["category"], post["item"], quantity, post["location"], post["until"],
-            post["urgency"], "withdrawn" if state["withdrawn"] else "open", claimed,
-            remaining, "over-claimed" if over else "",
+            post_id, post[KIND], post[AUTHOR], post[HLC], post[TITLE], post[CATEGORY],
+            post[ITEM], quantity, post[LOCATION], post[UNTIL], post[URGENCY],
+            "withdrawn" if state["withdrawn"] else "open", claimed, remaining,
+            "over-claimed" if over else "",
         )
         return {"board_entries": [entry], "board_claims": claim_rows}
 
 
-def _post(event: Event, body: b.OfferPosted | b.NeedPosted) -> State:
+def _made(item: tuple[bytes, list[object]]) -> Key:
+    """A claim's canonical key: it was made by its claimant."""
+    _, claim = item
+    return ref_key((claim[MADE_HLC], claim[CLAIMANT], claim[MADE_SEQ]))
+
+
+def _post(event: Event, body: b.OfferPosted | b.NeedPosted) -> list[object]:
     offer = isinstance(body, b.OfferPosted)
-    return {
-        "id": event.hash, "kind": "offer" if offer else "need", "author": event.author,
-        "hlc": event.hlc, "title": body.title, "category": body.category,
-        "item": body.item if isinstance(body, b.OfferPosted) else None,
-        "quantity": body.quantity, "location": body.location,
-        "until": body.until if isinstance(body, b.OfferPosted) else body.by,
-        "urgency": None if isinstance(body, b.OfferPosted) else body.urgency,
-    }
+    return [
+        "offer" if offer else "need", event.author, event.hlc, body.title, body.category,
+        body.item if isinstance(body, b.OfferPosted) else None, body.quantity,
+        body.location, body.until if isinstance(body, b.OfferPosted) else body.by,
+        None if isinstance(body, b.OfferPosted) else body.urgency,
+    ]
 
 
-def _step(claim: dict[str, object], type_: str, actor: bytes, holder: object) -> None:
+def _step(claim: list[object], type_: str, actor: bytes, holder: object) -> None:
     new = _STEP_STATUS[type_]
-    if claim["status"] not in ALLOWED_FROM[new]:
+    if claim[STATUS] not in ALLOWED_FROM[new]:
         return
     by_holder = actor == holder
-    by_claimant = actor == claim["claimant"]
+    by_claimant = actor == claim[CLAIMANT]
     allowed = {
         "confirmed": by_holder, "declined": by_holder, "released": by_claimant,
         "fulfilled": by_holder or by_claimant,
     }[new]
     if allowed:
-        claim["status"] = new
+        claim[STATUS] = new
