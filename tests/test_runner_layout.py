@@ -8,12 +8,14 @@ import sqlite3
 from pathlib import Path
 from typing import NamedTuple
 
+import msgpack
 import pytest
 
 from node import body as b
 from node.app import LOG_FILE, Node
 from node.identity import Group
 from projections import views
+from projections.board import Board
 from projections.runner import LAYOUT, LAYOUT_KEY, Runner, name_key
 
 PROBE = "(probe)"
@@ -141,3 +143,38 @@ async def test_an_older_layout_ends_in_the_current_one_with_the_same_rows(
     else:
         assert PROBE not in meta, "an older layout must be rebuilt, not patched"
     assert after.digest == digest
+
+
+async def test_board_states_of_version_1_are_rebuilt_into_the_compact_ones(
+        tmp_path: Path) -> None:
+    """Board 2 keeps its states as lists; a node whose board was folded by version 1
+    (maps of field names, claims keyed by hex) rebuilds it when it opens, rather than
+    read those states as lists."""
+    data_dir = tmp_path / "node"
+    digest = await filled(data_dir)
+    with sqlite3.connect(data_dir / LOG_FILE) as db:
+        [(entity, packed)] = db.execute(
+            "SELECT s.entity, s.state FROM proj_state s JOIN proj_entities e "
+            "ON e.id = s.entity WHERE e.name LIKE 'board:%'").fetchall()
+        state = msgpack.unpackb(packed, raw=False)
+        assert isinstance(state["post"], list)
+        old = {"post": {"kind": "offer", "title": "Soup"}, "withdrawn": False,
+               "claims": {bytes(claim_id).hex(): {"status": "pending"}
+                          for claim_id in state["claims"]}}
+        db.execute("UPDATE proj_state SET state = ? WHERE entity = ?",
+                   (msgpack.packb(old, use_bin_type=True), entity))
+        db.executemany("INSERT OR REPLACE INTO proj_meta VALUES (?, ?)",
+                       [("board", 1), (PROBE, 1)])
+    db.close()
+
+    after = await reopened(data_dir)
+
+    assert PROBE not in after.meta, "board 1's states must be rebuilt"
+    assert after.meta["board"] == Board.VERSION == 2
+    assert after.digest == digest and after.offer_found
+    with sqlite3.connect(data_dir / LOG_FILE) as db:
+        [(packed,)] = db.execute(
+            "SELECT s.state FROM proj_state s JOIN proj_entities e ON e.id = s.entity "
+            "WHERE e.name LIKE 'board:%'").fetchall()
+    db.close()
+    assert isinstance(msgpack.unpackb(packed, raw=False)["post"], list)
