@@ -428,14 +428,14 @@ class BaseBody:
         return value_of
 
     def to_body(self) -> dict[str, object]:
-        """The map to put in the envelope: None optionals omitted, ``"_v"`` after v1."""
-        body: dict[str, object] = {}
+        """The map to put in the envelope: None optionals omitted, ``"_v"`` after v1.
+        Canonical as built (keys sorted, ``"_v"`` first, values never maps), so
+        ``events.unsigned`` does not check it again."""
+        body: dict[str, object] = {} if self.VERSION == 1 else {VERSION_KEY: self.VERSION}
         for spec in _wire_order(type(self)):
             value = getattr(self, spec.name)
             if value is not None:
                 body[spec.name] = list(value) if isinstance(value, tuple) else value
-        if self.VERSION != 1:
-            body[VERSION_KEY] = self.VERSION
         return body
 
 

@@ -227,10 +227,13 @@ def unsigned(seq: int, hlc: int, type_: str, body: Mapping[str, object],
         raise MalformedEvent(f"seq: {seq!r} is not an integer in 1..2^63-1")
     if not (0 < hlc < MAX_INT):
         raise MalformedEvent(f"hlc: {hlc!r} is not an integer in 1..2^63-1")
-    # a typed body's map is made fresh by to_body(), so it is ours to keep as it is
-    body_c = cast(Body, body if parsed is not None and type(body) is dict else dict(body))
-    if not _is_canonical_order(body_c):  # a typed body's map usually is already
-        body_c = cast(Body, canonical(body_c))
+    if parsed is not None and type(body) is dict:
+        # a typed body's map, made fresh and canonical by to_body(): ours to keep as is
+        body_c = cast(Body, body)
+    else:
+        body_c = cast(Body, dict(body))
+        if not _is_canonical_order(body_c):
+            body_c = cast(Body, canonical(body_c))
     deps_c = tuple(sorted(set(deps))) if deps else ()
     return tuple.__new__(Unsigned, (seq, hlc, type_, body_c, deps_c, parsed))
 

@@ -214,10 +214,10 @@ def _add_delta(s: State, event: Event, body: b.StockAdjusted, causality: Causali
     s["on_hand"] = on_hand + body.delta
     since = s["since"]
     assert isinstance(since, dict)
-    run = since.get(event.author.hex())
+    author = event.author.hex()
+    run = since.get(author)
     if run is None:
-        since[event.author.hex()] = [event.author, event.seq, event.hlc, event.seq, event.hlc,
-                                     body.delta]
+        since[author] = [event.author, event.seq, event.hlc, event.seq, event.hlc, body.delta]
     else:
         run[3], run[4], run[5] = event.seq, event.hlc, run[5] + body.delta
     lots = s["lots"]
@@ -246,6 +246,8 @@ def _consume(lots: list[list[object]], amount: int) -> None:
 def _trim(s: State) -> None:
     """Lots never hold more than is on hand."""
     lots = s["lots"]
+    if not lots:  # most stock has no expiry dates
+        return
     on_hand = s["on_hand"]
     assert isinstance(lots, list) and isinstance(on_hand, int)
     total = sum(int(lot[1]) for lot in lots)

@@ -437,6 +437,7 @@ def test_current_version_body_skips_upcasters_and_writes_its_version(
         note_type: list[int]) -> None:
     value = NoteEdited(note="hi", pinned=2)
     assert value.to_body() == {"note": "hi", "pinned": 2, "_v": 3}
+    assert list(value.to_body()) == ["_v", "note", "pinned"]  # canonical as built
     assert cast(object, parse(NoteEdited.TYPE, value.to_body())) == value
     assert note_type == []
 
@@ -496,6 +497,8 @@ def test_a_remembered_slug_or_date_does_not_let_a_bad_one_through() -> None:
 @given(data=st.data())
 def test_to_body_writes_keys_in_canonical_order(cls: type[BaseBody],
                                                 data: st.DataObject) -> None:
-    """``create`` skips sorting a map that is already sorted: keep it that way."""
+    """``events.unsigned`` trusts a typed body's map to be canonical: keep it that way
+    (keys sorted, and nothing nested that is not)."""
     body = data.draw(instances(cls)).to_body()
     assert list(body) == sorted(body)
+    assert events._is_canonical_order(body)
