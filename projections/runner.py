@@ -11,8 +11,8 @@ sorted into canonical order and handed to each projection. For each entity touch
 stored state is loaded once; an event that sorts after the entity's last key is applied
 incrementally; otherwise the entity is re-folded from its own events, found through
 ``proj_index`` (entity -> events, in buckets of arrivals: ``INDEX_BUCKET``), never from
-the whole log. Before the commit each
-entity folded in the transaction has its rows replaced and its state saved, once.
+the whole log. Before the commit each entity folded in the transaction has its rows
+replaced and its state saved, once.
 
 ``rebuild`` drops everything and streams the whole log through the same path in
 canonical order; ``digest`` hashes the canonical rows so two nodes can compare.
@@ -247,8 +247,8 @@ class Runner:
         find the tables already there made a read like ``potluck board`` wait."""
         present = {row[0] for row in db.execute(
             "SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
-        if any(name not in present for name, _ in (*self._schema(), *_INTERNAL_INDEXES)) \
-                or self.stale(db):
+        names = [name for name, _ in (*self._schema(), *_INTERNAL_INDEXES)]
+        if any(name not in present for name in names) or self.stale(db):
             return False
         if _stored_meta(db, CHECKPOINT_KEY) is None or _stored_meta(db, FORKS_KEY) is None:
             return False  # a node from before the checkpoint: ``setup`` writes them
