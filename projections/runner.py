@@ -784,14 +784,22 @@ def _arrivals(db: sqlite3.Connection, after: int, end: int, limit: int) -> Backl
 
 
 def _entity_events(db: sqlite3.Connection, entity: int) -> Iterator[Event]:
-    """One entity's events in canonical order: one seek in each bucket of the index."""
+    """One entity's events in canonical order: one seek in each bucket of the index.
+
+    Each event is folded once between rebuilds, so it has one row; should one be folded
+    again, at another arrival, its second row is skipped here rather than applied twice
+    (keyed by entity alone, the index used to absorb that itself)."""
     rows = db.execute(
         "WITH RECURSIVE buckets(n) AS (SELECT (SELECT min(bucket) FROM proj_index) "
         "UNION ALL SELECT n + 1 FROM buckets WHERE n < (SELECT max(bucket) FROM proj_index)) "
         "SELECT e.raw, e.hash FROM buckets CROSS JOIN proj_index i ON i.bucket = buckets.n "
         "AND i.entity = ? JOIN events e ON e.author = i.author AND e.seq = i.seq "
         "ORDER BY i.hlc, i.author, i.seq", (entity,))
+    last = None
     for raw, hash_ in rows:
+        if hash_ == last:
+            continue
+        last = hash_
         event = _unpack_event(raw, hash_)
         if event is not None:
             yield event

@@ -21,6 +21,7 @@ from node.errors import StorageError
 from node.events import Envelope
 from node.identity import Group
 from projections import views
+from projections.runner import INDEX_BUCKET, _unpack_event
 
 
 async def on_hand(node: Node) -> int:
@@ -114,5 +115,29 @@ async def test_a_rebuild_leaves_the_cycle_collector_as_it_found_it(tmp_path: Pat
             assert not gc.isenabled()
         finally:
             gc.enable()
+    finally:
+        await node.close()
+
+
+async def test_an_event_folded_twice_at_other_arrivals_counts_once(tmp_path: Path) -> None:
+    """Each event is folded once between rebuilds, and ``proj_index`` keys its rows by
+    the bucket of the arrival they were folded at. Should an event still be folded again
+    later (a bug elsewhere), the re-fold it triggers reads the event once, as the index
+    keyed by entity alone did, rather than count the delivery twice."""
+    node = await stocked(tmp_path / "node")
+    try:
+        def fold_again(db: sqlite3.Connection) -> None:
+            raw, hash_ = db.execute(
+                "SELECT raw, hash FROM events WHERE type = 'stock.adjusted'").fetchone()
+            event = _unpack_event(raw, hash_)
+            assert event is not None
+            node.runner.apply(db, [event], arrival=7 * INDEX_BUCKET)
+
+        await node.store.write(fold_again)
+        buckets = await node.store.read(lambda db: db.execute(
+            "SELECT count(DISTINCT bucket) FROM proj_index").fetchone()[0])
+        assert buckets == 2  # the second fold did add a row, in bucket 7
+        assert await on_hand(node) == 5
+        assert await equals_a_rebuild(node)
     finally:
         await node.close()
