@@ -283,19 +283,7 @@ class Store:
             db = self._conn._conn
             if not write:
                 return fn(db)
-            begin_write(db)
-            try:
-                result = fn(db)
-                for finish in self._before_commit:
-                    finish(db)
-                db.execute("COMMIT")
-            except BaseException:
-                for listener in self._on_rollback:
-                    listener()
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            return result
+            return in_transaction(db, fn, self._before_commit, self._on_rollback)
 
         try:
             result: T = await self._conn._execute(call)  # type: ignore[no-untyped-call]
@@ -1044,6 +1032,29 @@ def configure(db: sqlite3.Connection) -> None:
     # (docs/performance.md). The file is cut back to 64 MiB after a checkpoint.
     db.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
     db.execute(f"PRAGMA journal_size_limit = {WAL_KEEP_BYTES}")
+
+
+def in_transaction(
+    db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T],
+    before_commit: Iterable[Callable[[sqlite3.Connection], None]] = (),
+    on_rollback: Iterable[Callable[[], None]] = (),
+) -> T:
+    """``fn`` in one write transaction: ``before_commit`` callbacks just before its
+    COMMIT, ``on_rollback`` ones when it is undone (so state kept in memory can forget
+    what never reached the disk). Every writer of the log: the store, the projector."""
+    begin_write(db)
+    try:
+        result = fn(db)
+        for finish in before_commit:
+            finish(db)
+        db.execute("COMMIT")
+    except BaseException:
+        for undone in on_rollback:
+            undone()
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return result
 
 
 def begin_write(db: sqlite3.Connection, timeout: float = BUSY_TIMEOUT_S) -> None:

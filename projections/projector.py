@@ -33,7 +33,7 @@ from pathlib import Path
 
 from node import collector
 from node.signer import child_env
-from node.store import BUSY_TIMEOUT_S, begin_write, configure
+from node.store import BUSY_TIMEOUT_S, configure, in_transaction
 from projections.runner import Runner
 
 READY = b"ready\n"
@@ -135,17 +135,8 @@ def fold_chunk(db: sqlite3.Connection, runner: Runner, limit: int = CHUNK) -> in
     read = runner.backlog(db, limit)
     if not read.events and read.last == read.after:
         return 0
-    begin_write(db)
-    try:
-        folded = runner.catch_up(db, limit, read)
-        runner.before_commit(db)
-        db.execute("COMMIT")
-    except BaseException:
-        runner.rolled_back()
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    return folded
+    return in_transaction(db, lambda db: runner.catch_up(db, limit, read),
+                          [runner.before_commit], [runner.rolled_back])
 
 
 def _woken(fd: int, *, wait: bool) -> bool:
