@@ -40,10 +40,10 @@ _path.use_repo()  # bench/sync.py would otherwise hide the ``sync`` package
 Mix = _path.load("sync").Mix
 ThreadProfiles = _path.load("_profile").ThreadProfiles
 
+from eventlog.errors import UsageError  # noqa: E402
+from eventlog.events import Envelope  # noqa: E402
+from eventlog.store import ReceiveResult  # noqa: E402
 from node.app import Node  # noqa: E402
-from node.errors import UsageError  # noqa: E402
-from node.events import Envelope  # noqa: E402
-from node.store import ReceiveResult  # noqa: E402
 
 FAST_SAMPLE = 0.25  # seconds between samples after ``stop``
 SERVE_STOP_TIMEOUT = 30.0

@@ -48,10 +48,10 @@ _path.use_repo()
 ceiling = _path.load("ceiling")
 ThreadProfiles = _path.load("_profile").ThreadProfiles
 
-from node import body as b  # noqa: E402
+from eventlog import body as b  # noqa: E402
+from eventlog.events import Envelope  # noqa: E402
+from eventlog.identity import Group  # noqa: E402
 from node.app import LOG_FILE, Node  # noqa: E402
-from node.events import Envelope  # noqa: E402
-from node.identity import Group  # noqa: E402
 
 SEED = 20_260_601
 ITEMS = 50

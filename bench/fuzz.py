@@ -4,14 +4,14 @@ Three targets, each a pure function of one input that must never raise and whose
 outputs are checked against invariants (docs/reliability.md):
 
 ``decoder``
-    ``node.events.decode`` on arbitrary bytes, mostly mutations of valid events (bit
+    ``eventlog.events.decode`` on arbitrary bytes, mostly mutations of valid events (bit
     flips, truncations, splices, crossings of two events). It may only raise an
     ``InvalidEvent``. Whatever it accepts must be the one canonical encoding of what it
     returned, and the pure rules run on it (``check_group``, ``check_follows``,
     ``verify_chain``, ``verify_signature``, ``body.parse``) may only raise
     ``InvalidEvent`` too. A signature that verifies on bytes no signer wrote is a crash.
 ``body``
-    ``node.body.parse`` on a known or unknown type and an arbitrary map (msgpack from
+    ``eventlog.body.parse`` on a known or unknown type and an arbitrary map (msgpack from
     the input, or fields drawn from a pool of near-valid values). It may only return
     None (unknown type), raise ``InvalidBody``, or return a value that survives the
     wire: encodable, and parsed again (after a msgpack round trip) to an equal value.
@@ -74,10 +74,10 @@ import msgpack  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from nacl.signing import SigningKey  # noqa: E402
 
-from node import body as b  # noqa: E402
-from node import events  # noqa: E402
-from node.errors import InvalidBody, InvalidEvent  # noqa: E402
-from node.events import Envelope  # noqa: E402
+from eventlog import body as b  # noqa: E402
+from eventlog import events  # noqa: E402
+from eventlog.errors import InvalidBody, InvalidEvent  # noqa: E402
+from eventlog.events import Envelope  # noqa: E402
 from sync.errors import ProtocolError  # noqa: E402
 from sync.protocol import (  # noqa: E402
     MAX_FRAME_BYTES,

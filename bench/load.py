@@ -76,8 +76,8 @@ import _path
 _path.use_repo()  # bench/sync.py would otherwise hide the ``sync`` package
 bench_sync = _path.load("sync")
 
+from eventlog.identity import Group  # noqa: E402
 from node.app import Node  # noqa: E402
-from node.identity import Group  # noqa: E402
 
 try:  # the inbound sessions a node accepts from one address (all of ours: 127.0.0.1)
     from sync.limits import DEFAULT_LIMITS

@@ -3,7 +3,7 @@
 Five minutes of bench/load.py at a rate the machine sustains give each node a few
 thousand events: too few to fill the two things in a node that grow with the log, the
 runner's cache of live projection states (``LIVE_CACHE_LIMIT`` entities,
-projections/runner.py) and SQLite's page cache (``cache_size`` = 64 MiB, node/store.py).
+projections/runner.py) and SQLite's page cache (``cache_size`` = 64 MiB, eventlog/store.py).
 So the RSS slope of a short load run is expected to be positive. This fills one node
 far enough to see both stop: it appends ``--events`` events of bench/sync.py's mix
 through ``Store.append`` (the write path and store hook of ``Node.post``, in batches
@@ -35,8 +35,8 @@ _path.use_repo()  # bench/sync.py would otherwise hide the ``sync`` package
 bench_sync = _path.load("sync")
 proc_status = _path.load("_load_worker").proc_status
 
+from eventlog.identity import Group  # noqa: E402
 from node.app import LOG_FILE, Node  # noqa: E402
-from node.identity import Group  # noqa: E402
 
 Row = tuple[int, float, int, int, float]  # events, RSS MB, blocks, states, log MB
 

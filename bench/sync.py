@@ -81,11 +81,11 @@ from nacl.signing import SigningKey  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.asyncio.server import ServerConnection, serve  # noqa: E402
 
-from node import body as b  # noqa: E402
+from eventlog import body as b  # noqa: E402
+from eventlog.events import Envelope  # noqa: E402
+from eventlog.identity import Group, load_group  # noqa: E402
+from eventlog.store import last_arrival  # noqa: E402
 from node.app import LOG_FILE, Node  # noqa: E402
-from node.events import Envelope  # noqa: E402
-from node.identity import Group, load_group  # noqa: E402
-from node.store import last_arrival  # noqa: E402
 from sync.peers import PeerManager  # noqa: E402
 from sync.transport import Session, SessionStats  # noqa: E402
 

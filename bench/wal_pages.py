@@ -32,8 +32,8 @@ import _path
 _path.use_repo()
 Workload = _path.load("append").Workload
 
+from eventlog.identity import Group  # noqa: E402
 from node.app import LOG_FILE, Node  # noqa: E402
-from node.identity import Group  # noqa: E402
 
 WAL_HEADER = 32
 FRAME_HEADER = 24

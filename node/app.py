@@ -24,21 +24,22 @@ import click
 import ifaddr
 from nacl.signing import SigningKey
 
-from node import body as b
-from node import collector, invite
-from node.errors import UsageError
-from node.events import Envelope
-from node.identity import (
+from eventlog import body as b
+from eventlog import gc_tuning
+from eventlog.errors import UsageError
+from eventlog.events import Envelope
+from eventlog.identity import (
     Group,
     load_device_key,
     load_group,
     save_device_key,
     save_group,
 )
-from node.store import Store
+from eventlog.store import Store
 from projections import projector, views
 from projections.board import ALLOWED_FROM
 from projections.runner import Runner
+from sync import invite
 from sync import peers as peer_table
 from sync.discovery import Discovery, interfaces_for
 from sync.peers import PeerManager
@@ -91,7 +92,7 @@ class Node:
 
     @classmethod
     async def _start(cls, data_dir: Path, key: SigningKey, group: Group) -> Node:
-        collector.tune()
+        gc_tuning.tune()
         store = await Store.open(data_dir / LOG_FILE, group)
         runner = Runner()
         runner.attach(store)  # before any write: its before_commit saves what folds wrote

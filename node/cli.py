@@ -23,14 +23,14 @@ import segno
 from rich.console import Console
 from rich.table import Table
 
-from node import body as b
+from eventlog import body as b
+from eventlog.errors import InvalidBody, PotluckError, UsageError
+from eventlog.identity import Group
 from node.app import Node, default_data_dir
-from node.errors import InvalidBody, PotluckError, UsageError
-from node.identity import Group
-from node.invite import invite_length
 from projections import views
 from projections.views import hlc_time
 from sync.bundle import export_bundle, import_bundle, read_vector_file, write_vector_file
+from sync.invite import invite_length
 
 if TYPE_CHECKING:
     from node.web.server import UiServer

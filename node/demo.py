@@ -13,10 +13,10 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from node import body as b
+from eventlog import body as b
+from eventlog.errors import UsageError
+from eventlog.identity import Group
 from node.app import Node
-from node.errors import UsageError
-from node.identity import Group
 from projections import views
 
 

@@ -65,13 +65,13 @@ from typing import Literal
 
 import msgpack
 
-from node import events
-from node.body import references
-from node.clock import system_ms, wall_ms
-from node.errors import InvalidEvent, NotAMember, PotluckError
-from node.events import Envelope
-from node.identity import Group, check_membership_proof, load_device_key, load_group
-from node.store import SCHEMA_VERSION, Store, hash_key
+from eventlog import events
+from eventlog.body import references
+from eventlog.clock import system_ms, wall_ms
+from eventlog.errors import InvalidEvent, NotAMember, PotluckError
+from eventlog.events import Envelope
+from eventlog.identity import Group, check_membership_proof, load_device_key, load_group
+from eventlog.store import SCHEMA_VERSION, Store, hash_key
 from projections.runner import Runner
 
 LOG_FILE = "log.db"  # the same name as node.app.LOG_FILE

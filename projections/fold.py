@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from node.body import BaseBody
+from eventlog.body import BaseBody
 
 Key = tuple[int, bytes, int]
 """The canonical order of events: (hlc, author, seq)."""

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from node import body as b
+from eventlog import body as b
 from projections.fold import Causality, Event, Lookup, Row, State, Table
 
 

@@ -31,9 +31,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from node import collector
-from node.signer import child_env
-from node.store import BUSY_TIMEOUT_S, configure, in_transaction
+from eventlog import gc_tuning
+from eventlog.signer import child_env
+from eventlog.store import BUSY_TIMEOUT_S, configure, in_transaction
 from projections.runner import Runner
 
 READY = b"ready\n"
@@ -116,7 +116,7 @@ def serve(log_path: str, wake: int, said: int) -> int:
     """The child: fold the backlog, CHUNK events a transaction, whenever woken, until
     the parent closes the pipe; ``said``: where it says READY once it has opened the
     log. Returns the exit status (1: the log is not ready)."""
-    collector.tune()
+    gc_tuning.tune()
     db = sqlite3.connect(log_path, isolation_level=None)
     configure(db)
     runner = Runner()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable, Sequence
 
-from node import body as b
+from eventlog import body as b
 from projections.fold import Causality, Event, Lookup, Row, State, Table, fold_by_apply, ref_key
 
 

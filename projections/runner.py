@@ -32,10 +32,10 @@ from typing import NamedTuple
 
 import msgpack
 
-from node import body as b
-from node.errors import InvalidEvent, StorageError
-from node.events import Envelope
-from node.store import Store, fork_points, hash_key, in_parts, last_arrival
+from eventlog import body as b
+from eventlog.errors import InvalidEvent, StorageError
+from eventlog.events import Envelope
+from eventlog.store import Store, fork_points, hash_key, in_parts, last_arrival
 from projections.board import Board
 from projections.catalog import Catalog
 from projections.fold import Causality, Event, Key, Projection, State, Table

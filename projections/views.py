@@ -12,8 +12,8 @@ import datetime
 import sqlite3
 from typing import TypedDict
 
-from node import body as b
-from node.clock import wall_ms
+from eventlog import body as b
+from eventlog.clock import wall_ms
 from projections.board import entity_of
 from projections.roster import iso_week
 from projections.runner import ENTITY_COLUMN, NUMBER_OF, number_of, stored_event

@@ -53,10 +53,10 @@ from nacl.bindings import (
 )
 from nacl.exceptions import CryptoError
 
-from node import events
-from node.errors import InvalidEvent, MalformedEvent, UsageError
-from node.identity import GROUP_SECRET_BYTES, Group, replace_durably
-from node.store import Store
+from eventlog import events
+from eventlog.errors import InvalidEvent, MalformedEvent, UsageError
+from eventlog.identity import GROUP_SECRET_BYTES, Group, replace_durably
+from eventlog.store import Store
 from sync.errors import BadEvidence
 
 MAGIC = b"POTLUCKB"

@@ -47,7 +47,7 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from node.identity import Group
+from eventlog.identity import Group
 
 SERVICE_TYPE = "_potluck._tcp.local."
 PROTOCOL_VERSION = "1"

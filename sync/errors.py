@@ -28,7 +28,7 @@ blamed on the peer. Codes are listed in docs/protocol.md §errors.
 
 from __future__ import annotations
 
-from node.errors import InvalidEvent, PotluckError
+from eventlog.errors import InvalidEvent, PotluckError
 
 
 class SyncError(PotluckError):

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from nacl.signing import SigningKey
 from websockets.asyncio.server import Server
 
-from node.events import Envelope
-from node.store import Store
+from eventlog.events import Envelope
+from eventlog.store import Store
 from sync.limits import (
     CREDIT_TIMEOUT,
     DEFAULT_LIMITS,

@@ -84,8 +84,8 @@ from typing import Final, TypeAlias
 import msgpack
 from nacl.signing import SigningKey
 
-from node.errors import InvalidEvent, MalformedEvent
-from node.events import (
+from eventlog.errors import InvalidEvent, MalformedEvent
+from eventlog.events import (
     HASH_BYTES,
     KEY_BYTES,
     MAX_EVENT_BYTES,
@@ -210,7 +210,7 @@ class Received:
     Every envelope is authentic: the links inside the batch and the last signature
     were checked (§batch). When ``from_genesis`` is false the batch starts mid-chain
     and the store must check that ``envelopes[0]`` follows its head
-    (``node.events.check_follows``). After storing, return ``size`` bytes of credit
+    (``eventlog.events.check_follows``). After storing, return ``size`` bytes of credit
     with ``send_credit``.
     """
 

@@ -25,9 +25,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.protocol import State as WsState
 
-from node.errors import InvalidEvent, StorageError
-from node.events import Envelope
-from node.store import Store
+from eventlog.errors import InvalidEvent, StorageError
+from eventlog.events import Envelope
+from eventlog.store import Store
 from sync.errors import LocalProtocolError
 from sync.limits import CLOSE_TRY_AGAIN_LATER, DEFAULT_LIMITS, Limits, SessionGuard
 from sync.protocol import (

@@ -7,10 +7,10 @@ import random
 import pytest
 from nacl.signing import SigningKey
 
-from node import events
-from node.clock import HybridClock
-from node.events import Envelope
-from node.identity import Group, membership_proof
+from eventlog import events
+from eventlog.clock import HybridClock
+from eventlog.events import Envelope
+from eventlog.identity import Group, membership_proof
 
 START_MS = 1_700_000_000_000
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from node.identity import (
+from eventlog.identity import (
     DEVICE_KEY_FILE,
     Group,
     load_device_key,
@@ -25,7 +25,7 @@ from node.identity import (
     save_device_key,
     save_group,
 )
-from node.store import Store
+from eventlog.store import Store
 
 LOG_FILE = "log.db"
 

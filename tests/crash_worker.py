@@ -52,12 +52,13 @@ from pathlib import Path
 import msgpack
 from nacl.signing import SigningKey
 
-from node import body as b
-from node import doctor, events
+from eventlog import body as b
+from eventlog import events
+from eventlog.clock import HybridClock, system_ms
+from eventlog.events import Envelope
+from eventlog.identity import Group, membership_proof
+from node import doctor
 from node.app import LOG_FILE, Node
-from node.clock import HybridClock, system_ms
-from node.events import Envelope
-from node.identity import Group, membership_proof
 from projections.runner import Runner
 
 WORKER = Path(__file__).resolve()

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from node import body as b
-from node.clock import HybridClock
-from node.events import Envelope
-from node.identity import Group
-from node.store import Store
+from eventlog import body as b
+from eventlog.clock import HybridClock
+from eventlog.events import Envelope
+from eventlog.identity import Group
+from eventlog.store import Store
 from projections.runner import Runner
 
 START_MS = 1_700_000_000_000  # 2023-11-14: in the past, so no event is "from the future"

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from playwright.async_api import ViewportSize, async_playwright
 
-from node import body as b
+from eventlog import body as b
+from eventlog.identity import Group
 from node.app import Node
-from node.identity import Group
 from node.web import create_server
 
 ROOT = Path(__file__).resolve().parent.parent

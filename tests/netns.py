@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from node import body
+from eventlog import body
+from eventlog.identity import Group, load_group
 from node.app import LOG_FILE, Node
 from node.cli import main as potluck_main
-from node.identity import Group, load_group
 
 ROOT = Path(__file__).resolve().parents[1]
 POTLUCK = [sys.executable, "-c", "from node.cli import main; main()"]

@@ -19,12 +19,12 @@ from nacl.signing import SigningKey
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from node import body as b
-from node import events
+from eventlog import body as b
+from eventlog import events
+from eventlog.clock import HybridClock
+from eventlog.events import Envelope
+from eventlog.identity import Group, membership_proof
 from node.app import Node
-from node.clock import HybridClock
-from node.events import Envelope
-from node.identity import Group, membership_proof
 from sync.errors import RemoteError
 from sync.protocol import Role, State, SyncProtocol
 

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from node import body as bodies
-from node import events
-from node.body import (
+from eventlog import body as bodies
+from eventlog import events
+from eventlog.body import (
     LOCATION_KINDS,
     STOCK_REASONS,
     STORAGES,
@@ -36,7 +36,7 @@ from node.body import (
     parse,
     upcaster,
 )
-from node.errors import InvalidBody, InvalidEvent
+from eventlog.errors import InvalidBody, InvalidEvent
 
 ID = bytes(range(32))
 KEY = bytes(range(32, 64))

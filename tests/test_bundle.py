@@ -11,10 +11,10 @@ import pytest
 from conftest import make_key
 from nacl.signing import SigningKey
 
-from node import events
-from node.errors import UsageError
-from node.identity import Group
-from node.store import Store
+from eventlog import events
+from eventlog.errors import UsageError
+from eventlog.identity import Group
+from eventlog.store import Store
 from sync import bundle
 from sync.bundle import (
     HEADER_BYTES,

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from node import body as b
+from eventlog import body as b
+from eventlog.errors import UsageError
+from eventlog.events import Envelope
+from eventlog.identity import Group
 from node.app import Node
-from node.errors import UsageError
-from node.events import Envelope
-from node.identity import Group
 
 
 async def share(source: Node, sink: Node) -> None:

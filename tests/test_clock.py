@@ -1,4 +1,4 @@
-"""The hybrid logical clock with an injected wall clock (node/clock.py)."""
+"""The hybrid logical clock with an injected wall clock (eventlog/clock.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.clock import COUNTER_BITS, COUNTER_MAX, HybridClock, pack, unpack, wall_ms
+from eventlog.clock import COUNTER_BITS, COUNTER_MAX, HybridClock, pack, unpack, wall_ms
 
 MS = 1_700_000_000_000
 

@@ -19,14 +19,14 @@ import pytest
 from nacl.signing import SigningKey
 from synchelp import Author, Serving, digest, within
 
-from node import body as b
-from node import events
+from eventlog import body as b
+from eventlog import events
+from eventlog.clock import COUNTER_MAX, HLC_MAX, HybridClock, pack, wall_ms
+from eventlog.errors import MalformedEvent
+from eventlog.events import Envelope, decode
+from eventlog.identity import Group
+from eventlog.store import MAX_FUTURE_MS, Store
 from node.app import LOG_FILE, Node
-from node.clock import COUNTER_MAX, HLC_MAX, HybridClock, pack, wall_ms
-from node.errors import MalformedEvent
-from node.events import Envelope, decode
-from node.identity import Group
-from node.store import MAX_FUTURE_MS, Store
 from projections import views
 from projections.runner import Runner
 

@@ -31,8 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from node import store as store_module
-from node.events import Envelope
+from eventlog import store as store_module
+from eventlog.events import Envelope
 from projections import runner as runner_module
 from projections.projector import fold_chunk
 from projections.runner import Runner

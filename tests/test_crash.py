@@ -17,9 +17,9 @@ import threading
 import time
 from pathlib import Path
 
-from node import events
-from node.identity import DEVICE_KEY_FILE, check_membership_proof, load_device_key, load_group
-from node.store import Store
+from eventlog import events
+from eventlog.identity import DEVICE_KEY_FILE, check_membership_proof, load_device_key, load_group
+from eventlog.store import Store
 
 APPENDER = Path(__file__).with_name("crash_appender.py")
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from node.identity import Group
+from eventlog.identity import Group
 from sync import discovery as d
 from sync.discovery import (
     HINT_HEX_LENGTH,

@@ -37,9 +37,9 @@ from netns import (
     wait_for,
 )
 
-from node import body
+from eventlog import body
+from eventlog.identity import Group, load_group
 from node.app import Node
-from node.identity import Group, load_group
 
 SUBNET = "10.77.0"
 PORT = 7717

@@ -31,12 +31,12 @@ from pathlib import Path
 import pytest
 from synchelp import Serving, append_stock, digest, new_nodes, same_vectors, within
 
-from node import body as b
-from node import events
+from eventlog import body as b
+from eventlog import events
+from eventlog.errors import StorageError, UsageError
+from eventlog.events import Envelope
+from eventlog.identity import Group
 from node.app import Node
-from node.errors import StorageError, UsageError
-from node.events import Envelope
-from node.identity import Group
 from projections import views
 
 POTLUCK = [sys.executable, "-c", "from node.cli import main; main()"]

@@ -24,10 +24,10 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from node import body as b
+from eventlog import body as b
+from eventlog.identity import Group
 from node import doctor
 from node.app import LOG_FILE, Node
-from node.identity import Group
 
 POTLUCK = [sys.executable, "-c", "from node.cli import main; main()"]
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,13 +32,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from node import events
-from node.body import TYPES
-from node.clock import pack as hlc_pack
-from node.errors import InvalidEvent, MalformedEvent
-from node.events import Envelope
-from node.identity import Group, membership_proof
-from node.store import Store
+from eventlog import events
+from eventlog.body import TYPES
+from eventlog.clock import pack as hlc_pack
+from eventlog.errors import InvalidEvent, MalformedEvent
+from eventlog.events import Envelope
+from eventlog.identity import Group, membership_proof
+from eventlog.store import Store
 from projections.runner import Runner
 from sync.errors import ProtocolError
 from sync.protocol import MAX_BATCH_BYTES, MAX_FRAME_BYTES, State

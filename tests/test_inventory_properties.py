@@ -33,8 +33,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_convergence import assert_same_projections, canonical_node, network
 
-from node import body as b
-from node.events import Envelope
+from eventlog import body as b
+from eventlog.events import Envelope
 from projections.fold import Event, Key, State
 from projections.inventory import Inventory, _seen_prefix, entity_of
 

@@ -1,4 +1,4 @@
-"""Invite codes (node/invite.py): round trip, typo detection, expiry, normalisation."""
+"""Invite codes (sync/invite.py): round trip, typo detection, expiry, normalisation."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.errors import UsageError
-from node.identity import Group
-from node.invite import (
+from eventlog.errors import UsageError
+from eventlog.identity import Group
+from sync.invite import (
     ALPHABET,
     MAX_NAME_CHARS,
     Invite,
@@ -115,7 +115,7 @@ def test_every_single_wrong_character_at_every_place_is_caught(
 ) -> None:
     # All 31 wrong letters at every place; the hint search is switched off to keep this
     # fast (the next test checks the hint at every place).
-    monkeypatch.setattr("node.invite._where", lambda values: "")
+    monkeypatch.setattr("sync.invite._where", lambda values: "")
     code = sample()
     for i in body_positions(code):
         for char in ALPHABET.replace(code[i], ""):
@@ -127,7 +127,7 @@ def test_every_single_wrong_character_at_every_place_is_caught(
 def test_every_swap_of_two_neighbouring_characters_is_caught(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("node.invite._where", lambda values: "")
+    monkeypatch.setattr("sync.invite._where", lambda values: "")
     body = sample()[len("potluck-"):].replace("-", "")
     for i in range(len(body) - 1):
         if body[i] != body[i + 1]:

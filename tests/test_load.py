@@ -22,8 +22,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from eventlog.identity import Group
 from node.app import Node
-from node.identity import Group
 from sync.peers import STATUS_SECONDS, PeerManager, known_peers
 
 

@@ -17,9 +17,9 @@ import pytest
 from eventgen import Draft, Node, WallClock, fixed_group, make_key
 from nacl.signing import SigningKey
 
-from node import events
-from node.errors import UsageError
-from node.events import Envelope
+from eventlog import events
+from eventlog.errors import UsageError
+from eventlog.events import Envelope
 from projections.fold import Causality, Event, State
 from projections.inventory import Inventory
 

@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 from synchelp import Serving, append_stock, close_all, digest, eventually, new_nodes, within
 
-from node import doctor, events
+from eventlog import events
+from eventlog.events import Envelope
+from eventlog.identity import Group
+from eventlog.store import BULK_RECEIVE, begin_write
+from node import doctor
 from node.app import LOG_FILE, Node
-from node.events import Envelope
-from node.identity import Group
-from node.store import BULK_RECEIVE, begin_write
 from node.web import page
 from projections.projector import Projector
 

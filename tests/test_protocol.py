@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from node.errors import NotAMember
-from node.events import MAX_EVENT_BYTES, Envelope, create, pack
+from eventlog.errors import NotAMember
+from eventlog.events import MAX_EVENT_BYTES, Envelope, create, pack
 from sync.errors import LocalProtocolError, ProtocolError, RemoteError
 from sync.handshake import CipherState
 from sync.protocol import (

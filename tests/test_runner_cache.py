@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from node import body as b
+from eventlog import body as b
+from eventlog.errors import StorageError
+from eventlog.events import Envelope
+from eventlog.identity import Group
 from node.app import Node
-from node.errors import StorageError
-from node.events import Envelope
-from node.identity import Group
 from projections import views
 from projections.runner import INDEX_BUCKET, _unpack_event
 

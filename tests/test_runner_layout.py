@@ -11,9 +11,9 @@ from typing import NamedTuple
 import msgpack
 import pytest
 
-from node import body as b
+from eventlog import body as b
+from eventlog.identity import Group
 from node.app import LOG_FILE, Node
-from node.identity import Group
 from projections import views
 from projections.board import Board
 from projections.runner import LAYOUT, LAYOUT_KEY, Runner, name_key

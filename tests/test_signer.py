@@ -1,4 +1,4 @@
-"""The signing process (node/signer.py): the same bytes as signing in place, a valid
+"""The signing process (eventlog/signer.py): the same bytes as signing in place, a valid
 chain and projections through a long append, and no harm when it fails or lies."""
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from node import body as b
-from node import events
-from node import signer as signer_module
-from node.events import Envelope, Unsigned
-from node.signer import Signer, SignerFailed
-from node.store import Store
+from eventlog import body as b
+from eventlog import events
+from eventlog import signer as signer_module
+from eventlog.events import Envelope, Unsigned
+from eventlog.signer import Signer, SignerFailed
+from eventlog.store import Store
 
 GROUP = fixed_group(7)
 KEY = make_key(70)

@@ -1,4 +1,4 @@
-"""Conformance suite for the log (node/store.py), on real SQLite files.
+"""Conformance suite for the log (eventlog/store.py), on real SQLite files.
 
 Every rule of the log is checked through the public API only (append, receive and the
 reads), so the same tests hold for any implementation of the store.
@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from node import events
-from node import store as store_module
-from node.errors import (
+from eventlog import events
+from eventlog import store as store_module
+from eventlog.errors import (
     AmbiguousId,
     BadSignature,
     HlcRegression,
@@ -36,9 +36,9 @@ from node.errors import (
     UnknownGroup,
     UsageError,
 )
-from node.events import Envelope
-from node.identity import Group, membership_proof
-from node.store import ReceiveResult, Store
+from eventlog.events import Envelope
+from eventlog.identity import Group, membership_proof
+from eventlog.store import ReceiveResult, Store
 
 OFFER = ("offer.posted", {"title": "Bread"})
 

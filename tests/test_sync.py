@@ -39,8 +39,8 @@ from synchelp import (
     within,
 )
 
+from eventlog.identity import Group
 from node.app import Node
-from node.identity import Group
 from sync.protocol import State
 from sync.transport import CLOSE_TIMEOUT, Session, connect_session
 

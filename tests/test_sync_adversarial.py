@@ -37,11 +37,11 @@ from synchelp import (
     within,
 )
 
-from node import body as b
-from node import events
+from eventlog import body as b
+from eventlog import events
+from eventlog.events import MAX_EVENT_BYTES, Envelope
+from eventlog.identity import Group
 from node.app import Node
-from node.events import MAX_EVENT_BYTES, Envelope
-from node.identity import Group
 from projections import views
 from sync.bundle import BundleSealer, import_bundle
 from sync.protocol import (

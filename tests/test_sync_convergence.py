@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 from websockets.asyncio.server import Server
 
-from node.events import Envelope
+from eventlog.events import Envelope
 from sync.protocol import State
 from sync.transport import Session, connect_session, listen
 

@@ -46,10 +46,10 @@ from synchelp import (
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from node import body as b
+from eventlog import body as b
+from eventlog.events import MAX_EVENT_BYTES
+from eventlog.identity import Group
 from node.app import Node
-from node.events import MAX_EVENT_BYTES
-from node.identity import Group
 from sync.limits import (
     CLOSE_TRY_AGAIN_LATER,
     CREDIT_TIMEOUT,

@@ -21,10 +21,10 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from node import body as b
+from eventlog import body as b
+from eventlog.errors import StorageError, UsageError
+from eventlog.identity import Group
 from node.app import Node
-from node.errors import StorageError, UsageError
-from node.identity import Group
 from node.web import create_app, create_server
 from node.web.feed import ChangeFeed
 from node.web.i18n import EN, ES, Translator, negotiate

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from node import body as b
+from eventlog import body as b
 from node.app import Node
 
 CHROMIUM = Path("/usr/bin/chromium")

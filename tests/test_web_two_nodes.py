@@ -34,9 +34,9 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from node import body as b
+from eventlog import body as b
+from eventlog.identity import Group
 from node.app import Node
-from node.identity import Group
 from node.web import create_app, create_server
 from node.web.feed import ShareWatch, merged
 

@@ -41,9 +41,9 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from node import body as b
+from eventlog import body as b
+from eventlog.errors import InvalidBody, StorageError, UsageError
 from node.app import Node
-from node.errors import InvalidBody, StorageError, UsageError
 from node.web import form as f
 from node.web import page
 from node.web.errors import CsrfRejected, FormInvalid

@@ -6,7 +6,7 @@ without this session's CSRF token is refused (403); a request without the access
 token, when the UI is exposed beyond this machine, is refused (401). Nothing is
 written in any of these cases.
 
-    PotluckError                 (node/errors.py)
+    PotluckError                 (eventlog/errors.py)
     └── WebError
         ├── FormInvalid          a field's value is wrong (names the fields; 400)
         └── CsrfRejected         the form's CSRF token is missing or wrong (403)
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from node.errors import PotluckError
+from eventlog.errors import PotluckError
 from node.web.i18n import Message
 
 

@@ -29,7 +29,7 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TypeVar
 
-from node.errors import PotluckError
+from eventlog.errors import PotluckError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ places, roles, members) comes in as ``Known``.
 Two layers, one truth. The browser only sends strings, so this module turns them into
 numbers and dates and checks that a chosen item or place exists here (the messages say
 where to add it). Every rule about the values themselves (lengths, ranges, slugs,
-dates, end after start) stays in node/body.py: this module builds the body and turns
+dates, end after start) stays in eventlog/body.py: this module builds the body and turns
 its ``InvalidBody`` into a message on the right field, so a form cannot accept what
 the CLI would refuse, or the reverse.
 """
@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
-from node import body as b
-from node.errors import InvalidBody
+from eventlog import body as b
+from eventlog.errors import InvalidBody
 from node.web.errors import FormInvalid
 from node.web.i18n import Message, body_problem
 

@@ -691,7 +691,7 @@ def negotiate(accept_language: str | None) -> str:
     return best
 
 
-# How the problems that node/body.py raises read to a person. The body stays the one
+# How the problems that eventlog/body.py raises read to a person. The body stays the one
 # place that decides what is valid; this only rewords its English for the page.
 _PROBLEMS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), key) for pattern, key in (

@@ -24,8 +24,8 @@ from collections.abc import Generator
 
 import uvicorn
 
+from eventlog.errors import UsageError
 from node.app import Node
-from node.errors import UsageError
 from node.web.app import Web, create_app
 from node.web.feed import PeerVectors
 

@@ -29,7 +29,7 @@ from nacl.bindings import crypto_sign, crypto_sign_seed_keypair
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from node.errors import (
+from eventlog.errors import (
     BadSignature,
     HlcRegression,
     MalformedEvent,
@@ -148,7 +148,7 @@ class Envelope:
     hash: bytes = field(compare=False)
     v: int = ENVELOPE_VERSION
     parsed: object = field(default=None, repr=False, compare=False)
-    """The typed body (node.body) when the writer already validated it; else None."""
+    """The typed body (eventlog.body) when the writer already validated it; else None."""
 
     @property
     def key(self) -> tuple[int, bytes, int]:
@@ -240,7 +240,7 @@ def unsigned(seq: int, hlc: int, type_: str, body: Mapping[str, object],
 
 def seal(key: SigningKey, group: bytes, prev: bytes | None, event: Unsigned) -> bytes:
     """The wire bytes of ``event`` after ``prev``: the one place events are signed,
-    here and in the signing process (node/signer.py), so both give the same bytes."""
+    here and in the signing process (eventlog/signer.py), so both give the same bytes."""
     fields = _signed_fields(ENVELOPE_VERSION, group, bytes(key.verify_key), event.seq, prev,
                             event.deps, event.hlc, event.type, event.body)
     signed = _packb(fields)

@@ -1,4 +1,4 @@
-"""The cycle collector's threshold in a node process (node/collector.py)."""
+"""The cycle collector's threshold in a node process (eventlog/gc_tuning.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from node import collector
+from eventlog import gc_tuning
+from eventlog.identity import Group
 from node.app import Node
-from node.identity import Group
 
 
 @pytest.fixture
@@ -26,22 +26,22 @@ def default_thresholds() -> Iterator[None]:
 
 
 def test_tune_makes_the_youngest_generation_wait_longer(default_thresholds: None) -> None:
-    collector.tune()
-    assert gc.get_threshold() == (collector.GENERATION_0, 10, 10)
+    gc_tuning.tune()
+    assert gc.get_threshold() == (gc_tuning.GENERATION_0, 10, 10)
 
 
 def test_tune_leaves_a_process_that_collects_less_often_alone(
         default_thresholds: None) -> None:
-    gc.set_threshold(collector.GENERATION_0 * 2, 5, 7)
-    collector.tune()
-    assert gc.get_threshold() == (collector.GENERATION_0 * 2, 5, 7)
+    gc.set_threshold(gc_tuning.GENERATION_0 * 2, 5, 7)
+    gc_tuning.tune()
+    assert gc.get_threshold() == (gc_tuning.GENERATION_0 * 2, 5, 7)
     gc.set_threshold(0, 10, 10)  # a threshold of 0 turns automatic collection off
-    collector.tune()
+    gc_tuning.tune()
     assert gc.get_threshold() == (0, 10, 10)
 
 
 def test_the_collector_still_frees_cycles_after_tune(default_thresholds: None) -> None:
-    collector.tune()
+    gc_tuning.tune()
     runs: list[str] = []
 
     def record(phase: str, info: dict[str, int]) -> None:
@@ -61,7 +61,7 @@ def test_the_collector_still_frees_cycles_after_tune(default_thresholds: None) -
     was_enabled = gc.isenabled()
     gc.enable()
     try:
-        for _ in range(3 * collector.GENERATION_0):
+        for _ in range(3 * gc_tuning.GENERATION_0):
             cycle: list[object] = []
             cycle.append(cycle)
         del cycle
@@ -77,6 +77,6 @@ async def test_a_node_process_is_tuned_when_a_node_opens(
         tmp_path: Path, default_thresholds: None) -> None:
     node = await Node.init(tmp_path / "node", "Ana", Group.new("Street pantry"))
     try:
-        assert gc.get_threshold()[0] == collector.GENERATION_0
+        assert gc.get_threshold()[0] == gc_tuning.GENERATION_0
     finally:
         await node.close()

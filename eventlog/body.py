@@ -1,6 +1,6 @@
 """Typed event bodies: each event ``type`` as a frozen, validated value (version 1).
 
-The envelope (node/events.py) carries ``type``, a stable wire name such as
+The envelope (eventlog/events.py) carries ``type``, a stable wire name such as
 ``"offer.posted"``, and ``body``, a msgpack map. Each known type has one class here, a
 ``@dataclass(frozen=True, kw_only=True, slots=True)`` with a past-tense name
 (``OfferPosted``), the wire name in ``TYPE`` and the body version in ``VERSION``.
@@ -57,7 +57,7 @@ from typing import (
     get_type_hints,
 )
 
-from node.errors import InvalidBody
+from eventlog.errors import InvalidBody
 
 MAX_AMOUNT = 1_000_000_000
 MAX_SLOTS = 1000

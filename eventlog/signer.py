@@ -7,7 +7,7 @@ for it. A thread cannot take that work: signing and SQLite both need the GIL bet
 their C calls, and a signer thread made every insert wait for it (decision 0010). On
 the two cores of an old laptop the process signs while the database thread works.
 
-The parent starts it (``python -P -m node.signer``, its own package first on the
+The parent starts it (``python -P -m eventlog.signer``, its own package first on the
 path) on the first large append, and sends the device key's 32-byte seed down the pipe,
 never on a command line or to a file. Frames both ways are a 4-byte big-endian length,
 then msgpack:
@@ -42,9 +42,9 @@ from typing import IO, Any
 import msgpack
 from nacl.signing import SigningKey
 
-from node import events
-from node.errors import PotluckError
-from node.events import Envelope, Unsigned
+from eventlog import events
+from eventlog.errors import PotluckError
+from eventlog.events import Envelope, Unsigned
 
 FIRST_CHUNK = 64
 """Events in the first chunk back: the database waits for these alone."""
@@ -88,10 +88,10 @@ class Signer:
         self._proc: subprocess.Popen[bytes] | None = None
         try:
             # the same Potluck as this process: its own directory first on the path,
-            # and -P so that the current directory (which may hold another "node")
+            # and -P so that the current directory (which may hold another "eventlog")
             # is not
             self._proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "node.signer"], stdin=subprocess.PIPE,
+                [sys.executable, "-P", "-m", "eventlog.signer"], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=child_env())
         except OSError:  # no interpreter to start (a frozen build): sign in place
             return
@@ -231,7 +231,7 @@ class Signer:
 
 
 def child_env() -> dict[str, str]:
-    """This environment, with the directory holding this ``node`` package first on
+    """This environment, with the directory holding this ``eventlog`` package first on
     PYTHONPATH (a checkout run without installing, or an older tree under test)."""
     env = dict(os.environ)
     home = str(Path(__file__).resolve().parent.parent)

@@ -1,6 +1,6 @@
 """Invite codes: everything a new node needs to join a group, short enough to type.
 
-An invite carries the group secret (the group id is derived from it, node/identity.py),
+An invite carries the group secret (the group id is derived from it, eventlog/identity.py),
 the group's name, where to reach the inviting node, and an optional expiry. It is shown
 to people as ``potluck-`` followed by Crockford base32 in groups of four, for example
 ``potluck-0A8G-...-7K3``, and can be read aloud, typed, or scanned from a QR code.
@@ -27,8 +27,8 @@ import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from node.errors import UsageError
-from node.identity import GROUP_SECRET_BYTES, Group
+from eventlog.errors import UsageError
+from eventlog.identity import GROUP_SECRET_BYTES, Group
 
 PREFIX = "potluck"
 FORMAT_VERSION = 1

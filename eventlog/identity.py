@@ -26,7 +26,7 @@ from pathlib import Path
 import msgpack
 from nacl.signing import SigningKey
 
-from node.errors import UsageError
+from eventlog.errors import UsageError
 
 GROUP_ID_BYTES = 32
 GROUP_SECRET_BYTES = 32

@@ -35,11 +35,11 @@ from typing import TypeVar
 import aiosqlite
 from nacl.signing import SigningKey
 
-from node import events
-from node import signer as signer_module
-from node.body import BaseBody, references
-from node.clock import HybridClock, system_ms, wall_ms
-from node.errors import (
+from eventlog import events
+from eventlog import signer as signer_module
+from eventlog.body import BaseBody, references
+from eventlog.clock import HybridClock, system_ms, wall_ms
+from eventlog.errors import (
     AmbiguousId,
     InvalidEvent,
     NotAMember,
@@ -47,8 +47,8 @@ from node.errors import (
     StorageError,
     UsageError,
 )
-from node.events import Envelope
-from node.identity import Group, check_membership_proof, membership_proof
+from eventlog.events import Envelope
+from eventlog.identity import Group, check_membership_proof, membership_proof
 
 T = TypeVar("T")
 
@@ -369,7 +369,7 @@ class Store:
     def _signed(self, key: SigningKey, prev: bytes | None, run: Iterator[events.Unsigned],
                 length: int) -> Iterator[list[Envelope]]:
         """``run`` (``length`` events) signed in order after ``prev``, in chunks: by the
-        signing process (node/signer.py) for a long run once it is up, else here in one
+        signing process (eventlog/signer.py) for a long run once it is up, else here in one
         chunk. If the process fails, what it did not sign is signed here."""
         taken: list[events.Unsigned] = []  # the part of ``run`` the signer took
         done = 0
