@@ -104,8 +104,9 @@ class Worker:
         self.stop_serving = asyncio.Event()
         self.port = 0
 
-    async def _counting_receive(self, batch: Iterable[Envelope], *,
-                                authenticated: bool = False) -> ReceiveResult:
+    async def _counting_receive(
+        self, batch: Iterable[Envelope], *, authenticated: bool = False
+    ) -> ReceiveResult:
         result = await self._receive(batch, authenticated=authenticated)
         self.receives += 1
         self.received += len(result.stored)
@@ -121,18 +122,30 @@ class Worker:
         manager = self.node.peer_manager
         sessions = sum(s.open for s in manager.sessions) if manager else 0
         heads = await self.node.store.vector()
-        vh = hashlib.blake2b(b"".join(a + s.to_bytes(8, "big") + h
-                                      for a, (s, h) in sorted(heads.items())),
-                             digest_size=8).hexdigest()
-        return {"t": time.monotonic(), "rss_kb": status["VmRSS"], "hwm_kb": status["VmHWM"],
-                "fds": len(os.listdir("/proc/self/fd")), "tasks": len(asyncio.all_tasks()),
-                "threads": threading.active_count(), "blocks": sys.getallocatedblocks(),
-                "count": sum(s for s, _ in heads.values()), "vh": vh,
-                "pending": await self.node.store.pending_count(), "sessions": sessions,
-                "db_kb": await self.node.store.read(_database_kb),
-                "cpu_s": sum(os.times()[:2]), "receives": self.receives,
-                "received": self.received, "duplicates": self.duplicates,
-                "written": self.written, "writing": self.writing.is_set()}
+        vh = hashlib.blake2b(
+            b"".join(a + s.to_bytes(8, "big") + h for a, (s, h) in sorted(heads.items())),
+            digest_size=8,
+        ).hexdigest()
+        return {
+            "t": time.monotonic(),
+            "rss_kb": status["VmRSS"],
+            "hwm_kb": status["VmHWM"],
+            "fds": len(os.listdir("/proc/self/fd")),
+            "tasks": len(asyncio.all_tasks()),
+            "threads": threading.active_count(),
+            "blocks": sys.getallocatedblocks(),
+            "count": sum(s for s, _ in heads.values()),
+            "vh": vh,
+            "pending": await self.node.store.pending_count(),
+            "sessions": sessions,
+            "db_kb": await self.node.store.read(_database_kb),
+            "cpu_s": sum(os.times()[:2]),
+            "receives": self.receives,
+            "received": self.received,
+            "duplicates": self.duplicates,
+            "written": self.written,
+            "writing": self.writing.is_set(),
+        }
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -145,8 +158,11 @@ class Worker:
             if line.startswith("listening on ") and not listening.done():
                 listening.set_result(int(line.rsplit(":", 1)[1]))
 
-        serving = asyncio.create_task(self.node.serve(
-            listen=self.args.listen, peers=self.args.peer, stop=self.stop_serving, say=say))
+        serving = asyncio.create_task(
+            self.node.serve(
+                listen=self.args.listen, peers=self.args.peer, stop=self.stop_serving, say=say
+            )
+        )
         first: set[asyncio.Future[Any]] = {serving, listening}
         await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
         if not listening.done():
@@ -154,8 +170,11 @@ class Worker:
             raise RuntimeError("serve ended before listening")
         self.port = listening.result()
         emit("ready", port=self.port, pid=os.getpid())
-        tasks = [asyncio.create_task(self._commands()), asyncio.create_task(self._sampler()),
-                 asyncio.create_task(self._writer())]
+        tasks = [
+            asyncio.create_task(self._commands()),
+            asyncio.create_task(self._sampler()),
+            asyncio.create_task(self._writer()),
+        ]
         try:
             await self.quit.wait()
         finally:
@@ -189,8 +208,12 @@ class Worker:
                     if self.snapshot is not None:
                         self._growth(self.snapshot)
                     async with self.posting:  # the post in flight counts
-                        emit("stopped", written=self.written, refused=self.refused,
-                             last_write=self.last_write)
+                        emit(
+                            "stopped",
+                            written=self.written,
+                            refused=self.refused,
+                            last_write=self.last_write,
+                        )
                 elif cmd == "digest":
                     digest = await self.node.store.read(self.node.runner.digest)
                     emit("digest", digest=digest, **await self.sample())
@@ -203,9 +226,8 @@ class Worker:
         tracemalloc.stop()
         print("=== tracemalloc: growth over the write phase ===", file=sys.stderr)
         for stat in after.compare_to(before, "traceback")[:PROFILE_TOP]:
-            print(f"{stat.size_diff / 1024:+.1f} KiB {stat.count_diff:+d} blocks",
-                  file=sys.stderr)
-            for frame in stat.traceback.format()[-2 * TRACE_FRAMES:]:
+            print(f"{stat.size_diff / 1024:+.1f} KiB {stat.count_diff:+d} blocks", file=sys.stderr)
+            for frame in stat.traceback.format()[-2 * TRACE_FRAMES :]:
                 print("    " + frame, file=sys.stderr)
         sys.stderr.flush()
 
@@ -260,10 +282,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, required=True, help="events per second")
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--sample", type=float, default=5.0, help="seconds between samples")
-    parser.add_argument("--profile", action="store_true",
-                        help="cProfile the write phase; top functions to stderr at stop")
-    parser.add_argument("--tracemalloc", action="store_true",
-                        help="Python memory growth over the write phase to stderr at stop")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile the write phase; top functions to stderr at stop",
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="Python memory growth over the write phase to stderr at stop",
+    )
     args = parser.parse_args(argv)
     asyncio.run(main_async(args))
     return 0

@@ -81,12 +81,36 @@ claim before any offer, a step on a claim already released) falls back to
 ``stock.adjusted``, so the mix realised is printed to stderr. This node is the only
 author, so it signs up at most once per shift: sign-ups cannot outnumber shifts."""
 
-FOOD = ("rice", "beans", "lentils", "pasta", "oats", "flour", "milk", "eggs", "apples",
-        "bread", "tomatoes", "onions", "potatoes", "carrots", "yoghurt", "cheese",
-        "tuna", "soup", "cereal", "nappies")
+FOOD = (
+    "rice",
+    "beans",
+    "lentils",
+    "pasta",
+    "oats",
+    "flour",
+    "milk",
+    "eggs",
+    "apples",
+    "bread",
+    "tomatoes",
+    "onions",
+    "potatoes",
+    "carrots",
+    "yoghurt",
+    "cheese",
+    "tuna",
+    "soup",
+    "cereal",
+    "nappies",
+)
 PLACES: tuple[tuple[str, b.LocationKind], ...] = (
-    ("pantry", "pantry"), ("fridge", "fridge"), ("kitchen", "kitchen"), ("home", "home"),
-    ("hub", "hub"), ("other", "other"))
+    ("pantry", "pantry"),
+    ("fridge", "fridge"),
+    ("kitchen", "kitchen"),
+    ("home", "home"),
+    ("hub", "hub"),
+    ("other", "other"),
+)
 STORAGE: tuple[b.Storage, ...] = ("ambient", "fridge", "freezer")
 DAY_ONE = date(2026, 6, 1)
 
@@ -113,12 +137,19 @@ class Workload:
             name, kind = PLACES[i % len(PLACES)]
             bodies.append(b.LocationDefined(slug=slug, name=f"{name.title()} {i}", kind=kind))
         for i, slug in enumerate(self.items):
-            bodies.append(b.ItemDefined(
-                slug=slug, name=f"{FOOD[i % len(FOOD)].title()} {i}", unit="pack",
-                category="food", storage=STORAGE[i % len(STORAGE)]))
+            bodies.append(
+                b.ItemDefined(
+                    slug=slug,
+                    name=f"{FOOD[i % len(FOOD)].title()} {i}",
+                    unit="pack",
+                    category="food",
+                    storage=STORAGE[i % len(STORAGE)],
+                )
+            )
         for slug in self.roles:
-            bodies.append(b.RoleDefined(slug=slug, name=slug.title(), description="",
-                                        weekly_hours=4.0))
+            bodies.append(
+                b.RoleDefined(slug=slug, name=slug.title(), description="", weekly_hours=4.0)
+            )
         return bodies
 
     def batch(self, n: int) -> list[b.BaseBody]:
@@ -143,19 +174,28 @@ class Workload:
         rng = self.rng
         kind = rng.choices(self._types, self._weights)[0]
         if kind == "stock.counted":
-            return b.StockCounted(item=rng.choice(self.items),
-                                  location=rng.choice(self.locations),
-                                  count=rng.randint(0, 200))
+            return b.StockCounted(
+                item=rng.choice(self.items),
+                location=rng.choice(self.locations),
+                count=rng.randint(0, 200),
+            )
         if kind == "offer.posted":
-            return b.OfferPosted(title=f"Spare {rng.choice(FOOD)}", category="food",
-                                 item=rng.choice(self.items), quantity=rng.randint(1, 20),
-                                 location=rng.choice(self.locations),
-                                 until=self._day(rng.randint(1, 30)))
+            return b.OfferPosted(
+                title=f"Spare {rng.choice(FOOD)}",
+                category="food",
+                item=rng.choice(self.items),
+                quantity=rng.randint(1, 20),
+                location=rng.choice(self.locations),
+                until=self._day(rng.randint(1, 30)),
+            )
         if kind == "need.posted":
-            return b.NeedPosted(title=f"Need {rng.choice(FOOD)}", category="food",
-                                quantity=rng.randint(1, 20),
-                                urgency=rng.choice(b.URGENCIES),  # type: ignore[arg-type]
-                                location=rng.choice(self.locations))
+            return b.NeedPosted(
+                title=f"Need {rng.choice(FOOD)}",
+                category="food",
+                quantity=rng.randint(1, 20),
+                urgency=rng.choice(b.URGENCIES),  # type: ignore[arg-type]
+                location=rng.choice(self.locations),
+            )
         if kind == "claim.made" and self.posts:
             return b.ClaimMade(target=rng.choice(self.posts), quantity=rng.randint(1, 5))
         if kind.startswith("claim.") and kind != "claim.made":
@@ -163,14 +203,16 @@ class Workload:
             if step is not None:
                 return step
         if kind == "shift.scheduled":
-            start = datetime(2026, 6, 1, 9) + timedelta(days=rng.randint(0, 90),
-                                                        hours=rng.randint(0, 8))
-            return b.ShiftScheduled(role=rng.choice(self.roles),
-                                    location=rng.choice(self.locations),
-                                    start=start.isoformat(timespec="minutes"),
-                                    end=(start + timedelta(hours=3)).isoformat(
-                                        timespec="minutes"),
-                                    slots=rng.randint(1, 6))
+            start = datetime(2026, 6, 1, 9) + timedelta(
+                days=rng.randint(0, 90), hours=rng.randint(0, 8)
+            )
+            return b.ShiftScheduled(
+                role=rng.choice(self.roles),
+                location=rng.choice(self.locations),
+                start=start.isoformat(timespec="minutes"),
+                end=(start + timedelta(hours=3)).isoformat(timespec="minutes"),
+                slots=rng.randint(1, 6),
+            )
         if kind in ("shift.signed_up", "shift.completed"):
             shift = self._shift_step(kind)
             if shift is not None:
@@ -182,16 +224,26 @@ class Workload:
         incoming = rng.random() < 0.6
         delta = rng.randint(1, 40) if incoming else -rng.randint(1, 20)
         expires = self._day(rng.randint(3, 60)) if incoming and rng.random() < 0.4 else None
-        reason = rng.choice(("donation", "transfer") if incoming
-                            else ("distribution", "distribution", "spoilage", "transfer"))
-        return b.StockAdjusted(item=rng.choice(self.items), location=rng.choice(self.locations),
-                               delta=delta, reason=reason,  # type: ignore[arg-type]
-                               expires=expires)
+        reason = rng.choice(
+            ("donation", "transfer")
+            if incoming
+            else ("distribution", "distribution", "spoilage", "transfer")
+        )
+        return b.StockAdjusted(
+            item=rng.choice(self.items),
+            location=rng.choice(self.locations),
+            delta=delta,
+            reason=reason,  # type: ignore[arg-type]
+            expires=expires,
+        )
 
     def _claim_step(self, kind: str) -> b.ClaimStep | None:
         """A step the board allows from the claim's status (this node holds and claims)."""
-        allowed = {"claim.confirmed": ("pending",), "claim.released": ("pending", "confirmed"),
-                   "claim.fulfilled": ("pending", "confirmed")}[kind]
+        allowed = {
+            "claim.confirmed": ("pending",),
+            "claim.released": ("pending", "confirmed"),
+            "claim.fulfilled": ("pending", "confirmed"),
+        }[kind]
         for _ in range(8):
             if not self.claims:
                 return None
@@ -200,9 +252,11 @@ class Workload:
             if status in allowed:
                 new = kind.split(".")[1]
                 self.claims[i] = (claim, new)
-                cls: type[b.ClaimStep] = {"claim.confirmed": b.ClaimConfirmed,
-                                          "claim.released": b.ClaimReleased,
-                                          "claim.fulfilled": b.ClaimFulfilled}[kind]
+                cls: type[b.ClaimStep] = {
+                    "claim.confirmed": b.ClaimConfirmed,
+                    "claim.released": b.ClaimReleased,
+                    "claim.fulfilled": b.ClaimFulfilled,
+                }[kind]
                 return cls(claim=claim)
         return None
 
@@ -271,8 +325,16 @@ async def run_once(events: int, batch: int, profiles: ThreadProfiles | None) -> 
             rebuilt = await store.read(runner.digest)
         finally:
             await node.close()
-    return RunResult(events, elapsed, folded, rebuild_seconds, db_bytes, log_events,
-                     incremental == rebuilt, workload.mix)
+    return RunResult(
+        events,
+        elapsed,
+        folded,
+        rebuild_seconds,
+        db_bytes,
+        log_events,
+        incremental == rebuilt,
+        workload.mix,
+    )
 
 
 def _line(name: str, value: float, unit: str) -> str:
@@ -285,8 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1_000, help="events per append call")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--sigs", type=int, default=20_000, help="Ed25519 signatures per run")
-    parser.add_argument("--profile", action="store_true",
-                        help="cProfile the append phase of the first run (top 25 to stderr)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile the append phase of the first run (top 25 to stderr)",
+    )
     args = parser.parse_args(argv)
     for name in ("events", "batch", "runs", "sigs"):
         if getattr(args, name) < 1:
@@ -311,8 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     matches = all(r.digest_matches for r in results)
 
     mix = results[0].mix
-    print("mix: " + ", ".join(f"{t} {n * 100 / args.events:.1f}%"
-                              for t, n in mix.most_common()), file=sys.stderr)
+    print(
+        "mix: " + ", ".join(f"{t} {n * 100 / args.events:.1f}%" for t, n in mix.most_common()),
+        file=sys.stderr,
+    )
     if args.profile:
         print("note: the first run was profiled, so its figures are slowed", file=sys.stderr)
     print(_line("append", append, "events/s"))

@@ -50,12 +50,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seed", type=int, default=1, help="seed of the kill schedule")
     parser.add_argument("--kills", type=int, default=50, help="kills per activity")
-    parser.add_argument("--activity", action="append", choices=ACTIVITIES,
-                        help="only this activity (repeatable; default: all three)")
-    parser.add_argument("--max-delay", type=float, default=0.6,
-                        help="most seconds after the first acknowledgement before a kill")
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="work in this directory and keep it (default: a temporary one)")
+    parser.add_argument(
+        "--activity",
+        action="append",
+        choices=ACTIVITIES,
+        help="only this activity (repeatable; default: all three)",
+    )
+    parser.add_argument(
+        "--max-delay",
+        type=float,
+        default=0.6,
+        help="most seconds after the first acknowledgement before a kill",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="work in this directory and keep it (default: a temporary one)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
     root = args.keep or Path(tempfile.mkdtemp(prefix="potluck-crash-"))
@@ -65,8 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for activity in args.activity or ACTIVITIES:
             outcome = crash_worker.run_activity(
-                activity, root, args.seed, args.kills, sizes=SIZES, max_delay=args.max_delay,
-                progress=not args.quiet)
+                activity,
+                root,
+                args.seed,
+                args.kills,
+                sizes=SIZES,
+                max_delay=args.max_delay,
+                progress=not args.quiet,
+            )
             for line in outcome.figures():
                 print(line, flush=True)
             for failure in outcome.failures:

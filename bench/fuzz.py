@@ -109,17 +109,32 @@ class InvariantBroken(AssertionError):
 # -- fixed, valid inputs -------------------------------------------------------------
 
 
-def _chain(key: SigningKey, n: int, *, bodies: Sequence[tuple[str, dict[str, object]]] = (),
-           deps: Sequence[bytes] = (), start_hlc: int = 1_700_000_000_000 << 16,
-           ) -> list[Envelope]:
+def _chain(
+    key: SigningKey,
+    n: int,
+    *,
+    bodies: Sequence[tuple[str, dict[str, object]]] = (),
+    deps: Sequence[bytes] = (),
+    start_hlc: int = 1_700_000_000_000 << 16,
+) -> list[Envelope]:
     made: list[Envelope] = []
     prev: Envelope | None = None
     for i in range(n):
-        type_, body = (bodies[i] if i < len(bodies)
-                       else ("offer.posted", {"title": f"offer {i}", "quantity": i + 1}))
-        env = events.create(key, group=GROUP_ID, seq=i + 1, prev=prev.hash if prev else None,
-                            deps=list(deps) if i == 1 else [], hlc=start_hlc + i * 65_536 + 7,
-                            type=type_, body=body)
+        type_, body = (
+            bodies[i]
+            if i < len(bodies)
+            else ("offer.posted", {"title": f"offer {i}", "quantity": i + 1})
+        )
+        env = events.create(
+            key,
+            group=GROUP_ID,
+            seq=i + 1,
+            prev=prev.hash if prev else None,
+            deps=list(deps) if i == 1 else [],
+            hlc=start_hlc + i * 65_536 + 7,
+            type=type_,
+            body=body,
+        )
         made.append(env)
         prev = env
     return made
@@ -127,12 +142,26 @@ def _chain(key: SigningKey, n: int, *, bodies: Sequence[tuple[str, dict[str, obj
 
 @cache
 def alice_chain() -> tuple[Envelope, ...]:
-    return tuple(_chain(ALICE, 6, bodies=[
-        ("member.joined", {"name": "Alice", "proof": bytes(32)}),
-        ("offer.posted", {"title": "Soup", "quantity": 3, "location": "pantry",
-                          "x": {"nested": [1, 2.5, None, True, b"\x00", "é", {"k": -7}]}}),
-        ("shift.completed", {"shift": bytes(range(32)), "hours": 2.5}),
-    ], deps=[bytes([9]) * 32, bytes([200]) * 32]))
+    return tuple(
+        _chain(
+            ALICE,
+            6,
+            bodies=[
+                ("member.joined", {"name": "Alice", "proof": bytes(32)}),
+                (
+                    "offer.posted",
+                    {
+                        "title": "Soup",
+                        "quantity": 3,
+                        "location": "pantry",
+                        "x": {"nested": [1, 2.5, None, True, b"\x00", "é", {"k": -7}]},
+                    },
+                ),
+                ("shift.completed", {"shift": bytes(range(32)), "hours": 2.5}),
+            ],
+            deps=[bytes([9]) * 32, bytes([200]) * 32],
+        )
+    )
 
 
 @cache
@@ -145,10 +174,17 @@ def seed_events() -> tuple[Envelope, ...]:
     """Valid events of every shape the decoder meets: first and later, with deps, nested
     bodies, floats, an unknown type and a large body."""
     extra = [
-        events.create(BOB, group=GROUP_ID, seq=9, prev=bytes([5]) * 32, deps=[],
-                      hlc=(1 << 63) - 1, type="note.pinned", body={"text": "z" * 3000}),
-        events.create(ALICE, group=bytes(32), seq=1, prev=None, deps=[], hlc=1,
-                      type="x", body={}),
+        events.create(
+            BOB,
+            group=GROUP_ID,
+            seq=9,
+            prev=bytes([5]) * 32,
+            deps=[],
+            hlc=(1 << 63) - 1,
+            type="note.pinned",
+            body={"text": "z" * 3000},
+        ),
+        events.create(ALICE, group=bytes(32), seq=1, prev=None, deps=[], hlc=1, type="x", body={}),
     ]
     return (*alice_chain(), *bob_chain(), *extra)
 
@@ -194,25 +230,119 @@ def check_decode(data: bytes) -> None:
 # -- target: body validation ---------------------------------------------------------
 
 TYPE_NAMES: tuple[str, ...] = (*sorted(b.TYPES), "note.pinned")
-FIELD_NAMES: tuple[str, ...] = tuple(sorted(
-    {f for cls in b.TYPES.values() for f in cls.__dataclass_fields__} | {"_v", "extra"}))
+FIELD_NAMES: tuple[str, ...] = tuple(
+    sorted({f for cls in b.TYPES.values() for f in cls.__dataclass_fields__} | {"_v", "extra"})
+)
 VALUE_POOL: tuple[object, ...] = (
-    None, True, False, 0, 1, -1, 7, 24, 168, 169, 1000, 1001, 1_000_000_000, 1_000_000_001,
-    -1_000_000_000, -1_000_000_001, 2**31, 2**63 - 1, -(2**63), 2**64 - 1, 0.0, -0.0, 0.5,
-    2.5, 24.0, 24.000001, 168.0, 1e308, float("nan"), float("inf"), float("-inf"),
-    "", " ", "rice", " Rice ", "pantry", "r", "-rice", "a" * 40, "a" * 41, "x" * 100,
-    "x" * 101, "x" * 200, "x" * 201, "y" * 2000, "y" * 2001, "a\x00b", "a\nb", "a\tb",
-    "\x85", "\u2028", "é", "🍲",
-    "pantry", "fridge", "kitchen", "home", "hub", "other", "ambient", "freezer",
-    "donation", "distribution", "spoilage", "transfer", "correction",
-    "low", "normal", "urgent", "kg", "general",
-    "2024-02-29", "2023-02-29", "2024-13-01", "0000-01-01", "9999-12-31", "2024-1-1",
-    "2024-03-02T09:00", "2024-03-02T12:00", "2024-03-02T09:00:30", "2024-03-02T09:00Z",
-    "2024-03-02T09:00+02:00", "2024-03-02T09:00-23:59", "2024-03-02T24:00",
-    "0001-01-01T00:00+23:59", "9999-12-31T23:59-23:59", "2024-03-02 09:00",
-    "en", "pt-BR", "EN", "e", "zh-Hant-TW", "en-", ["en"], ["en", "pt-BR"], ["en", "en"],
-    ["en"] * 11, [f"l{'a' * i}" for i in range(2)], [], [1], ["rice", None], {}, {"a": 1},
-    bytes(32), bytes(31), bytes(33), b"", bytes(range(32)), b"rice",
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    7,
+    24,
+    168,
+    169,
+    1000,
+    1001,
+    1_000_000_000,
+    1_000_000_001,
+    -1_000_000_000,
+    -1_000_000_001,
+    2**31,
+    2**63 - 1,
+    -(2**63),
+    2**64 - 1,
+    0.0,
+    -0.0,
+    0.5,
+    2.5,
+    24.0,
+    24.000001,
+    168.0,
+    1e308,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    "",
+    " ",
+    "rice",
+    " Rice ",
+    "pantry",
+    "r",
+    "-rice",
+    "a" * 40,
+    "a" * 41,
+    "x" * 100,
+    "x" * 101,
+    "x" * 200,
+    "x" * 201,
+    "y" * 2000,
+    "y" * 2001,
+    "a\x00b",
+    "a\nb",
+    "a\tb",
+    "\x85",
+    "\u2028",
+    "é",
+    "🍲",
+    "pantry",
+    "fridge",
+    "kitchen",
+    "home",
+    "hub",
+    "other",
+    "ambient",
+    "freezer",
+    "donation",
+    "distribution",
+    "spoilage",
+    "transfer",
+    "correction",
+    "low",
+    "normal",
+    "urgent",
+    "kg",
+    "general",
+    "2024-02-29",
+    "2023-02-29",
+    "2024-13-01",
+    "0000-01-01",
+    "9999-12-31",
+    "2024-1-1",
+    "2024-03-02T09:00",
+    "2024-03-02T12:00",
+    "2024-03-02T09:00:30",
+    "2024-03-02T09:00Z",
+    "2024-03-02T09:00+02:00",
+    "2024-03-02T09:00-23:59",
+    "2024-03-02T24:00",
+    "0001-01-01T00:00+23:59",
+    "9999-12-31T23:59-23:59",
+    "2024-03-02 09:00",
+    "en",
+    "pt-BR",
+    "EN",
+    "e",
+    "zh-Hant-TW",
+    "en-",
+    ["en"],
+    ["en", "pt-BR"],
+    ["en", "en"],
+    ["en"] * 11,
+    [f"l{'a' * i}" for i in range(2)],
+    [],
+    [1],
+    ["rice", None],
+    {},
+    {"a": 1},
+    bytes(32),
+    bytes(31),
+    bytes(33),
+    b"",
+    bytes(range(32)),
+    b"rice",
 )
 
 
@@ -228,9 +358,13 @@ def _fits(check: Callable[[str, object], object], value: object) -> bool:
 def valid_values() -> dict[str, dict[str, tuple[object, ...]]]:
     """type -> field -> the pool's values that field accepts on its own, so fuzzed
     bodies are often valid and reach the checks across fields and the round trip."""
-    return {type_: {spec.name: tuple(v for v in VALUE_POOL if _fits(spec.kind.check, v))
-                    for spec in b._specs(cls)}
-            for type_, cls in b.TYPES.items()}
+    return {
+        type_: {
+            spec.name: tuple(v for v in VALUE_POOL if _fits(spec.kind.check, v))
+            for spec in b._specs(cls)
+        }
+        for type_, cls in b.TYPES.items()
+    }
 
 
 def body_from_bytes(data: bytes) -> tuple[str, object]:
@@ -249,8 +383,11 @@ def body_from_bytes(data: bytes) -> tuple[str, object]:
             if choice == 0xFF:
                 continue
             good = fits.get(name, ())
-            body[name] = (good[choice % len(good)] if choice < 0x80 and good
-                          else VALUE_POOL[choice % len(VALUE_POOL)])
+            body[name] = (
+                good[choice % len(good)]
+                if choice < 0x80 and good
+                else VALUE_POOL[choice % len(VALUE_POOL)]
+            )
         return type_, body
     try:
         decoded = msgpack.unpackb(rest, raw=False, strict_map_key=False)
@@ -302,8 +439,7 @@ class _Side:
     bye_sent: bool = False
 
 
-def drive(side: SyncProtocol, chain: Sequence[Envelope], one_shot: bool,
-          bye_sent: bool) -> bool:
+def drive(side: SyncProtocol, chain: Sequence[Envelope], one_shot: bool, bye_sent: bool) -> bool:
     """Answer the core as sync/transport.py's Session does; return whether bye was sent.
 
     Credit back for every batch, the vector on VectorWanted, the events asked for on
@@ -320,11 +456,12 @@ def drive(side: SyncProtocol, chain: Sequence[Envelope], one_shot: bool,
             if request.from_seq < 1:
                 raise InvariantBroken(f"EventsWanted from seq {request.from_seq}")
             if side.can_send_events:
-                side.send_events([e.raw for e in chain[request.from_seq - 1:]])
+                side.send_events([e.raw for e in chain[request.from_seq - 1 :]])
     if bye_sent or side.outgoing_backlog:
         return bye_sent
-    ready = ((one_shot and side.state is State.OPEN and side.peer_vector_complete)
-             or side.state is State.PEER_DONE)
+    ready = (
+        one_shot and side.state is State.OPEN and side.peer_vector_complete
+    ) or side.state is State.PEER_DONE
     if ready:
         side.send_bye()
     return ready
@@ -344,8 +481,7 @@ def check_batch(author: bytes, envelopes: Sequence[Envelope], size: int) -> None
         try:
             events.verify_signature(env)
         except InvalidEvent:
-            raise InvariantBroken("an event with a bad signature was handed to the node"
-                                  ) from None
+            raise InvariantBroken("an event with a bad signature was handed to the node") from None
 
 
 def check_state(side: SyncProtocol) -> None:
@@ -361,18 +497,23 @@ def check_state(side: SyncProtocol) -> None:
 
 
 def _make(role: Role, key: SigningKey, ephemeral: bytes) -> SyncProtocol:
-    return SyncProtocol(role, device_key=key, group_secret=SECRET, group=GROUP_ID,
-                        ephemeral=ephemeral)
+    return SyncProtocol(
+        role, device_key=key, group_secret=SECRET, group=GROUP_ID, ephemeral=ephemeral
+    )
 
 
 def _honest_run(target_role: Role) -> list[Scenario]:
     """Run an honest session, BOB (the target) against ALICE, one frame at a time,
     snapshotting BOB the first time it reaches each state."""
     peer_role = Role.RESPONDER if target_role is Role.INITIATOR else Role.INITIATOR
-    target = _Side(_make(target_role, BOB, BOB_EPHEMERAL), bob_chain(),
-                   one_shot=target_role is Role.INITIATOR)
-    peer = _Side(_make(peer_role, ALICE, ALICE_EPHEMERAL), alice_chain(),
-                 one_shot=peer_role is Role.INITIATOR)
+    target = _Side(
+        _make(target_role, BOB, BOB_EPHEMERAL), bob_chain(), one_shot=target_role is Role.INITIATOR
+    )
+    peer = _Side(
+        _make(peer_role, ALICE, ALICE_EPHEMERAL),
+        alice_chain(),
+        one_shot=peer_role is Role.INITIATOR,
+    )
     to_target: list[bytes] = []  # every frame the peer wrote, in order
     consumed = 0
     snapshots: list[tuple[str, SyncProtocol, int, bool]] = []
@@ -381,8 +522,7 @@ def _honest_run(target_role: Role) -> list[Scenario]:
     def snapshot(name: str) -> None:
         if name not in seen:
             seen.add(name)
-            snapshots.append((name, copy.deepcopy(target.protocol), consumed,
-                              target.bye_sent))
+            snapshots.append((name, copy.deepcopy(target.protocol), consumed, target.bye_sent))
 
     snapshot(target.protocol.state.name)
     for _ in range(1000):
@@ -408,12 +548,21 @@ def _honest_run(target_role: Role) -> list[Scenario]:
             name = "OPEN_SYNCED"
         snapshot(name)
     if not (target.protocol.state is peer.protocol.state is State.CLOSED):
-        raise RuntimeError(f"the honest run ended in {target.protocol.state}, "
-                           f"{peer.protocol.state}")
+        raise RuntimeError(
+            f"the honest run ended in {target.protocol.state}, {peer.protocol.state}"
+        )
     prefix = "responder" if target_role is Role.RESPONDER else "initiator"
-    return [Scenario(f"{prefix}-{name.lower()}", protocol, bob_chain(),
-                     to_target[index:consumed], target.one_shot, bye_sent)
-            for name, protocol, index, bye_sent in snapshots]
+    return [
+        Scenario(
+            f"{prefix}-{name.lower()}",
+            protocol,
+            bob_chain(),
+            to_target[index:consumed],
+            target.one_shot,
+            bye_sent,
+        )
+        for name, protocol, index, bye_sent in snapshots
+    ]
 
 
 @cache
@@ -470,12 +619,12 @@ def overwrite(data: bytes, spec: bytes) -> bytes:
     pos = int.from_bytes(spec[:2], "big") % (len(data) + 1)
     mode, patch = spec[2] % 4, spec[3:]
     if mode == 0:
-        return data[:pos] + patch + data[pos + len(patch):]
+        return data[:pos] + patch + data[pos + len(patch) :]
     if mode == 1:
         return data[:pos] + patch + data[pos:]
     if mode == 2:
         return data[:pos]
-    return data[:pos] + data[pos + 1 + len(patch):]
+    return data[:pos] + data[pos + 1 + len(patch) :]
 
 
 Frame = tuple[int, bytes]
@@ -540,8 +689,8 @@ def decode_protocol_input(data: bytes) -> tuple[int, list[Frame]]:
     i = 1
     while i < len(data) and len(frames) < MAX_FRAMES:
         mode = data[i]
-        size = int.from_bytes(data[i + 1:i + 3], "big")
-        frames.append((mode, data[i + 3:i + 3 + size]))
+        size = int.from_bytes(data[i + 1 : i + 3], "big")
+        frames.append((mode, data[i + 3 : i + 3 + size]))
         i += 3 + size
     return data[0], frames
 
@@ -557,58 +706,98 @@ def seed_corpus(target: str) -> list[bytes]:
     if target == "decoder":
         return [e.raw for e in seed_events()]
     if target == "body":
-        seeds = [bytes([TYPE_NAMES.index(t)]) + _pack(body) for t, body in (
-            ("offer.posted", {"title": "Soup", "quantity": 3, "until": "2024-03-01"}),
-            ("shift.scheduled", {"role": "cook", "location": "kitchen", "slots": 2,
-                                 "start": "2024-03-02T09:00", "end": "2024-03-02T12:00"}),
-            ("member.joined", {"name": "Ana", "languages": ["en", "pt-BR"],
-                               "proof": bytes(32)}),
-            ("stock.adjusted", {"item": "rice", "location": "pantry", "delta": -3,
-                                "reason": "distribution", "expires": "2024-05-01"}),
-            ("role.defined", {"slug": "cook", "name": "Cook", "description": "a\nb",
-                              "weekly_hours": 4}),
-        )]
-        return [*seeds, *(bytes([0x80 | i]) + bytes(range(i, i + 40))
-                          for i in range(len(TYPE_NAMES)))]
+        seeds = [
+            bytes([TYPE_NAMES.index(t)]) + _pack(body)
+            for t, body in (
+                ("offer.posted", {"title": "Soup", "quantity": 3, "until": "2024-03-01"}),
+                (
+                    "shift.scheduled",
+                    {
+                        "role": "cook",
+                        "location": "kitchen",
+                        "slots": 2,
+                        "start": "2024-03-02T09:00",
+                        "end": "2024-03-02T12:00",
+                    },
+                ),
+                (
+                    "member.joined",
+                    {"name": "Ana", "languages": ["en", "pt-BR"], "proof": bytes(32)},
+                ),
+                (
+                    "stock.adjusted",
+                    {
+                        "item": "rice",
+                        "location": "pantry",
+                        "delta": -3,
+                        "reason": "distribution",
+                        "expires": "2024-05-01",
+                    },
+                ),
+                (
+                    "role.defined",
+                    {"slug": "cook", "name": "Cook", "description": "a\nb", "weekly_hours": 4},
+                ),
+            )
+        ]
+        return [
+            *seeds,
+            *(bytes([0x80 | i]) + bytes(range(i, i + 40)) for i in range(len(TYPE_NAMES))),
+        ]
     corpus = []
     for index, sc in enumerate(scenarios()):
         corpus.append(encode_protocol_input(index, [(3, b"\x00")] * len(sc.script)))
-        corpus.append(encode_protocol_input(index, [(2, bytes([t])) for t in
-                                                    range(len(templates()))]))
+        corpus.append(
+            encode_protocol_input(index, [(2, bytes([t])) for t in range(len(templates()))])
+        )
         corpus.append(encode_protocol_input(index, [(1, t) for t in templates()]))
     return corpus
 
 
-_LEAVES = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-           | st.floats(allow_nan=True) | st.text(max_size=30) | st.binary(max_size=40)
-           | st.sampled_from(VALUE_POOL))
+_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=30)
+    | st.binary(max_size=40)
+    | st.sampled_from(VALUE_POOL)
+)
 MSGPACK_VALUES = st.recursive(
-    _LEAVES, lambda inner: st.lists(inner, max_size=6)
-    | st.dictionaries(st.text(max_size=8), inner, max_size=6), max_leaves=25)
+    _LEAVES,
+    lambda inner: (
+        st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=6)
+    ),
+    max_leaves=25,
+)
 
 
-def _mutate(data: bytes, ops: Sequence[tuple[int, int, int, bytes]],
-            other: bytes) -> bytes:
+def _mutate(data: bytes, ops: Sequence[tuple[int, int, int, bytes]], other: bytes) -> bytes:
     for kind, pos, n, patch in ops:
         if not data:
             data = patch
             continue
         pos %= len(data)
         if kind == 0:  # bit flip
-            data = data[:pos] + bytes([data[pos] ^ (1 << (n % 8))]) + data[pos + 1:]
+            data = data[:pos] + bytes([data[pos] ^ (1 << (n % 8))]) + data[pos + 1 :]
         elif kind == 1:  # truncation
             data = data[:pos]
         elif kind == 2:  # splice in random bytes
-            data = data[:pos] + patch + data[pos + n % 8:]
+            data = data[:pos] + patch + data[pos + n % 8 :]
         elif kind == 3:  # crossing with another event
-            data = data[:pos] + other[n % (len(other) + 1):]
+            data = data[:pos] + other[n % (len(other) + 1) :]
         else:  # a slice repeated
-            data = data[:pos] + data[pos:pos + n % 64] * 2 + data[pos + n % 64:]
+            data = data[:pos] + data[pos : pos + n % 64] * 2 + data[pos + n % 64 :]
     return data
 
 
-_OPS = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 1 << 16), st.integers(0, 255),
-                          st.binary(max_size=12)), min_size=1, max_size=4)
+_OPS = st.lists(
+    st.tuples(
+        st.integers(0, 4), st.integers(0, 1 << 16), st.integers(0, 255), st.binary(max_size=12)
+    ),
+    min_size=1,
+    max_size=4,
+)
 
 
 @st.composite
@@ -625,8 +814,18 @@ _ODD_FIELDS = {
     "author": st.sampled_from([bytes(33), bytes(31), "a", None]),
     "seq": st.sampled_from([1, 2, 0, -1, 2**63, 2**64 - 1, True, 1.5, "1"]),
     "prev": st.sampled_from([bytes(32), bytes(31), None, b"", "p"]),
-    "deps": st.sampled_from([[], [bytes(32)], [bytes([2]) * 32, bytes([1]) * 32],
-                             [bytes(32)] * 2, [bytes(32)] * 513, "x", [b"x"], None]),
+    "deps": st.sampled_from(
+        [
+            [],
+            [bytes(32)],
+            [bytes([2]) * 32, bytes([1]) * 32],
+            [bytes(32)] * 2,
+            [bytes(32)] * 513,
+            "x",
+            [b"x"],
+            None,
+        ]
+    ),
     "hlc": st.sampled_from([1, 0, -1, 2**64 - 1, 2**63, 1.0, None, True]),
     "type": st.sampled_from(["offer.posted", "", "x" * 64, "x" * 65, 7, "note.pinned"]),
     "body": MSGPACK_VALUES,
@@ -679,8 +878,19 @@ def body_inputs(draw: st.DrawFn) -> tuple[str, object]:
     return type_, body
 
 
-_MESSAGE_FIELDS = ("t", "protocol", "versions", "noise", "vector", "end", "author",
-                   "events", "bytes", "code", "reason")
+_MESSAGE_FIELDS = (
+    "t",
+    "protocol",
+    "versions",
+    "noise",
+    "vector",
+    "end",
+    "author",
+    "events",
+    "bytes",
+    "code",
+    "reason",
+)
 
 
 @st.composite
@@ -688,18 +898,26 @@ def _odd_messages(draw: st.DrawFn) -> bytes:
     """A msgpack message with a real or odd type and fields of real or odd values."""
     chain = alice_chain()
     raws = [e.raw for e in chain]
-    message: dict[object, object] = {"t": draw(st.sampled_from(
-        [*sorted(MESSAGE_TYPES), "nope", 1, None]))}
+    message: dict[object, object] = {
+        "t": draw(st.sampled_from([*sorted(MESSAGE_TYPES), "nope", 1, None]))
+    }
     for name in draw(st.lists(st.sampled_from(_MESSAGE_FIELDS), max_size=4)):
-        message[name] = draw(st.one_of(
-            MSGPACK_VALUES,
-            st.just(bytes(ALICE.verify_key)),
-            st.lists(st.sampled_from(raws), min_size=1, max_size=4),
-            st.lists(mutated_events(), min_size=1, max_size=3),
-            st.lists(st.tuples(st.sampled_from([bytes(ALICE.verify_key), bytes(32)]),
-                               st.integers(-1, 2**64 - 1), st.sampled_from(
-                                   [chain[-1].hash, bytes(32)])).map(list), max_size=3),
-        ))
+        message[name] = draw(
+            st.one_of(
+                MSGPACK_VALUES,
+                st.just(bytes(ALICE.verify_key)),
+                st.lists(st.sampled_from(raws), min_size=1, max_size=4),
+                st.lists(mutated_events(), min_size=1, max_size=3),
+                st.lists(
+                    st.tuples(
+                        st.sampled_from([bytes(ALICE.verify_key), bytes(32)]),
+                        st.integers(-1, 2**64 - 1),
+                        st.sampled_from([chain[-1].hash, bytes(32)]),
+                    ).map(list),
+                    max_size=3,
+                ),
+            )
+        )
     return _pack(message)
 
 
@@ -709,7 +927,7 @@ def _events_messages(draw: st.DrawFn) -> bytes:
     cut, duplicated or reordered, or another author's."""
     raws = [e.raw for e in alice_chain()]
     start = draw(st.integers(0, len(raws) - 1))
-    batch = raws[start:draw(st.integers(start + 1, len(raws)))]
+    batch = raws[start : draw(st.integers(start + 1, len(raws)))]
     how = draw(st.integers(0, 5))
     if how == 1:
         i = draw(st.integers(0, len(batch) - 1))
@@ -726,19 +944,32 @@ def _events_messages(draw: st.DrawFn) -> bytes:
 
 _WELL_FORMED = st.one_of(
     _events_messages(),
-    st.builds(lambda entries, end: _pack({"t": "have", "vector": entries, "end": end}),
-              st.lists(st.tuples(st.sampled_from([bytes(ALICE.verify_key),
-                                                  bytes(BOB.verify_key), bytes(32)]),
-                                 st.integers(1, 8), st.sampled_from(
-                                     [alice_chain()[-1].hash, bytes(32)])).map(list),
-                       max_size=3), st.booleans()),
-    st.builds(lambda n: _pack({"t": "credit", "bytes": n}),
-              st.one_of(st.integers(0, 1 << 33), st.just((1 << 32) - 1))),
-    st.builds(lambda code, reason: _pack({"t": "error", "code": code, "reason": reason}),
-              st.sampled_from(["store-failed", "x", "", "UP", "a" * 65]), st.text(max_size=20)),
+    st.builds(
+        lambda entries, end: _pack({"t": "have", "vector": entries, "end": end}),
+        st.lists(
+            st.tuples(
+                st.sampled_from([bytes(ALICE.verify_key), bytes(BOB.verify_key), bytes(32)]),
+                st.integers(1, 8),
+                st.sampled_from([alice_chain()[-1].hash, bytes(32)]),
+            ).map(list),
+            max_size=3,
+        ),
+        st.booleans(),
+    ),
+    st.builds(
+        lambda n: _pack({"t": "credit", "bytes": n}),
+        st.one_of(st.integers(0, 1 << 33), st.just((1 << 32) - 1)),
+    ),
+    st.builds(
+        lambda code, reason: _pack({"t": "error", "code": code, "reason": reason}),
+        st.sampled_from(["store-failed", "x", "", "UP", "a" * 65]),
+        st.text(max_size=20),
+    ),
     st.just(_pack({"t": "bye"})),
-    st.builds(lambda v: _pack({"t": "hello", "protocol": "potluck-sync", "versions": v}),
-              st.lists(st.integers(0, 70_000), max_size=4)),
+    st.builds(
+        lambda v: _pack({"t": "hello", "protocol": "potluck-sync", "versions": v}),
+        st.lists(st.integers(0, 70_000), max_size=4),
+    ),
     st.builds(lambda n: _pack({"t": "handshake", "noise": n}), st.binary(max_size=200)),
 )
 
@@ -750,8 +981,13 @@ _FRAMES = st.one_of(
     st.tuples(st.just(2), st.binary(min_size=1, max_size=24)),
     st.tuples(st.just(3), st.binary(max_size=12)),
 )
-_OPEN_STATES = ("responder-open", "responder-open_synced", "initiator-open",
-                "initiator-open_synced", "initiator-local_done")
+_OPEN_STATES = (
+    "responder-open",
+    "responder-open_synced",
+    "initiator-open",
+    "initiator-open_synced",
+    "initiator-local_done",
+)
 
 
 def _index_of(name: str) -> int:
@@ -760,7 +996,8 @@ def _index_of(name: str) -> int:
 
 protocol_inputs = st.tuples(
     st.one_of(st.integers(0, 255), st.sampled_from(_OPEN_STATES).map(_index_of)),
-    st.lists(_FRAMES, max_size=MAX_FRAMES))
+    st.lists(_FRAMES, max_size=MAX_FRAMES),
+)
 
 
 # -- running the engines -------------------------------------------------------------
@@ -777,17 +1014,20 @@ class Stats:
     first_crashes: list[str] = field(default_factory=list)
 
     def dump(self, path: Path) -> None:
-        data = {**self.__dict__, "max_rss_kib": resource.getrusage(
-            resource.RUSAGE_SELF).ru_maxrss}
+        data = {**self.__dict__, "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
         path.write_text(json.dumps(data))
 
 
 CHECKS: dict[str, Callable[[bytes], None]] = {
-    "decoder": check_decode, "body": check_body_bytes, "protocol": check_protocol_bytes}
+    "decoder": check_decode,
+    "body": check_body_bytes,
+    "protocol": check_protocol_bytes,
+}
 
 
-def measured(check: Callable[[Any], None], stats: Stats, runs: int, stats_path: Path,
-             crash_dir: Path) -> Callable[[Any], None]:
+def measured(
+    check: Callable[[Any], None], stats: Stats, runs: int, stats_path: Path, crash_dir: Path
+) -> Callable[[Any], None]:
     """``check`` with its time, memory and any exception recorded; never raises. The
     slowest input is kept as ``crash_dir/slowest``."""
     slowest: list[object] = [b""]
@@ -806,7 +1046,8 @@ def measured(check: Callable[[Any], None], stats: Stats, runs: int, stats_path: 
                 saved = crash_dir / f"crash-{stats.crashes}"
                 saved.write_bytes(data if isinstance(data, bytes) else repr(data).encode())
                 stats.first_crashes.append(
-                    f"{saved}: {''.join(traceback.format_exception_only(exc)).strip()}")
+                    f"{saved}: {''.join(traceback.format_exception_only(exc)).strip()}"
+                )
         elapsed = time.perf_counter() - began
         if sample:  # traced inputs run slower: their time is not counted
             stats.peak_bytes = max(stats.peak_bytes, tracemalloc.get_traced_memory()[1])
@@ -822,13 +1063,15 @@ def measured(check: Callable[[Any], None], stats: Stats, runs: int, stats_path: 
             stats.dump(stats_path)
             crash_dir.mkdir(parents=True, exist_ok=True)  # kept to time it again alone
             (crash_dir / "slowest").write_bytes(
-                slowest[0] if isinstance(slowest[0], bytes) else repr(slowest[0]).encode())
+                slowest[0] if isinstance(slowest[0], bytes) else repr(slowest[0]).encode()
+            )
 
     return one
 
 
-def child(target: str, engine: str, runs: int, seed: int, stats_path: Path,
-          crash_dir: Path) -> None:
+def child(
+    target: str, engine: str, runs: int, seed: int, stats_path: Path, crash_dir: Path
+) -> None:
     """Fuzz one target in this process; the parent reads ``stats_path``, and removes the
     working corpus beside it."""
     for data in seed_corpus(target):  # warm up (caches, lazy imports): not timed
@@ -845,9 +1088,19 @@ def child(target: str, engine: str, runs: int, seed: int, stats_path: Path,
         functions = _instrument_ours(atheris)
         print(f"INFO: instrumented {functions} functions of node/ and sync/", file=sys.stderr)
         max_len = {"decoder": 8192, "body": 4096, "protocol": 16384}[target]
-        atheris.Setup([sys.argv[0], f"-runs={runs}", f"-seed={seed}", f"-max_len={max_len}",
-                       "-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1",
-                       str(corpus)], one)
+        atheris.Setup(
+            [
+                sys.argv[0],
+                f"-runs={runs}",
+                f"-seed={seed}",
+                f"-max_len={max_len}",
+                "-timeout=10",
+                "-rss_limit_mb=2048",
+                "-print_final_stats=1",
+                str(corpus),
+            ],
+            one,
+        )
         atheris.Fuzz()  # exits the process after -runs inputs
         return
     from hypothesis import HealthCheck, Phase, given, settings
@@ -860,8 +1113,13 @@ def child(target: str, engine: str, runs: int, seed: int, stats_path: Path,
     }
     strategy, check = strategies[target]
     runner = given(strategy)(measured(check, stats, runs, stats_path, crash_dir))
-    runner = settings(max_examples=runs, deadline=None, database=None, phases=[Phase.generate],
-                      suppress_health_check=list(HealthCheck))(runner)
+    runner = settings(
+        max_examples=runs,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )(runner)
     fixed_seed(seed)(runner)()
     stats.dump(stats_path)
 
@@ -871,8 +1129,10 @@ def _instrument_ours(atheris: Any) -> int:
     spend minutes on every library loaded, for no feedback worth having)."""
     count = 0
     for obj in gc.get_objects():
-        if (isinstance(obj, types.FunctionType)
-                and (obj.__module__ or "").split(".")[0] in ("node", "sync")):
+        if isinstance(obj, types.FunctionType) and (obj.__module__ or "").split(".")[0] in (
+            "node",
+            "sync",
+        ):
             atheris.instrument_func(obj)
             count += 1
     return count
@@ -892,9 +1152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--target", action="append", choices=TARGETS)
     parser.add_argument("--engine", choices=("atheris", "hypothesis"), default=None)
-    parser.add_argument("--crash-dir", type=Path,
-                        default=Path(tempfile.gettempdir()) / "potluck-fuzz",
-                        help="where crashing inputs and the slowest one are kept")
+    parser.add_argument(
+        "--crash-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "potluck-fuzz",
+        help="where crashing inputs and the slowest one are kept",
+    )
     parser.add_argument("--child", choices=TARGETS, help=argparse.SUPPRESS)
     parser.add_argument("--stats", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -903,12 +1166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         child(args.child, engine, args.runs, args.seed, args.stats, args.crash_dir)
         return 0
     if engine == "atheris" and _engine_available() != "atheris":
-        print("atheris is not installed: pip install atheris, or --engine hypothesis",
-              file=sys.stderr)
+        print(
+            "atheris is not installed: pip install atheris, or --engine hypothesis", file=sys.stderr
+        )
         return 2
     version = ""
     if engine == "atheris":
         from importlib.metadata import version as dist_version
+
         version = " " + dist_version("atheris")
     print(f"fuzz_engine: {engine}{version} (seed {args.seed})")
     failed = False
@@ -917,10 +1182,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             stats_path = Path(tmp) / "stats.json"
             began = time.monotonic()
             proc = subprocess.run(
-                [sys.executable, __file__, "--child", target, "--engine", engine,
-                 "--runs", str(args.runs), "--seed", str(args.seed), "--stats",
-                 str(stats_path), "--crash-dir", str(args.crash_dir / target)],
-                capture_output=True, text=True, check=False)
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    target,
+                    "--engine",
+                    engine,
+                    "--runs",
+                    str(args.runs),
+                    "--seed",
+                    str(args.seed),
+                    "--stats",
+                    str(stats_path),
+                    "--crash-dir",
+                    str(args.crash_dir / target),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             wall = time.monotonic() - began
             if not stats_path.exists():
                 print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)

@@ -168,10 +168,11 @@ def make_links(n: int, topology: str, rng: random.Random) -> list[tuple[int, int
         links.append((n - 1, 0))
     if topology == "chords":
         have = {frozenset(link) for link in links}
-        candidates = [(i, j) for i in range(n) for j in range(i)
-                      if min(i - j, n - (i - j)) >= max(2, n // 4)]
+        candidates = [
+            (i, j) for i in range(n) for j in range(i) if min(i - j, n - (i - j)) >= max(2, n // 4)
+        ]
         rng.shuffle(candidates)
-        for i, j in candidates[:n // 4]:
+        for i, j in candidates[: n // 4]:
             if frozenset((i, j)) not in have:
                 links.append((i, j))
     return links
@@ -208,10 +209,8 @@ async def create_nodes(dirs: Sequence[Path], ports: Sequence[int], seed: int) ->
     first = await Node.init(dirs[0], "Node 00", Group.new("Load bench"))
     try:
         definitions = bench_sync.LOCATIONS + bench_sync.ITEMS
-        await first.store.append(first.key,
-                                 bench_sync.Mix(seed, define=True).batch(definitions))
-        codes = [await first.invite([f"127.0.0.1:{ports[i - 1]}"])
-                 for i in range(1, len(dirs))]
+        await first.store.append(first.key, bench_sync.Mix(seed, define=True).batch(definitions))
+        codes = [await first.invite([f"127.0.0.1:{ports[i - 1]}"]) for i in range(1, len(dirs))]
     finally:
         await first.close()
     for i, code in enumerate(codes, 1):
@@ -226,13 +225,15 @@ async def create_nodes(dirs: Sequence[Path], ports: Sequence[int], seed: int) ->
 class Proc:
     """One worker process; a thread puts its stdout lines on the shared inbox."""
 
-    def __init__(self, index: int, argv: list[str], log: Path,
-                 inbox: queue.Queue[tuple[int, Sample | None]]) -> None:
+    def __init__(
+        self, index: int, argv: list[str], log: Path, inbox: queue.Queue[tuple[int, Sample | None]]
+    ) -> None:
         self.index = index
         self.log = log
         self._log_file: TextIO = log.open("w")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._log_file, text=True)
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log_file, text=True
+        )
         self._reader = threading.Thread(target=self._read, args=(inbox,), daemon=True)
         self._reader.start()
 
@@ -267,8 +268,12 @@ class Driver:
         self.procs: list[Proc] = []
         self.latest: dict[int, Sample] = {}
         self.samples: dict[int, list[tuple[str, Sample]]] = {}
-        self.replies: dict[str, dict[int, Sample]] = {"ready": {}, "stopped": {},
-                                                      "digest": {}, "bye": {}}
+        self.replies: dict[str, dict[int, Sample]] = {
+            "ready": {},
+            "stopped": {},
+            "digest": {},
+            "bye": {},
+        }
         self.phase = "start"
         self.ending = False
 
@@ -276,8 +281,7 @@ class Driver:
         if message is None:
             if not self.ending:
                 code = self.procs[index].proc.wait()
-                raise RuntimeError(f"node {index} exited ({code}): see "
-                                   f"{self.procs[index].log}")
+                raise RuntimeError(f"node {index} exited ({code}): see {self.procs[index].log}")
             return
         kind = message.pop("kind")
         if kind == "sample":
@@ -302,10 +306,20 @@ class Driver:
             raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
     def start(self, index: int, peers: Sequence[int], ports: Sequence[int]) -> None:
-        argv = [sys.executable, str(WORKER), "--data-dir", str(self.base / f"node-{index:02}"),
-                "--listen", f"127.0.0.1:{ports[index]}", "--rate", str(self.config.rate),
-                "--seed", str(self.config.seed * 1000 + index),
-                "--sample", str(self.config.sample)]
+        argv = [
+            sys.executable,
+            str(WORKER),
+            "--data-dir",
+            str(self.base / f"node-{index:02}"),
+            "--listen",
+            f"127.0.0.1:{ports[index]}",
+            "--rate",
+            str(self.config.rate),
+            "--seed",
+            str(self.config.seed * 1000 + index),
+            "--sample",
+            str(self.config.sample),
+        ]
         for peer in peers:
             argv += ["--peer", f"127.0.0.1:{ports[peer]}"]
         if index == self.config.profile_node:
@@ -313,8 +327,7 @@ class Driver:
         if index == self.config.trace_node:
             argv.append("--tracemalloc")
         self.procs.append(Proc(index, argv, self.base / f"node-{index:02}.log", self.inbox))
-        self.wait(f"node {index} to listen", lambda: index in self.replies["ready"],
-                  READY_TIMEOUT)
+        self.wait(f"node {index} to listen", lambda: index in self.replies["ready"], READY_TIMEOUT)
 
     def broadcast(self, cmd: str) -> None:
         for proc in self.procs:
@@ -347,8 +360,9 @@ def slope_per_minute(samples: Sequence[Sample], key: str, scale: float) -> float
     return float(statistics.linear_regression(times, values).slope)
 
 
-def lags(samples: dict[int, list[tuple[str, Sample]]], initial: int,
-         phase: str = "write") -> dict[int, list[float]]:
+def lags(
+    samples: dict[int, list[tuple[str, Sample]]], initial: int, phase: str = "write"
+) -> dict[int, list[float]]:
     """For each write-phase sample: the events written anywhere by then (each writer's
     count interpolated at that instant) that the node did not hold yet."""
     written: list[tuple[list[float], list[float]]] = []
@@ -365,10 +379,14 @@ def lags(samples: dict[int, list[tuple[str, Sample]]], initial: int,
         t0, t1 = times[k - 1], times[k]
         return values[k - 1] + (values[k] - values[k - 1]) * (t - t0) / (t1 - t0)
 
-    return {i: [max(0.0, initial + sum(at(ts, ws, s["t"]) for ts, ws in written if ts)
-                         - s["count"])
-                for p, s in own if p == phase]
-            for i, own in samples.items()}
+    return {
+        i: [
+            max(0.0, initial + sum(at(ts, ws, s["t"]) for ts, ws in written if ts) - s["count"])
+            for p, s in own
+            if p == phase
+        ]
+        for i, own in samples.items()
+    }
 
 
 def plan(config: Config) -> list[tuple[int, int]]:
@@ -377,9 +395,11 @@ def plan(config: Config) -> list[tuple[int, int]]:
     links = make_links(n, config.topology, random.Random(config.seed))
     inbound = max(sum(t == i for _, t in links) for i in range(n))
     if PER_ADDRESS is not None and inbound > PER_ADDRESS:
-        raise ValueError(f"a node would accept {inbound} sessions from 127.0.0.1, over the "
-                         f"limit of {PER_ADDRESS} per address (sync/limits.py): use fewer "
-                         "nodes or another topology")
+        raise ValueError(
+            f"a node would accept {inbound} sessions from 127.0.0.1, over the "
+            f"limit of {PER_ADDRESS} per address (sync/limits.py): use fewer "
+            "nodes or another topology"
+        )
     return links
 
 
@@ -387,8 +407,7 @@ def run(config: Config) -> Result:
     """The whole bench; raises if a node dies or the set-up does not settle."""
     with contextlib.ExitStack() as stack:
         if config.base is None:
-            base = Path(stack.enter_context(tempfile.TemporaryDirectory(
-                prefix="potluck-load-")))
+            base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="potluck-load-")))
         else:
             base = config.base
             base.mkdir(parents=True, exist_ok=True)
@@ -412,14 +431,19 @@ def _run(config: Config, driver: Driver) -> Result:
 
     def settled() -> bool:
         return len(driver.latest) == n and all(
-            s["sessions"] == degree[i] and s["count"] == initial
-            for i, s in driver.latest.items())
+            s["sessions"] == degree[i] and s["count"] == initial for i, s in driver.latest.items()
+        )
 
     if not driver.pump(settled, config.converge_timeout):
-        missing = {i: (s["count"], s["sessions"]) for i, s in driver.latest.items()
-                   if s["sessions"] != degree[i] or s["count"] != initial}
-        raise TimeoutError(f"set-up did not settle: node -> (events of {initial}, sessions) "
-                           f"{missing}; degrees {degree}")
+        missing = {
+            i: (s["count"], s["sessions"])
+            for i, s in driver.latest.items()
+            if s["sessions"] != degree[i] or s["count"] != initial
+        }
+        raise TimeoutError(
+            f"set-up did not settle: node -> (events of {initial}, sessions) "
+            f"{missing}; degrees {degree}"
+        )
     driver.pump(lambda: False, config.settle)
     result.before = [dict(driver.latest[i]) for i in range(n)]
     result.setup_seconds = time.monotonic() - began
@@ -429,8 +453,9 @@ def _run(config: Config, driver: Driver) -> Result:
     go = time.monotonic()
     driver.pump(lambda: False, config.seconds)
     driver.broadcast("stop")
-    driver.wait("every node to stop writing", lambda: len(driver.replies["stopped"]) == n,
-                ACK_TIMEOUT)
+    driver.wait(
+        "every node to stop writing", lambda: len(driver.replies["stopped"]) == n, ACK_TIMEOUT
+    )
     driver.phase = "converge"
     stopped = driver.replies["stopped"].values()
     result.written = sum(s["written"] for s in stopped)
@@ -439,23 +464,34 @@ def _run(config: Config, driver: Driver) -> Result:
     last_write = max(s["last_write"] for s in stopped)
     result.expected = expected = initial + result.written
     result.converged = driver.pump(  # the same events everywhere, sessions or not
-        lambda: all(s["count"] == expected for s in driver.latest.values())
-        and len({s["vh"] for s in driver.latest.values()}) == 1, config.converge_timeout)
+        lambda: (
+            all(s["count"] == expected for s in driver.latest.values())
+            and len({s["vh"] for s in driver.latest.values()}) == 1
+        ),
+        config.converge_timeout,
+    )
     if result.converged:
-        full = [min(s["t"] for _, s in driver.samples[i] if s["count"] == expected)
-                for i in range(n)]
+        full = [
+            min(s["t"] for _, s in driver.samples[i] if s["count"] == expected) for i in range(n)
+        ]
         result.converge_seconds = max(0.0, max(full) - last_write)
 
     driver.phase = "after"
     driver.pump(lambda: False, config.settle)
     driver.broadcast("digest")
-    driver.wait("every node's digest", lambda: len(driver.replies["digest"]) == n,
-                ACK_TIMEOUT)
+    driver.wait("every node's digest", lambda: len(driver.replies["digest"]) == n, ACK_TIMEOUT)
     replies = [driver.replies["digest"][i] for i in range(n)]
     result.after = replies
-    gone = [(a["cpu_s"] - b["cpu_s"], a["count"] - b["count"], a["received"] - b["received"],
-             a["receives"] - b["receives"], a["duplicates"] - b["duplicates"])
-            for b, a in zip(result.before, replies, strict=True)]
+    gone = [
+        (
+            a["cpu_s"] - b["cpu_s"],
+            a["count"] - b["count"],
+            a["received"] - b["received"],
+            a["receives"] - b["receives"],
+            a["duplicates"] - b["duplicates"],
+        )
+        for b, a in zip(result.before, replies, strict=True)
+    ]
     result.cpu_ms_per_event = [1000 * cpu / max(1, events) for cpu, events, *_ in gone]
     received = max(1, sum(g[2] for g in gone))
     result.receives_per_event = sum(g[3] for g in gone) / received
@@ -511,8 +547,7 @@ def report(result: Result) -> Iterator[str]:
     yield line("events written", result.written, "events")
     yield line("events refused by Node.post", result.refused, "events")
     yield line("events/s written", result.written / result.write_seconds, "events/s", 1)
-    yield line("events/s per node", result.written / result.write_seconds / c.nodes,
-               "events/s", 2)
+    yield line("events/s per node", result.written / result.write_seconds / c.nodes, "events/s", 2)
     if result.lags:
         rate = result.written / result.write_seconds
         yield line("lag during writes median", med(result.lags), "events")
@@ -522,8 +557,10 @@ def report(result: Result) -> Iterator[str]:
     yield f"converged: {'yes' if result.converged else 'no'}"
     if result.converge_seconds is not None:
         yield line("convergence after writes stop", result.converge_seconds, "s", 2)
-    yield (f"counts equal: {'yes' if len(set(result.counts)) == 1 else 'no'} "
-           f"({min(result.counts):,}-{max(result.counts):,} of {result.expected:,} events)")
+    yield (
+        f"counts equal: {'yes' if len(set(result.counts)) == 1 else 'no'} "
+        f"({min(result.counts):,}-{max(result.counts):,} of {result.expected:,} events)"
+    )
     yield f"digests equal: {'yes' if result.digests_equal else 'no'}"
     yield line("cpu per event held, per node (median)", med(result.cpu_ms_per_event), "ms", 2)
     yield line("receive transactions per event received", result.receives_per_event, "", 2)
@@ -533,22 +570,26 @@ def report(result: Result) -> Iterator[str]:
         yield line("rss slope median", med(rss), "MB/min", 2)
         yield line("rss slope max", max(rss), "MB/min", 2)
         yield line("log size slope median", med(_finite(result.db_slopes)), "MB/min", 2)
-        yield line("python blocks slope median", med(_finite(result.block_slopes)),
-                   "blocks/min")
+        yield line("python blocks slope median", med(_finite(result.block_slopes)), "blocks/min")
         yield line("python blocks slope max", max(_finite(result.block_slopes)), "blocks/min")
-    yield line("rss before writes (median)", med(s["rss_kb"] for s in result.before) / 1024,
-               "MB", 1)
+    yield line(
+        "rss before writes (median)", med(s["rss_kb"] for s in result.before) / 1024, "MB", 1
+    )
     if result.rss_end_writes:
         yield line("rss at end of writes (median)", med(result.rss_end_writes), "MB", 1)
-    yield line("rss after convergence (median)",
-               med(s["rss_kb"] for s in result.after) / 1024, "MB", 1)
+    yield line(
+        "rss after convergence (median)", med(s["rss_kb"] for s in result.after) / 1024, "MB", 1
+    )
     yield line("peak rss (max over nodes)", result.peak_rss, "MB", 1)
     yield line("log size after (median)", med(s["db_kb"] for s in result.after) / 1024, "MB", 1)
     yield from spread("fds", "fds")
     yield from spread("tasks", "tasks")
     yield from spread("threads", "threads")
-    yield line("sessions open after (sum)", sum(s["sessions"] for s in result.after),
-               f"of {2 * len(result.links)}")
+    yield line(
+        "sessions open after (sum)",
+        sum(s["sessions"] for s in result.after),
+        f"of {2 * len(result.links)}",
+    )
     yield line("held events after (max)", max(s["pending"] for s in result.after), "events")
     yield line("clean exits on SIGTERM", result.clean_exits, f"of {c.nodes}")
     yield f"ok: {'yes' if result.ok else 'no'}"
@@ -566,21 +607,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--topology", choices=TOPOLOGIES, default="chords")
     parser.add_argument("--sample", type=float, default=5.0, help="s between samples")
-    parser.add_argument("--warmup", type=float, default=60.0,
-                        help="s of writes left out of the RSS slope")
+    parser.add_argument(
+        "--warmup", type=float, default=60.0, help="s of writes left out of the RSS slope"
+    )
     parser.add_argument("--converge-timeout", type=float, default=120.0)
     parser.add_argument("--dir", type=Path, help="keep the data directories and logs here")
-    parser.add_argument("--profile-node", type=int, metavar="K",
-                        help="cProfile node K's write phase into DIR/node-K.log")
-    parser.add_argument("--trace-node", type=int, metavar="K",
-                        help="tracemalloc node K's write phase into DIR/node-K.log")
+    parser.add_argument(
+        "--profile-node",
+        type=int,
+        metavar="K",
+        help="cProfile node K's write phase into DIR/node-K.log",
+    )
+    parser.add_argument(
+        "--trace-node",
+        type=int,
+        metavar="K",
+        help="tracemalloc node K's write phase into DIR/node-K.log",
+    )
     args = parser.parse_args(argv)
     if args.nodes < 2 or args.rate <= 0 or args.seconds <= 0 or args.sample <= 0:
         parser.error("need --nodes >= 2 and positive --rate, --seconds, --sample")
-    config = Config(nodes=args.nodes, seconds=args.seconds, rate=args.rate, seed=args.seed,
-                    topology=args.topology, sample=args.sample, warmup=args.warmup,
-                    converge_timeout=args.converge_timeout, base=args.dir,
-                    profile_node=args.profile_node, trace_node=args.trace_node)
+    config = Config(
+        nodes=args.nodes,
+        seconds=args.seconds,
+        rate=args.rate,
+        seed=args.seed,
+        topology=args.topology,
+        sample=args.sample,
+        warmup=args.warmup,
+        converge_timeout=args.converge_timeout,
+        base=args.dir,
+        profile_node=args.profile_node,
+        trace_node=args.trace_node,
+    )
     try:
         plan(config)
     except ValueError as exc:

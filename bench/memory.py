@@ -51,16 +51,26 @@ async def fill(data_dir: Path, events: int, step: int, batch: int, seed: int) ->
         while written < events:
             target = min(events, (written // step + 1) * step)
             while written < target:
-                appended = await node.store.append(node.key,
-                                                   mix.batch(min(batch, target - written)))
+                appended = await node.store.append(
+                    node.key, mix.batch(min(batch, target - written))
+                )
                 written += len(appended)
             gc.collect()
-            rows.append((written, proc_status()["VmRSS"] / 1024, sys.getallocatedblocks(),
-                         len(getattr(node.runner, "_live", ())),
-                         (data_dir / LOG_FILE).stat().st_size / (1 << 20)))
-            print(f"{rows[-1][0]:>9,} events  rss {rows[-1][1]:6.1f} MB  blocks "
-                  f"{rows[-1][2]:>9,}  live states {rows[-1][3]:>6,}  log "
-                  f"{rows[-1][4]:6.1f} MB", flush=True)
+            rows.append(
+                (
+                    written,
+                    proc_status()["VmRSS"] / 1024,
+                    sys.getallocatedblocks(),
+                    len(getattr(node.runner, "_live", ())),
+                    (data_dir / LOG_FILE).stat().st_size / (1 << 20),
+                )
+            )
+            print(
+                f"{rows[-1][0]:>9,} events  rss {rows[-1][1]:6.1f} MB  blocks "
+                f"{rows[-1][2]:>9,}  live states {rows[-1][3]:>6,}  log "
+                f"{rows[-1][4]:6.1f} MB",
+                flush=True,
+            )
     finally:
         await node.close()
     return rows
@@ -76,15 +86,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.events, args.step, args.batch) < 1 or args.events < 4 * args.step:
         parser.error("need positive sizes and --events >= 4 x --step")
     with tempfile.TemporaryDirectory(prefix="potluck-memory-") as tmp:
-        rows = asyncio.run(fill(Path(tmp) / "node", args.events, args.step, args.batch,
-                                args.seed))
+        rows = asyncio.run(fill(Path(tmp) / "node", args.events, args.step, args.batch, args.seed))
     tail = [r for r in rows if r[0] >= rows[-1][0] * 3 // 4]
     span = (tail[-1][0] - tail[0][0]) / 10_000
     print(f"rss at the end: {rows[-1][1]:.1f} MB")
-    print(f"rss growth over the last quarter: {(tail[-1][1] - tail[0][1]) / span:.2f} "
-          "MB per 10k events")
-    print(f"blocks growth over the last quarter: {(tail[-1][2] - tail[0][2]) / span:,.0f} "
-          "blocks per 10k events")
+    print(
+        f"rss growth over the last quarter: {(tail[-1][1] - tail[0][1]) / span:.2f} "
+        "MB per 10k events"
+    )
+    print(
+        f"blocks growth over the last quarter: {(tail[-1][2] - tail[0][2]) / span:,.0f} "
+        "blocks per 10k events"
+    )
     print(f"log size at the end: {rows[-1][4]:.1f} MB")
     return 0
 

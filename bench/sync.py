@@ -111,9 +111,28 @@ WEIGHTS: dict[str, int] = {
 }
 """Percent of the events after the definitions; a claim before any post is an adjustment."""
 
-FOOD = ("rice", "beans", "lentils", "pasta", "oats", "flour", "milk", "eggs", "apples",
-        "bread", "tomatoes", "onions", "potatoes", "carrots", "yoghurt", "cheese",
-        "tuna", "soup", "cereal", "nappies")
+FOOD = (
+    "rice",
+    "beans",
+    "lentils",
+    "pasta",
+    "oats",
+    "flour",
+    "milk",
+    "eggs",
+    "apples",
+    "bread",
+    "tomatoes",
+    "onions",
+    "potatoes",
+    "carrots",
+    "yoghurt",
+    "cheese",
+    "tuna",
+    "soup",
+    "cereal",
+    "nappies",
+)
 KINDS: tuple[b.LocationKind, ...] = ("pantry", "fridge", "kitchen", "home", "hub", "other")
 STORAGE: tuple[b.Storage, ...] = ("ambient", "fridge", "freezer")
 DAY_ONE = date(2026, 6, 1)
@@ -137,11 +156,18 @@ class Mix:
     def _definitions(self) -> list[b.BaseBody]:
         bodies: list[b.BaseBody] = [
             b.LocationDefined(slug=slug, name=f"Place {i}", kind=KINDS[i % len(KINDS)])
-            for i, slug in enumerate(self.locations)]
-        bodies += [b.ItemDefined(slug=slug, name=f"{FOOD[i % len(FOOD)].title()} {i}",
-                                 unit="pack", category="food",
-                                 storage=STORAGE[i % len(STORAGE)])
-                   for i, slug in enumerate(self.items)]
+            for i, slug in enumerate(self.locations)
+        ]
+        bodies += [
+            b.ItemDefined(
+                slug=slug,
+                name=f"{FOOD[i % len(FOOD)].title()} {i}",
+                unit="pack",
+                category="food",
+                storage=STORAGE[i % len(STORAGE)],
+            )
+            for i, slug in enumerate(self.items)
+        ]
         return bodies
 
     def batch(self, n: int) -> list[b.BaseBody]:
@@ -154,18 +180,28 @@ class Mix:
         rng = self.rng
         kind = rng.choices(self._types, self._weights)[0]
         if kind == "stock.counted":
-            return b.StockCounted(item=rng.choice(self.items),
-                                  location=rng.choice(self.locations), count=rng.randint(0, 200))
+            return b.StockCounted(
+                item=rng.choice(self.items),
+                location=rng.choice(self.locations),
+                count=rng.randint(0, 200),
+            )
         if kind == "offer.posted":
-            return b.OfferPosted(title=f"Spare {rng.choice(FOOD)}", category="food",
-                                 item=rng.choice(self.items), quantity=rng.randint(1, 20),
-                                 location=rng.choice(self.locations),
-                                 until=self._day(rng.randint(1, 30)))
+            return b.OfferPosted(
+                title=f"Spare {rng.choice(FOOD)}",
+                category="food",
+                item=rng.choice(self.items),
+                quantity=rng.randint(1, 20),
+                location=rng.choice(self.locations),
+                until=self._day(rng.randint(1, 30)),
+            )
         if kind == "need.posted":
-            return b.NeedPosted(title=f"Need {rng.choice(FOOD)}", category="food",
-                                quantity=rng.randint(1, 20),
-                                urgency=rng.choice(b.URGENCIES),  # type: ignore[arg-type]
-                                location=rng.choice(self.locations))
+            return b.NeedPosted(
+                title=f"Need {rng.choice(FOOD)}",
+                category="food",
+                quantity=rng.randint(1, 20),
+                urgency=rng.choice(b.URGENCIES),  # type: ignore[arg-type]
+                location=rng.choice(self.locations),
+            )
         if kind == "claim.made" and self.posts:
             return b.ClaimMade(target=rng.choice(self.posts), quantity=rng.randint(1, 5))
         return self.adjustment()
@@ -175,11 +211,18 @@ class Mix:
         incoming = rng.random() < 0.6
         delta = rng.randint(1, 40) if incoming else -rng.randint(1, 20)
         expires = self._day(rng.randint(3, 60)) if incoming and rng.random() < 0.4 else None
-        reason = rng.choice(("donation", "transfer") if incoming
-                            else ("distribution", "distribution", "spoilage", "transfer"))
-        return b.StockAdjusted(item=rng.choice(self.items), location=rng.choice(self.locations),
-                               delta=delta, reason=reason,  # type: ignore[arg-type]
-                               expires=expires)
+        reason = rng.choice(
+            ("donation", "transfer")
+            if incoming
+            else ("distribution", "distribution", "spoilage", "transfer")
+        )
+        return b.StockAdjusted(
+            item=rng.choice(self.items),
+            location=rng.choice(self.locations),
+            delta=delta,
+            reason=reason,  # type: ignore[arg-type]
+            expires=expires,
+        )
 
     def _day(self, offset: int) -> str:
         return (DAY_ONE + timedelta(days=offset)).isoformat()
@@ -200,8 +243,7 @@ async def fill(data_dir: Path, events: int, authors: int) -> int:
         remaining = events - await store.count()
         turn = 0
         while remaining > 0:
-            written = await store.append(keys[turn % len(keys)],
-                                         mix.batch(min(BATCH, remaining)))
+            written = await store.append(keys[turn % len(keys)], mix.batch(min(BATCH, remaining)))
             mix.observe(written)
             remaining -= len(written)
             turn += 1
@@ -254,8 +296,7 @@ async def _serve_commands(node: Node, pipe: Pipe) -> None:
         if line.startswith("listening on ") and not listening.done():
             listening.set_result(int(line.rsplit(":", 1)[1]))
 
-    serving = asyncio.create_task(node.serve(listen="127.0.0.1:0", peers=(), stop=stop,
-                                             say=say))
+    serving = asyncio.create_task(node.serve(listen="127.0.0.1:0", peers=(), stop=stop, say=say))
     first: set[asyncio.Future[Any]] = {serving, listening}
     await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
     if not listening.done():
@@ -278,8 +319,9 @@ async def _serve_commands(node: Node, pipe: Pipe) -> None:
                     sent.append((envelope.hash.hex(), time.monotonic()))
                 pipe.reply(sent=sent)
             elif cmd["cmd"] == "digest":
-                pipe.reply(digest=await node.store.read(node.runner.digest),
-                           count=await node.store.count())
+                pipe.reply(
+                    digest=await node.store.read(node.runner.digest), count=await node.store.count()
+                )
             elif cmd["cmd"] == "quit":
                 break
     finally:
@@ -334,7 +376,7 @@ class Receiver:
     def _stamp(self) -> None:  # after the commit
         now = self.last_commit = time.monotonic()
         done = self.collected[:]
-        del self.collected[:len(done)]
+        del self.collected[: len(done)]
         for hash_ in done:
             self.arrived[hash_.hex()] = now
         self.changed.set()
@@ -364,8 +406,10 @@ class Receiver:
             elif cmd["cmd"] == "live_wait":
                 pipe.reply(arrived=await self.live_wait(cmd["n"], cmd["timeout"]))
             elif cmd["cmd"] == "digest":
-                pipe.reply(digest=await self.store.read(self.node.runner.digest),
-                           count=await self.store.count())
+                pipe.reply(
+                    digest=await self.store.read(self.node.runner.digest),
+                    count=await self.store.count(),
+                )
             elif cmd["cmd"] == "quit":
                 return
 
@@ -375,10 +419,16 @@ class Receiver:
         start = self.last_commit = time.monotonic()
         report = await self.node.sync_once(address)
         seconds = time.monotonic() - start
-        return {"seconds": seconds, "stored_seconds": self.last_commit - start,
-                "received": report["received"], "bytes_in": report["bytes_in"],
-                "bytes_out": report["bytes_out"], "held": self.held,
-                "count": await self.store.count(), "pending": await self.store.pending_count()}
+        return {
+            "seconds": seconds,
+            "stored_seconds": self.last_commit - start,
+            "received": report["received"],
+            "bytes_in": report["bytes_in"],
+            "bytes_out": report["bytes_out"],
+            "held": self.held,
+            "count": await self.store.count(),
+            "pending": await self.store.pending_count(),
+        }
 
     async def cold_session(self, address: str, expected: int) -> dict[str, object]:
         """A long-lived session (``PeerManager``, the machinery of ``Node.serve``) dialing
@@ -402,9 +452,11 @@ class Receiver:
                     if self.added > progress:
                         progress, since = self.added, time.monotonic()
                     elif time.monotonic() - since > STALL_SECONDS:
-                        raise RuntimeError(f"cold sync stalled at "
-                                           f"{self.added - target + expected} of {expected} "
-                                           "events")
+                        raise RuntimeError(
+                            f"cold sync stalled at "
+                            f"{self.added - target + expected} of {expected} "
+                            "events"
+                        )
                 stored_seconds = self.last_commit - start
                 await self._projected()
                 projected_seconds = time.monotonic() - start
@@ -412,11 +464,17 @@ class Receiver:
             finally:
                 await manager.stop()
         stats = sessions[0].stats if sessions else SessionStats()
-        return {"seconds": time.monotonic() - start, "stored_seconds": stored_seconds,
-                "projected_seconds": projected_seconds,
-                "received": stats.events_in, "bytes_in": stats.bytes_in,
-                "bytes_out": stats.bytes_out, "held": self.held,
-                "count": await self.store.count(), "pending": await self.store.pending_count()}
+        return {
+            "seconds": time.monotonic() - start,
+            "stored_seconds": stored_seconds,
+            "projected_seconds": projected_seconds,
+            "received": stats.events_in,
+            "bytes_in": stats.bytes_in,
+            "bytes_out": stats.bytes_out,
+            "held": self.held,
+            "count": await self.store.count(),
+            "pending": await self.store.pending_count(),
+        }
 
     async def _projected(self) -> None:
         """Wait until the projector (projections/projector.py) has folded every stored
@@ -441,8 +499,9 @@ class Receiver:
                 caught_up.set()
 
         self._stop.clear()
-        self._serving = asyncio.create_task(self.node.serve(
-            listen=None, peers=[address], stop=self._stop, say=say))
+        self._serving = asyncio.create_task(
+            self.node.serve(listen=None, peers=[address], stop=self._stop, say=say)
+        )
         await asyncio.wait_for(caught_up.wait(), CAUGHT_UP_TIMEOUT)
         self.recording = True
 
@@ -491,14 +550,16 @@ class Child:
         self.rss_children = 0.0
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def reply(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"{self.role} exited ({self.proc.wait()}) "
-                               "without answering")
+            raise RuntimeError(f"{self.role} exited ({self.proc.wait()}) without answering")
         answer: dict[str, Any] = json.loads(line)
         return answer
 
@@ -537,8 +598,9 @@ class RunResult:
     digests_equal: bool
 
 
-def run_once(template: Path, expected: int, args: argparse.Namespace, *,
-             profile: bool = False) -> RunResult | None:
+def run_once(
+    template: Path, expected: int, args: argparse.Namespace, *, profile: bool = False
+) -> RunResult | None:
     """One cold sync, catch-up and live phase on a copy of ``template``; ``profile``: the
     cold sync only, under cProfile in B (no figures)."""
     with tempfile.TemporaryDirectory(prefix="potluck-bench-sync-") as tmp:
@@ -549,16 +611,18 @@ def run_once(template: Path, expected: int, args: argparse.Namespace, *,
             a = Child("--role", "serve", "--data-dir", str(a_dir))
             children.append(a)
             address = f"127.0.0.1:{a.reply()['port']}"
-            b_node = Child("--role", "client", "--data-dir", str(b_dir),
-                           "--group-from", str(a_dir))
+            b_node = Child("--role", "client", "--data-dir", str(b_dir), "--group-from", str(a_dir))
             children.append(b_node)
             b_node.reply()
 
-            cold = b_node.call("cold", address=address, expected=expected,
-                               one_shot=args.one_shot, profile=profile)
+            cold = b_node.call(
+                "cold", address=address, expected=expected, one_shot=args.one_shot, profile=profile
+            )
             if cold["count"] != expected + 1 or cold["pending"]:
-                raise RuntimeError(f"B holds {cold['count']} events ({cold['pending']} held) "
-                                   f"after the cold sync, not {expected + 1}")
+                raise RuntimeError(
+                    f"B holds {cold['count']} events ({cold['pending']} held) "
+                    f"after the cold sync, not {expected + 1}"
+                )
             if profile:
                 a.quit()
                 b_node.quit()
@@ -581,23 +645,32 @@ def run_once(template: Path, expected: int, args: argparse.Namespace, *,
             for child in children:
                 child.kill()
 
-    print(f"run: cold {expected:,} events stored in {cold['stored_seconds']:.2f} s, "
-          f"stored and projected in {cold['projected_seconds']:.2f} s, "
-          f"session ended after {cold['seconds']:.2f} s "
-          f"({cold['bytes_in']:,} B in, {cold['bytes_out']:,} B out, {cold['held']:,} held "
-          f"until their deps or prev arrived); catch-up stored in "
-          f"{catch['stored_seconds'] * 1000:.0f} ms, returned after "
-          f"{catch['seconds'] * 1000:.0f} ms; live {len(live)}/{args.live} arrived; "
-          f"rss A {rss_a:.0f} MB, B {rss_b:.0f} MB (its projector {rss_projector:.0f} MB)",
-          file=sys.stderr, flush=True)
+    print(
+        f"run: cold {expected:,} events stored in {cold['stored_seconds']:.2f} s, "
+        f"stored and projected in {cold['projected_seconds']:.2f} s, "
+        f"session ended after {cold['seconds']:.2f} s "
+        f"({cold['bytes_in']:,} B in, {cold['bytes_out']:,} B out, {cold['held']:,} held "
+        f"until their deps or prev arrived); catch-up stored in "
+        f"{catch['stored_seconds'] * 1000:.0f} ms, returned after "
+        f"{catch['seconds'] * 1000:.0f} ms; live {len(live)}/{args.live} arrived; "
+        f"rss A {rss_a:.0f} MB, B {rss_b:.0f} MB (its projector {rss_projector:.0f} MB)",
+        file=sys.stderr,
+        flush=True,
+    )
     return RunResult(
         cold_events=expected / cold["projected_seconds"],
-        cold_mb=cold["bytes_in"] / cold["projected_seconds"] / 1e6, cold_held=cold["held"],
-        rss_a=rss_a, rss_b=rss_b, rss_projector=rss_projector,
+        cold_mb=cold["bytes_in"] / cold["projected_seconds"] / 1e6,
+        cold_held=cold["held"],
+        rss_a=rss_a,
+        rss_b=rss_b,
+        rss_projector=rss_projector,
         catch_up_ms=catch["stored_seconds"] * 1000,
         catch_up_bytes=catch["bytes_in"] + catch["bytes_out"],
         catch_up_encoded=added["bytes"],
-        live_ms=live, live_lost=args.live - len(live), digests_equal=digests_equal)
+        live_ms=live,
+        live_lost=args.live - len(live),
+        digests_equal=digests_equal,
+    )
 
 
 def websocket_rate(messages: int, *, deflate: bool) -> float:
@@ -615,10 +688,12 @@ def websocket_rate(messages: int, *, deflate: bool) -> float:
 
 async def _send_messages(port: int, messages: int, deflate: bool) -> float:
     pool = [os.urandom(WS_MESSAGE) for _ in range(WS_POOL)]
-    async with connect(f"ws://127.0.0.1:{port}/", compression="deflate" if deflate else None,
-                       max_size=None) as ws:
-        negotiated = ws.response is not None and \
-            "permessage-deflate" in ws.response.headers.get("Sec-WebSocket-Extensions", "")
+    async with connect(
+        f"ws://127.0.0.1:{port}/", compression="deflate" if deflate else None, max_size=None
+    ) as ws:
+        negotiated = ws.response is not None and "permessage-deflate" in ws.response.headers.get(
+            "Sec-WebSocket-Extensions", ""
+        )
         if negotiated != deflate:
             raise RuntimeError(f"permessage-deflate negotiated: {negotiated}, wanted {deflate}")
         for message in pool:  # warm up: connection, buffers, compressor
@@ -639,6 +714,7 @@ async def _send_messages(port: int, messages: int, deflate: bool) -> float:
 def prepare(template: Path, args: argparse.Namespace) -> int:
     """Fill node A in ``template`` unless it already holds one; return its event count."""
     if (template / LOG_FILE).exists():
+
         async def count() -> int:
             node = await Node.open(template)
             try:
@@ -651,8 +727,12 @@ def prepare(template: Path, args: argparse.Namespace) -> int:
         return events
     start = time.perf_counter()
     events = asyncio.run(fill(template, args.events, args.authors))
-    print(f"node A: filled with {events:,} events by {args.authors} authors in "
-          f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    print(
+        f"node A: filled with {events:,} events by {args.authors} authors in "
+        f"{time.perf_counter() - start:.0f} s",
+        file=sys.stderr,
+        flush=True,
+    )
     return events
 
 
@@ -669,8 +749,10 @@ def orchestrate(args: argparse.Namespace) -> int:
         if args.template is not None:
             template = Path(args.template)
         else:
-            template = Path(stack.enter_context(
-                tempfile.TemporaryDirectory(prefix="potluck-bench-a-"))) / "A"
+            template = (
+                Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="potluck-bench-a-")))
+                / "A"
+            )
         expected = prepare(template, args)
 
         if args.profile:
@@ -733,17 +815,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--authors", type=int, default=5, help="authors of A's events")
     parser.add_argument("--live", type=int, default=200, help="live events per run")
     parser.add_argument("--gap", type=float, default=20.0, help="ms between live events")
-    parser.add_argument("--ws-messages", type=int, default=100_000,
-                        help="websocket messages per loopback run")
+    parser.add_argument(
+        "--ws-messages", type=int, default=100_000, help="websocket messages per loopback run"
+    )
     parser.add_argument("--sigs", type=int, default=20_000, help="Ed25519 ops per run")
-    parser.add_argument("--template", metavar="DIR",
-                        help="keep node A here; reused when it already holds a node")
-    parser.add_argument("--one-shot", action="store_true",
-                        help="cold sync with Node.sync_once (potluck sync) instead of a "
-                             "long-lived session")
-    parser.add_argument("--profile", action="store_true",
-                        help="one extra, uncounted cold sync under cProfile in B "
-                             "(top 20 to stderr)")
+    parser.add_argument(
+        "--template", metavar="DIR", help="keep node A here; reused when it already holds a node"
+    )
+    parser.add_argument(
+        "--one-shot",
+        action="store_true",
+        help="cold sync with Node.sync_once (potluck sync) instead of a long-lived session",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="one extra, uncounted cold sync under cProfile in B (top 20 to stderr)",
+    )
     parser.add_argument("--role", choices=("serve", "client", "sink"), help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     parser.add_argument("--group-from", help=argparse.SUPPRESS)

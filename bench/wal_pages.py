@@ -54,12 +54,16 @@ async def measure(warm: int, events: int, batch: int) -> tuple[Counter[str], int
                     n -= len(written)
 
             await append(warm)
-            await store.read(lambda db: (
-                db.execute("PRAGMA wal_autocheckpoint = 0").fetchall(),
-                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()))
+            await store.read(
+                lambda db: (
+                    db.execute("PRAGMA wal_autocheckpoint = 0").fetchall(),
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall(),
+                )
+            )
             await append(events)
-            names = await store.read(lambda db: dict(db.execute(
-                "SELECT pageno, name FROM dbstat").fetchall()))
+            names = await store.read(
+                lambda db: dict(db.execute("SELECT pageno, name FROM dbstat").fetchall())
+            )
             wal = (data_dir / (LOG_FILE + "-wal")).read_bytes()
         finally:
             await node.close()
@@ -67,7 +71,7 @@ async def measure(warm: int, events: int, batch: int) -> tuple[Counter[str], int
     tables: Counter[str] = Counter()
     frames = 0
     for offset in range(WAL_HEADER, len(wal) - FRAME_HEADER + 1, FRAME_HEADER + page_size):
-        (page,) = struct.unpack(">I", wal[offset:offset + 4])
+        (page,) = struct.unpack(">I", wal[offset : offset + 4])
         tables[names.get(page, "(freed or new)")] += 1
         frames += 1
     return tables, frames, page_size

@@ -67,8 +67,7 @@ VERSION_KEY = "_v"
 
 LocationKind: TypeAlias = Literal["pantry", "fridge", "kitchen", "home", "hub", "other"]
 Storage: TypeAlias = Literal["ambient", "fridge", "freezer"]
-StockReason: TypeAlias = Literal["donation", "distribution", "spoilage", "transfer",
-                                 "correction"]
+StockReason: TypeAlias = Literal["donation", "distribution", "spoilage", "transfer", "correction"]
 Urgency: TypeAlias = Literal["low", "normal", "urgent"]
 
 LOCATION_KINDS: tuple[str, ...] = get_args(LocationKind)
@@ -116,12 +115,10 @@ def _text(max_chars: int, *, empty: bool = False, lines: bool = False) -> _Kind:
         if not text and not empty:
             raise InvalidBody(field, "must not be empty")
         if len(text) > max_chars:
-            raise InvalidBody(field, f"must be at most {max_chars} characters, "
-                                     f"got {len(text)}")
+            raise InvalidBody(field, f"must be at most {max_chars} characters, got {len(text)}")
         bad = control.search(text)
         if bad is not None:
-            raise InvalidBody(field, f"must not contain control character "
-                                     f"U+{ord(bad.group()):04X}")
+            raise InvalidBody(field, f"must not contain control character U+{ord(bad.group()):04X}")
         return text
 
     return _Kind(check)
@@ -170,8 +167,7 @@ def _integer(low: int, high: int, what: str, *, zero: bool = True) -> _Kind:
 
     def check(field: str, value: object) -> int:
         # type() rather than isinstance(): True and IntEnum members must not pass.
-        if (type(value) is not int or not low <= value <= high
-                or (value == 0 and not zero)):
+        if type(value) is not int or not low <= value <= high or (value == 0 and not zero):
             raise InvalidBody(field, f"must be {what}, got {_show(value)}")
         return value
 
@@ -183,10 +179,10 @@ def _hours(high: int) -> _Kind:
 
     def check(field: str, value: object) -> float:
         # The range test also refuses NaN and infinity; bool is not a number of hours.
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or not 0 < value <= high):
-            raise InvalidBody(field, f"must be a number of hours above 0 and at most "
-                                     f"{high}, got {_show(value)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= high:
+            raise InvalidBody(
+                field, f"must be a number of hours above 0 and at most {high}, got {_show(value)}"
+            )
         return float(value)
 
     return _Kind(check)
@@ -195,8 +191,7 @@ def _hours(high: int) -> _Kind:
 def _choice(options: tuple[str, ...]) -> _Kind:
     def check(field: str, value: object) -> str:
         if not isinstance(value, str) or value not in options:
-            raise InvalidBody(field, f"must be one of {', '.join(options)}, "
-                                     f"got {_show(value)}")
+            raise InvalidBody(field, f"must be one of {', '.join(options)}, got {_show(value)}")
         return value
 
     return _Kind(check)
@@ -216,8 +211,10 @@ def _check_date(field: str, value: object) -> str:
     return value
 
 
-_DATETIME_FORMAT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(?::[0-9]{2})?"
-                              r"(?:Z|[+-][0-9]{2}:[0-9]{2})?")
+_DATETIME_FORMAT = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(?::[0-9]{2})?"
+    r"(?:Z|[+-][0-9]{2}:[0-9]{2})?"
+)
 
 
 def _check_datetime(field: str, value: object) -> str:
@@ -228,8 +225,9 @@ def _check_datetime(field: str, value: object) -> str:
     dropped and normalising twice changes nothing).
     """
     if not isinstance(value, str) or _DATETIME_FORMAT.fullmatch(value) is None:
-        raise InvalidBody(field, f"must be a datetime YYYY-MM-DDTHH:MM[:SS][+HH:MM], "
-                                 f"got {_show(value)}")
+        raise InvalidBody(
+            field, f"must be a datetime YYYY-MM-DDTHH:MM[:SS][+HH:MM], got {_show(value)}"
+        )
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -253,8 +251,7 @@ def _list_of(item: _Kind, max_items: int) -> _Kind:
         if not isinstance(value, (list, tuple)):
             raise InvalidBody(field, f"must be a list, got {_show(value)}")
         if len(value) > max_items:
-            raise InvalidBody(field, f"must have at most {max_items} items, "
-                                     f"got {len(value)}")
+            raise InvalidBody(field, f"must have at most {max_items} items, got {len(value)}")
         items = tuple(item.check(field, element) for element in value)
         if len(set(items)) != len(items):
             raise InvalidBody(field, "must not repeat an item")
@@ -267,14 +264,18 @@ _TITLE = _text(200)
 _NAME = _text(100)
 _DESCRIPTION = _text(2000, empty=True, lines=True)
 _SHORT_TEXT = _text(40)  # units and categories
-_SLUG = _pattern(r"[a-z0-9][a-z0-9-]{0,39}",
-                 "a slug of a-z, 0-9 and '-' (at most 40, not starting with '-')")
-_LANGUAGES = _list_of(_pattern(r"[a-z]{2,3}(?:-[A-Za-z0-9]{2,8}){0,2}",
-                               "a language tag like 'en' or 'pt-BR'"), MAX_LANGUAGES)
+_SLUG = _pattern(
+    r"[a-z0-9][a-z0-9-]{0,39}", "a slug of a-z, 0-9 and '-' (at most 40, not starting with '-')"
+)
+_LANGUAGES = _list_of(
+    _pattern(r"[a-z]{2,3}(?:-[A-Za-z0-9]{2,8}){0,2}", "a language tag like 'en' or 'pt-BR'"),
+    MAX_LANGUAGES,
+)
 _POSITIVE = _integer(1, MAX_AMOUNT, f"a positive integer (at most {MAX_AMOUNT:,})")
 _NON_NEGATIVE = _integer(0, MAX_AMOUNT, f"a non-negative integer (at most {MAX_AMOUNT:,})")
-_NON_ZERO = _integer(-MAX_AMOUNT, MAX_AMOUNT,
-                     f"a non-zero integer (at most {MAX_AMOUNT:,} either way)", zero=False)
+_NON_ZERO = _integer(
+    -MAX_AMOUNT, MAX_AMOUNT, f"a non-zero integer (at most {MAX_AMOUNT:,} either way)", zero=False
+)
 _SLOTS = _integer(1, MAX_SLOTS, f"a whole number of slots from 1 to {MAX_SLOTS}")
 _SHIFT_HOURS = _hours(24)
 _WEEKLY_HOURS = _hours(7 * 24)
@@ -361,12 +362,16 @@ def _upcast(cls: type[BaseBody], body: Mapping[str, object]) -> Mapping[str, obj
     else:
         version_value = body[VERSION_KEY]
         if type(version_value) is not int or version_value < 2:
-            raise InvalidBody(VERSION_KEY, f"must be an integer of at least 2 (absent "
-                                           f"means 1), got {_show(version_value)}")
+            raise InvalidBody(
+                VERSION_KEY,
+                f"must be an integer of at least 2 (absent means 1), got {_show(version_value)}",
+            )
         version = version_value
     if version > cls.VERSION:
-        raise InvalidBody(VERSION_KEY, f"{cls.TYPE} version {version} is newer than "
-                                       f"this node reads (up to {cls.VERSION})")
+        raise InvalidBody(
+            VERSION_KEY,
+            f"{cls.TYPE} version {version} is newer than this node reads (up to {cls.VERSION})",
+        )
     if version == cls.VERSION:
         return body
     current = {key: value for key, value in body.items() if key != VERSION_KEY}
@@ -410,8 +415,7 @@ class BaseBody:
 
         Raises InvalidBody naming the first bad field; unknown keys are ignored.
         """
-        current = (body if cls.VERSION == 1 and VERSION_KEY not in body
-                   else _upcast(cls, body))
+        current = body if cls.VERSION == 1 and VERSION_KEY not in body else _upcast(cls, body)
         # One pass that checks each field and sets it, instead of ``cls(**values)``
         # whose __post_init__ reads every field back: every received and re-folded
         # event comes through here.
@@ -609,11 +613,26 @@ class ShiftCompleted(BaseBody):
 
 
 Body: TypeAlias = (
-    MemberJoined | LocationDefined | ItemDefined | StockAdjusted | StockCounted
-    | OfferPosted | OfferWithdrawn | NeedPosted | NeedWithdrawn
-    | ClaimMade | ClaimConfirmed | ClaimDeclined | ClaimReleased | ClaimFulfilled
-    | RoleDefined | RoleAssigned
-    | ShiftScheduled | ShiftSignedUp | ShiftWithdrawn | ShiftCompleted
+    MemberJoined
+    | LocationDefined
+    | ItemDefined
+    | StockAdjusted
+    | StockCounted
+    | OfferPosted
+    | OfferWithdrawn
+    | NeedPosted
+    | NeedWithdrawn
+    | ClaimMade
+    | ClaimConfirmed
+    | ClaimDeclined
+    | ClaimReleased
+    | ClaimFulfilled
+    | RoleDefined
+    | RoleAssigned
+    | ShiftScheduled
+    | ShiftSignedUp
+    | ShiftWithdrawn
+    | ShiftCompleted
 )
 
 TYPES: dict[str, type[Body]] = {cls.TYPE: cls for cls in get_args(Body)}
@@ -624,8 +643,9 @@ for _cls in TYPES.values():
 del _cls
 
 
-def references(type_: str, body: Mapping[str, object],
-               parsed: BaseBody | None = None) -> tuple[bytes, ...]:
+def references(
+    type_: str, body: Mapping[str, object], parsed: BaseBody | None = None
+) -> tuple[bytes, ...]:
     """Ids of earlier events that ``body`` names (an offer, a claim, a shift...).
 
     An entity's id is the hash of the event that created it, so a writer can only name

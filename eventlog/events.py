@@ -62,8 +62,10 @@ def canonical(value: object) -> object:
         for key in value:
             if not isinstance(key, str):
                 raise MalformedEvent(f"map key {key!r} is not a string")
-        return {key: canonical(item) if isinstance(item, _NESTED) else item
-                for key, item in sorted(value.items())}
+        return {
+            key: canonical(item) if isinstance(item, _NESTED) else item
+            for key, item in sorted(value.items())
+        }
     if isinstance(value, (list, tuple)):
         return [canonical(item) if isinstance(item, _NESTED) else item for item in value]
     return value
@@ -157,8 +159,15 @@ class Envelope:
 
     def signed_fields(self) -> dict[str, object]:
         return _signed_fields(
-            self.v, self.group, self.author, self.seq, self.prev, self.deps,
-            self.hlc, self.type, self.body,
+            self.v,
+            self.group,
+            self.author,
+            self.seq,
+            self.prev,
+            self.deps,
+            self.hlc,
+            self.type,
+            self.body,
         )
 
 
@@ -166,8 +175,17 @@ _set = object.__setattr__
 
 
 def _envelope(
-    group: bytes, author: bytes, seq: int, prev: bytes | None, deps: tuple[bytes, ...],
-    hlc: int, type_: str, body: Body, sig: bytes, raw: bytes, hash_: bytes,
+    group: bytes,
+    author: bytes,
+    seq: int,
+    prev: bytes | None,
+    deps: tuple[bytes, ...],
+    hlc: int,
+    type_: str,
+    body: Body,
+    sig: bytes,
+    raw: bytes,
+    hash_: bytes,
     parsed: object = None,
 ) -> Envelope:
     """An Envelope of checked fields, built without the frozen dataclass's keyword
@@ -191,12 +209,23 @@ def _envelope(
 
 
 def _signed_fields(
-    v: int, group: bytes, author: bytes, seq: int, prev: bytes | None,
-    deps: Sequence[bytes], hlc: int, type_: str, body: Mapping[str, object],
+    v: int,
+    group: bytes,
+    author: bytes,
+    seq: int,
+    prev: bytes | None,
+    deps: Sequence[bytes],
+    hlc: int,
+    type_: str,
+    body: Mapping[str, object],
 ) -> dict[str, object]:
     """The signed map, built with its keys already in canonical (sorted) order."""
     fields: dict[str, object] = {
-        "author": author, "body": body, "deps": list(deps), "group": group, "hlc": hlc,
+        "author": author,
+        "body": body,
+        "deps": list(deps),
+        "group": group,
+        "hlc": hlc,
     }
     if prev is not None:
         fields["prev"] = prev
@@ -219,8 +248,14 @@ class Unsigned(NamedTuple):
     parsed: object = None
 
 
-def unsigned(seq: int, hlc: int, type_: str, body: Mapping[str, object],
-             deps: Sequence[bytes] = (), parsed: object = None) -> Unsigned:
+def unsigned(
+    seq: int,
+    hlc: int,
+    type_: str,
+    body: Mapping[str, object],
+    deps: Sequence[bytes] = (),
+    parsed: object = None,
+) -> Unsigned:
     """Check and canonicalise a new event's fields. ``parsed`` is carried along for
     this node's projections, never encoded."""
     if not (0 < seq < MAX_INT):
@@ -241,8 +276,17 @@ def unsigned(seq: int, hlc: int, type_: str, body: Mapping[str, object],
 def seal(key: SigningKey, group: bytes, prev: bytes | None, event: Unsigned) -> bytes:
     """The wire bytes of ``event`` after ``prev``: the one place events are signed,
     here and in the signing process (eventlog/signer.py), so both give the same bytes."""
-    fields = _signed_fields(ENVELOPE_VERSION, group, bytes(key.verify_key), event.seq, prev,
-                            event.deps, event.hlc, event.type, event.body)
+    fields = _signed_fields(
+        ENVELOPE_VERSION,
+        group,
+        bytes(key.verify_key),
+        event.seq,
+        prev,
+        event.deps,
+        event.hlc,
+        event.type,
+        event.body,
+    )
     signed = _packb(fields)
     sig = sign_bytes(key, signed)
     raw = _insert_sig(signed, len(fields), event.type, sig)
@@ -251,18 +295,31 @@ def seal(key: SigningKey, group: bytes, prev: bytes | None, event: Unsigned) -> 
     return raw
 
 
-def sealed(group: bytes, author: bytes, prev: bytes | None, event: Unsigned,
-           raw: bytes) -> Envelope:
+def sealed(
+    group: bytes, author: bytes, prev: bytes | None, event: Unsigned, raw: bytes
+) -> Envelope:
     """The Envelope of ``event`` signed into ``raw`` (by ``seal``); its signature is
     read back from where ``seal`` put it."""
     end = len(raw) - _tail(event.type)
-    return _envelope(group, author, event.seq, prev, event.deps, event.hlc, event.type,
-                     event.body, raw[end - SIG_BYTES:end], raw, blake2b256(raw),
-                     event.parsed)
+    return _envelope(
+        group,
+        author,
+        event.seq,
+        prev,
+        event.deps,
+        event.hlc,
+        event.type,
+        event.body,
+        raw[end - SIG_BYTES : end],
+        raw,
+        blake2b256(raw),
+        event.parsed,
+    )
 
 
-def seal_run(key: SigningKey, group: bytes, prev: bytes | None,
-             run: Iterable[Unsigned]) -> list[Envelope]:
+def seal_run(
+    key: SigningKey, group: bytes, prev: bytes | None, run: Iterable[Unsigned]
+) -> list[Envelope]:
     """Sign ``run``, consecutive events of ``key``'s author after ``prev``, in order."""
     author = bytes(key.verify_key)
     out: list[Envelope] = []
@@ -274,8 +331,15 @@ def seal_run(key: SigningKey, group: bytes, prev: bytes | None,
 
 
 def create(
-    key: SigningKey, *, group: bytes, seq: int, prev: bytes | None,
-    deps: Sequence[bytes], hlc: int, type: str, body: Mapping[str, object],
+    key: SigningKey,
+    *,
+    group: bytes,
+    seq: int,
+    prev: bytes | None,
+    deps: Sequence[bytes],
+    hlc: int,
+    type: str,
+    body: Mapping[str, object],
     parsed: object = None,
 ) -> Envelope:
     """Sign a new event. The caller (the node) picks seq, prev, deps and hlc.
@@ -294,8 +358,7 @@ def _insert_sig(signed: bytes, entries: int, type_: str, sig: bytes) -> bytes:
     header) with the ``sig`` pair spliced in before ``type``, where it sorts. Splicing
     instead of packing the map again; ``decode`` still checks the result is canonical."""
     cut = len(signed) - _tail(type_)
-    return b"".join((bytes((0x80 | (entries + 1),)), signed[1:cut], _SIG_ENTRY, sig,
-                     signed[cut:]))
+    return b"".join((bytes((0x80 | (entries + 1),)), signed[1:cut], _SIG_ENTRY, sig, signed[cut:]))
 
 
 def _tail(type_: str) -> int:
@@ -365,11 +428,11 @@ def decode(raw: bytes) -> Envelope:
     if not isinstance(body, dict):
         raise MalformedEvent("body: must be a map")
     sig = _bin(fields, "sig", SIG_BYTES)
-    if (top != _TOP_ORDER[seq == 1] or not _is_canonical_order(body)
-            or _packb(fields) != raw):
+    if top != _TOP_ORDER[seq == 1] or not _is_canonical_order(body) or _packb(fields) != raw:
         raise MalformedEvent("encoding is not canonical")
-    return _envelope(group, author, seq, prev, tuple(deps), hlc, type_, body, sig, raw,
-                     blake2b256(raw))
+    return _envelope(
+        group, author, seq, prev, tuple(deps), hlc, type_, body, sig, raw, blake2b256(raw)
+    )
 
 
 _FIELDS = frozenset(_TOP_ORDER[False])
@@ -399,15 +462,15 @@ def verify_signature(envelope: Envelope) -> None:
         VerifyKey(envelope.author).verify(signed, envelope.sig)
     except (BadSignatureError, ValueError):
         raise BadSignature(
-            f"signature of event {envelope.author.hex()[:12]}/{envelope.seq} "
-            "does not verify"
+            f"signature of event {envelope.author.hex()[:12]}/{envelope.seq} does not verify"
         ) from None
 
 
 def check_group(envelope: Envelope, group: bytes) -> None:
     if envelope.group != group:
-        raise UnknownGroup(f"event belongs to group {envelope.group.hex()[:12]}, "
-                           f"not this group {group.hex()[:12]}")
+        raise UnknownGroup(
+            f"event belongs to group {envelope.group.hex()[:12]}, not this group {group.hex()[:12]}"
+        )
 
 
 def check_follows(envelope: Envelope, previous: Envelope | None) -> None:
@@ -417,14 +480,14 @@ def check_follows(envelope: Envelope, previous: Envelope | None) -> None:
     """
     if previous is None:
         if envelope.seq != 1:
-            raise SeqGap(f"seq {envelope.seq} of {envelope.author.hex()[:12]} "
-                         "arrived before its predecessor")
+            raise SeqGap(
+                f"seq {envelope.seq} of {envelope.author.hex()[:12]} arrived before its predecessor"
+            )
         return
     if envelope.seq != previous.seq + 1:
         raise SeqGap(f"seq {envelope.seq} does not follow seq {previous.seq}")
     if envelope.prev != previous.hash:
-        raise PrevMismatch(f"prev of seq {envelope.seq} is not the hash of seq "
-                           f"{previous.seq}")
+        raise PrevMismatch(f"prev of seq {envelope.seq} is not the hash of seq {previous.seq}")
     check_hlc_above(envelope, previous.hlc, "prev")
 
 

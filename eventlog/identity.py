@@ -59,19 +59,18 @@ class Group:
 
 def group_id_of(secret: bytes) -> bytes:
     """The public group id: a one-way function of the secret."""
-    return hashlib.blake2b(b"potluck group id v1", digest_size=GROUP_ID_BYTES,
-                           key=secret).digest()
+    return hashlib.blake2b(b"potluck group id v1", digest_size=GROUP_ID_BYTES, key=secret).digest()
 
 
 def membership_proof(group: Group, author: bytes) -> bytes:
     """Keyed BLAKE2b of the author under the group secret: only members can make it."""
-    return hashlib.blake2b(_PROOF_CONTEXT + group.id + author, digest_size=32,
-                           key=group.secret).digest()
+    return hashlib.blake2b(
+        _PROOF_CONTEXT + group.id + author, digest_size=32, key=group.secret
+    ).digest()
 
 
 def check_membership_proof(group: Group, author: bytes, proof: object) -> bool:
-    return isinstance(proof, bytes) and hmac.compare_digest(
-        proof, membership_proof(group, author))
+    return isinstance(proof, bytes) and hmac.compare_digest(proof, membership_proof(group, author))
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -114,8 +113,9 @@ def load_device_key(data_dir: Path) -> SigningKey:
 
 
 def save_group(data_dir: Path, group: Group) -> None:
-    data = msgpack.packb({"id": group.id, "secret": group.secret, "name": group.name},
-                         use_bin_type=True)
+    data = msgpack.packb(
+        {"id": group.id, "secret": group.secret, "name": group.name}, use_bin_type=True
+    )
     write_private(data_dir / GROUP_FILE, data)
 
 

@@ -91,8 +91,12 @@ class Signer:
             # and -P so that the current directory (which may hold another "eventlog")
             # is not
             self._proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "eventlog.signer"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=child_env())
+                [sys.executable, "-P", "-m", "eventlog.signer"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=child_env(),
+            )
         except OSError:  # no interpreter to start (a frozen build): sign in place
             return
         assert self._proc.stdin is not None and self._proc.stdout is not None
@@ -124,8 +128,9 @@ class Signer:
             self.close()
         return self._ready
 
-    def sign(self, group: bytes, prev: bytes | None, run: Iterable[Unsigned],
-             asked: list[Unsigned]) -> Generator[list[Envelope], None, None]:
+    def sign(
+        self, group: bytes, prev: bytes | None, run: Iterable[Unsigned], asked: list[Unsigned]
+    ) -> Generator[list[Envelope], None, None]:
         """Signed envelopes of ``run`` after ``prev``, in chunks, as the child signs
         them. ``run`` is sent PART events at a time as it is produced, so the child
         signs the first while the caller prepares the rest; each event taken is added
@@ -165,8 +170,9 @@ class Signer:
             self.close(kill=True)
             raise SignerFailed(f"the signing process is gone: {exc}") from None
 
-    def _receive(self, group: bytes, author: bytes, prev: bytes | None,
-                 asked: Sequence[Unsigned]) -> list[Envelope]:
+    def _receive(
+        self, group: bytes, author: bytes, prev: bytes | None, asked: Sequence[Unsigned]
+    ) -> list[Envelope]:
         """The next chunk, checked; SignerFailed (and the child stopped) otherwise,
         also when none comes within ANSWER_SECONDS: a stopped child must not hold the
         log's write lock for ever."""
@@ -175,15 +181,29 @@ class Signer:
             if not isinstance(answer, list) or not answer:
                 raise SignerFailed("the signing process answered nonsense")
             return self._check(group, author, prev, asked, answer)
-        except (OSError, EOFError, ValueError, TypeError, msgpack.UnpackException,
-                PotluckError, SignerFailed, TimeoutError) as exc:
+        except (
+            OSError,
+            EOFError,
+            ValueError,
+            TypeError,
+            msgpack.UnpackException,
+            PotluckError,
+            SignerFailed,
+            TimeoutError,
+        ) as exc:
             self.close(kill=True)
             if isinstance(exc, SignerFailed):
                 raise
             raise SignerFailed(f"the signing process failed: {exc}") from None
 
-    def _check(self, group: bytes, author: bytes, prev: bytes | None,
-               asked: Sequence[Unsigned], answer: list[object]) -> list[Envelope]:
+    def _check(
+        self,
+        group: bytes,
+        author: bytes,
+        prev: bytes | None,
+        asked: Sequence[Unsigned],
+        answer: list[object],
+    ) -> list[Envelope]:
         """Envelopes of the child's answer, if it signed exactly what was asked."""
         if len(answer) > len(asked):
             raise SignerFailed("the signing process signed more than it was asked")
@@ -200,11 +220,25 @@ class Signer:
         # every prev checked above, that signature covers the whole chunk.
         last, event = chunk[-1], asked[len(chunk) - 1]
         decoded = events.decode(last.raw)
-        if ((decoded.author, decoded.group, decoded.seq, decoded.hlc, decoded.type,
-             decoded.deps, decoded.prev, decoded.sig)
-                != (author, group, event.seq, event.hlc, event.type, event.deps, last.prev,
-                    last.sig)
-                or events.pack(decoded.body) != events.pack(event.body)):
+        if (
+            decoded.author,
+            decoded.group,
+            decoded.seq,
+            decoded.hlc,
+            decoded.type,
+            decoded.deps,
+            decoded.prev,
+            decoded.sig,
+        ) != (
+            author,
+            group,
+            event.seq,
+            event.hlc,
+            event.type,
+            event.deps,
+            last.prev,
+            last.sig,
+        ) or events.pack(decoded.body) != events.pack(event.body):
             raise SignerFailed("the signing process signed something else")
         events.verify_signature(decoded)
         return chunk
@@ -236,7 +270,8 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     home = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(
-        [home, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+        [home, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+    )
     return env
 
 
@@ -265,13 +300,12 @@ class _Frames:
                 (length,) = _LENGTH.unpack_from(self._buffer)
                 end = _LENGTH.size + length
                 if len(self._buffer) >= end:
-                    frame = msgpack.unpackb(bytes(self._buffer[_LENGTH.size:end]), raw=False)
+                    frame = msgpack.unpackb(bytes(self._buffer[_LENGTH.size : end]), raw=False)
                     del self._buffer[:end]
                     return frame
             if not wait and not select.select([self._fd], [], [], 0)[0]:
                 return _NOTHING
-            if wait and timeout is not None and not select.select([self._fd], [], [],
-                                                                  timeout)[0]:
+            if wait and timeout is not None and not select.select([self._fd], [], [], timeout)[0]:
                 raise TimeoutError(f"no answer in {timeout:.0f} s")
             data = os.read(self._fd, PIPE_BYTES)
             if not data:

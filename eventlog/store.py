@@ -147,8 +147,9 @@ def hash_key(hash_: bytes) -> int:
 class Store:
     """The log of one node. Open with ``await Store.open(path, group)``."""
 
-    def __init__(self, conn: aiosqlite.Connection, group: Group,
-                 now_ms: Callable[[], int] = system_ms) -> None:
+    def __init__(
+        self, conn: aiosqlite.Connection, group: Group, now_ms: Callable[[], int] = system_ms
+    ) -> None:
         self._conn = conn
         self.group = group
         self.now_ms = now_ms
@@ -161,8 +162,7 @@ class Store:
         self.clock = HybridClock(now_ms)
 
     @classmethod
-    async def open(cls, path: Path, group: Group,
-                   now_ms: Callable[[], int] = system_ms) -> Store:
+    async def open(cls, path: Path, group: Group, now_ms: Callable[[], int] = system_ms) -> Store:
         fresh = not path.exists()
         try:
             conn = await aiosqlite.connect(path, isolation_level=None)
@@ -181,7 +181,8 @@ class Store:
                 raise StorageError(
                     f"the data directory {path.parent} is on a read-only disk: Potluck "
                     "writes there even to read (SQLite's write-ahead log); remount it "
-                    "read-write. Nothing was written") from None
+                    "read-write. Nothing was written"
+                ) from None
             raise
         except BaseException:
             await conn.close()
@@ -203,12 +204,13 @@ class Store:
                 db.execute(statement)
         row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None:
-            db.execute("INSERT INTO meta VALUES ('schema', ?), ('group', ?)",
-                       (SCHEMA_VERSION, self.group.id))
+            db.execute(
+                "INSERT INTO meta VALUES ('schema', ?), ('group', ?)",
+                (SCHEMA_VERSION, self.group.id),
+            )
         elif row[0] != SCHEMA_VERSION:
             db.execute("ROLLBACK")
-            raise StorageError(f"the log has schema {row[0]}; this Potluck reads "
-                               f"{SCHEMA_VERSION}")
+            raise StorageError(f"the log has schema {row[0]}; this Potluck reads {SCHEMA_VERSION}")
         else:
             stored = db.execute("SELECT value FROM meta WHERE key = 'group'").fetchone()
             if stored is None or stored[0] != self.group.id:
@@ -223,8 +225,9 @@ class Store:
         for the write lock that a busy ``potluck serve`` may hold for a while."""
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
             return False
-        rows = dict(db.execute(
-            "SELECT key, value FROM meta WHERE key IN ('schema', 'group')").fetchall())
+        rows = dict(
+            db.execute("SELECT key, value FROM meta WHERE key IN ('schema', 'group')").fetchall()
+        )
         return rows.get("schema") == SCHEMA_VERSION and rows.get("group") == self.group.id
 
     async def close(self) -> None:
@@ -233,9 +236,12 @@ class Store:
             self._signer = None
         await self._conn.close()
 
-    def add_hook(self, hook: ProjectionHook,
-                 on_rollback: Callable[[], None] | None = None,
-                 before_commit: Callable[[sqlite3.Connection], None] | None = None) -> None:
+    def add_hook(
+        self,
+        hook: ProjectionHook,
+        on_rollback: Callable[[], None] | None = None,
+        before_commit: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
         """Run ``hook`` inside every transaction that adds events to the log, and
         ``on_rollback`` (on the database thread) when such a transaction is undone, so
         a hook that keeps state in memory can drop what never reached the disk.
@@ -320,9 +326,11 @@ class Store:
         if db.execute("SELECT 1 FROM pending WHERE author = ? LIMIT 1", (author,)).fetchone():
             # own events held for a missing predecessor (a repaired or restored log): the
             # next seq is already taken by one of them, so writing now would fork our chain
-            raise UsageError(f"events this node wrote after #{head.seq if head else 0} are "
-                             "waiting for earlier ones: run 'potluck sync' with a neighbour "
-                             "before posting")
+            raise UsageError(
+                f"events this node wrote after #{head.seq if head else 0} are "
+                "waiting for earlier ones: run 'potluck sync' with a neighbour "
+                "before posting"
+            )
         top = db.execute("SELECT max(hlc) FROM events").fetchone()[0]
         self.clock.observe(top or 0)
         # deps: the heads of other authors that moved since this author last wrote,
@@ -334,7 +342,9 @@ class Store:
                 continue
             row = db.execute(
                 "SELECT other_seq FROM seen WHERE author = ? AND other = ? "
-                "ORDER BY seq DESC LIMIT 1", (author, other)).fetchone()
+                "ORDER BY seq DESC LIMIT 1",
+                (author, other),
+            ).fetchone()
             if row is None or row[0] < other_head.seq:
                 deps.append(other_head.hash)
                 dep_hlcs.append(other_head.hlc)
@@ -366,8 +376,9 @@ class Store:
             written.extend(chunk)
         return written
 
-    def _signed(self, key: SigningKey, prev: bytes | None, run: Iterator[events.Unsigned],
-                length: int) -> Iterator[list[Envelope]]:
+    def _signed(
+        self, key: SigningKey, prev: bytes | None, run: Iterator[events.Unsigned], length: int
+    ) -> Iterator[list[Envelope]]:
         """``run`` (``length`` events) signed in order after ``prev``, in chunks: by the
         signing process (eventlog/signer.py) for a long run once it is up, else here in one
         chunk. If the process fails, what it did not sign is signed here."""
@@ -399,7 +410,10 @@ class Store:
         return {"name": name, "proof": membership_proof(self.group, author)}
 
     def _insert_many(
-        self, db: sqlite3.Connection, batch: Sequence[Envelope], heads: dict[bytes, Head],
+        self,
+        db: sqlite3.Connection,
+        batch: Sequence[Envelope],
+        heads: dict[bytes, Head],
         known: Mapping[bytes, tuple[bytes, int, int]] | None = None,
     ) -> None:
         """Insert events that are already validated, and move their authors' heads.
@@ -410,7 +424,8 @@ class Store:
         db.executemany(
             "INSERT INTO events (hkey, hash, author, seq, hlc, type, raw) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(hash_key(e.hash), e.hash, e.author, e.seq, e.hlc, e.type, e.raw) for e in batch])
+            [(hash_key(e.hash), e.hash, e.author, e.seq, e.hlc, e.type, e.raw) for e in batch],
+        )
         moved: dict[bytes, Head] = {}
         seen: list[tuple[bytes, int, bytes, int]] = []
         for env in batch:
@@ -419,11 +434,14 @@ class Store:
                 for dep_author, dep_seq, _ in _resolve(db, env.deps, known).values():
                     seen.append((env.author, env.seq, dep_author, dep_seq))
         db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)", seen)
-        db.executemany("INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?)",
-                       [(a, h.seq, h.hash, h.hlc) for a, h in moved.items()])
+        db.executemany(
+            "INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?)",
+            [(a, h.seq, h.hash, h.hlc) for a, h in moved.items()],
+        )
 
-    def _run_hooks(self, db: sqlite3.Connection, added: Sequence[Envelope], *,
-                   forked: bool = False) -> None:
+    def _run_hooks(
+        self, db: sqlite3.Connection, added: Sequence[Envelope], *, forked: bool = False
+    ) -> None:
         """Run the hooks for events just added, or for a new fork (which changes what
         projections may show even when nothing was added)."""
         if added or forked:
@@ -441,20 +459,23 @@ class Store:
         caller already did that (the sync core verifies every batch it hands over).
         """
         envelopes = sorted({e.hash: e for e in batch}.values(), key=lambda e: (e.author, e.seq))
-        authentic = ({e.hash for e in envelopes} if authenticated
-                     else _authenticate(envelopes))
+        authentic = {e.hash for e in envelopes} if authenticated else _authenticate(envelopes)
         # Store in hlc order: an event's prev and deps have lower hlcs (validity rule),
         # so they come first and nothing inside one batch has to wait in pending.
         envelopes.sort(key=lambda e: e.key)
         fold = len(envelopes) < BULK_RECEIVE or self._behind is None or not self._behind()
-        result = await self._run(lambda db: self._receive(db, envelopes, authentic, fold),
-                                 write=True)
+        result = await self._run(
+            lambda db: self._receive(db, envelopes, authentic, fold), write=True
+        )
         if result.stored:
             self._changed()
         return result
 
     def _receive(
-        self, db: sqlite3.Connection, envelopes: list[Envelope], authentic: set[bytes],
+        self,
+        db: sqlite3.Connection,
+        envelopes: list[Envelope],
+        authentic: set[bytes],
         fold: bool = True,
     ) -> ReceiveResult:
         run = _ReceiveRun(db, _load_heads(db))
@@ -502,8 +523,9 @@ class Store:
         head = heads.get(env.author)
         if head is not None and env.seq <= head.seq:  # stored already, or an equivocation
             self._store_accepted(run)
-            existing = db.execute("SELECT hash FROM events WHERE author = ? AND seq = ?",
-                                  (env.author, env.seq)).fetchone()
+            existing = db.execute(
+                "SELECT hash FROM events WHERE author = ? AND seq = ?", (env.author, env.seq)
+            ).fetchone()
             if existing is not None and existing[0] == env.hash:
                 result.duplicates += 1
             else:
@@ -545,8 +567,9 @@ class Store:
                     result.held += 1
                     return None
                 for dep, (_, _, dep_hlc) in found.items():  # all in the causal past
-                    events.check_hlc_above(env, dep_hlc, "dep" if dep in env.deps else
-                                           "the event it names")
+                    events.check_hlc_above(
+                        env, dep_hlc, "dep" if dep in env.deps else "the event it names"
+                    )
         except InvalidEvent as exc:
             result.rejected.append((env, exc))
             run.unhold(env)
@@ -568,14 +591,24 @@ class Store:
         return {a: (h.seq, h.hash) for a, h in (await self.heads()).items()}
 
     async def count(self) -> int:
-        return int(await self._run(
-            lambda db: db.execute("SELECT count(*) FROM events").fetchone()[0], write=False))
+        return int(
+            await self._run(
+                lambda db: db.execute("SELECT count(*) FROM events").fetchone()[0], write=False
+            )
+        )
 
     async def read_raw(self, author: bytes, from_seq: int, limit: int = CHUNK) -> list[bytes]:
         """Up to ``limit`` wire encodings of ``author``'s events from ``from_seq`` on."""
-        return await self._run(lambda db: [r[0] for r in db.execute(
-            "SELECT raw FROM events WHERE author = ? AND seq >= ? ORDER BY seq LIMIT ?",
-            (author, from_seq, limit))], write=False)
+        return await self._run(
+            lambda db: [
+                r[0]
+                for r in db.execute(
+                    "SELECT raw FROM events WHERE author = ? AND seq >= ? ORDER BY seq LIMIT ?",
+                    (author, from_seq, limit),
+                )
+            ],
+            write=False,
+        )
 
     async def read_since(
         self, vector: Mapping[bytes, int], chunk: int = CHUNK
@@ -602,6 +635,7 @@ class Store:
         receiver taking them in this order never has to hold one back (author by
         author, most of a multi-author log waited in ``pending``).
         """
+
         def read(db: sqlite3.Connection) -> tuple[int, list[tuple[bytes, int, bytes]]]:
             if len(wants) <= MAX_AUTHOR_FILTER:
                 # "+author": without it SQLite took every event of those authors through
@@ -611,22 +645,32 @@ class Store:
                 rows = db.execute(
                     f"SELECT id, author, seq, raw FROM events WHERE id > ? "
                     f"AND +author IN ({marks}) ORDER BY id LIMIT ?",
-                    (after_id, *wants, limit)).fetchall()
+                    (after_id, *wants, limit),
+                ).fetchall()
             else:
-                rows = db.execute("SELECT id, author, seq, raw FROM events WHERE id > ? "
-                                  "ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+                rows = db.execute(
+                    "SELECT id, author, seq, raw FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                    (after_id, limit),
+                ).fetchall()
             last = rows[-1][0] if rows else after_id
-            return last, [(r[1], r[2], r[3]) for r in rows
-                          if r[1] in wants and r[2] >= wants[r[1]]]
+            return last, [(r[1], r[2], r[3]) for r in rows if r[1] in wants and r[2] >= wants[r[1]]]
+
         return await self._run(read, write=False)
 
     async def first_arrival(self, wants: Mapping[bytes, int]) -> int | None:
         """The smallest arrival number among ``wants``' wanted events; None if none."""
+
         def find(db: sqlite3.Connection) -> int | None:
-            ids = [row[0] for author, seq in wants.items() for row in db.execute(
-                "SELECT id FROM events WHERE author = ? AND seq >= ? ORDER BY seq LIMIT 1",
-                (author, seq))]
+            ids = [
+                row[0]
+                for author, seq in wants.items()
+                for row in db.execute(
+                    "SELECT id FROM events WHERE author = ? AND seq >= ? ORDER BY seq LIMIT 1",
+                    (author, seq),
+                )
+            ]
             return min(ids) if ids else None
+
         return await self._run(find, write=False)
 
     async def last_id(self) -> int:
@@ -637,15 +681,24 @@ class Store:
         self, last_id: int, limit: int = CHUNK
     ) -> list[tuple[int, bytes, int, bytes]]:
         """(id, author, seq, raw) of events that arrived after ``last_id``, in arrival order."""
-        return await self._run(lambda db: [
-            (r[0], r[1], r[2], r[3]) for r in db.execute(
-                "SELECT id, author, seq, raw FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                (last_id, limit))], write=False)
+        return await self._run(
+            lambda db: [
+                (r[0], r[1], r[2], r[3])
+                for r in db.execute(
+                    "SELECT id, author, seq, raw FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                    (last_id, limit),
+                )
+            ],
+            write=False,
+        )
 
     async def get(self, hash_: bytes) -> Envelope | None:
-        row = await self._run(lambda db: db.execute(
-            "SELECT raw FROM events WHERE hkey = ? AND hash = ?",
-            (hash_key(hash_), hash_)).fetchone(), write=False)
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT raw FROM events WHERE hkey = ? AND hash = ?", (hash_key(hash_), hash_)
+            ).fetchone(),
+            write=False,
+        )
         return _stored(row[0]) if row else None
 
     async def resolve(self, prefix: str, types: Sequence[str]) -> Envelope:
@@ -659,8 +712,11 @@ class Store:
         after: tuple[int, bytes, int] = (-1, b"", 0)
         while True:
             rows = await self._run(
-                functools.partial(_canonical_chunk, after=after, limit=chunk, type_=type_,
-                                  author=author), write=False)
+                functools.partial(
+                    _canonical_chunk, after=after, limit=chunk, type_=type_, author=author
+                ),
+                write=False,
+            )
             for row in rows:
                 yield _stored(row)
             if len(rows) < chunk:
@@ -670,9 +726,13 @@ class Store:
 
     async def forks(self) -> list[tuple[bytes, int, int]]:
         """(author, seq, number of conflicting versions) for every equivocation seen."""
-        return await self._run(lambda db: [
-            (r[0], r[1], r[2]) for r in db.execute(
-                "SELECT author, seq, count(*) FROM forks GROUP BY author, seq")], write=False)
+        return await self._run(
+            lambda db: [
+                (r[0], r[1], r[2])
+                for r in db.execute("SELECT author, seq, count(*) FROM forks GROUP BY author, seq")
+            ],
+            write=False,
+        )
 
     async def fork_points(self) -> dict[bytes, int]:
         """author -> the lowest seq they equivocated at: where projections cut them off,
@@ -684,8 +744,9 @@ class Store:
         the proof a peer needs to cut them off at the same place; None without a fork."""
         return await self._run(lambda db: _fork_versions(db, author), write=False)
 
-    async def record_evidence(self, first: Envelope, second: Envelope, *,
-                              authenticated: bool = False) -> bool:
+    async def record_evidence(
+        self, first: Envelope, second: Envelope, *, authenticated: bool = False
+    ) -> bool:
         """Keep two versions of one (author, seq) as fork evidence; True if it was new.
 
         Why: a peer may prove an equivocation that no event of the log shows (both
@@ -698,8 +759,7 @@ class Store:
         Raises InvalidEvent for a version of another group or with a bad signature,
         ValueError when the two are not different versions of one (author, seq).
         """
-        if (first.author, first.seq) != (second.author, second.seq) or \
-                first.hash == second.hash:
+        if (first.author, first.seq) != (second.author, second.seq) or first.hash == second.hash:
             raise ValueError("fork evidence is two different versions of one (author, seq)")
         for env in (first, second):
             events.check_group(env, self.group.id)
@@ -722,17 +782,24 @@ class Store:
 
     async def get_meta(self, key: str) -> object:
         """A small setting kept with the log (e.g. where ``serve`` listens); None if unset."""
-        row = await self._run(lambda db: db.execute(
-            "SELECT value FROM meta WHERE key = ?", ("x-" + key,)).fetchone(), write=False)
+        row = await self._run(
+            lambda db: db.execute("SELECT value FROM meta WHERE key = ?", ("x-" + key,)).fetchone(),
+            write=False,
+        )
         return None if row is None else row[0]
 
     async def set_meta(self, key: str, value: str | int | bytes) -> None:
-        await self._run(lambda db: db.execute(
-            "INSERT OR REPLACE INTO meta VALUES (?, ?)", ("x-" + key, value)), write=True)
+        await self._run(
+            lambda db: db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", ("x-" + key, value)),
+            write=True,
+        )
 
     async def pending_count(self) -> int:
-        return int(await self._run(
-            lambda db: db.execute("SELECT count(*) FROM pending").fetchone()[0], write=False))
+        return int(
+            await self._run(
+                lambda db: db.execute("SELECT count(*) FROM pending").fetchone()[0], write=False
+            )
+        )
 
 
 class _ReceiveRun:
@@ -757,11 +824,14 @@ class _ReceiveRun:
         self._held: set[bytes] = set()
         self._by_chain: dict[tuple[bytes, int], set[bytes]] = {}
         self._by_dep: dict[bytes, set[bytes]] = {}
-        self._in_memory = db.execute("SELECT 1 FROM pending LIMIT 1 OFFSET ?",
-                                     (PENDING_IN_MEMORY,)).fetchone() is None
+        self._in_memory = (
+            db.execute("SELECT 1 FROM pending LIMIT 1 OFFSET ?", (PENDING_IN_MEMORY,)).fetchone()
+            is None
+        )
         if self._in_memory:
             for hash_, author, seq, waiting in db.execute(
-                    "SELECT hash, author, seq, waiting FROM pending"):
+                "SELECT hash, author, seq, waiting FROM pending"
+            ):
                 self._index(hash_, author, seq, waiting)
 
     def _index(self, hash_: bytes, author: bytes, seq: int, waiting: bytes | None) -> None:
@@ -783,23 +853,37 @@ class _ReceiveRun:
     def released_by(self, stored: Envelope) -> list[Envelope]:
         """Held events that ``stored`` may unblock: the author's next, and dependants."""
         if not self._in_memory:
-            rows = {hash_: raw for query, params in (
-                ("SELECT hash, raw FROM pending WHERE author = ? AND seq = ?",
-                 (stored.author, stored.seq + 1)),
-                ("SELECT hash, raw FROM pending WHERE waiting = ?", (stored.hash,)),
-            ) for hash_, raw in self.db.execute(query, params)}
+            rows = {
+                hash_: raw
+                for query, params in (
+                    (
+                        "SELECT hash, raw FROM pending WHERE author = ? AND seq = ?",
+                        (stored.author, stored.seq + 1),
+                    ),
+                    ("SELECT hash, raw FROM pending WHERE waiting = ?", (stored.hash,)),
+                )
+                for hash_, raw in self.db.execute(query, params)
+            }
             return [_stored(raw) for raw in rows.values()]
-        hashes = (self._by_chain.pop((stored.author, stored.seq + 1), set())
-                  | self._by_dep.pop(stored.hash, set())) & self._held
+        hashes = (
+            self._by_chain.pop((stored.author, stored.seq + 1), set())
+            | self._by_dep.pop(stored.hash, set())
+        ) & self._held
         if not hashes:
             return []
-        return [_stored(row[0]) for hash_ in hashes for row in self.db.execute(
-            "SELECT raw FROM pending WHERE hash = ?", (hash_,))]
+        return [
+            _stored(row[0])
+            for hash_ in hashes
+            for row in self.db.execute("SELECT raw FROM pending WHERE hash = ?", (hash_,))
+        ]
 
 
 def _canonical_chunk(
-    db: sqlite3.Connection, after: tuple[int, bytes, int], limit: int,
-    type_: str | None, author: bytes | None,
+    db: sqlite3.Connection,
+    after: tuple[int, bytes, int],
+    limit: int,
+    type_: str | None,
+    author: bytes | None,
 ) -> list[bytes]:
     sql = "SELECT raw FROM events WHERE (hlc, author, seq) > (?, ?, ?)"
     params: list[object] = list(after)
@@ -823,8 +907,9 @@ def resolve_prefix(db: sqlite3.Connection, prefix: str, types: Sequence[str]) ->
     high = bytes.fromhex((text + "f" * 64)[:64])
     marks = ",".join("?" * len(types))
     rows = db.execute(
-        f"SELECT raw, hash FROM events WHERE hkey BETWEEN ? AND ? AND type IN ({marks}) "
-        "LIMIT 50", (hash_key(low), hash_key(high), *types)).fetchall()
+        f"SELECT raw, hash FROM events WHERE hkey BETWEEN ? AND ? AND type IN ({marks}) LIMIT 50",
+        (hash_key(low), hash_key(high), *types),
+    ).fetchall()
     matches = [raw for raw, hash_ in rows if hash_.hex().startswith(text)]
     if not matches:
         raise NotFound(f"no {' or '.join(t.split('.')[0] for t in types)} with id {prefix}")
@@ -838,17 +923,21 @@ def _stored(raw: bytes) -> Envelope:
     try:
         return events.decode(raw)
     except InvalidEvent as exc:
-        raise StorageError(f"an event in the log is damaged ({exc}): run 'potluck doctor "
-                           "--repair' to set it aside") from None
+        raise StorageError(
+            f"an event in the log is damaged ({exc}): run 'potluck doctor --repair' to set it aside"
+        ) from None
 
 
 def _load_heads(db: sqlite3.Connection) -> dict[bytes, Head]:
-    return {row[0]: Head(row[1], row[2], row[3])
-            for row in db.execute("SELECT author, seq, hash, hlc FROM heads")}
+    return {
+        row[0]: Head(row[1], row[2], row[3])
+        for row in db.execute("SELECT author, seq, hash, hlc FROM heads")
+    }
 
 
 def _resolve(
-    db: sqlite3.Connection, hashes: Sequence[bytes],
+    db: sqlite3.Connection,
+    hashes: Sequence[bytes],
     known: Mapping[bytes, tuple[bytes, int, int]] | None = None,
 ) -> dict[bytes, tuple[bytes, int, int]]:
     """Map the present ones among ``hashes`` to (author, seq, hlc).
@@ -864,8 +953,10 @@ def _resolve(
         if position is not None:
             found[hash_] = position
             continue
-        row = db.execute("SELECT author, seq, hlc FROM events WHERE hkey = ? AND hash = ?",
-                         (hash_key(hash_), hash_)).fetchone()
+        row = db.execute(
+            "SELECT author, seq, hlc FROM events WHERE hkey = ? AND hash = ?",
+            (hash_key(hash_), hash_),
+        ).fetchone()
         if row is None:
             evidence = db.execute("SELECT raw FROM forks WHERE hash = ?", (hash_,)).fetchone()
             if evidence is not None:
@@ -878,22 +969,38 @@ def _resolve(
 
 def _check_first(group: Group, env: Envelope) -> None:
     if env.type != "member.joined" or not check_membership_proof(
-            group, env.author, env.body.get("proof")):
-        raise NotAMember(f"author {env.author.hex()[:12]} did not join with a valid "
-                         "membership proof")
+        group, env.author, env.body.get("proof")
+    ):
+        raise NotAMember(
+            f"author {env.author.hex()[:12]} did not join with a valid membership proof"
+        )
 
 
 def _stub(head: Head, author: bytes) -> Envelope:
     """A stand-in for the stored head, enough for ``check_follows``."""
-    return Envelope(group=b"", author=author, seq=head.seq, prev=None, deps=(), hlc=head.hlc,
-                    type="", body={}, sig=b"", raw=b"", hash=head.hash)
+    return Envelope(
+        group=b"",
+        author=author,
+        seq=head.seq,
+        prev=None,
+        deps=(),
+        hlc=head.hlc,
+        type="",
+        body={},
+        sig=b"",
+        raw=b"",
+        hash=head.hash,
+    )
 
 
-def _hold(db: sqlite3.Connection, env: Envelope, waiting: bytes | None,
-          not_before: int | None = None) -> None:
+def _hold(
+    db: sqlite3.Connection, env: Envelope, waiting: bytes | None, not_before: int | None = None
+) -> None:
     # REPLACE: an event released and held again waits for something else now.
-    db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?, ?)",
-               (env.hash, env.author, env.seq, waiting, env.raw, not_before))
+    db.execute(
+        "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?, ?)",
+        (env.hash, env.author, env.seq, waiting, env.raw, not_before),
+    )
 
 
 def _due(db: sqlite3.Connection, now: int) -> list[Envelope]:
@@ -907,7 +1014,7 @@ def in_parts(values: Sequence[T]) -> Iterator[tuple[Sequence[T], str]]:
     """``values`` in parts of at most IN_CHUNK, each with the ``?,?,...`` of its
     ``IN (...)``: one query for a whole batch, within SQLite's parameter limit."""
     for start in range(0, len(values), IN_CHUNK):
-        part = values[start:start + IN_CHUNK]
+        part = values[start : start + IN_CHUNK]
         yield part, ",".join("?" * len(part))
 
 
@@ -926,8 +1033,11 @@ def _check_named(db: sqlite3.Connection, batch: Sequence[Envelope]) -> None:
     wanted = {h for _, named in naming for h in named}
     present: set[bytes] = set()
     for part, marks in in_parts(list({hash_key(h) for h in wanted})):
-        present.update(row[0] for row in db.execute(
-            f"SELECT hash FROM events WHERE hkey IN ({marks})", part) if row[0] in wanted)
+        present.update(
+            row[0]
+            for row in db.execute(f"SELECT hash FROM events WHERE hkey IN ({marks})", part)
+            if row[0] in wanted
+        )
     for env, named in naming:
         absent = [h for h in named if h not in present]
         if absent and len(_resolve(db, absent)) < len(absent):  # fork evidence counts
@@ -935,15 +1045,23 @@ def _check_named(db: sqlite3.Connection, batch: Sequence[Envelope]) -> None:
 
 
 def _forked_before(db: sqlite3.Connection, author: bytes, seq: int) -> bool:
-    return db.execute("SELECT 1 FROM forks WHERE author = ? AND seq < ? LIMIT 1",
-                      (author, seq)).fetchone() is not None
+    return (
+        db.execute(
+            "SELECT 1 FROM forks WHERE author = ? AND seq < ? LIMIT 1", (author, seq)
+        ).fetchone()
+        is not None
+    )
 
 
 def _record_fork(db: sqlite3.Connection, env: Envelope) -> None:
-    db.execute("INSERT OR IGNORE INTO forks SELECT author, seq, hash, raw FROM events "
-               "WHERE author = ? AND seq = ?", (env.author, env.seq))
-    db.execute("INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?)",
-               (env.author, env.seq, env.hash, env.raw))
+    db.execute(
+        "INSERT OR IGNORE INTO forks SELECT author, seq, hash, raw FROM events "
+        "WHERE author = ? AND seq = ?",
+        (env.author, env.seq),
+    )
+    db.execute(
+        "INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?)", (env.author, env.seq, env.hash, env.raw)
+    )
 
 
 def fork_points(db: sqlite3.Connection) -> dict[bytes, int]:
@@ -958,12 +1076,17 @@ def _fork_versions(db: sqlite3.Connection, author: bytes) -> tuple[bytes, bytes]
     if row is None or row[0] is None:
         return None
     seq = row[0]
-    raws = {hash_: raw for hash_, raw in db.execute(
-        "SELECT hash, raw FROM forks WHERE author = ? AND seq = ? ORDER BY hash LIMIT 2",
-        (author, seq))}
+    raws = {
+        hash_: raw
+        for hash_, raw in db.execute(
+            "SELECT hash, raw FROM forks WHERE author = ? AND seq = ? ORDER BY hash LIMIT 2",
+            (author, seq),
+        )
+    }
     if len(raws) < 2:
-        logged = db.execute("SELECT hash, raw FROM events WHERE author = ? AND seq = ?",
-                            (author, seq)).fetchone()
+        logged = db.execute(
+            "SELECT hash, raw FROM events WHERE author = ? AND seq = ?", (author, seq)
+        ).fetchone()
         if logged is not None:
             raws.setdefault(logged[0], logged[1])
     if len(raws) < 2:
@@ -996,8 +1119,9 @@ def _authenticate(envelopes: Sequence[Envelope]) -> set[bytes]:
         run.clear()
 
     for env in envelopes:
-        if run and not (env.author == run[-1].author and env.seq == run[-1].seq + 1
-                        and env.prev == run[-1].hash):
+        if run and not (
+            env.author == run[-1].author and env.seq == run[-1].seq + 1 and env.prev == run[-1].hash
+        ):
             close_run()
         run.append(env)
     close_run()
@@ -1035,7 +1159,8 @@ def configure(db: sqlite3.Connection) -> None:
 
 
 def in_transaction(
-    db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T],
+    db: sqlite3.Connection,
+    fn: Callable[[sqlite3.Connection], T],
     before_commit: Iterable[Callable[[sqlite3.Connection], None]] = (),
     on_rollback: Iterable[Callable[[], None]] = (),
 ) -> T:
@@ -1091,8 +1216,10 @@ def _describe_sqlite_error(exc: sqlite3.Error) -> str:
     if "readonly" in text or "read-only" in text:
         return "the data directory is read-only: nothing was written"
     if "malformed" in text or "not a database" in text or "corrupt" in text:
-        return (f"the database is damaged ({text}): run 'potluck doctor --repair' to save "
-                "every event it can still verify into a fresh log")
+        return (
+            f"the database is damaged ({text}): run 'potluck doctor --repair' to save "
+            "every event it can still verify into a fresh log"
+        )
     if "locked" in text or "busy" in text:
         return f"the database is busy ({text}): try again"
     return f"database error: {text}"

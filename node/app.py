@@ -186,8 +186,9 @@ class Node:
             slug = getattr(body, field, None)
             defines = isinstance(body, (b.ItemDefined, b.LocationDefined, b.RoleDefined))
             if isinstance(slug, str) and not defines and slug not in known[kind]:
-                raise UsageError(f"unknown {field} '{slug}': add it first with "
-                                     f"'potluck {field} add'")
+                raise UsageError(
+                    f"unknown {field} '{slug}': add it first with 'potluck {field} add'"
+                )
         if isinstance(body, b.ClaimMade):
             await self._check_claimable(body)
         elif isinstance(body, b.ClaimStep):
@@ -198,8 +199,7 @@ class Node:
             if entry is None:
                 raise UsageError("that offer or need is not on this node's board")
             if entry["author"] != self.author:
-                raise UsageError(f"only the person who posted the {entry['kind']} can "
-                                 "withdraw it")
+                raise UsageError(f"only the person who posted the {entry['kind']} can withdraw it")
 
     async def _check_claimable(self, body: b.ClaimMade) -> None:
         entry = await self.store.read(lambda db: views.board_entry(db, body.target))
@@ -217,8 +217,9 @@ class Node:
         claimant = claim["claimant"] == self.author
         if step in ("confirmed", "declined") and not holder:
             verb = "confirm" if step == "confirmed" else "decline"
-            raise UsageError(f"only the person who posted the {claim['kind']} can "
-                             f"{verb} its claims")
+            raise UsageError(
+                f"only the person who posted the {claim['kind']} can {verb} its claims"
+            )
         if step == "released" and not claimant:
             raise UsageError("only the person who made the claim can release it")
         if step == "fulfilled" and not (holder or claimant):
@@ -245,8 +246,9 @@ class Node:
             return bytes.fromhex(by_key[0]["key"])
         raise UsageError(f"no member called '{who}'")
 
-    async def iter_log(self, *, type_: str | None = None,
-                       author: bytes | None = None) -> AsyncIterator[Envelope]:
+    async def iter_log(
+        self, *, type_: str | None = None, author: bytes | None = None
+    ) -> AsyncIterator[Envelope]:
         async for envelope in self.store.iter_events(type_=type_, author=author):
             yield envelope
 
@@ -256,9 +258,10 @@ class Node:
         """Members who wrote two different events at the same seq (a copied data dir or
         worse): their events from that seq on are left out of every projection."""
         names = await self.names()
-        return [{"key": author.hex(), "name": names.get(author), "seq": seq,
-                 "versions": versions}
-                for author, seq, versions in await self.store.forks()]
+        return [
+            {"key": author.hex(), "name": names.get(author), "seq": seq, "versions": versions}
+            for author, seq, versions in await self.store.forks()
+        ]
 
     async def names(self) -> dict[bytes, str]:
         return {bytes.fromhex(m["key"]): m["name"] for m in await self.store.read(views.members)}
@@ -268,24 +271,31 @@ class Node:
         host, port = _address(address)
         async with self.folding_behind():
             try:
-                session = await connect_session(f"{host}:{port}", self.key, self.store,
-                                                one_shot=True)
+                session = await connect_session(
+                    f"{host}:{port}", self.key, self.store, one_shot=True
+                )
             except DialError as exc:
                 raise UsageError(str(exc)) from None
             await session.run()
         key = session.peer_key
         if session.error is not None or session.protocol.state != State.CLOSED:
             raise UsageError(f"sync with {address} failed: {session.error or 'connection lost'}")
-        return {"address": f"{host}:{port}", "peer": key.hex() if key else None,
-                "peer_name": (await self.names()).get(key) if key else None,
-                "received": session.stats.events_in, "sent": session.stats.events_out,
-                "held_future": session.stats.future,
-                "bytes_in": session.stats.bytes_in, "bytes_out": session.stats.bytes_out,
-                "evidence_in": session.stats.evidence_in,
-                "evidence_out": session.stats.evidence_out}
+        return {
+            "address": f"{host}:{port}",
+            "peer": key.hex() if key else None,
+            "peer_name": (await self.names()).get(key) if key else None,
+            "received": session.stats.events_in,
+            "sent": session.stats.events_out,
+            "held_future": session.stats.future,
+            "bytes_in": session.stats.bytes_in,
+            "bytes_out": session.stats.bytes_out,
+            "evidence_in": session.stats.evidence_in,
+            "evidence_out": session.stats.evidence_out,
+        }
 
-    async def _discover(self, manager: PeerManager, port: int | None, host: str | None,
-                        say: Callable[[str], None]) -> Discovery | None:
+    async def _discover(
+        self, manager: PeerManager, port: int | None, host: str | None, say: Callable[[str], None]
+    ) -> Discovery | None:
         """Start mDNS discovery: dial each member's node it finds; None if it cannot run."""
 
         def found(address: str, instance: str) -> None:
@@ -306,9 +316,15 @@ class Node:
             return None
         return discovery
 
-    async def serve(self, *, listen: str | None, peers: Sequence[str],
-                    stop: asyncio.Event, say: Callable[[str], None],
-                    discover: bool = False) -> None:
+    async def serve(
+        self,
+        *,
+        listen: str | None,
+        peers: Sequence[str],
+        stop: asyncio.Event,
+        say: Callable[[str], None],
+        discover: bool = False,
+    ) -> None:
         """Run sessions until ``stop`` is set: listen, dial ``peers``, push, relay; with
         ``discover`` (on in ``potluck serve``), also advertise this node on the local
         network and dial the group's nodes found there (docs/discovery.md)."""
@@ -316,8 +332,9 @@ class Node:
 
         def refresh() -> None:
             task = asyncio.get_running_loop().create_task(self.names())
-            task.add_done_callback(lambda t: names.update(t.result()) if not t.exception()
-                                   else None)
+            task.add_done_callback(
+                lambda t: names.update(t.result()) if not t.exception() else None
+            )
 
         self.store.on_change(refresh)
         manager = PeerManager(self.store, self.key, say=say, name_of=names.get)
@@ -356,18 +373,16 @@ class Node:
                         vector[author] = head
         return list(by_peer.values())
 
-    async def invite(self, addresses: Sequence[str] = (), *,
-                     valid_for: float | None = None) -> str:
+    async def invite(self, addresses: Sequence[str] = (), *, valid_for: float | None = None) -> str:
         """An invite code for this group that dials this node (docs/decisions/0006)."""
         if not addresses:
             port = await self.store.get_meta("listen-port") or DEFAULT_PORT
             addresses = [f"{ip}:{port}" for ip in local_addresses()] or [f"127.0.0.1:{port}"]
         code_addresses = []
-        for text in addresses[:invite.MAX_ADDRESSES]:
+        for text in addresses[: invite.MAX_ADDRESSES]:
             host, port = _address(text)
             code_addresses.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-        made = invite.invite_for(self.group, code_addresses, valid_for=valid_for,
-                                 now=time.time())
+        made = invite.invite_for(self.group, code_addresses, valid_for=valid_for, now=time.time())
         return invite.encode(made)
 
     @classmethod
@@ -387,13 +402,20 @@ class Node:
         """Known and connected peers: the schema of ``potluck peers --json``."""
         names = await self.names()
         rows = await self.store.read(peer_table.known_peers)
-        return [{"address": r.remote if r.address.startswith("inbound:") else r.address,
-                 "key": r.key.hex() if r.key else None,
-                 "name": names.get(r.key) if r.key else None, "found": r.found,
-                 "connected": r.connected,
-                 "last_seen": views.ms_time(r.last_seen) if r.last_seen else None,
-                 "behind": r.behind, "ahead": r.ahead, "last_error": r.last_error}
-                for r in rows]
+        return [
+            {
+                "address": r.remote if r.address.startswith("inbound:") else r.address,
+                "key": r.key.hex() if r.key else None,
+                "name": names.get(r.key) if r.key else None,
+                "found": r.found,
+                "connected": r.connected,
+                "last_seen": views.ms_time(r.last_seen) if r.last_seen else None,
+                "behind": r.behind,
+                "ahead": r.ahead,
+                "last_error": r.last_error,
+            }
+            for r in rows
+        ]
 
 
 def local_addresses() -> list[str]:

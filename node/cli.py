@@ -87,9 +87,13 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="POTLUCK_HOME",
-              help="Where this node keeps its key and log (default: $POTLUCK_HOME or the "
-                   "user's data directory).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="POTLUCK_HOME",
+    help="Where this node keeps its key and log (default: $POTLUCK_HOME or the "
+    "user's data directory).",
+)
 @click.version_option(package_name="potluck")
 def cli(data_dir: Path | None) -> None:
     """Potluck: offers, needs, stock and shifts for a mutual-aid network, offline-first."""
@@ -101,8 +105,13 @@ def cli(data_dir: Path | None) -> None:
 @cli.command()
 @click.option("--name", required=True, help="Your name, as others will see it.")
 @click.option("--new-group", "group_name", default=None, help="Start a new group with this name.")
-@click.option("--join", "code", default=None, metavar="CODE",
-              help="Join the group of an invite code (from 'potluck invite').")
+@click.option(
+    "--join",
+    "code",
+    default=None,
+    metavar="CODE",
+    help="Join the group of an invite code (from 'potluck invite').",
+)
 @json_option
 def init(name: str, group_name: str | None, code: str | None, as_json: bool) -> None:
     """Create this node: start a new group, or join one with an invite code."""
@@ -116,8 +125,13 @@ def init(name: str, group_name: str | None, code: str | None, as_json: bool) -> 
             assert group_name is not None
             node = await Node.init(_data_dir(), name, Group.new(group_name))
         try:
-            return {"name": name, "key": node.author.hex(), "group": node.group.name,
-                    "group_id": node.group.id.hex(), "data_dir": str(node.data_dir)}
+            return {
+                "name": name,
+                "key": node.author.hex(),
+                "group": node.group.name,
+                "group_id": node.group.id.hex(),
+                "data_dir": str(node.data_dir),
+            }
         finally:
             await node.close()
 
@@ -126,8 +140,10 @@ def init(name: str, group_name: str | None, code: str | None, as_json: bool) -> 
         _print_json(info)
         return
     if code is not None:
-        click.echo(f"Joined group '{info['group']}' as {name}. Run 'potluck serve' to catch "
-                   "up with the group (it dials the addresses in the invite).")
+        click.echo(
+            f"Joined group '{info['group']}' as {name}. Run 'potluck serve' to catch "
+            "up with the group (it dials the addresses in the invite)."
+        )
     else:
         click.echo(f"Created group '{info['group']}' with you, {name}, as its first member.")
     click.echo(f"Your node lives in {info['data_dir']}.")
@@ -135,17 +151,36 @@ def init(name: str, group_name: str | None, code: str | None, as_json: bool) -> 
 
 
 @cli.command()
-@click.option("--address", "addresses", multiple=True, metavar="HOST:PORT",
-              help="Where others can reach this node (default: this machine's addresses "
-                   "and the port 'potluck serve' listens on).")
-@click.option("--expires-in", "expires_in", default=None, metavar="DURATION",
-              help="Stop the code working after this long: 30m, 12h, 7d.")
+@click.option(
+    "--address",
+    "addresses",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Where others can reach this node (default: this machine's addresses "
+    "and the port 'potluck serve' listens on).",
+)
+@click.option(
+    "--expires-in",
+    "expires_in",
+    default=None,
+    metavar="DURATION",
+    help="Stop the code working after this long: 30m, 12h, 7d.",
+)
 @click.option("--qr", is_flag=True, help="Also print the code as a QR code.")
-@click.option("--qr-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the QR code as an image (.png or .svg).")
+@click.option(
+    "--qr-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the QR code as an image (.png or .svg).",
+)
 @json_option
-def invite(addresses: tuple[str, ...], expires_in: str | None, qr: bool, qr_file: Path | None,
-           as_json: bool) -> None:
+def invite(
+    addresses: tuple[str, ...],
+    expires_in: str | None,
+    qr: bool,
+    qr_file: Path | None,
+    as_json: bool,
+) -> None:
     """Print an invite code for a new neighbour (it holds the group's secret)."""
     valid_for = _duration(expires_in) if expires_in else None
     code = _with_node(lambda node: node.invite(addresses, valid_for=valid_for))
@@ -156,11 +191,18 @@ def invite(addresses: tuple[str, ...], expires_in: str | None, qr: bool, qr_file
         except OSError as exc:
             raise UsageError(f"cannot write {qr_file}: {exc.strerror or exc}") from None
     if as_json:
-        _print_json({"code": code, "length": invite_length(code),
-                     "expires_in_seconds": valid_for, "qr_file": str(qr_file) if qr_file else None})
+        _print_json(
+            {
+                "code": code,
+                "length": invite_length(code),
+                "expires_in_seconds": valid_for,
+                "qr_file": str(qr_file) if qr_file else None,
+            }
+        )
         return
-    click.echo("Anyone with this code can join the group and read everything in it: "
-               "share it in person.")
+    click.echo(
+        "Anyone with this code can join the group and read everything in it: share it in person."
+    )
     if symbol is not None and qr:
         symbol.terminal(compact=True)
     click.echo(code)
@@ -172,8 +214,9 @@ def _duration(text: str) -> float:
         value = float(text[:-1])
         unit = units[text[-1]]
     except (KeyError, ValueError, IndexError):
-        raise click.BadParameter(f"'{text}' is not a duration like 30m, 12h or 7d",
-                                 param_hint="--expires-in") from None
+        raise click.BadParameter(
+            f"'{text}' is not a duration like 30m, 12h or 7d", param_hint="--expires-in"
+        ) from None
     if value <= 0:
         raise click.BadParameter("must be positive", param_hint="--expires-in")
     return value * unit
@@ -187,24 +230,34 @@ def whoami(as_json: bool) -> None:
     async def run(node: Node) -> dict[str, object]:
         members = await node.store.read(views.members)
         me = next((m for m in members if m["key"] == node.author.hex()), None)
-        return {"name": me["name"] if me else None, "key": node.author.hex(),
-                "group": node.group.name, "group_id": node.group.id.hex(),
-                "members": len(members), "events": await node.store.count(),
-                "data_dir": str(node.data_dir), "forks": await node.forks()}
+        return {
+            "name": me["name"] if me else None,
+            "key": node.author.hex(),
+            "group": node.group.name,
+            "group_id": node.group.id.hex(),
+            "members": len(members),
+            "events": await node.store.count(),
+            "data_dir": str(node.data_dir),
+            "forks": await node.forks(),
+        }
 
     info = _with_node(run)
     if as_json:
         _print_json(info)
         return
-    click.echo(f"{info['name']} ({_short(str(info['key']))}) in group '{info['group']}': "
-               f"{info['members']} members, {info['events']} events")
+    click.echo(
+        f"{info['name']} ({_short(str(info['key']))}) in group '{info['group']}': "
+        f"{info['members']} members, {info['events']} events"
+    )
     click.echo(f"data: {info['data_dir']}")
     forks = info["forks"]
     assert isinstance(forks, list)
     for fork in forks:
-        click.echo(f"warning: {fork['name'] or fork['key'][:8]} wrote {fork['versions']} "
-                   f"different events as #{fork['seq']}; their events from there on are "
-                   "left out of the board until this is sorted out")
+        click.echo(
+            f"warning: {fork['name'] or fork['key'][:8]} wrote {fork['versions']} "
+            f"different events as #{fork['seq']}; their events from there on are "
+            "left out of the board until this is sorted out"
+        )
 
 
 # -- catalog -------------------------------------------------------------------------
@@ -238,11 +291,9 @@ def item() -> None:
 @click.option("--category", default="general", show_default=True)
 @click.option("--storage", type=click.Choice(b.STORAGES), default="ambient", show_default=True)
 @json_option
-def item_add(slug: str, name: str, unit: str, category: str, storage: str,
-             as_json: bool) -> None:
+def item_add(slug: str, name: str, unit: str, category: str, storage: str, as_json: bool) -> None:
     """Define an item."""
-    _post(b.ItemDefined(slug=slug, name=name, unit=unit, category=category,
-                        storage=storage))  # type: ignore[arg-type]
+    _post(b.ItemDefined(slug=slug, name=name, unit=unit, category=category, storage=storage))  # type: ignore[arg-type]
     _created("item", slug, f"Item {slug} ({name}, per {unit}) saved.", as_json)
 
 
@@ -258,18 +309,39 @@ def stock() -> None:
 @click.argument("item_slug", metavar="ITEM")
 @click.argument("location_slug", metavar="LOCATION")
 @click.argument("delta", type=int)
-@click.option("--reason", type=click.Choice(b.STOCK_REASONS), default=None,
-              help="Default: donation when DELTA > 0, distribution when < 0.")
+@click.option(
+    "--reason",
+    type=click.Choice(b.STOCK_REASONS),
+    default=None,
+    help="Default: donation when DELTA > 0, distribution when < 0.",
+)
 @click.option("--expires", metavar="YYYY-MM-DD", default=None)
 @json_option
-def stock_adjust(item_slug: str, location_slug: str, delta: int, reason: str | None,
-                 expires: str | None, as_json: bool) -> None:
+def stock_adjust(
+    item_slug: str,
+    location_slug: str,
+    delta: int,
+    reason: str | None,
+    expires: str | None,
+    as_json: bool,
+) -> None:
     """Add (DELTA > 0) or take away (DELTA < 0) stock of ITEM at LOCATION."""
     chosen = reason or ("donation" if delta > 0 else "distribution")
-    env = _post(b.StockAdjusted(item=item_slug, location=location_slug, delta=delta,
-                                reason=chosen, expires=expires))  # type: ignore[arg-type]
-    _created("stock.adjusted", env, f"Stock of {item_slug} at {location_slug}: "
-             f"{delta:+d} ({chosen}).", as_json)
+    env = _post(
+        b.StockAdjusted(
+            item=item_slug,
+            location=location_slug,
+            delta=delta,
+            reason=chosen,  # type: ignore[arg-type]
+            expires=expires,
+        )
+    )
+    _created(
+        "stock.adjusted",
+        env,
+        f"Stock of {item_slug} at {location_slug}: {delta:+d} ({chosen}).",
+        as_json,
+    )
 
 
 @stock.command("count", context_settings={"ignore_unknown_options": True})
@@ -280,8 +352,7 @@ def stock_adjust(item_slug: str, location_slug: str, delta: int, reason: str | N
 def stock_count(item_slug: str, location_slug: str, count: int, as_json: bool) -> None:
     """Record a physical count of ITEM at LOCATION."""
     env = _post(b.StockCounted(item=item_slug, location=location_slug, count=count))
-    _created("stock.counted", env, f"Counted {count} of {item_slug} at {location_slug}.",
-             as_json)
+    _created("stock.counted", env, f"Counted {count} of {item_slug} at {location_slug}.", as_json)
 
 
 # -- offers, needs, claims -----------------------------------------------------------
@@ -300,13 +371,29 @@ def offer() -> None:
 @click.option("--location", "location_slug", default=None)
 @click.option("--until", metavar="YYYY-MM-DD", default=None)
 @json_option
-def offer_post(title: str, category: str, item_slug: str | None, quantity: int | None,
-               location_slug: str | None, until: str | None, as_json: bool) -> None:
+def offer_post(
+    title: str,
+    category: str,
+    item_slug: str | None,
+    quantity: int | None,
+    location_slug: str | None,
+    until: str | None,
+    as_json: bool,
+) -> None:
     """Post an offer; prints its id."""
-    env = _post(b.OfferPosted(title=title, category=category, item=item_slug,
-                              quantity=quantity, location=location_slug, until=until))
-    _created("offer", env, f"Offer posted: {title}" + (f" ({quantity})" if quantity else ""),
-             as_json)
+    env = _post(
+        b.OfferPosted(
+            title=title,
+            category=category,
+            item=item_slug,
+            quantity=quantity,
+            location=location_slug,
+            until=until,
+        )
+    )
+    _created(
+        "offer", env, f"Offer posted: {title}" + (f" ({quantity})" if quantity else ""), as_json
+    )
 
 
 @offer.command("withdraw")
@@ -331,12 +418,26 @@ def need() -> None:
 @click.option("--location", "location_slug", default=None)
 @click.option("--by", "by_date", metavar="YYYY-MM-DD", default=None)
 @json_option
-def need_post(title: str, category: str, quantity: int | None, urgency: str,
-              location_slug: str | None, by_date: str | None, as_json: bool) -> None:
+def need_post(
+    title: str,
+    category: str,
+    quantity: int | None,
+    urgency: str,
+    location_slug: str | None,
+    by_date: str | None,
+    as_json: bool,
+) -> None:
     """Post a need; prints its id."""
-    env = _post(b.NeedPosted(title=title, category=category, quantity=quantity,
-                             urgency=urgency, location=location_slug,  # type: ignore[arg-type]
-                             by=by_date))
+    env = _post(
+        b.NeedPosted(
+            title=title,
+            category=category,
+            quantity=quantity,
+            urgency=urgency,  # type: ignore[arg-type]
+            location=location_slug,
+            by=by_date,
+        )
+    )
     _created("need", env, f"Need posted: {title} ({urgency})", as_json)
 
 
@@ -360,8 +461,7 @@ def claim() -> None:
 @json_option
 def claim_make(target_id: str, quantity: int, as_json: bool) -> None:
     """Claim QUANTITY of an offer (or pledge to a need); prints the claim's id."""
-    env = _post_ref(lambda id_: b.ClaimMade(target=id_, quantity=quantity), target_id,
-                    TARGET_TYPES)
+    env = _post_ref(lambda id_: b.ClaimMade(target=id_, quantity=quantity), target_id, TARGET_TYPES)
     _created("claim", env, f"Claimed {quantity} of {target_id}.", as_json)
 
 
@@ -396,11 +496,9 @@ def role() -> None:
 @click.option("--weekly-hours", type=float, required=True)
 @click.option("--description", default="", help="What the role involves.")
 @json_option
-def role_add(slug: str, name: str, weekly_hours: float, description: str,
-             as_json: bool) -> None:
+def role_add(slug: str, name: str, weekly_hours: float, description: str, as_json: bool) -> None:
     """Define a role."""
-    _post(b.RoleDefined(slug=slug, name=name, description=description,
-                        weekly_hours=weekly_hours))
+    _post(b.RoleDefined(slug=slug, name=name, description=description, weekly_hours=weekly_hours))
     _created("role", slug, f"Role {slug} ({name}, {weekly_hours:g} h/week) saved.", as_json)
 
 
@@ -433,17 +531,22 @@ def shift() -> None:
 @click.option("--end", required=True, metavar="ISO")
 @click.option("--slots", type=int, required=True)
 @json_option
-def shift_add(role_slug: str, location_slug: str, start: str, end: str, slots: int,
-              as_json: bool) -> None:
+def shift_add(
+    role_slug: str, location_slug: str, start: str, end: str, slots: int, as_json: bool
+) -> None:
     """Schedule a shift; prints its id."""
-    env = _post(b.ShiftScheduled(role=role_slug, location=location_slug, start=start, end=end,
-                                 slots=slots))
-    _created("shift", env, f"Shift {role_slug} at {location_slug}, {start} to {end}, "
-             f"{slots} slots.", as_json)
+    env = _post(
+        b.ShiftScheduled(role=role_slug, location=location_slug, start=start, end=end, slots=slots)
+    )
+    _created(
+        "shift",
+        env,
+        f"Shift {role_slug} at {location_slug}, {start} to {end}, {slots} slots.",
+        as_json,
+    )
 
 
-def _shift_step(name: str, cls: type[b.ShiftSignedUp] | type[b.ShiftWithdrawn],
-                past: str) -> None:
+def _shift_step(name: str, cls: type[b.ShiftSignedUp] | type[b.ShiftWithdrawn], past: str) -> None:
     @shift.command(name)
     @click.argument("shift_id", metavar="SHIFT_ID")
     @json_option
@@ -464,8 +567,7 @@ _shift_step("withdraw", b.ShiftWithdrawn, "withdrew from")
 @json_option
 def shift_complete(shift_id: str, hours: float, as_json: bool) -> None:
     """Report the hours you worked on a shift."""
-    env = _post_ref(lambda id_: b.ShiftCompleted(shift=id_, hours=hours), shift_id,
-                    SHIFT_TYPES)
+    env = _post_ref(lambda id_: b.ShiftCompleted(shift=id_, hours=hours), shift_id, SHIFT_TYPES)
     _created("shift.completed", env, f"Recorded {hours:g} h on shift {shift_id}.", as_json)
 
 
@@ -485,14 +587,25 @@ def board(as_json: bool) -> None:
         for column in ("id", "title", "qty", "claimed", "left", "flags"):
             table.add_column(column)
         for entry in data[kind]:
-            table.add_row(_short(str(entry["id"])), str(entry["title"]),
-                          _text(entry["quantity"]), str(entry["claimed"]),
-                          _text(entry["remaining"]), _flag_text(entry["flags"]))
+            table.add_row(
+                _short(str(entry["id"])),
+                str(entry["title"]),
+                _text(entry["quantity"]),
+                str(entry["claimed"]),
+                _text(entry["remaining"]),
+                _flag_text(entry["flags"]),
+            )
             claims = entry["claims"]
             assert isinstance(claims, list)
             for c in claims:
-                table.add_row("  " + _short(c["id"]), f"  claim by {c['claimant_name']}",
-                              str(c["quantity"]), c["status"], "", _flag_text(c["flags"]))
+                table.add_row(
+                    "  " + _short(c["id"]),
+                    f"  claim by {c['claimant_name']}",
+                    str(c["quantity"]),
+                    c["status"],
+                    "",
+                    _flag_text(c["flags"]),
+                )
         _console.print(table)
 
 
@@ -509,8 +622,13 @@ def inventory(as_json: bool) -> None:
     for column in ("location", "item", "on hand", "expires", "flags"):
         table.add_column(column)
     for row in data["rows"]:
-        table.add_row(str(row["location"]), str(row["item"]), str(row["on_hand"]),
-                      _text(row["expires"]), _flag_text(row["flags"]))
+        table.add_row(
+            str(row["location"]),
+            str(row["item"]),
+            str(row["on_hand"]),
+            _text(row["expires"]),
+            _flag_text(row["flags"]),
+        )
     _console.print(table)
 
 
@@ -523,8 +641,9 @@ def roster(as_json: bool, week: str | None) -> None:
         try:
             datetime.date.fromisoformat(week + "-1")
         except ValueError:
-            raise click.BadParameter(f"'{week}' is not an ISO week like 2026-W48",
-                                     param_hint="--week") from None
+            raise click.BadParameter(
+                f"'{week}' is not an ISO week like 2026-W48", param_hint="--week"
+            ) from None
     data = _with_node(lambda node: node.store.read(lambda db: views.roster(db, week)))
     if as_json:
         _print_json(data)
@@ -535,9 +654,16 @@ def roster(as_json: bool, week: str | None) -> None:
     for s in data["shifts"]:
         members = s["members"]
         assert isinstance(members, list)
-        table.add_row(_short(str(s["id"])), str(s["role"]), str(s["location"]), str(s["start"]),
-                      str(s["end"]), f"{s['filled']}/{s['slots']}",
-                      ", ".join(str(m["name"]) for m in members), _flag_text(s["flags"]))
+        table.add_row(
+            _short(str(s["id"])),
+            str(s["role"]),
+            str(s["location"]),
+            str(s["start"]),
+            str(s["end"]),
+            f"{s['filled']}/{s['slots']}",
+            ", ".join(str(m["name"]) for m in members),
+            _flag_text(s["flags"]),
+        )
     _console.print(table)
     hours = Table(title="Hours", title_justify="left")
     for column in ("week", "who", "hours"):
@@ -556,20 +682,31 @@ def log(as_json: bool, type_: str | None, author: str | None) -> None:
 
     async def run(node: Node) -> list[dict[str, object]]:
         who = await node.resolve_member(author) if author else None
-        names = dict((bytes.fromhex(m["key"]), m["name"])
-                     for m in await node.store.read(views.members))
-        return [{"id": e.hash.hex(), "author": e.author.hex(),
-                 "author_name": names.get(e.author), "seq": e.seq, "hlc": e.hlc,
-                 "time": hlc_time(e.hlc), "type": e.type, "body": _jsonable(e.body)}
-                async for e in node.iter_log(type_=type_, author=who)]
+        names = dict(
+            (bytes.fromhex(m["key"]), m["name"]) for m in await node.store.read(views.members)
+        )
+        return [
+            {
+                "id": e.hash.hex(),
+                "author": e.author.hex(),
+                "author_name": names.get(e.author),
+                "seq": e.seq,
+                "hlc": e.hlc,
+                "time": hlc_time(e.hlc),
+                "type": e.type,
+                "body": _jsonable(e.body),
+            }
+            async for e in node.iter_log(type_=type_, author=who)
+        ]
 
     entries = _with_node(run)
     if as_json:
         _print_json({"events": entries})
         return
     for e in entries:
-        click.echo(f"{e['time']}  {_short(str(e['id']))}  {e['author_name']}#{e['seq']}  "
-                   f"{e['type']}")
+        click.echo(
+            f"{e['time']}  {_short(str(e['id']))}  {e['author_name']}#{e['seq']}  {e['type']}"
+        )
 
 
 @cli.command()
@@ -598,9 +735,13 @@ def digest(as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--repair", "fix", is_flag=True,
-              help="Rebuild projections, set aside events that do not verify, salvage a "
-                   "damaged file into a fresh one (stop 'potluck serve' first).")
+@click.option(
+    "--repair",
+    "fix",
+    is_flag=True,
+    help="Rebuild projections, set aside events that do not verify, salvage a "
+    "damaged file into a fresh one (stop 'potluck serve' first).",
+)
 @json_option
 def doctor(fix: bool, as_json: bool) -> None:
     """Check the database in plain words; exit 1 while problems remain."""
@@ -621,19 +762,36 @@ def doctor(fix: bool, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--listen", default="0.0.0.0:7717", show_default=True, metavar="HOST:PORT",
-              help="Where to accept other nodes.")
-@click.option("--peer", "peers", multiple=True, metavar="HOST:PORT",
-              help="A node to keep in sync with (repeatable).")
-@click.option("--ui", "ui", default="127.0.0.1:7718", show_default=True, metavar="HOST:PORT",
-              help="Where to show the web page. Another host than 127.0.0.1 prints a "
-                   "login link with a new access token (valid until serve stops).")
+@click.option(
+    "--listen",
+    default="0.0.0.0:7717",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where to accept other nodes.",
+)
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="A node to keep in sync with (repeatable).",
+)
+@click.option(
+    "--ui",
+    "ui",
+    default="127.0.0.1:7718",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where to show the web page. Another host than 127.0.0.1 prints a "
+    "login link with a new access token (valid until serve stops).",
+)
 @click.option("--no-ui", is_flag=True, help="Do not show the web page.")
-@click.option("--no-discovery", is_flag=True,
-              help="Neither advertise this node nor look for the group's nodes on the "
-                   "local network (mDNS).")
-def serve(listen: str, peers: tuple[str, ...], ui: str, no_ui: bool,
-          no_discovery: bool) -> None:
+@click.option(
+    "--no-discovery",
+    is_flag=True,
+    help="Neither advertise this node nor look for the group's nodes on the local network (mDNS).",
+)
+def serve(listen: str, peers: tuple[str, ...], ui: str, no_ui: bool, no_discovery: bool) -> None:
     """Run this node: accept peers, dial known ones, push and relay events live."""
 
     def say(line: str) -> None:
@@ -648,8 +806,9 @@ def serve(listen: str, peers: tuple[str, ...], ui: str, no_ui: bool,
         page = None if no_ui else _web_server(node, ui, say)
         page_task = asyncio.create_task(page.serve()) if page is not None else None
         try:
-            await node.serve(listen=listen, peers=peers, stop=stop, say=say,
-                             discover=not no_discovery)
+            await node.serve(
+                listen=listen, peers=peers, stop=stop, say=say, discover=not no_discovery
+            )
         finally:
             if page is not None and page_task is not None:
                 page.should_exit = True
@@ -670,8 +829,10 @@ def _web_server(node: Node, address: str, say: Callable[[str], None]) -> UiServe
     if token is None:
         say(f"web page on http://{shown}:{port}/")
     else:
-        say(f"web page on http://{shown}:{port}/ : log in once per device with "
-            f"http://{shown}:{port}/?token={token}")
+        say(
+            f"web page on http://{shown}:{port}/ : log in once per device with "
+            f"http://{shown}:{port}/?token={token}"
+        )
     return page
 
 
@@ -682,24 +843,40 @@ def bundle() -> None:
 
 @bundle.command("export")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--since", "since_file", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, metavar="VECTOR_FILE",
-              help="Only what the other node lacks (its 'potluck bundle have' file).")
+@click.option(
+    "--since",
+    "since_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="VECTOR_FILE",
+    help="Only what the other node lacks (its 'potluck bundle have' file).",
+)
 @json_option
 def bundle_export(file: Path, since_file: Path | None, as_json: bool) -> None:
     """Write this node's events (encrypted for the group) to FILE."""
     since = read_vector_file(since_file) if since_file else None
     info = _with_node(lambda node: export_bundle(node.store, file, since=since))
     if as_json:
-        _print_json({"file": str(file), "events": info.events, "bytes": info.bytes,
-                     "authors": info.authors, "evidence": info.evidence})
+        _print_json(
+            {
+                "file": str(file),
+                "events": info.events,
+                "bytes": info.bytes,
+                "authors": info.authors,
+                "evidence": info.evidence,
+            }
+        )
     else:
-        click.echo(f"Wrote {info.events} events from {info.authors} members to {file} "
-                   f"({info.bytes:,} bytes).")
+        click.echo(
+            f"Wrote {info.events} events from {info.authors} members to {file} "
+            f"({info.bytes:,} bytes)."
+        )
         if info.evidence:
-            click.echo(f"It also carries the proof that {info.evidence} member(s) wrote two "
-                       "versions of one event: whoever imports it leaves their later events "
-                       "out too.")
+            click.echo(
+                f"It also carries the proof that {info.evidence} member(s) wrote two "
+                "versions of one event: whoever imports it leaves their later events "
+                "out too."
+            )
 
 
 @bundle.command("import")
@@ -709,18 +886,30 @@ def bundle_import(file: Path, as_json: bool) -> None:
     """Add the events of a bundle FILE to this node (checked like any peer's)."""
     result = _with_node(lambda node: import_bundle(node.store, file))
     if as_json:
-        _print_json({"file": str(file), "stored": result.stored,
-                     "duplicates": result.duplicates, "held": result.held,
-                     "rejected": result.rejected, "reasons": result.reasons,
-                     "forks": [[a.hex(), seq] for a, seq in result.forks],
-                     "evidence": result.evidence})
+        _print_json(
+            {
+                "file": str(file),
+                "stored": result.stored,
+                "duplicates": result.duplicates,
+                "held": result.held,
+                "rejected": result.rejected,
+                "reasons": result.reasons,
+                "forks": [[a.hex(), seq] for a, seq in result.forks],
+                "evidence": result.evidence,
+            }
+        )
         return
-    click.echo(f"Imported {result.stored} new events ({result.duplicates} already here"
-               + (f", {result.rejected} refused" if result.rejected else "")
-               + (f", {result.held} waiting for earlier events" if result.held else "") + ").")
+    click.echo(
+        f"Imported {result.stored} new events ({result.duplicates} already here"
+        + (f", {result.rejected} refused" if result.rejected else "")
+        + (f", {result.held} waiting for earlier events" if result.held else "")
+        + ")."
+    )
     if result.evidence:
-        click.echo(f"It proved that {result.evidence} member(s) wrote two versions of one "
-                   "event: their events from there on are left out until people sort it out.")
+        click.echo(
+            f"It proved that {result.evidence} member(s) wrote two versions of one "
+            "event: their events from there on are left out until people sort it out."
+        )
     for reason in result.reasons:
         click.echo(f"  refused: {reason}")
 
@@ -743,16 +932,22 @@ def sync_command(address: str, as_json: bool) -> None:
         _print_json(report)
         return
     who = report["peer_name"] or _short(str(report["peer"]))
-    click.echo(f"Synced with {who} at {report['address']}: received {report['received']} "
-               f"events, sent {report['sent']}.")
+    click.echo(
+        f"Synced with {who} at {report['address']}: received {report['received']} "
+        f"events, sent {report['sent']}."
+    )
     if report["held_future"]:
-        click.echo(f"Held {report['held_future']} events stamped more than 24 hours ahead of "
-                   "this computer's clock: they wait for their time, unapplied. Check both "
-                   "clocks; 'potluck doctor' lists them.")
+        click.echo(
+            f"Held {report['held_future']} events stamped more than 24 hours ahead of "
+            "this computer's clock: they wait for their time, unapplied. Check both "
+            "clocks; 'potluck doctor' lists them."
+        )
     if report["evidence_in"] or report["evidence_out"]:
-        click.echo(f"Proof that a member wrote two versions of one event: received "
-                   f"{report['evidence_in']}, sent {report['evidence_out']}. Their events "
-                   "from there on are left out of the board; 'potluck whoami' names them.")
+        click.echo(
+            f"Proof that a member wrote two versions of one event: received "
+            f"{report['evidence_in']}, sent {report['evidence_out']}. Their events "
+            "from there on are left out of the board; 'potluck whoami' names them."
+        )
 
 
 @cli.command()
@@ -768,9 +963,15 @@ def peers(as_json: bool) -> None:
         table.add_column(column)
     for r in rows:
         who = r["name"] or (_short(str(r["key"])) if r["key"] else "")
-        table.add_row(str(who), str(r["address"]), str(r["found"]),
-                      "yes" if r["connected"] else "no", _text(r["last_seen"]),
-                      _text(r["behind"]), _text(r["ahead"]))
+        table.add_row(
+            str(who),
+            str(r["address"]),
+            str(r["found"]),
+            "yes" if r["connected"] else "no",
+            _text(r["last_seen"]),
+            _text(r["behind"]),
+            _text(r["ahead"]),
+        )
     _console.print(table)
 
 
@@ -805,8 +1006,7 @@ def _post(body: b.BaseBody) -> str:
     return _with_node(run)
 
 
-def _post_ref(build: Callable[[bytes], b.BaseBody], prefix: str,
-              types: Sequence[str]) -> str:
+def _post_ref(build: Callable[[bytes], b.BaseBody], prefix: str, types: Sequence[str]) -> str:
     """Resolve ``prefix`` to an entity id, build the body with it and append it."""
 
     async def run(node: Node) -> str:
@@ -837,8 +1037,11 @@ def _jsonable(value: object) -> object:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: errors become one line on stderr and a non-zero exit code."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="potluck",
-                 standalone_mode=False)
+        cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="potluck",
+            standalone_mode=False,
+        )
     except click.exceptions.Abort:
         click.echo("potluck: interrupted", err=True)
         sys.exit(130)
@@ -849,8 +1052,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo(f"potluck: {message}", err=True)
         sys.exit(exc.exit_code)
     except InvalidBody as exc:
-        click.echo(f"potluck: {exc.field.replace('_', ' ')}: {str(exc).split(': ', 1)[1]}",
-                   err=True)
+        click.echo(
+            f"potluck: {exc.field.replace('_', ' ')}: {str(exc).split(': ', 1)[1]}", err=True
+        )
         sys.exit(EXIT_USAGE)
     except UsageError as exc:
         click.echo(f"potluck: {exc}", err=True)

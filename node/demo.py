@@ -32,37 +32,52 @@ async def run_demo(root: Path, say: Callable[[str], None]) -> dict[str, object]:
         say("Ana and Bo run Potluck on their own laptops, in the same group.")
         for body in (
             b.LocationDefined(slug="church-pantry", name="Church pantry", kind="pantry"),
-            b.ItemDefined(slug="beans", name="Canned beans", unit="can", category="food",
-                          storage="ambient"),
-            b.StockAdjusted(item="beans", location="church-pantry", delta=10,
-                            reason="donation"),
-            b.RoleDefined(slug="driver", name="Driver", description="Deliveries to people "
-                          "who cannot come", weekly_hours=3),
+            b.ItemDefined(
+                slug="beans", name="Canned beans", unit="can", category="food", storage="ambient"
+            ),
+            b.StockAdjusted(item="beans", location="church-pantry", delta=10, reason="donation"),
+            b.RoleDefined(
+                slug="driver",
+                name="Driver",
+                description="Deliveries to people who cannot come",
+                weekly_hours=3,
+            ),
         ):
             await ana.post(body)
-        offer = await ana.post(b.OfferPosted(title="Canned beans", category="food",
-                                             item="beans", quantity=10,
-                                             location="church-pantry"))
+        offer = await ana.post(
+            b.OfferPosted(
+                title="Canned beans",
+                category="food",
+                item="beans",
+                quantity=10,
+                location="church-pantry",
+            )
+        )
         await sync(ana, bo)
         say("Ana offers the pantry's last 10 cans of beans; Bo's laptop syncs with hers.")
         say("Then the Wi-Fi goes down. Each promises 6 cans to a family, offline:")
         await ana.post(b.ClaimMade(target=offer.hash, quantity=6))
         await bo.post(b.ClaimMade(target=offer.hash, quantity=6))
-        await bo.post(b.NeedPosted(title="Baby formula", category="baby", quantity=4,
-                                   urgency="urgent"))
+        await bo.post(
+            b.NeedPosted(title="Baby formula", category="baby", quantity=4, urgency="urgent")
+        )
         say("The Wi-Fi comes back and the two laptops sync again.")
         moved = await sync(ana, bo)
         say(f"  {moved} events crossed.")
         board = await ana.store.read(views.board)
         entry = board["offers"][0]
-        say(f"Both now show: '{entry['title']}': {entry['quantity']} offered, "
+        say(
+            f"Both now show: '{entry['title']}': {entry['quantity']} offered, "
             f"{entry['claimed']} claimed, {entry['remaining']} left, "
-            f"flags {entry['flags']}.")
+            f"flags {entry['flags']}."
+        )
         claims = entry["claims"]
         assert isinstance(claims, list)
         for claim in claims:
-            say(f"  claim of {claim['quantity']} by {claim['claimant_name']}: "
-                f"{claim['status']}, flags {claim['flags']}")
+            say(
+                f"  claim of {claim['quantity']} by {claim['claimant_name']}: "
+                f"{claim['status']}, flags {claim['flags']}"
+            )
         say("Ana holds the cans, so she decides: confirm one claim, decline the other.")
         digests = [await node.store.read(node.runner.digest) for node in (ana, bo)]
         say(f"Digest on Ana's node: {digests[0][:16]}…  on Bo's: {digests[1][:16]}…")

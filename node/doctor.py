@@ -109,8 +109,13 @@ class Finding:
     seq: int | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"severity": self.severity, "code": self.code, "message": self.message,
-                "author": self.author.hex() if self.author else None, "seq": self.seq}
+        return {
+            "severity": self.severity,
+            "code": self.code,
+            "message": self.message,
+            "author": self.author.hex() if self.author else None,
+            "seq": self.seq,
+        }
 
 
 @dataclass(slots=True)
@@ -140,25 +145,34 @@ class Report:
         return {f.code for f in self.findings if severity is None or f.severity == severity}
 
     def to_json(self) -> dict[str, object]:
-        return {"data_dir": str(self.data_dir), "healthy": self.healthy,
-                "events": self.events, "authors": self.authors, "pending": self.pending,
-                "findings": [f.to_json() for f in self.findings],
-                "repairs": list(self.repairs),
-                "found": [f.to_json() for f in self.found]}
+        return {
+            "data_dir": str(self.data_dir),
+            "healthy": self.healthy,
+            "events": self.events,
+            "authors": self.authors,
+            "pending": self.pending,
+            "findings": [f.to_json() for f in self.findings],
+            "repairs": list(self.repairs),
+            "found": [f.to_json() for f in self.found],
+        }
 
 
 _MARK = {"ok": "ok      ", "info": "note    ", "warning": "warning ", "error": "PROBLEM "}
-NOT_REPAIRABLE = frozenset({"no-log", "identity", "wrong-group", "schema-version", "busy",
-                            "unreadable", "own-chain"})
+NOT_REPAIRABLE = frozenset(
+    {"no-log", "identity", "wrong-group", "schema-version", "busy", "unreadable", "own-chain"}
+)
 """Problems --repair leaves alone: they need a person (or a sync), not a rewrite."""
 
 
 def render(report: Report, *, repaired: bool = False) -> list[str]:
     """The report as lines for a terminal."""
     where = report.data_dir / LOG_FILE
-    lines = [f"Checked {where}: {_n(report.events, 'event')} from "
-             f"{_n(report.authors, 'member')}, {report.pending:,} held." if report.opened
-             else f"Checked {where}."]
+    lines = [
+        f"Checked {where}: {_n(report.events, 'event')} from "
+        f"{_n(report.authors, 'member')}, {report.pending:,} held."
+        if report.opened
+        else f"Checked {where}."
+    ]
     if repaired:
         if report.repairs:
             lines.append("Repairs:")
@@ -167,11 +181,9 @@ def render(report: Report, *, repaired: bool = False) -> list[str]:
             lines.append("Nothing needed repairing.")
     lines += [f"  {_MARK[f.severity]}{f.message}" for f in report.findings]
     if report.healthy:
-        lines.append("The database is healthy." if not repaired
-                     else "The database is healthy now.")
+        lines.append("The database is healthy." if not repaired else "The database is healthy now.")
     elif not repaired and report.codes("error") - NOT_REPAIRABLE:
-        lines.append("Problems found: run 'potluck doctor --repair' (stop 'potluck serve' "
-                     "first).")
+        lines.append("Problems found: run 'potluck doctor --repair' (stop 'potluck serve' first).")
     else:
         lines.append("Problems remain: see above.")
     return lines
@@ -195,11 +207,15 @@ async def repair(data_dir: Path, *, now_ms: Callable[[], int] = system_ms) -> Re
     after.found = before.findings
     salvaged = [r for r in repairs if r.startswith("kept the damaged database as ")]
     if salvaged:
-        after.findings.append(Finding(
-            "warning", "salvaged",
-            f"the log was rebuilt from a damaged file (kept as "
-            f"{salvaged[0].rsplit(' ', 1)[-1]}): events lost with its damaged pages come "
-            "back from any neighbour who has them, so run 'potluck sync' before posting"))
+        after.findings.append(
+            Finding(
+                "warning",
+                "salvaged",
+                f"the log was rebuilt from a damaged file (kept as "
+                f"{salvaged[0].rsplit(' ', 1)[-1]}): events lost with its damaged pages come "
+                "back from any neighbour who has them, so run 'potluck sync' before posting",
+            )
+        )
     return after
 
 
@@ -211,9 +227,14 @@ def _examine(data_dir: Path, now_ms: Callable[[], int]) -> Report:
     path = data_dir / LOG_FILE
     if not path.exists():
         damaged = sorted(p.name for p in data_dir.glob(LOG_FILE + ".damaged-*"))
-        hint = (f" (a damaged copy is kept as {damaged[-1]})" if damaged else "")
-        report.findings.append(Finding("error", "no-log", f"there is no Potluck log at "
-                                       f"{path}{hint}: run 'potluck init' to start a node"))
+        hint = f" (a damaged copy is kept as {damaged[-1]})" if damaged else ""
+        report.findings.append(
+            Finding(
+                "error",
+                "no-log",
+                f"there is no Potluck log at {path}{hint}: run 'potluck init' to start a node",
+            )
+        )
         return report
     group = _load_group(data_dir, report)
     db = _connect(path, report)
@@ -225,9 +246,13 @@ def _examine(data_dir: Path, now_ms: Callable[[], int]) -> Report:
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            report.findings.append(Finding(
-                "error", "busy", f"the database is busy ({exc}): another Potluck command "
-                "is writing; try again"))
+            report.findings.append(
+                Finding(
+                    "error",
+                    "busy",
+                    f"the database is busy ({exc}): another Potluck command is writing; try again",
+                )
+            )
             return report
         try:
             doctor = _Doctor(db, group, _load_me(data_dir), now_ms, repairing=False)
@@ -266,8 +291,9 @@ def _connect(path: Path, report: Report) -> sqlite3.Connection | None:
         with path.open("rb") as f:
             header = f.read(len(SQLITE_HEADER))
     except OSError as exc:
-        report.findings.append(Finding("error", "unreadable",
-                                       f"cannot read {path}: {exc.strerror or exc}"))
+        report.findings.append(
+            Finding("error", "unreadable", f"cannot read {path}: {exc.strerror or exc}")
+        )
         return None
     if header != SQLITE_HEADER:
         report.findings.append(_damaged_finding("the file is not an SQLite database any more"))
@@ -283,9 +309,12 @@ def _connect(path: Path, report: Report) -> sqlite3.Connection | None:
 
 def _damaged_finding(detail: str) -> Finding:
     detail = " ".join(detail.replace("*** in database main ***", "").split())
-    return Finding("error", "damaged-file",
-                   f"the database file is damaged ({detail}): 'potluck doctor --repair' "
-                   "saves every event it can still read and verify into a fresh log")
+    return Finding(
+        "error",
+        "damaged-file",
+        f"the database file is damaged ({detail}): 'potluck doctor --repair' "
+        "saves every event it can still read and verify into a fresh log",
+    )
 
 
 def _file_ok(db: sqlite3.Connection, report: Report) -> bool:
@@ -294,14 +323,16 @@ def _file_ok(db: sqlite3.Connection, report: Report) -> bool:
         for pragma in ("quick_check", "integrity_check"):
             lines = [str(r[0]) for r in db.execute(f"PRAGMA {pragma}(20)")]
             if lines != ["ok"]:
-                report.findings.append(_damaged_finding(
-                    f"SQLite {pragma.replace('_', ' ')}: {'; '.join(lines[:3])}"))
+                report.findings.append(
+                    _damaged_finding(f"SQLite {pragma.replace('_', ' ')}: {'; '.join(lines[:3])}")
+                )
                 return False
     except sqlite3.DatabaseError as exc:
         report.findings.append(_damaged_finding(str(exc)))
         return False
-    report.findings.append(Finding("ok", "integrity", "the database file passes SQLite's "
-                                   "integrity check"))
+    report.findings.append(
+        Finding("ok", "integrity", "the database file passes SQLite's integrity check")
+    )
     return True
 
 
@@ -310,23 +341,37 @@ def _schema_ok(db: sqlite3.Connection, group: Group, report: Report) -> bool:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         missing = [t for t in REQUIRED_TABLES if t not in tables]
         if missing:
-            report.findings.append(Finding(
-                "error", "schema", f"the log is missing its {', '.join(missing)} "
-                "table(s): 'potluck doctor --repair' salvages what it can find"))
+            report.findings.append(
+                Finding(
+                    "error",
+                    "schema",
+                    f"the log is missing its {', '.join(missing)} "
+                    "table(s): 'potluck doctor --repair' salvages what it can find",
+                )
+            )
             return False
         meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('schema', 'group')"))
     except sqlite3.DatabaseError as exc:
         report.findings.append(_damaged_finding(str(exc)))
         return False
     if meta.get("schema") != SCHEMA_VERSION:
-        report.findings.append(Finding(
-            "error", "schema-version", f"the log has schema {meta.get('schema')!r}; this Potluck "
-            f"reads {SCHEMA_VERSION}"))
+        report.findings.append(
+            Finding(
+                "error",
+                "schema-version",
+                f"the log has schema {meta.get('schema')!r}; this Potluck reads {SCHEMA_VERSION}",
+            )
+        )
         return False
     if meta.get("group") != group.id:
-        report.findings.append(Finding(
-            "error", "wrong-group", "the log belongs to another group than group.bin: was "
-            "group.bin or log.db copied from another node? Doctor changes nothing here"))
+        report.findings.append(
+            Finding(
+                "error",
+                "wrong-group",
+                "the log belongs to another group than group.bin: was "
+                "group.bin or log.db copied from another node? Doctor changes nothing here",
+            )
+        )
         return False
     return True
 
@@ -341,8 +386,15 @@ class _Doctor:
     leave it; examine rolls it all back.
     """
 
-    def __init__(self, db: sqlite3.Connection, group: Group, me: bytes | None,
-                 now_ms: Callable[[], int], *, repairing: bool) -> None:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        group: Group,
+        me: bytes | None,
+        now_ms: Callable[[], int],
+        *,
+        repairing: bool,
+    ) -> None:
         self.db = db
         self.group = group
         self.me = me
@@ -365,8 +417,14 @@ class _Doctor:
 
     # -- reporting ------------------------------------------------------------------
 
-    def _find(self, severity: Severity, code: str, message: str,
-              author: bytes | None = None, seq: int | None = None) -> None:
+    def _find(
+        self,
+        severity: Severity,
+        code: str,
+        message: str,
+        author: bytes | None = None,
+        seq: int | None = None,
+    ) -> None:
         if self._shown[code] >= MAX_DETAILS:
             self._hidden[code] += 1
             return
@@ -375,8 +433,9 @@ class _Doctor:
 
     def _close_details(self) -> None:
         for code, hidden in self._hidden.items():
-            self.findings.append(Finding("error", code,
-                                         f"... and {hidden} more events like the above"))
+            self.findings.append(
+                Finding("error", code, f"... and {hidden} more events like the above")
+            )
 
     def name(self, author: object) -> str:
         """'Ana (3f2a9c01)': the name from the author's member.joined, and the key."""
@@ -385,8 +444,9 @@ class _Doctor:
         if author not in self._names:
             label = author.hex()[:8]
             try:
-                row = self.db.execute("SELECT raw FROM events WHERE author = ? AND seq = 1",
-                                      (author,)).fetchone()
+                row = self.db.execute(
+                    "SELECT raw FROM events WHERE author = ? AND seq = 1", (author,)
+                ).fetchone()
                 if row is not None:
                     name = events.decode(row[0]).body.get("name")
                     if isinstance(name, str):
@@ -401,7 +461,8 @@ class _Doctor:
 
     def stats(self) -> tuple[int, int, int]:
         events_n, authors = self.db.execute(
-            "SELECT count(*), count(DISTINCT author) FROM events").fetchone()
+            "SELECT count(*), count(DISTINCT author) FROM events"
+        ).fetchone()
         pending = self.db.execute("SELECT count(*) FROM pending").fetchone()[0]
         return int(events_n), int(authors), int(pending)
 
@@ -417,14 +478,18 @@ class _Doctor:
         self.check_chains()
         self.check_deps()
         if self.held:
-            self._find("error", "held",
-                       f"{_n(self.held, 'event')} that verify come after a damaged or "
-                       "missing event: --repair holds them, and the next sync that brings "
-                       "what is missing puts them back in the log")
+            self._find(
+                "error",
+                "held",
+                f"{_n(self.held, 'event')} that verify come after a damaged or "
+                "missing event: --repair holds them, and the next sync that brings "
+                "what is missing puts them back in the log",
+            )
             for author, seqs in self._held.items():
                 self.repairs.append(
                     f"held {_n(len(seqs), 'event')} of {self.name(author)} "
-                    f"(#{min(seqs)} to #{max(seqs)}) until what they follow arrives again")
+                    f"(#{min(seqs)} to #{max(seqs)}) until what they follow arrives again"
+                )
         self._store_heads()
         self.check_forks()
         self.check_projections(projection_before)
@@ -441,7 +506,9 @@ class _Doctor:
         while True:
             rows = self.db.execute(
                 "SELECT id, hkey, hash, author, seq, hlc, type, raw FROM events "
-                "WHERE id > ? ORDER BY id LIMIT ?", (after, SCAN_CHUNK)).fetchall()
+                "WHERE id > ? ORDER BY id LIMIT ?",
+                (after, SCAN_CHUNK),
+            ).fetchall()
             if not rows:
                 break
             after = rows[-1][0]
@@ -454,31 +521,47 @@ class _Doctor:
                     continue
                 if env.group != self.group.id:
                     bad += 1
-                    self._quarantine_row(id_, env.author, env.seq, raw,
-                                         "it belongs to another group")
+                    self._quarantine_row(
+                        id_, env.author, env.seq, raw, "it belongs to another group"
+                    )
                     continue
                 if (hkey, hash_, author, seq, hlc, type_) == (
-                        hash_key(env.hash), env.hash, env.author, env.seq, env.hlc, env.type):
+                    hash_key(env.hash),
+                    env.hash,
+                    env.author,
+                    env.seq,
+                    env.hlc,
+                    env.type,
+                ):
                     continue
                 bad += 1
                 try:
                     events.verify_signature(env)
                 except InvalidEvent:
-                    self._quarantine_row(id_, env.author, env.seq, raw,
-                                         "it was altered (its signature does not verify)")
+                    self._quarantine_row(
+                        id_,
+                        env.author,
+                        env.seq,
+                        raw,
+                        "it was altered (its signature does not verify)",
+                    )
                     continue
                 self._fix_row(id_, env, author, seq)
         if not bad:
             self._find("ok", "rows", "every stored event is readable and matches its index")
 
-    def _quarantine_row(self, id_: int, author: object, seq: object, raw: object,
-                        reason: str) -> None:
+    def _quarantine_row(
+        self, id_: int, author: object, seq: object, raw: object, reason: str
+    ) -> None:
         what = self.describe(author, seq)
-        self._find("error", "damaged-event",
-                   f"{what} is damaged: {reason}. --repair sets it aside in the quarantine "
-                   "table; a neighbour who has it will send it again",
-                   author if isinstance(author, bytes) else None,
-                   seq if isinstance(seq, int) else None)
+        self._find(
+            "error",
+            "damaged-event",
+            f"{what} is damaged: {reason}. --repair sets it aside in the quarantine "
+            "table; a neighbour who has it will send it again",
+            author if isinstance(author, bytes) else None,
+            seq if isinstance(seq, int) else None,
+        )
         self._set_aside(author, seq, raw, "events", reason)
         self._removed.add((author, seq))
         if isinstance(raw, bytes):
@@ -486,14 +569,22 @@ class _Doctor:
         self.db.execute("DELETE FROM events WHERE id = ?", (id_,))
         self.repairs.append(f"set aside {what}: {reason}")
 
-    def _set_aside(self, author: object, seq: object, raw: object, source: str,
-                   reason: str) -> None:
-        data = raw if isinstance(raw, bytes) else (str(raw).encode() if raw is not None
-                                                   else b"")
-        self.db.execute("INSERT OR IGNORE INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (events.blake2b256(data), author if isinstance(author, bytes) else None,
-                         seq if isinstance(seq, int) else None, source, reason,
-                         self.now_ms(), data))
+    def _set_aside(
+        self, author: object, seq: object, raw: object, source: str, reason: str
+    ) -> None:
+        data = raw if isinstance(raw, bytes) else (str(raw).encode() if raw is not None else b"")
+        self.db.execute(
+            "INSERT OR IGNORE INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                events.blake2b256(data),
+                author if isinstance(author, bytes) else None,
+                seq if isinstance(seq, int) else None,
+                source,
+                reason,
+                self.now_ms(),
+                data,
+            ),
+        )
         self.quarantined += 1
 
     def _fix_row(self, id_: int, env: Envelope, author: object, seq: object) -> None:
@@ -501,37 +592,51 @@ class _Doctor:
         try:
             self.db.execute(
                 "UPDATE events SET hkey = ?, hash = ?, author = ?, seq = ?, hlc = ?, type = ? "
-                "WHERE id = ?", (hash_key(env.hash), env.hash, env.author, env.seq, env.hlc,
-                                 env.type, id_))
+                "WHERE id = ?",
+                (hash_key(env.hash), env.hash, env.author, env.seq, env.hlc, env.type, id_),
+            )
         except sqlite3.IntegrityError:  # its real (author, seq) is taken by another event
-            self._quarantine_row(id_, env.author, env.seq, env.raw,
-                                 "a second version of an event already in the log")
+            self._quarantine_row(
+                id_, env.author, env.seq, env.raw, "a second version of an event already in the log"
+            )
             return
         self.fixed += 1
-        self._find("error", "row-mismatch",
-                   f"the columns stored with {what} do not match the event (they say "
-                   f"{self.describe(author, seq)}); the event itself verifies: --repair "
-                   "rewrites the columns from it", env.author, env.seq)
+        self._find(
+            "error",
+            "row-mismatch",
+            f"the columns stored with {what} do not match the event (they say "
+            f"{self.describe(author, seq)}); the event itself verifies: --repair "
+            "rewrites the columns from it",
+            env.author,
+            env.seq,
+        )
         self.repairs.append(f"rewrote the index columns of {what} from the event itself")
 
     # -- 3. heads -------------------------------------------------------------------
 
     def _computed_heads(self) -> dict[bytes, tuple[int, bytes, int]]:
-        return {r[0]: (r[1], r[2], r[3]) for r in self.db.execute(
-            "SELECT e.author, e.seq, e.hash, e.hlc FROM events e JOIN "
-            "(SELECT author, max(seq) AS top FROM events GROUP BY author) t "
-            "ON e.author = t.author AND e.seq = t.top")}
+        return {
+            r[0]: (r[1], r[2], r[3])
+            for r in self.db.execute(
+                "SELECT e.author, e.seq, e.hash, e.hlc FROM events e JOIN "
+                "(SELECT author, max(seq) AS top FROM events GROUP BY author) t "
+                "ON e.author = t.author AND e.seq = t.top"
+            )
+        }
 
     def _stored_heads(self) -> dict[bytes, tuple[int, bytes, int]]:
-        return {r[0]: (r[1], r[2], r[3])
-                for r in self.db.execute("SELECT author, seq, hash, hlc FROM heads")}
+        return {
+            r[0]: (r[1], r[2], r[3])
+            for r in self.db.execute("SELECT author, seq, hash, hlc FROM heads")
+        }
 
     def check_heads(self) -> None:
         """``heads`` is what sync tells peers we have: wrong, it loses or repeats events."""
         computed, stored = self._computed_heads(), self._stored_heads()
         if computed == stored:
-            self._find("ok", "heads", "the record of each member's latest event agrees "
-                       "with the log")
+            self._find(
+                "ok", "heads", "the record of each member's latest event agrees with the log"
+            )
             return
         for author in sorted(set(computed) | set(stored)):
             have, says = computed.get(author), stored.get(author)
@@ -545,20 +650,28 @@ class _Doctor:
                 detail = f"names the wrong event #{says[0]}"
             else:
                 detail = f"says #{says[0]} but the log holds up to #{have[0]}"
-            consequence = ("peers would not send the events after it"
-                           if have is None or (says is not None and says[0] > have[0])
-                           else "sync would ask again for events it already has")
-            self._find("error", "heads",
-                       f"the record of the latest event of {self.name(author)} {detail}: "
-                       f"{consequence}. --repair recomputes it from the log", author,
-                       have[0] if have else None)
+            consequence = (
+                "peers would not send the events after it"
+                if have is None or (says is not None and says[0] > have[0])
+                else "sync would ask again for events it already has"
+            )
+            self._find(
+                "error",
+                "heads",
+                f"the record of the latest event of {self.name(author)} {detail}: "
+                f"{consequence}. --repair recomputes it from the log",
+                author,
+                have[0] if have else None,
+            )
         self._write_heads(computed)
         self.repairs.append("recomputed the record of each member's latest event from the log")
 
     def _write_heads(self, heads: dict[bytes, tuple[int, bytes, int]]) -> None:
         self.db.execute("DELETE FROM heads")
-        self.db.executemany("INSERT INTO heads VALUES (?, ?, ?, ?)",
-                            [(a, s, h, c) for a, (s, h, c) in heads.items()])
+        self.db.executemany(
+            "INSERT INTO heads VALUES (?, ?, ?, ?)",
+            [(a, s, h, c) for a, (s, h, c) in heads.items()],
+        )
 
     def _store_heads(self) -> None:
         """After events left the log, heads must follow (silently: already reported)."""
@@ -574,8 +687,9 @@ class _Doctor:
         for author in authors:
             damaged += not self._check_chain(author)
         if not damaged:
-            self._find("ok", "chains", f"every member's chain of events verifies "
-                       f"({len(authors)} members)")
+            self._find(
+                "ok", "chains", f"every member's chain of events verifies ({len(authors)} members)"
+            )
 
     def _check_chain(self, author: bytes) -> bool:
         """Stream ``author``'s events by seq; return True when the whole chain verifies."""
@@ -585,7 +699,8 @@ class _Doctor:
         while True:
             rows = self.db.execute(
                 "SELECT id, raw FROM events WHERE author = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (author, last_seq, CHUNK)).fetchall()
+                (author, last_seq, CHUNK),
+            ).fetchall()
             if not rows:
                 return not broken
             chunk = [(row[0], events.decode(row[1])) for row in rows]
@@ -608,21 +723,30 @@ class _Doctor:
                     broken = True
                     gap = range(expected, env.seq)
                     if any((author, seq) not in self._removed for seq in gap):
-                        which = (f"events #{gap[0]} to #{gap[-1]}" if len(gap) > 1
-                                 else f"event #{gap[0]}")
-                        self._find("error", "chain-gap",
-                                   f"{which} of {self.name(author)} "
-                                   f"{'are' if len(gap) > 1 else 'is'} missing from the log "
-                                   "while later ones are there: --repair holds the later ones "
-                                   "until a neighbour sends what is missing", author, expected)
+                        which = (
+                            f"events #{gap[0]} to #{gap[-1]}"
+                            if len(gap) > 1
+                            else f"event #{gap[0]}"
+                        )
+                        self._find(
+                            "error",
+                            "chain-gap",
+                            f"{which} of {self.name(author)} "
+                            f"{'are' if len(gap) > 1 else 'is'} missing from the log "
+                            "while later ones are there: --repair holds the later ones "
+                            "until a neighbour sends what is missing",
+                            author,
+                            expected,
+                        )
                     self._orphan(id_, env)
                     continue
                 try:
                     events.verify_signature(env)
                 except InvalidEvent:
                     broken = True
-                    self._quarantine_row(id_, author, env.seq, env.raw,
-                                         "its signature does not verify")
+                    self._quarantine_row(
+                        id_, author, env.seq, env.raw, "its signature does not verify"
+                    )
                     continue
                 try:
                     events.check_follows(env, previous)
@@ -630,8 +754,13 @@ class _Doctor:
                         _check_joined(self.group, env)
                 except InvalidEvent as exc:
                     broken = True
-                    self._quarantine_row(id_, author, env.seq, env.raw,
-                                         f"it does not continue its author's chain ({exc})")
+                    self._quarantine_row(
+                        id_,
+                        author,
+                        env.seq,
+                        env.raw,
+                        f"it does not continue its author's chain ({exc})",
+                    )
                     continue
                 previous = env
 
@@ -640,11 +769,12 @@ class _Doctor:
         try:
             events.verify_signature(env)
         except InvalidEvent:
-            self._quarantine_row(id_, env.author, env.seq, env.raw,
-                                 "its signature does not verify")
+            self._quarantine_row(id_, env.author, env.seq, env.raw, "its signature does not verify")
             return
-        self.db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?, NULL)",
-                        (env.hash, env.author, env.seq, waiting, env.raw))
+        self.db.execute(
+            "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?, NULL)",
+            (env.hash, env.author, env.seq, waiting, env.raw),
+        )
         self._gone.add(env.hash)
         self.db.execute("DELETE FROM events WHERE id = ?", (id_,))
         self.db.execute("DELETE FROM seen WHERE author = ? AND seq = ?", (env.author, env.seq))
@@ -663,7 +793,9 @@ class _Doctor:
         while True:
             rows = self.db.execute(
                 "SELECT id, raw, hlc, author, seq FROM events WHERE (hlc, author, seq) > "
-                "(?, ?, ?) ORDER BY hlc, author, seq LIMIT ?", (*after, SCAN_CHUNK)).fetchall()
+                "(?, ?, ?) ORDER BY hlc, author, seq LIMIT ?",
+                (*after, SCAN_CHUNK),
+            ).fetchall()
             if not rows:
                 break
             after = (rows[-1][2], rows[-1][3], rows[-1][4])
@@ -673,24 +805,34 @@ class _Doctor:
                     continue
                 env = events.decode(raw)
                 for dep in dict.fromkeys((*env.deps, *references(env.type, env.body))):
-                    row = self.db.execute("SELECT hlc FROM events WHERE hkey = ? AND hash = ?",
-                                          (hash_key(dep), dep)).fetchone()
+                    row = self.db.execute(
+                        "SELECT hlc FROM events WHERE hkey = ? AND hash = ?", (hash_key(dep), dep)
+                    ).fetchone()
                     if row is None:
                         missing += 1
                         if dep not in self._gone:  # else already told, as its cause
-                            self._find("error", "missing-dep",
-                                       f"{self.describe(author, seq)} depends on an event "
-                                       f"({dep.hex()[:8]}) that is not in the log: --repair "
-                                       "holds it until a neighbour sends that event",
-                                       author, seq)
+                            self._find(
+                                "error",
+                                "missing-dep",
+                                f"{self.describe(author, seq)} depends on an event "
+                                f"({dep.hex()[:8]}) that is not in the log: --repair "
+                                "holds it until a neighbour sends that event",
+                                author,
+                                seq,
+                            )
                         left[author] = seq
                         self._orphan(id_, env, dep)
                         break
                     if row[0] >= env.hlc and dep in env.deps:  # named ids: only present
                         missing += 1
                         left[author] = seq
-                        self._quarantine_row(id_, author, seq, raw, "its time stamp is not "
-                                             "after an event it depends on")
+                        self._quarantine_row(
+                            id_,
+                            author,
+                            seq,
+                            raw,
+                            "its time stamp is not after an event it depends on",
+                        )
                         break
         if not missing:
             self._find("ok", "deps", "every event's dependencies are in the log")
@@ -706,7 +848,9 @@ class _Doctor:
         while True:
             rows = self.db.execute(
                 "SELECT hash, author, seq, raw, not_before FROM pending WHERE hash > ? "
-                "ORDER BY hash LIMIT ?", (after, SCAN_CHUNK)).fetchall()
+                "ORDER BY hash LIMIT ?",
+                (after, SCAN_CHUNK),
+            ).fetchall()
             if not rows:
                 break
             after = rows[-1][0]
@@ -724,10 +868,13 @@ class _Doctor:
                     problem = f"it cannot be verified ({exc})"
                 if problem is not None:
                     what = f"held {self.describe(author, seq)}"
-                    self._find("error", "damaged-pending",
-                               f"{what} is damaged: {problem}. --repair sets it aside",
-                               author if isinstance(author, bytes) else None,
-                               seq if isinstance(seq, int) else None)
+                    self._find(
+                        "error",
+                        "damaged-pending",
+                        f"{what} is damaged: {problem}. --repair sets it aside",
+                        author if isinstance(author, bytes) else None,
+                        seq if isinstance(seq, int) else None,
+                    )
                     self._set_aside(author, seq, raw, "pending", problem)
                     self.db.execute("DELETE FROM pending WHERE hash = ?", (hash_,))
                     self.repairs.append(f"set aside {what}: {problem}")
@@ -740,33 +887,44 @@ class _Doctor:
             return
         days = (self.now_ms() - wall_ms(oldest or 0)) / 86_400_000
         who = ", ".join(f"{self.name(a)}: {n}" for a, n in by_author.most_common(5))
-        text = (f"{_n(count, 'event')} held until what they follow arrives ({who}); "
-                f"the oldest was written {_ago(days)}")
+        text = (
+            f"{_n(count, 'event')} held until what they follow arrives ({who}); "
+            f"the oldest was written {_ago(days)}"
+        )
         if future:
             text += f"; {future} of them are stamped in the future and wait for their time"
         if days > PENDING_OLD_DAYS:
-            self._find("warning", "pending", text + ": sync with the members named, or "
-                       "with anyone who has their events")
+            self._find(
+                "warning",
+                "pending",
+                text + ": sync with the members named, or with anyone who has their events",
+            )
         else:
             self._find("info", "pending", text)
 
     def check_forks(self) -> None:
         rows = self.db.execute(
-            "SELECT author, seq, count(*) FROM forks GROUP BY author, seq "
-            "ORDER BY author, seq").fetchall()
+            "SELECT author, seq, count(*) FROM forks GROUP BY author, seq ORDER BY author, seq"
+        ).fetchall()
         for author, seq, versions in rows:
-            self._find("warning", "fork",
-                       f"{self.name(author)} wrote {versions} different versions of "
-                       f"event #{seq} (a copied data directory, or on purpose): their events "
-                       "from there on are left out of the board, inventory and roster until "
-                       "the group sorts it out", author, seq)
+            self._find(
+                "warning",
+                "fork",
+                f"{self.name(author)} wrote {versions} different versions of "
+                f"event #{seq} (a copied data directory, or on purpose): their events "
+                "from there on are left out of the board, inventory and roster until "
+                "the group sorts it out",
+                author,
+                seq,
+            )
 
     # -- 7. projections -------------------------------------------------------------
 
     def _projection_fingerprint(self) -> tuple[str, str] | None:
         """(digest of the rows, hash of fold states and index); None if never built."""
-        built = self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
-                                "name = 'proj_meta'").fetchone()
+        built = self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'proj_meta'"
+        ).fetchone()
         if built is None:
             return None
         runner = Runner()
@@ -791,30 +949,51 @@ class _Doctor:
         self.projections_rebuilt = runner.rebuild(self.db)
         after = (runner.digest(self.db), _internal_hash(self.db))
         if self.backlog:
-            self._find("info", "projections-behind",
-                       f"{self.backlog:,} events a sync stored are not in the board, "
-                       "inventory and roster yet: the node adds them when it opens or "
-                       "syncs (compared here as if it had)")
+            self._find(
+                "info",
+                "projections-behind",
+                f"{self.backlog:,} events a sync stored are not in the board, "
+                "inventory and roster yet: the node adds them when it opens or "
+                "syncs (compared here as if it had)",
+            )
         if before is None:
-            self._find("info", "projections-missing", "the board, inventory and roster "
-                       "tables have not been built yet: the node builds them when it opens")
+            self._find(
+                "info",
+                "projections-missing",
+                "the board, inventory and roster "
+                "tables have not been built yet: the node builds them when it opens",
+            )
         elif stale:
-            self._find("info", "projections-stale", "this Potluck folds some projections "
-                       "differently from the one that built them: they are rebuilt when the "
-                       "node opens")
+            self._find(
+                "info",
+                "projections-stale",
+                "this Potluck folds some projections "
+                "differently from the one that built them: they are rebuilt when the "
+                "node opens",
+            )
         elif before[0] != after[0]:
-            self._find("error", "projections",
-                       f"the board, inventory and roster this node shows do not match its "
-                       f"log (digest {before[0][:12]}, a rebuild gives {after[0][:12]}): "
-                       "--repair rebuilds them from the log")
+            self._find(
+                "error",
+                "projections",
+                f"the board, inventory and roster this node shows do not match its "
+                f"log (digest {before[0][:12]}, a rebuild gives {after[0][:12]}): "
+                "--repair rebuilds them from the log",
+            )
         elif before[1] != after[1]:
-            self._find("error", "projection-state",
-                       "the saved fold states behind the board, inventory and roster do not "
-                       "match the log, so later updates would go wrong: --repair rebuilds "
-                       "them from the log")
+            self._find(
+                "error",
+                "projection-state",
+                "the saved fold states behind the board, inventory and roster do not "
+                "match the log, so later updates would go wrong: --repair rebuilds "
+                "them from the log",
+            )
         else:
-            self._find("ok", "projections", "the board, inventory and roster match a "
-                       f"rebuild from the log (digest {after[0][:12]})")
+            self._find(
+                "ok",
+                "projections",
+                "the board, inventory and roster match a "
+                f"rebuild from the log (digest {after[0][:12]})",
+            )
 
     # -- 8. what repairs leave behind -----------------------------------------------
 
@@ -822,28 +1001,35 @@ class _Doctor:
         count = self.db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
         earlier = count - self.quarantined
         if earlier > 0:
-            self._find("info", "quarantine",
-                       f"{_n(earlier, 'damaged event')} set aside by an earlier repair (table "
-                       "quarantine of log.db): kept, but not used")
+            self._find(
+                "info",
+                "quarantine",
+                f"{_n(earlier, 'damaged event')} set aside by an earlier repair (table "
+                "quarantine of log.db): kept, but not used",
+            )
 
     def check_own_chain(self) -> None:
         """Own events that left the log: posting now would fork this node's own chain."""
         if self.me is None:
             return
-        head = self.db.execute("SELECT seq FROM heads WHERE author = ?",
-                               (self.me,)).fetchone()
+        head = self.db.execute("SELECT seq FROM heads WHERE author = ?", (self.me,)).fetchone()
         top = head[0] if head else 0
         row = self.db.execute(
             "SELECT min(seq) FROM (SELECT seq FROM pending WHERE author = ? UNION ALL "
             "SELECT seq FROM quarantine WHERE author = ? AND seq > ?)",
-            (self.me, self.me, top)).fetchone()
+            (self.me, self.me, top),
+        ).fetchone()
         if row[0] is None:
             return
-        self._find("error", "own-chain",
-                   f"events this node wrote from #{top + 1} on are not in its log (damaged "
-                   "or waiting for an earlier one): run 'potluck sync' with a neighbour "
-                   "before posting, or what you post would conflict with them", self.me,
-                   top + 1)
+        self._find(
+            "error",
+            "own-chain",
+            f"events this node wrote from #{top + 1} on are not in its log (damaged "
+            "or waiting for an earlier one): run 'potluck sync' with a neighbour "
+            "before posting, or what you post would conflict with them",
+            self.me,
+            top + 1,
+        )
 
 
 def _n(count: int, noun: str) -> str:
@@ -858,9 +1044,9 @@ def _ago(days: float) -> str:
 
 def _check_joined(group: Group, env: Envelope) -> None:
     if env.type != "member.joined" or not check_membership_proof(
-            group, env.author, env.body.get("proof")):
-        raise NotAMember("the first event is not a member.joined with a valid "
-                         "membership proof")
+        group, env.author, env.body.get("proof")
+    ):
+        raise NotAMember("the first event is not a member.joined with a valid membership proof")
 
 
 def _internal_hash(db: sqlite3.Connection) -> str:
@@ -868,10 +1054,11 @@ def _internal_hash(db: sqlite3.Connection) -> str:
     differ between a live fold and a rebuild, and mean nothing outside this node."""
     h = hashlib.blake2b(digest_size=32)
     for query in (
-            "SELECT e.name, s.last, s.state, s.tables FROM proj_state s "
-            "JOIN proj_entities e ON e.id = s.entity ORDER BY e.name",
-            "SELECT e.name, i.hlc, i.author, i.seq FROM proj_index i "
-            "JOIN proj_entities e ON e.id = i.entity ORDER BY e.name, i.hlc, i.author, i.seq"):
+        "SELECT e.name, s.last, s.state, s.tables FROM proj_state s "
+        "JOIN proj_entities e ON e.id = s.entity ORDER BY e.name",
+        "SELECT e.name, i.hlc, i.author, i.seq FROM proj_index i "
+        "JOIN proj_entities e ON e.id = i.entity ORDER BY e.name, i.hlc, i.author, i.seq",
+    ):
         for row in db.execute(query):
             h.update(msgpack.packb(list(row), use_bin_type=True))
     return h.hexdigest()
@@ -880,8 +1067,9 @@ def _internal_hash(db: sqlite3.Connection) -> str:
 # -- repair ------------------------------------------------------------------------
 
 
-async def _repair(data_dir: Path, group: Group, before: Report,
-                  now_ms: Callable[[], int]) -> list[str]:
+async def _repair(
+    data_dir: Path, group: Group, before: Report, now_ms: Callable[[], int]
+) -> list[str]:
     path = data_dir / LOG_FILE
     codes = before.codes("error")
     if codes & {"wrong-group", "identity", "busy", "unreadable", "schema-version"}:
@@ -939,8 +1127,9 @@ def _repair_in_place(data_dir: Path, group: Group, now_ms: Callable[[], int]) ->
         db.close()
     repairs = _summarise(doctor.repairs)
     if doctor.projections_rebuilt or doctor.repairs:
-        repairs.append(f"rebuilt the board, inventory and roster from "
-                       f"{doctor.projections_rebuilt:,} events")
+        repairs.append(
+            f"rebuilt the board, inventory and roster from {doctor.projections_rebuilt:,} events"
+        )
     return repairs
 
 
@@ -961,8 +1150,19 @@ def _summarise(lines: Sequence[str]) -> list[str]:
 
 # -- salvage -----------------------------------------------------------------------
 
-_CORE_TABLES = {"meta", "events", "heads", "seen", "pending", "forks", "quarantine",
-                "proj_meta", "proj_entities", "proj_state", "proj_index"}
+_CORE_TABLES = {
+    "meta",
+    "events",
+    "heads",
+    "seen",
+    "pending",
+    "forks",
+    "quarantine",
+    "proj_meta",
+    "proj_entities",
+    "proj_state",
+    "proj_index",
+}
 _EVENT_START = b"\xa6author\xc4\x20"
 """An event's wire bytes: a map of 9 or 10 keys whose first key is "author" (bin 32)."""
 
@@ -989,9 +1189,11 @@ async def _salvage(data_dir: Path, group: Group, now_ms: Callable[[], int]) -> l
         old = _open_damaged(path)
         sources: list[tuple[str, Iterator[object]]] = []
         if old is not None:
-            sources += [("events", _rows(old, "events", "raw")),
-                        ("pending", _rows(old, "pending", "raw", rowid=False)),
-                        ("forks", _rows(old, "forks", "raw", rowid=False))]
+            sources += [
+                ("events", _rows(old, "events", "raw")),
+                ("pending", _rows(old, "pending", "raw", rowid=False)),
+                ("forks", _rows(old, "forks", "raw", rowid=False)),
+            ]
         sources += [("scan", _carve(Path(str(damaged) + suffix))) for suffix in ("", "-wal")]
         for source, rows in sources:
             batch: list[Envelope] = []
@@ -1007,8 +1209,7 @@ async def _salvage(data_dir: Path, group: Group, now_ms: Callable[[], int]) -> l
                     batch.append(events.decode(raw))
                 except InvalidEvent as exc:
                     if source != "scan":  # a table row that was an event: keep it
-                        await _quarantine(store, raw, "salvage", f"cannot be read ({exc})",
-                                          now_ms)
+                        await _quarantine(store, raw, "salvage", f"cannot be read ({exc})", now_ms)
                         tally["quarantined"] += 1
                     continue
                 if len(batch) >= CHUNK:
@@ -1033,17 +1234,23 @@ async def _salvage(data_dir: Path, group: Group, now_ms: Callable[[], int]) -> l
 
 def _salvage_report(damaged: Path, counts: tuple[int, int], tally: Counter[str]) -> list[str]:
     stored, held = counts
-    lines = [f"kept the damaged database as {damaged.name}",
-             f"saved {stored:,} verified events into a fresh log.db "
-             f"({tally['stored-events']:,} from readable rows of the events table, "
-             f"{tally['stored-scan']:,} found by scanning the damaged file's pages, "
-             f"{tally['stored-pending'] + tally['stored-forks']:,} from held events)"]
+    lines = [
+        f"kept the damaged database as {damaged.name}",
+        f"saved {stored:,} verified events into a fresh log.db "
+        f"({tally['stored-events']:,} from readable rows of the events table, "
+        f"{tally['stored-scan']:,} found by scanning the damaged file's pages, "
+        f"{tally['stored-pending'] + tally['stored-forks']:,} from held events)",
+    ]
     if held:
-        lines.append(f"holding {held:,} events until the events before them arrive: run "
-                     "'potluck sync' with a neighbour to fetch what was lost")
+        lines.append(
+            f"holding {held:,} events until the events before them arrive: run "
+            "'potluck sync' with a neighbour to fetch what was lost"
+        )
     if tally["quarantined"]:
-        lines.append(f"set aside {tally['quarantined']:,} events that could not be verified "
-                     "(table quarantine)")
+        lines.append(
+            f"set aside {tally['quarantined']:,} events that could not be verified "
+            "(table quarantine)"
+        )
     if tally["forks"]:
         lines.append(f"kept {tally['forks']:,} conflicting versions as fork evidence")
     if tally["tables"]:
@@ -1052,8 +1259,9 @@ def _salvage_report(damaged: Path, counts: tuple[int, int], tally: Counter[str])
     return lines
 
 
-async def _receive(store: Store, batch: list[Envelope], source: str, tally: Counter[str],
-                   now_ms: Callable[[], int]) -> None:
+async def _receive(
+    store: Store, batch: list[Envelope], source: str, tally: Counter[str], now_ms: Callable[[], int]
+) -> None:
     if not batch:
         return
     result = await store.receive(batch)
@@ -1066,12 +1274,21 @@ async def _receive(store: Store, batch: list[Envelope], source: str, tally: Coun
         tally["quarantined"] += 1
 
 
-async def _quarantine(store: Store, raw: bytes, source: str, reason: str,
-                      now_ms: Callable[[], int], author: bytes | None = None,
-                      seq: int | None = None) -> None:
-    await store.write(lambda db: db.execute(
-        "INSERT OR IGNORE INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (events.blake2b256(raw), author, seq, source, reason, now_ms(), raw)))
+async def _quarantine(
+    store: Store,
+    raw: bytes,
+    source: str,
+    reason: str,
+    now_ms: Callable[[], int],
+    author: bytes | None = None,
+    seq: int | None = None,
+) -> None:
+    await store.write(
+        lambda db: db.execute(
+            "INSERT OR IGNORE INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (events.blake2b256(raw), author, seq, source, reason, now_ms(), raw),
+        )
+    )
 
 
 def _open_damaged(path: Path) -> sqlite3.Connection | None:
@@ -1083,8 +1300,9 @@ def _open_damaged(path: Path) -> sqlite3.Connection | None:
         return None
 
 
-def _rows(db: sqlite3.Connection, table: str, columns: str, *,
-          rowid: bool = True) -> Iterator[tuple[object, ...]]:
+def _rows(
+    db: sqlite3.Connection, table: str, columns: str, *, rowid: bool = True
+) -> Iterator[tuple[object, ...]]:
     """Every row of ``table`` that can still be read: ranges while they work, then one
     rowid at a time across the damaged part. WITHOUT ROWID tables: until the first error
     (the page scan finds the rest)."""
@@ -1100,8 +1318,10 @@ def _rows(db: sqlite3.Connection, table: str, columns: str, *,
     misses = 0
     while top is None or after < top:
         try:
-            rows = db.execute(f"SELECT rowid, {columns} FROM {table} WHERE rowid > ? "
-                              f"ORDER BY rowid LIMIT 256", (after,)).fetchall()
+            rows = db.execute(
+                f"SELECT rowid, {columns} FROM {table} WHERE rowid > ? ORDER BY rowid LIMIT 256",
+                (after,),
+            ).fetchall()
         except sqlite3.DatabaseError:
             rows = None
         if rows:
@@ -1114,8 +1334,9 @@ def _rows(db: sqlite3.Connection, table: str, columns: str, *,
             return
         for rid in range(after + 1, after + 257):  # step over the damaged range
             try:
-                row = db.execute(f"SELECT {columns} FROM {table} WHERE rowid = ?",
-                                 (rid,)).fetchone()
+                row = db.execute(
+                    f"SELECT {columns} FROM {table} WHERE rowid = ?", (rid,)
+                ).fetchone()
             except sqlite3.DatabaseError:
                 row = None
             if row is not None:
@@ -1155,10 +1376,10 @@ def _one_object(mm: mmap.mmap, start: int) -> bytes | None:
     """The msgpack object at ``start``: most events fit in 4 KiB, so try that first."""
     for size in (4096, events.MAX_EVENT_BYTES):
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=2 * events.MAX_EVENT_BYTES)
-        unpacker.feed(mm[start:start + size])
+        unpacker.feed(mm[start : start + size])
         try:
             unpacker.skip()
-            return bytes(mm[start:start + unpacker.tell()])
+            return bytes(mm[start : start + unpacker.tell()])
         except msgpack.OutOfData:
             continue
         except Exception:  # garbage is expected here
@@ -1170,24 +1391,36 @@ async def _copy_extras(old: sqlite3.Connection, store: Store) -> int:
     """Settings (meta x-*) and tables of other modules (peers), where readable."""
     copied = 0
     try:
-        extras = [(r[0], r[1]) for r in old.execute(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND sql IS NOT NULL")]
+        extras = [
+            (r[0], r[1])
+            for r in old.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND sql IS NOT NULL"
+            )
+        ]
     except sqlite3.DatabaseError:
         extras = []
     projection_tables = {t.name for p in Runner().projections for t in p.TABLES}
-    settings = [r for r in _rows(old, "meta", "key, value", rowid=False)
-                if isinstance(r[0], str) and r[0].startswith("x-")]
+    settings = [
+        r
+        for r in _rows(old, "meta", "key, value", rowid=False)
+        if isinstance(r[0], str) and r[0].startswith("x-")
+    ]
     if settings:
-        await store.write(lambda db: db.executemany(
-            "INSERT OR REPLACE INTO meta VALUES (?, ?)", settings))
+        await store.write(
+            lambda db: db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", settings)
+        )
         copied += len(settings)
     for name, sql in extras:
         if name in _CORE_TABLES or name in projection_tables or name.startswith("sqlite_"):
             continue
         rows = list(_rows(old, f'"{name}"', "*", rowid=False))
 
-        def copy(db: sqlite3.Connection, name: str = name, sql: str = sql,
-                 rows: list[tuple[object, ...]] = rows) -> int:
+        def copy(
+            db: sqlite3.Connection,
+            name: str = name,
+            sql: str = sql,
+            rows: list[tuple[object, ...]] = rows,
+        ) -> int:
             db.execute(sql.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
             if rows:
                 marks = ", ".join("?" * len(rows[0]))

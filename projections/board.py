@@ -64,22 +64,54 @@ def entity_of(target: bytes) -> str:
 class Board:
     NAME = "board"
     VERSION = 2  # 2: compact states
-    TYPES: frozenset[str] = frozenset({
-        "offer.posted", "offer.withdrawn", "need.posted", "need.withdrawn", "claim.made",
-        *_STEP_STATUS,
-    })
+    TYPES: frozenset[str] = frozenset(
+        {
+            "offer.posted",
+            "offer.withdrawn",
+            "need.posted",
+            "need.withdrawn",
+            "claim.made",
+            *_STEP_STATUS,
+        }
+    )
     TABLES: tuple[Table, ...] = (
-        Table("board_entries", (
-            ("id", "BLOB"), ("kind", "TEXT"), ("author", "BLOB"), ("hlc", "INTEGER"),
-            ("title", "TEXT"), ("category", "TEXT"), ("item", "TEXT"), ("quantity", "INTEGER"),
-            ("location", "TEXT"), ("until", "TEXT"), ("urgency", "TEXT"),
-            ("status", "TEXT"), ("claimed", "INTEGER"), ("remaining", "INTEGER"),
-            ("flags", "TEXT"),
-        ), ("id",), "id"),
-        Table("board_claims", (
-            ("id", "BLOB"), ("target", "BLOB"), ("claimant", "BLOB"), ("quantity", "INTEGER"),
-            ("hlc", "INTEGER"), ("status", "TEXT"), ("rank", "INTEGER"), ("flags", "TEXT"),
-        ), ("id",), "target"),
+        Table(
+            "board_entries",
+            (
+                ("id", "BLOB"),
+                ("kind", "TEXT"),
+                ("author", "BLOB"),
+                ("hlc", "INTEGER"),
+                ("title", "TEXT"),
+                ("category", "TEXT"),
+                ("item", "TEXT"),
+                ("quantity", "INTEGER"),
+                ("location", "TEXT"),
+                ("until", "TEXT"),
+                ("urgency", "TEXT"),
+                ("status", "TEXT"),
+                ("claimed", "INTEGER"),
+                ("remaining", "INTEGER"),
+                ("flags", "TEXT"),
+            ),
+            ("id",),
+            "id",
+        ),
+        Table(
+            "board_claims",
+            (
+                ("id", "BLOB"),
+                ("target", "BLOB"),
+                ("claimant", "BLOB"),
+                ("quantity", "INTEGER"),
+                ("hlc", "INTEGER"),
+                ("status", "TEXT"),
+                ("rank", "INTEGER"),
+                ("flags", "TEXT"),
+            ),
+            ("id",),
+            "target",
+        ),
     )
 
     def entities(self, event: Event, lookup: Lookup) -> Iterable[str]:
@@ -100,10 +132,10 @@ class Board:
             return []
         return []
 
-    def apply(self, entity: str, state: State | None, event: Event,
-              causality: Causality) -> State | None:
-        s: State = state if state is not None else {"post": None, "withdrawn": False,
-                                                    "claims": {}}
+    def apply(
+        self, entity: str, state: State | None, event: Event, causality: Causality
+    ) -> State | None:
+        s: State = state if state is not None else {"post": None, "withdrawn": False, "claims": {}}
         body = event.body
         post = s["post"]
         claims = s["claims"]
@@ -114,13 +146,16 @@ class Board:
             if isinstance(post, list) and post[AUTHOR] == event.author:
                 s["withdrawn"] = True
         elif isinstance(body, b.ClaimMade):
-            claims[event.hash] = [event.author, body.quantity, event.hlc, event.seq,
-                                  "pending"]
+            claims[event.hash] = [event.author, body.quantity, event.hlc, event.seq, "pending"]
         elif isinstance(body, b.ClaimStep):
             claim = claims.get(body.claim)
             if isinstance(claim, list):
-                _step(claim, event.body.TYPE, event.author,
-                      post[AUTHOR] if isinstance(post, list) else None)
+                _step(
+                    claim,
+                    event.body.TYPE,
+                    event.author,
+                    post[AUTHOR] if isinstance(post, list) else None,
+                )
         return s
 
     def fold(self, entity: str, events: Sequence[Event], causality: Causality) -> State | None:
@@ -134,8 +169,10 @@ class Board:
             return {}  # claims on something this node has not seen posted (yet)
         quantity = post[QUANTITY]
         in_order = sorted(claims.items(), key=_made)
-        ranked = sorted((item for item in in_order if item[1][STATUS] in ACTIVE),
-                        key=lambda item: item[1][STATUS] == "pending")  # stable: by made
+        ranked = sorted(
+            (item for item in in_order if item[1][STATUS] in ACTIVE),
+            key=lambda item: item[1][STATUS] == "pending",
+        )  # stable: by made
         claimed = sum(int(claim[AMOUNT]) for _, claim in ranked)
         over = isinstance(quantity, int) and claimed > quantity
         flags_of: dict[bytes, list[str]] = {}
@@ -150,17 +187,36 @@ class Board:
                 flags.append("needs-decision")
             rank_of[id_] = rank
             flags_of[id_] = flags
-        post_id = bytes.fromhex(entity[len(_PREFIX):])
+        post_id = bytes.fromhex(entity[len(_PREFIX) :])
         claim_rows: list[Row] = [
-            (id_, post_id, claim[CLAIMANT], claim[AMOUNT], claim[MADE_HLC], claim[STATUS],
-             rank_of.get(id_), ",".join(flags_of.get(id_, [])))
+            (
+                id_,
+                post_id,
+                claim[CLAIMANT],
+                claim[AMOUNT],
+                claim[MADE_HLC],
+                claim[STATUS],
+                rank_of.get(id_),
+                ",".join(flags_of.get(id_, [])),
+            )
             for id_, claim in in_order
         ]
         remaining = quantity - claimed if isinstance(quantity, int) else None
         entry: Row = (
-            post_id, post[KIND], post[AUTHOR], post[HLC], post[TITLE], post[CATEGORY],
-            post[ITEM], quantity, post[LOCATION], post[UNTIL], post[URGENCY],
-            "withdrawn" if state["withdrawn"] else "open", claimed, remaining,
+            post_id,
+            post[KIND],
+            post[AUTHOR],
+            post[HLC],
+            post[TITLE],
+            post[CATEGORY],
+            post[ITEM],
+            quantity,
+            post[LOCATION],
+            post[UNTIL],
+            post[URGENCY],
+            "withdrawn" if state["withdrawn"] else "open",
+            claimed,
+            remaining,
             "over-claimed" if over else "",
         )
         return {"board_entries": [entry], "board_claims": claim_rows}
@@ -175,9 +231,15 @@ def _made(item: tuple[bytes, list[object]]) -> Key:
 def _post(event: Event, body: b.OfferPosted | b.NeedPosted) -> list[object]:
     offer = isinstance(body, b.OfferPosted)
     return [
-        "offer" if offer else "need", event.author, event.hlc, body.title, body.category,
-        body.item if isinstance(body, b.OfferPosted) else None, body.quantity,
-        body.location, body.until if isinstance(body, b.OfferPosted) else body.by,
+        "offer" if offer else "need",
+        event.author,
+        event.hlc,
+        body.title,
+        body.category,
+        body.item if isinstance(body, b.OfferPosted) else None,
+        body.quantity,
+        body.location,
+        body.until if isinstance(body, b.OfferPosted) else body.by,
         None if isinstance(body, b.OfferPosted) else body.urgency,
     ]
 
@@ -189,7 +251,9 @@ def _step(claim: list[object], type_: str, actor: bytes, holder: object) -> None
     by_holder = actor == holder
     by_claimant = actor == claim[CLAIMANT]
     allowed = {
-        "confirmed": by_holder, "declined": by_holder, "released": by_claimant,
+        "confirmed": by_holder,
+        "declined": by_holder,
+        "released": by_claimant,
         "fulfilled": by_holder or by_claimant,
     }[new]
     if allowed:

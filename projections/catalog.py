@@ -18,12 +18,27 @@ class Catalog:
     VERSION = 1
     TYPES: frozenset[str] = frozenset({"member.joined", "item.defined", "location.defined"})
     TABLES: tuple[Table, ...] = (
-        Table("members", (("author", "BLOB"), ("name", "TEXT"), ("languages", "TEXT"),
-                          ("joined", "INTEGER")), ("author",), "author"),
-        Table("items", (("slug", "TEXT"), ("name", "TEXT"), ("unit", "TEXT"),
-                        ("category", "TEXT"), ("storage", "TEXT")), ("slug",), "slug"),
-        Table("locations", (("slug", "TEXT"), ("name", "TEXT"), ("kind", "TEXT")),
-              ("slug",), "slug"),
+        Table(
+            "members",
+            (("author", "BLOB"), ("name", "TEXT"), ("languages", "TEXT"), ("joined", "INTEGER")),
+            ("author",),
+            "author",
+        ),
+        Table(
+            "items",
+            (
+                ("slug", "TEXT"),
+                ("name", "TEXT"),
+                ("unit", "TEXT"),
+                ("category", "TEXT"),
+                ("storage", "TEXT"),
+            ),
+            ("slug",),
+            "slug",
+        ),
+        Table(
+            "locations", (("slug", "TEXT"), ("name", "TEXT"), ("kind", "TEXT")), ("slug",), "slug"
+        ),
     )
 
     def entities(self, event: Event, lookup: Lookup) -> Iterable[str]:
@@ -36,8 +51,9 @@ class Catalog:
             return ["location:" + body.slug]
         return []
 
-    def apply(self, entity: str, state: State | None, event: Event,
-              causality: Causality) -> State | None:
+    def apply(
+        self, entity: str, state: State | None, event: Event, causality: Causality
+    ) -> State | None:
         body = event.body
         row: Row
         if isinstance(body, b.MemberJoined):

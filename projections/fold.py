@@ -87,8 +87,9 @@ class Projection(Protocol):
         """
         ...
 
-    def apply(self, entity: str, state: State | None, event: Event,
-              causality: Causality) -> State | None:
+    def apply(
+        self, entity: str, state: State | None, event: Event, causality: Causality
+    ) -> State | None:
         """Fold one event that sorts after every event already folded into ``state``.
 
         Returns the new state, or None when the entity must be re-folded from all its

@@ -48,10 +48,19 @@ class Inventory:
     VERSION = 2  # 2: deltas are judged against the standing count only
     TYPES: frozenset[str] = frozenset({"stock.adjusted", "stock.counted"})
     TABLES: tuple[Table, ...] = (
-        Table("inventory", (
-            ("entity", "TEXT"), ("item", "TEXT"), ("location", "TEXT"),
-            ("on_hand", "INTEGER"), ("expires", "TEXT"), ("flags", "TEXT"),
-        ), ("entity",), "entity"),
+        Table(
+            "inventory",
+            (
+                ("entity", "TEXT"),
+                ("item", "TEXT"),
+                ("location", "TEXT"),
+                ("on_hand", "INTEGER"),
+                ("expires", "TEXT"),
+                ("flags", "TEXT"),
+            ),
+            ("entity",),
+            "entity",
+        ),
     )
 
     def entities(self, event: Event, lookup: Lookup) -> Iterable[str]:
@@ -60,8 +69,9 @@ class Inventory:
             return [entity_of(body.item, body.location)]
         return []
 
-    def apply(self, entity: str, state: State | None, event: Event,
-              causality: Causality) -> State | None:
+    def apply(
+        self, entity: str, state: State | None, event: Event, causality: Causality
+    ) -> State | None:
         body = event.body
         if isinstance(body, b.StockAdjusted):
             s = state if state is not None else _empty(body)
@@ -101,8 +111,11 @@ class Inventory:
         if state["recount"]:
             flags.append("recount")
         expires = min((lot[0] for lot in lots), default=None)
-        return {"inventory": [(entity, state["item"], state["location"], on_hand, expires,
-                               ",".join(flags))]}
+        return {
+            "inventory": [
+                (entity, state["item"], state["location"], on_hand, expires, ",".join(flags))
+            ]
+        }
 
 
 def _empty(body: b.StockAdjusted | b.StockCounted) -> State:
@@ -110,8 +123,16 @@ def _empty(body: b.StockAdjusted | b.StockCounted) -> State:
     # hlc, last seq, last hlc, sum] of that author's deltas W had not seen (all of them
     # while there is no count). rivals: author hex -> ref of that author's last count W
     # had not seen.
-    return {"item": body.item, "location": body.location, "on_hand": 0, "lots": [],
-            "count": None, "recount": False, "since": {}, "rivals": {}}
+    return {
+        "item": body.item,
+        "location": body.location,
+        "on_hand": 0,
+        "lots": [],
+        "count": None,
+        "recount": False,
+        "since": {},
+        "rivals": {},
+    }
 
 
 class _Past:
@@ -130,8 +151,7 @@ class _Past:
         mine.append((event.hlc, event.seq, (mine[-1][2] if mine else 0) + delta))
 
 
-def _count_from_summary(s: State, event: Event, body: b.StockCounted,
-                        causality: Causality) -> bool:
+def _count_from_summary(s: State, event: Event, body: b.StockCounted, causality: Causality) -> bool:
     """Make ``event`` the standing count from the state alone; False (state untouched)
     when the state cannot tell which deltas it had seen."""
     standing = s["count"]
@@ -151,14 +171,16 @@ def _count_from_summary(s: State, event: Event, body: b.StockCounted,
         unseen[key] = run
         missed += total
     # Counts this one had not seen: only among those W had not seen, as it had seen W.
-    others = {key: ref for key, ref in rivals.items()
-              if not causality.happened_before(ref, event.ref)}
+    others = {
+        key: ref for key, ref in rivals.items() if not causality.happened_before(ref, event.ref)
+    }
     _set_count(s, event, body.count + missed, unseen, others)
     return True
 
 
-def _count_from_past(s: State, event: Event, body: b.StockCounted, past: _Past,
-                     causality: Causality) -> None:
+def _count_from_past(
+    s: State, event: Event, body: b.StockCounted, past: _Past, causality: Causality
+) -> None:
     """Make ``event`` the standing count, deciding from every earlier event."""
     unseen: dict[str, list[object]] = {}
     missed = 0
@@ -171,13 +193,17 @@ def _count_from_past(s: State, event: Event, body: b.StockCounted, past: _Past,
         total = running - (deltas[seen - 1][2] if seen else 0)
         unseen[author.hex()] = [author, first_seq, first_hlc, last_seq, last_hlc, total]
         missed += total
-    others = {author.hex(): ref for author, ref in past.counts.items()
-              if not causality.happened_before(ref, event.ref)}
+    others = {
+        author.hex(): ref
+        for author, ref in past.counts.items()
+        if not causality.happened_before(ref, event.ref)
+    }
     _set_count(s, event, body.count + missed, unseen, others)
 
 
-def _seen_prefix(author: bytes, deltas: Sequence[tuple[int, int, int]], ref: list[object],
-                 causality: Causality) -> int:
+def _seen_prefix(
+    author: bytes, deltas: Sequence[tuple[int, int, int]], ref: list[object], causality: Causality
+) -> int:
     """How many of ``author``'s deltas the event ``ref`` had seen: always a prefix."""
     hlc, seq, _ = deltas[-1]
     if causality.happened_before([hlc, author, seq], ref):
@@ -193,8 +219,13 @@ def _seen_prefix(author: bytes, deltas: Sequence[tuple[int, int, int]], ref: lis
     return low
 
 
-def _set_count(s: State, event: Event, on_hand: int, unseen: dict[str, list[object]],
-               rivals: dict[str, list[object]]) -> None:
+def _set_count(
+    s: State,
+    event: Event,
+    on_hand: int,
+    unseen: dict[str, list[object]],
+    rivals: dict[str, list[object]],
+) -> None:
     """Every delta or count the new standing count had not seen sorts before it, so is
     concurrent with it: any one of them flags a recount; none clears the flag."""
     s["on_hand"] = on_hand

@@ -53,8 +53,11 @@ class Projector:
             # current directory (which may hold another "projections") is not
             self._proc = subprocess.Popen(
                 [sys.executable, "-P", "-m", "projections.projector", str(log_path)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL, env=child_env())
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=child_env(),
+            )
         except OSError:  # no interpreter to start (a frozen build): fold in place
             return
         assert self._proc.stdin is not None and self._proc.stdout is not None
@@ -135,8 +138,12 @@ def fold_chunk(db: sqlite3.Connection, runner: Runner, limit: int = CHUNK) -> in
     read = runner.backlog(db, limit)
     if not read.events and read.last == read.after:
         return 0
-    return in_transaction(db, lambda db: runner.catch_up(db, limit, read),
-                          [runner.before_commit], [runner.rolled_back])
+    return in_transaction(
+        db,
+        lambda db: runner.catch_up(db, limit, read),
+        [runner.before_commit],
+        [runner.rolled_back],
+    )
 
 
 def _woken(fd: int, *, wait: bool) -> bool:

@@ -37,27 +37,78 @@ def iso_week(start: str) -> str:
 class Roster:
     NAME = "roster"
     VERSION = 1
-    TYPES: frozenset[str] = frozenset({"shift.scheduled", "shift.signed_up", "shift.withdrawn",
-                       "shift.completed", "role.defined", "role.assigned"})
+    TYPES: frozenset[str] = frozenset(
+        {
+            "shift.scheduled",
+            "shift.signed_up",
+            "shift.withdrawn",
+            "shift.completed",
+            "role.defined",
+            "role.assigned",
+        }
+    )
     TABLES: tuple[Table, ...] = (
-        Table("roster_shifts", (
-            ("id", "BLOB"), ("role", "TEXT"), ("location", "TEXT"), ("start", "TEXT"),
-            ("end", "TEXT"), ("slots", "INTEGER"), ("filled", "INTEGER"),
-            ("open", "INTEGER"), ("author", "BLOB"), ("hlc", "INTEGER"), ("flags", "TEXT"),
-        ), ("id",), "id"),
-        Table("roster_signups", (
-            ("shift", "BLOB"), ("member", "BLOB"), ("rank", "INTEGER"), ("flags", "TEXT"),
-        ), ("shift", "member"), "shift"),
-        Table("roster_hours", (
-            ("shift", "BLOB"), ("member", "BLOB"), ("week", "TEXT"), ("hours", "REAL"),
-        ), ("shift", "member"), "shift"),
-        Table("roles", (
-            ("slug", "TEXT"), ("name", "TEXT"), ("description", "TEXT"),
-            ("weekly_hours", "REAL"),
-        ), ("slug",), "slug"),
-        Table("role_assignments", (
-            ("role", "TEXT"), ("member", "BLOB"), ("until", "TEXT"),
-        ), ("role", "member"), "role"),
+        Table(
+            "roster_shifts",
+            (
+                ("id", "BLOB"),
+                ("role", "TEXT"),
+                ("location", "TEXT"),
+                ("start", "TEXT"),
+                ("end", "TEXT"),
+                ("slots", "INTEGER"),
+                ("filled", "INTEGER"),
+                ("open", "INTEGER"),
+                ("author", "BLOB"),
+                ("hlc", "INTEGER"),
+                ("flags", "TEXT"),
+            ),
+            ("id",),
+            "id",
+        ),
+        Table(
+            "roster_signups",
+            (
+                ("shift", "BLOB"),
+                ("member", "BLOB"),
+                ("rank", "INTEGER"),
+                ("flags", "TEXT"),
+            ),
+            ("shift", "member"),
+            "shift",
+        ),
+        Table(
+            "roster_hours",
+            (
+                ("shift", "BLOB"),
+                ("member", "BLOB"),
+                ("week", "TEXT"),
+                ("hours", "REAL"),
+            ),
+            ("shift", "member"),
+            "shift",
+        ),
+        Table(
+            "roles",
+            (
+                ("slug", "TEXT"),
+                ("name", "TEXT"),
+                ("description", "TEXT"),
+                ("weekly_hours", "REAL"),
+            ),
+            ("slug",),
+            "slug",
+        ),
+        Table(
+            "role_assignments",
+            (
+                ("role", "TEXT"),
+                ("member", "BLOB"),
+                ("until", "TEXT"),
+            ),
+            ("role", "member"),
+            "role",
+        ),
     )
 
     def entities(self, event: Event, lookup: Lookup) -> Iterable[str]:
@@ -72,12 +123,14 @@ class Roster:
             return [role_entity(body.role)]
         return []
 
-    def apply(self, entity: str, state: State | None, event: Event,
-              causality: Causality) -> State | None:
+    def apply(
+        self, entity: str, state: State | None, event: Event, causality: Causality
+    ) -> State | None:
         body = event.body
         if entity.startswith("role:"):
-            r: State = state if state is not None else {"slug": entity[5:], "def": None,
-                                                       "assigned": {}}
+            r: State = (
+                state if state is not None else {"slug": entity[5:], "def": None, "assigned": {}}
+            )
             if isinstance(body, b.RoleDefined):
                 r["def"] = [body.name, body.description, body.weekly_hours]
             elif isinstance(body, b.RoleAssigned):
@@ -85,16 +138,22 @@ class Roster:
                 assert isinstance(assigned, dict)
                 assigned[body.member.hex()] = [body.member, body.until]
             return r
-        s: State = state if state is not None else {"shift": None, "signups": {},
-                                                    "hours": {}}
+        s: State = state if state is not None else {"shift": None, "signups": {}, "hours": {}}
         signups = s["signups"]
         hours = s["hours"]
         assert isinstance(signups, dict) and isinstance(hours, dict)
         member = event.author.hex()
         if isinstance(body, b.ShiftScheduled):
-            s["shift"] = {"id": event.hash, "role": body.role, "location": body.location,
-                          "start": body.start, "end": body.end, "slots": body.slots,
-                          "author": event.author, "hlc": event.hlc}
+            s["shift"] = {
+                "id": event.hash,
+                "role": body.role,
+                "location": body.location,
+                "start": body.start,
+                "end": body.end,
+                "slots": body.slots,
+                "author": event.author,
+                "hlc": event.hlc,
+            }
         elif isinstance(body, b.ShiftSignedUp):
             if member not in signups:
                 signups[member] = [event.author, event.ref]
@@ -125,15 +184,27 @@ class Roster:
             for rank, (member, _ref) in enumerate(ranked, start=1)
         ]
         week = iso_week(str(shift["start"]))
-        hour_rows: list[Row] = [(shift["id"], member, week, h)
-                                for member, h in sorted(hours.values())]
+        hour_rows: list[Row] = [
+            (shift["id"], member, week, h) for member, h in sorted(hours.values())
+        ]
         shift_row: Row = (
-            shift["id"], shift["role"], shift["location"], shift["start"], shift["end"],
-            slots, filled, max(slots - filled, 0), shift["author"], shift["hlc"],
+            shift["id"],
+            shift["role"],
+            shift["location"],
+            shift["start"],
+            shift["end"],
+            slots,
+            filled,
+            max(slots - filled, 0),
+            shift["author"],
+            shift["hlc"],
             "over-filled" if filled > slots else "",
         )
-        return {"roster_shifts": [shift_row], "roster_signups": signup_rows,
-                "roster_hours": hour_rows}
+        return {
+            "roster_shifts": [shift_row],
+            "roster_signups": signup_rows,
+            "roster_hours": hour_rows,
+        }
 
 
 def _role_rows(state: State) -> dict[str, list[Row]]:
@@ -142,8 +213,7 @@ def _role_rows(state: State) -> dict[str, list[Row]]:
     assigned = state["assigned"]
     assert isinstance(assigned, dict)
     rows: dict[str, list[Row]] = {
-        "role_assignments": [(slug, member, until)
-                             for member, until in sorted(assigned.values())],
+        "role_assignments": [(slug, member, until) for member, until in sorted(assigned.values())],
     }
     if isinstance(definition, list):
         rows["roles"] = [(slug, *definition)]

@@ -54,30 +54,40 @@ NUMBER_OF = "(SELECT id FROM proj_entities WHERE key = ? AND name = ?)"
 parameters: how the views find one entity's rows through the tables' primary key."""
 
 _INTERNAL: tuple[tuple[str, str], ...] = (
-    ("proj_meta", "CREATE TABLE IF NOT EXISTS proj_meta ("
-                  "name TEXT PRIMARY KEY, version INTEGER NOT NULL)"),
-    ("proj_entities", """CREATE TABLE IF NOT EXISTS proj_entities (
+    (
+        "proj_meta",
+        "CREATE TABLE IF NOT EXISTS proj_meta (name TEXT PRIMARY KEY, version INTEGER NOT NULL)",
+    ),
+    (
+        "proj_entities",
+        """CREATE TABLE IF NOT EXISTS proj_entities (
     id INTEGER PRIMARY KEY,        -- this node's number for it, in order of first fold
     name TEXT NOT NULL,            -- the projection's name: 'board:<hash>', 'stock:...'
     key INTEGER NOT NULL           -- name_key(name): what look-ups by name seek
-)"""),
-    ("proj_state", """CREATE TABLE IF NOT EXISTS proj_state (
+)""",
+    ),
+    (
+        "proj_state",
+        """CREATE TABLE IF NOT EXISTS proj_state (
     entity INTEGER PRIMARY KEY, last BLOB NOT NULL, state BLOB NOT NULL,
     tables TEXT NOT NULL           -- the projection tables holding its rows
-)"""),
-    ("proj_index", """CREATE TABLE IF NOT EXISTS proj_index (
+)""",
+    ),
+    (
+        "proj_index",
+        """CREATE TABLE IF NOT EXISTS proj_index (
     bucket INTEGER NOT NULL,       -- arrival number // INDEX_BUCKET when folded
     entity INTEGER NOT NULL, hlc INTEGER NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (bucket, entity, hlc, author, seq)
-) WITHOUT ROWID"""),
+) WITHOUT ROWID""",
+    ),
 )
 """The runner's own tables, (name, statement)."""
 _INTERNAL_INDEXES: tuple[tuple[str, str], ...] = (
     # Not a unique index of names: a name is mostly an event hash in hex, so such an
     # index took a page of its own for most entities a commit numbered. The key is 8
     # bytes, and a node never numbers a name it finds (``_load_states``).
-    ("proj_entities_key",
-     "CREATE INDEX IF NOT EXISTS proj_entities_key ON proj_entities (key)"),
+    ("proj_entities_key", "CREATE INDEX IF NOT EXISTS proj_entities_key ON proj_entities (key)"),
 )
 
 LAYOUT = 6
@@ -114,8 +124,12 @@ def all_projections() -> tuple[Projection, ...]:
     return projections
 
 
-_ONE_ROW = frozenset(table.name for projection in all_projections()
-                     for table in projection.TABLES if table.key == (table.entity_column,))
+_ONE_ROW = frozenset(
+    table.name
+    for projection in all_projections()
+    for table in projection.TABLES
+    if table.key == (table.entity_column,)
+)
 """Tables whose key is the entity: an entity's new row replaces its old one in place."""
 
 
@@ -127,15 +141,19 @@ def _insert_statement(table: Table) -> str:
     if table.name not in _ONE_ROW:
         return statement
     target = ", ".join(f'"{k}"' for k in (ENTITY_COLUMN, *table.key))
-    changes = ", ".join(f'"{name}" = excluded."{name}"' for name, _ in table.columns
-                        if name not in table.key)
+    changes = ", ".join(
+        f'"{name}" = excluded."{name}"' for name, _ in table.columns if name not in table.key
+    )
     if not changes:
         return f"{statement} ON CONFLICT ({target}) DO NOTHING"
     return f"{statement} ON CONFLICT ({target}) DO UPDATE SET {changes}"
 
 
-_INSERTS = {table.name: _insert_statement(table) for projection in all_projections()
-            for table in projection.TABLES}
+_INSERTS = {
+    table.name: _insert_statement(table)
+    for projection in all_projections()
+    for table in projection.TABLES
+}
 
 
 def to_event(env: Envelope) -> Event | None:
@@ -161,8 +179,10 @@ def _unpack_event(raw: bytes, hash_: bytes) -> Event | None:
         type_, body = fields["type"], fields["body"]
         author, seq, hlc = fields["author"], fields["seq"], fields["hlc"]
     except Exception:  # msgpack raises many types; a damaged map may lack any key
-        raise StorageError(f"the stored event {hash_.hex()[:12]} is damaged: run 'potluck "
-                           "doctor --repair' to set it aside") from None
+        raise StorageError(
+            f"the stored event {hash_.hex()[:12]} is damaged: run 'potluck "
+            "doctor --repair' to set it aside"
+        ) from None
     if type_ not in b.TYPES:
         return None
     try:
@@ -209,10 +229,13 @@ class LogCausality:
             return span[2]
         row = self._db.execute(
             "SELECT seq, other_seq FROM seen WHERE author = ? AND other = ? AND seq <= ? "
-            "ORDER BY seq DESC LIMIT 1", (author, other, seq)).fetchone()
+            "ORDER BY seq DESC LIMIT 1",
+            (author, other, seq),
+        ).fetchone()
         after = self._db.execute(
-            "SELECT seq FROM seen WHERE author = ? AND other = ? AND seq > ? "
-            "ORDER BY seq LIMIT 1", (author, other, seq)).fetchone()
+            "SELECT seq FROM seen WHERE author = ? AND other = ? AND seq > ? ORDER BY seq LIMIT 1",
+            (author, other, seq),
+        ).fetchone()
         low, known = (row[0], row[1]) if row else (0, 0)
         self._spans[(author, other)] = (low, after[0] if after else 1 << 63, known)
         return int(known)
@@ -245,8 +268,10 @@ class Runner:
         Why: ``setup`` needs SQLite's write lock, and every ``potluck`` command opens the
         log; beside a ``potluck serve`` busy with a large sync, taking that lock just to
         find the tables already there made a read like ``potluck board`` wait."""
-        present = {row[0] for row in db.execute(
-            "SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+        present = {
+            row[0]
+            for row in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")
+        }
         names = [name for name, _ in (*self._schema(), *_INTERNAL_INDEXES)]
         if any(name not in present for name in names) or self.stale(db):
             return False
@@ -267,8 +292,10 @@ class Runner:
         # Before the checkpoint every write folded its own events (and rebuilt on a
         # fork), so the whole log is folded as of its forks; for a log whose projections
         # are stale, the rebuild that follows sets both.
-        db.executemany("INSERT OR IGNORE INTO proj_meta VALUES (?, ?)",
-                       [(CHECKPOINT_KEY, last_arrival(db)), (FORKS_KEY, forks_mark(self._forks))])
+        db.executemany(
+            "INSERT OR IGNORE INTO proj_meta VALUES (?, ?)",
+            [(CHECKPOINT_KEY, last_arrival(db)), (FORKS_KEY, forks_mark(self._forks))],
+        )
         return self.stale(db)
 
     def _migrate(self, db: sqlite3.Connection) -> None:
@@ -277,8 +304,7 @@ class Runner:
         dropped the index on each table's key; 4 → 5 put ``proj_index`` in buckets,
         and its rows so far all go in bucket 0, where they keep their order; 5 → 6
         gave ``proj_entities`` its keys in place of the unique index of names."""
-        row = db.execute("SELECT version FROM proj_meta WHERE name = ?",
-                         (LAYOUT_KEY,)).fetchone()
+        row = db.execute("SELECT version FROM proj_meta WHERE name = ?", (LAYOUT_KEY,)).fetchone()
         if row is None or row[0] not in (3, 4, 5):
             columns = {r[1] for r in db.execute("PRAGMA table_info(proj_entities)")}
             if "key" not in columns:  # an older layout, rebuilt next: start it afresh
@@ -310,9 +336,14 @@ class Runner:
                 # already keeps keys unique, and a second index of hashes took a page
                 # of its own for most rows a commit wrote (LAYOUT 4). Look-ups by key
                 # go through the entity (views.board_entry, views.claim).
-                schema.append((table.name, f'CREATE TABLE IF NOT EXISTS "{table.name}" ('
-                               f'{ENTITY_COLUMN} INTEGER NOT NULL, {columns}, '
-                               f'PRIMARY KEY ({ENTITY_COLUMN}, {key})) WITHOUT ROWID'))
+                schema.append(
+                    (
+                        table.name,
+                        f'CREATE TABLE IF NOT EXISTS "{table.name}" ('
+                        f"{ENTITY_COLUMN} INTEGER NOT NULL, {columns}, "
+                        f"PRIMARY KEY ({ENTITY_COLUMN}, {key})) WITHOUT ROWID",
+                    )
+                )
         return schema
 
     def stale(self, db: sqlite3.Connection) -> bool:
@@ -321,9 +352,11 @@ class Runner:
         not leave out yet (``FORKS_KEY``)."""
         versions = dict(db.execute("SELECT name, version FROM proj_meta").fetchall())
         forks = versions.get(FORKS_KEY)
-        return versions.get(LAYOUT_KEY) != LAYOUT or any(
-            versions.get(p.NAME) != p.VERSION for p in self.projections) or (
-            forks is not None and forks != forks_mark(fork_points(db)))
+        return (
+            versions.get(LAYOUT_KEY) != LAYOUT
+            or any(versions.get(p.NAME) != p.VERSION for p in self.projections)
+            or (forks is not None and forks != forks_mark(fork_points(db)))
+        )
 
     def _drop(self, db: sqlite3.Connection) -> None:
         for projection in self.projections:
@@ -351,8 +384,9 @@ class Runner:
         stored = _stored_meta(db, CHECKPOINT_KEY)
         return 0 if stored is None else last_arrival(db) - stored
 
-    def catch_up(self, db: sqlite3.Connection, limit: int | None = None,
-                 read: Backlog | None = None) -> int:
+    def catch_up(
+        self, db: sqlite3.Connection, limit: int | None = None, read: Backlog | None = None
+    ) -> int:
         """Fold what the log holds beyond the projections' checkpoint, at most ``limit``
         events (all without); return how many. Run in a write transaction, as the
         store's hooks are, with ``before_commit`` before its COMMIT: the projector
@@ -433,8 +467,9 @@ class Runner:
             _write_all(db, list(states.changed.items()))
             states.changed.clear()
         if self._folded is not None:
-            db.execute("INSERT OR REPLACE INTO proj_meta VALUES (?, ?)",
-                       (CHECKPOINT_KEY, self._folded))
+            db.execute(
+                "INSERT OR REPLACE INTO proj_meta VALUES (?, ?)", (CHECKPOINT_KEY, self._folded)
+            )
             self._folded = None
         while len(states) > LIVE_CACHE_LIMIT:
             states.popitem(last=False)  # the least recently used
@@ -449,8 +484,14 @@ class Runner:
         fork = self._forks.get(event.author)
         return fork is None or event.seq < fork
 
-    def apply(self, db: sqlite3.Connection, batch: Sequence[Event], *, arrival: int,
-              cache: _StateCache | None = None) -> None:
+    def apply(
+        self,
+        db: sqlite3.Connection,
+        batch: Sequence[Event],
+        *,
+        arrival: int,
+        cache: _StateCache | None = None,
+    ) -> None:
         """Fold ``batch`` into the live states, which ``before_commit`` writes; with
         ``cache`` (rebuild), into that cache, written when it is full or flushed.
         ``arrival``: where the batch ends in the log (a rebuild: how many events it
@@ -476,14 +517,20 @@ class Runner:
         bucket = arrival // INDEX_BUCKET
         for projection in self.projections:
             if mine[projection.NAME]:
-                self._apply_one(db, projection, mine[projection.NAME], causality, lookup,
-                                states, bucket)
+                self._apply_one(
+                    db, projection, mine[projection.NAME], causality, lookup, states, bucket
+                )
         if cache is not None and len(states) > STATE_CACHE_LIMIT:
             self._flush(db, states)
 
     def _apply_one(
-        self, db: sqlite3.Connection, projection: Projection, ordered: Sequence[Event],
-        causality: Causality, lookup: Callable[[bytes], Event | None], states: _StateCache,
+        self,
+        db: sqlite3.Connection,
+        projection: Projection,
+        ordered: Sequence[Event],
+        causality: Causality,
+        lookup: Callable[[bytes], Event | None],
+        states: _StateCache,
         bucket: int,
     ) -> None:
         """Fold ``ordered`` (events of the projection's types) into the states."""
@@ -491,8 +538,7 @@ class Runner:
         index: list[tuple[int, int, int, bytes, int]] = []
         entities_of, apply = projection.entities, projection.apply
         touched = [(event, tuple(entities_of(event, lookup))) for event in ordered]
-        missing = {entity for _, entities in touched for entity in entities
-                   if entity not in states}
+        missing = {entity for _, entities in touched for entity in entities if entity not in states}
         if states.on_disk is not None:  # a rebuild: only what it wrote itself can exist
             missing &= states.on_disk
         loaded = _load_states(db, projection, missing) if missing else {}
@@ -503,7 +549,8 @@ class Runner:
                 cached = states.get(entity)
                 if cached is None:
                     cached = loaded.pop(entity, None) or _Cached(
-                        projection, numbers.new(entity), None, None, ())
+                        projection, numbers.new(entity), None, None, ()
+                    )
                     states[entity] = cached
                 else:
                     states.move_to_end(entity)  # most recently used last
@@ -536,7 +583,6 @@ class Runner:
             states.on_disk.update(states)
         states.clear()
 
-
     def rebuild(self, db: sqlite3.Connection) -> int:
         """Drop every projection and fold the whole log again; return events folded.
 
@@ -559,9 +605,14 @@ class Runner:
         return folded
 
     def mark_current(self, db: sqlite3.Connection) -> None:
-        db.executemany("INSERT OR REPLACE INTO proj_meta VALUES (?, ?)",
-                       [(LAYOUT_KEY, LAYOUT), (FORKS_KEY, forks_mark(self._forks)),
-                        *((p.NAME, p.VERSION) for p in self.projections)])
+        db.executemany(
+            "INSERT OR REPLACE INTO proj_meta VALUES (?, ?)",
+            [
+                (LAYOUT_KEY, LAYOUT),
+                (FORKS_KEY, forks_mark(self._forks)),
+                *((p.NAME, p.VERSION) for p in self.projections),
+            ],
+        )
 
     def digest(self, db: sqlite3.Connection) -> str:
         """BLAKE2b-256 over every projection row in canonical order, as hex."""
@@ -622,7 +673,8 @@ class _Numbering:
     def new(self, name: str) -> int:
         if self._next is None:
             self._next = self._db.execute(
-                "SELECT coalesce(max(id), 0) + 1 FROM proj_entities").fetchone()[0]
+                "SELECT coalesce(max(id), 0) + 1 FROM proj_entities"
+            ).fetchone()[0]
             assert self._next is not None
         number = self._next
         self._next += 1
@@ -631,8 +683,10 @@ class _Numbering:
 
     def save(self) -> None:
         if self._new:
-            self._db.executemany("INSERT INTO proj_entities VALUES (?, ?, ?)",
-                                 [(number, name, name_key(name)) for number, name in self._new])
+            self._db.executemany(
+                "INSERT INTO proj_entities VALUES (?, ?, ?)",
+                [(number, name, name_key(name)) for number, name in self._new],
+            )
             self._new = []
 
 
@@ -641,8 +695,14 @@ class _Cached:
 
     __slots__ = ("id", "last", "projection", "state", "tables")
 
-    def __init__(self, projection: Projection, id_: int, state: State | None,
-                 last: Key | None, tables: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        projection: Projection,
+        id_: int,
+        state: State | None,
+        last: Key | None,
+        tables: tuple[str, ...],
+    ) -> None:
         self.projection = projection
         self.id = id_  # its number in proj_entities
         self.state = state
@@ -681,16 +741,23 @@ def _load_states(
     wanted = set(entities)
     for part, marks in in_parts([name_key(name) for name in wanted]):
         for name, id_, last, state, tables in db.execute(
-                "SELECT e.name, e.id, s.last, s.state, s.tables FROM proj_entities e "
-                f"LEFT JOIN proj_state s ON s.entity = e.id WHERE e.key IN ({marks})", part):
+            "SELECT e.name, e.id, s.last, s.state, s.tables FROM proj_entities e "
+            f"LEFT JOIN proj_state s ON s.entity = e.id WHERE e.key IN ({marks})",
+            part,
+        ):
             if name not in wanted:  # another name with the same key
                 continue
             if last is None:  # numbered, but its events left the projections (a fork)
                 found[name] = _Cached(projection, id_, None, None, ())
                 continue
             hlc, author, seq = msgpack.unpackb(last, raw=False)
-            found[name] = _Cached(projection, id_, msgpack.unpackb(state, raw=False),
-                                  (hlc, author, seq), tuple(t for t in tables.split(",") if t))
+            found[name] = _Cached(
+                projection,
+                id_,
+                msgpack.unpackb(state, raw=False),
+                (hlc, author, seq),
+                tuple(t for t in tables.split(",") if t),
+            )
     return found
 
 
@@ -744,8 +811,9 @@ def _recreate(db: sqlite3.Connection, table: str, rows: str) -> None:
 def name_key(name: str) -> int:
     """The 8-byte key ``proj_entities`` finds an entity's name by (signed, as SQLite's
     integers are). Names may collide on it: a look-up compares the name too."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big",
-                          signed=True)
+    return int.from_bytes(
+        hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True
+    )
 
 
 def number_of(name: str) -> tuple[int, str]:
@@ -777,8 +845,10 @@ def _stored_meta(db: sqlite3.Connection, name: str) -> int | None:
 def _arrivals(db: sqlite3.Connection, after: int, end: int, limit: int) -> Backlog:
     """The events with arrival numbers after ``after`` up to ``end``, at most ``limit``,
     parsed for folding (types projections skip are left out of ``events``)."""
-    rows = db.execute("SELECT id, raw, hash FROM events WHERE id > ? AND id <= ? "
-                      "ORDER BY id LIMIT ?", (after, end, limit)).fetchall()
+    rows = db.execute(
+        "SELECT id, raw, hash FROM events WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+        (after, end, limit),
+    ).fetchall()
     parsed = [e for e in (_unpack_event(r[1], r[2]) for r in rows) if e is not None]
     return Backlog(after, rows[-1][0] if rows else after, parsed)
 
@@ -794,7 +864,9 @@ def _entity_events(db: sqlite3.Connection, entity: int) -> Iterator[Event]:
         "UNION ALL SELECT n + 1 FROM buckets WHERE n < (SELECT max(bucket) FROM proj_index)) "
         "SELECT e.raw, e.hash FROM buckets CROSS JOIN proj_index i ON i.bucket = buckets.n "
         "AND i.entity = ? JOIN events e ON e.author = i.author AND e.seq = i.seq "
-        "ORDER BY i.hlc, i.author, i.seq", (entity,))
+        "ORDER BY i.hlc, i.author, i.seq",
+        (entity,),
+    )
     last = None
     for raw, hash_ in rows:
         if hash_ == last:
@@ -805,19 +877,19 @@ def _entity_events(db: sqlite3.Connection, entity: int) -> Iterator[Event]:
             yield event
 
 
-def _event_lookup(
-    db: sqlite3.Connection, recent: _RecentEvents
-) -> Callable[[bytes], Event | None]:
+def _event_lookup(db: sqlite3.Connection, recent: _RecentEvents) -> Callable[[bytes], Event | None]:
     def lookup(hash_: bytes) -> Event | None:
         return recent.get(hash_) or stored_event(db, hash_)
+
     return lookup
 
 
 def stored_event(db: sqlite3.Connection, hash_: bytes) -> Event | None:
     """The log's event ``hash_`` as folds see it; None when the log lacks it or
     projections skip its type. Damage on disk is a StorageError naming the repair."""
-    row = db.execute("SELECT raw FROM events WHERE hkey = ? AND hash = ?",
-                     (hash_key(hash_), hash_)).fetchone()
+    row = db.execute(
+        "SELECT raw FROM events WHERE hkey = ? AND hash = ?", (hash_key(hash_), hash_)
+    ).fetchone()
     return _unpack_event(row[0], hash_) if row else None
 
 
@@ -854,7 +926,9 @@ def _canonical_chunks(db: sqlite3.Connection, size: int) -> Iterable[list[Event]
     while True:
         rows = db.execute(
             "SELECT raw, hash, hlc, author, seq FROM events WHERE (hlc, author, seq) > "
-            "(?, ?, ?) ORDER BY hlc, author, seq LIMIT ?", (*after, size)).fetchall()
+            "(?, ?, ?) ORDER BY hlc, author, seq LIMIT ?",
+            (*after, size),
+        ).fetchall()
         if not rows:
             return
         chunk = [e for e in (_unpack_event(r[0], r[1]) for r in rows) if e is not None]

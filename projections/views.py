@@ -44,9 +44,12 @@ def ms_time(ms: int) -> str:
 
 
 def members(db: sqlite3.Connection) -> list[Member]:
-    return [Member(key=author.hex(), name=name, languages=_flags(languages))
-            for author, name, languages in db.execute(
-                "SELECT author, name, languages FROM members ORDER BY joined, author")]
+    return [
+        Member(key=author.hex(), name=name, languages=_flags(languages))
+        for author, name, languages in db.execute(
+            "SELECT author, name, languages FROM members ORDER BY joined, author"
+        )
+    ]
 
 
 def _names(db: sqlite3.Connection) -> dict[bytes, str]:
@@ -54,8 +57,10 @@ def _names(db: sqlite3.Connection) -> dict[bytes, str]:
 
 
 def known_slugs(db: sqlite3.Connection) -> dict[str, set[str]]:
-    return {table: {row[0] for row in db.execute(f"SELECT slug FROM {table}")}
-            for table in ("items", "locations", "roles")}
+    return {
+        table: {row[0] for row in db.execute(f"SELECT slug FROM {table}")}
+        for table in ("items", "locations", "roles")
+    }
 
 
 def board_entry(db: sqlite3.Connection, id_: bytes) -> dict[str, object] | None:
@@ -63,7 +68,8 @@ def board_entry(db: sqlite3.Connection, id_: bytes) -> dict[str, object] | None:
     row = db.execute(
         "SELECT kind, status, author FROM board_entries "
         f"WHERE {ENTITY_COLUMN} = {NUMBER_OF} AND id = ?",
-        (*number_of(entity_of(id_)), id_)).fetchone()
+        (*number_of(entity_of(id_)), id_),
+    ).fetchone()
     return None if row is None else {"kind": row[0], "status": row[1], "author": row[2]}
 
 
@@ -77,7 +83,8 @@ def claim(db: sqlite3.Connection, id_: bytes) -> dict[str, object] | None:
         "SELECT c.status, c.claimant, e.author, e.kind FROM board_claims c "
         f"JOIN board_entries e ON e.{ENTITY_COLUMN} = c.{ENTITY_COLUMN} AND e.id = c.target "
         f"WHERE c.{ENTITY_COLUMN} = {NUMBER_OF} AND c.id = ?",
-        (*number_of(entity_of(made.body.target)), id_)).fetchone()
+        (*number_of(entity_of(made.body.target)), id_),
+    ).fetchone()
     if row is None:
         return None
     return {"status": row[0], "claimant": row[1], "holder": row[2], "kind": row[3]}
@@ -88,25 +95,56 @@ def board(db: sqlite3.Connection) -> dict[str, list[dict[str, object]]]:
     names = _names(db)
     claims: dict[bytes, list[dict[str, object]]] = {}
     for cid, target, claimant, quantity, hlc, status, rank, flags in db.execute(
-            "SELECT id, target, claimant, quantity, hlc, status, rank, flags "
-            "FROM board_claims ORDER BY hlc, claimant"):
-        claims.setdefault(target, []).append({
-            "id": cid.hex(), "claimant": claimant.hex(), "claimant_name": names.get(claimant),
-            "quantity": quantity, "status": status, "rank": rank, "made": hlc_time(hlc),
-            "flags": _flags(flags),
-        })
+        "SELECT id, target, claimant, quantity, hlc, status, rank, flags "
+        "FROM board_claims ORDER BY hlc, claimant"
+    ):
+        claims.setdefault(target, []).append(
+            {
+                "id": cid.hex(),
+                "claimant": claimant.hex(),
+                "claimant_name": names.get(claimant),
+                "quantity": quantity,
+                "status": status,
+                "rank": rank,
+                "made": hlc_time(hlc),
+                "flags": _flags(flags),
+            }
+        )
     offers: list[dict[str, object]] = []
     needs: list[dict[str, object]] = []
-    for (id_, kind, author, hlc, title, category, item, quantity, location, until,
-         urgency, claimed, remaining, flags) in db.execute(
-            "SELECT id, kind, author, hlc, title, category, item, quantity, location, "
-            "until, urgency, claimed, remaining, flags FROM board_entries "
-            "WHERE status = 'open' ORDER BY hlc DESC, id"):
+    for (
+        id_,
+        kind,
+        author,
+        hlc,
+        title,
+        category,
+        item,
+        quantity,
+        location,
+        until,
+        urgency,
+        claimed,
+        remaining,
+        flags,
+    ) in db.execute(
+        "SELECT id, kind, author, hlc, title, category, item, quantity, location, "
+        "until, urgency, claimed, remaining, flags FROM board_entries "
+        "WHERE status = 'open' ORDER BY hlc DESC, id"
+    ):
         entry: dict[str, object] = {
-            "id": id_.hex(), "title": title, "category": category, "quantity": quantity,
-            "claimed": claimed, "remaining": remaining, "flags": _flags(flags),
-            "location": location, "author": author.hex(), "author_name": names.get(author),
-            "posted": hlc_time(hlc), "claims": claims.get(id_, []),
+            "id": id_.hex(),
+            "title": title,
+            "category": category,
+            "quantity": quantity,
+            "claimed": claimed,
+            "remaining": remaining,
+            "flags": _flags(flags),
+            "location": location,
+            "author": author.hex(),
+            "author_name": names.get(author),
+            "posted": hlc_time(hlc),
+            "claims": claims.get(id_, []),
         }
         if kind == "offer":
             entry.update(item=item, until=until)
@@ -123,13 +161,21 @@ def inventory(db: sqlite3.Connection, today: datetime.date) -> dict[str, list[di
     horizon = (today + datetime.timedelta(days=EXPIRING_DAYS)).isoformat()
     rows: list[dict[str, object]] = []
     for item, location, on_hand, expires, flags in db.execute(
-            "SELECT i.item, i.location, i.on_hand, i.expires, i.flags FROM inventory i "
-            "ORDER BY i.location, i.item"):
+        "SELECT i.item, i.location, i.on_hand, i.expires, i.flags FROM inventory i "
+        "ORDER BY i.location, i.item"
+    ):
         all_flags = _flags(flags)
         if expires is not None and on_hand > 0 and expires <= horizon:
             all_flags.append("expired" if expires < today.isoformat() else "expiring")
-        rows.append({"item": item, "location": location, "on_hand": on_hand,
-                     "expires": expires, "flags": all_flags})
+        rows.append(
+            {
+                "item": item,
+                "location": location,
+                "on_hand": on_hand,
+                "expires": expires,
+                "flags": all_flags,
+            }
+        )
     return {"rows": rows}
 
 
@@ -138,37 +184,67 @@ def roster(db: sqlite3.Connection, week: str | None) -> dict[str, list[dict[str,
     names = _names(db)
     members_of: dict[bytes, list[dict[str, object]]] = {}
     for shift, member, rank, flags in db.execute(
-            "SELECT shift, member, rank, flags FROM roster_signups ORDER BY shift, rank"):
+        "SELECT shift, member, rank, flags FROM roster_signups ORDER BY shift, rank"
+    ):
         members_of.setdefault(shift, []).append(
-            {"key": member.hex(), "name": names.get(member), "rank": rank,
-             "flags": _flags(flags)})
+            {"key": member.hex(), "name": names.get(member), "rank": rank, "flags": _flags(flags)}
+        )
     shifts: list[dict[str, object]] = []
     for id_, role, location, start, end, slots, filled, open_, flags in db.execute(
-            "SELECT id, role, location, start, \"end\", slots, filled, open, flags "
-            "FROM roster_shifts ORDER BY start, id"):
+        'SELECT id, role, location, start, "end", slots, filled, open, flags '
+        "FROM roster_shifts ORDER BY start, id"
+    ):
         if week is not None and iso_week(start) != week:
             continue
-        shifts.append({"id": id_.hex(), "role": role, "location": location, "start": start,
-                       "end": end, "slots": slots, "filled": filled, "open": open_,
-                       "members": members_of.get(id_, []), "flags": _flags(flags)})
+        shifts.append(
+            {
+                "id": id_.hex(),
+                "role": role,
+                "location": location,
+                "start": start,
+                "end": end,
+                "slots": slots,
+                "filled": filled,
+                "open": open_,
+                "members": members_of.get(id_, []),
+                "flags": _flags(flags),
+            }
+        )
     hours: list[dict[str, object]] = []
     sql = "SELECT member, week, sum(hours) FROM roster_hours"
     params: tuple[object, ...] = ()
     if week is not None:
         sql += " WHERE week = ?"
         params = (week,)
-    for member, member_week, total in db.execute(sql + " GROUP BY member, week "
-                                                 "ORDER BY week, member", params):
-        hours.append({"member": member.hex(), "name": names.get(member), "week": member_week,
-                      "hours": round(total, 2)})
+    for member, member_week, total in db.execute(
+        sql + " GROUP BY member, week ORDER BY week, member", params
+    ):
+        hours.append(
+            {
+                "member": member.hex(),
+                "name": names.get(member),
+                "week": member_week,
+                "hours": round(total, 2),
+            }
+        )
     roles: list[dict[str, object]] = []
     assigned: dict[str, list[dict[str, object]]] = {}
     for role, member, until in db.execute(
-            "SELECT role, member, until FROM role_assignments ORDER BY role, member"):
+        "SELECT role, member, until FROM role_assignments ORDER BY role, member"
+    ):
         assigned.setdefault(role, []).append(
-            {"key": member.hex(), "name": names.get(member), "until": until})
+            {"key": member.hex(), "name": names.get(member), "until": until}
+        )
     for slug, name, description, weekly_hours in db.execute(
-            "SELECT slug, name, description, weekly_hours FROM roles ORDER BY slug"):
-        roles.append({"slug": slug, "name": name, "description": description,
-                      "weekly_hours": weekly_hours, "members": assigned.get(slug, [])})
+        "SELECT slug, name, description, weekly_hours FROM roles ORDER BY slug"
+    ):
+        roles.append(
+            {
+                "slug": slug,
+                "name": name,
+                "description": description,
+                "weekly_hours": weekly_hours,
+                "members": assigned.get(slug, []),
+            }
+        )
     return {"shifts": shifts, "hours": hours, "roles": roles}

@@ -125,6 +125,7 @@ class BundleDamaged(UsageError):
 
 # -- sealing (pure) --------------------------------------------------------------------
 
+
 def _tag(secret: bytes, salt: bytes) -> bytes:
     return hashlib.blake2b(_TAG_CONTEXT + salt, digest_size=TAG_BYTES, key=secret).digest()
 
@@ -141,8 +142,9 @@ class BundleSealer:
     """Writes a bundle's bytes for a group secret: ``header``, then one ``events_chunk``
     per author run, then ``end_chunk``. Pure; ``export_bundle`` does the file work."""
 
-    def __init__(self, secret: bytes, salt: bytes | None = None,
-                 version: int = FORMAT_VERSION) -> None:
+    def __init__(
+        self, secret: bytes, salt: bytes | None = None, version: int = FORMAT_VERSION
+    ) -> None:
         if len(secret) != GROUP_SECRET_BYTES:
             raise ValueError("a group secret is 32 bytes")
         if version not in READABLE_VERSIONS:
@@ -174,7 +176,8 @@ class BundleSealer:
         flags = FLAG_FINAL if final else 0
         nonce = secrets.token_bytes(NONCE_BYTES)
         sealed = crypto_aead_xchacha20poly1305_ietf_encrypt(
-            plaintext, _aad(self.header, self.index, flags), nonce, self._key)
+            plaintext, _aad(self.header, self.index, flags), nonce, self._key
+        )
         self.index += 1
         return bytes([flags]) + len(sealed).to_bytes(4, "big") + nonce + sealed
 
@@ -191,6 +194,7 @@ def _packb(value: object) -> bytes:
 
 # -- export ----------------------------------------------------------------------------
 
+
 async def export_bundle(
     store: Store, path: Path, since: Mapping[bytes, int] | None = None
 ) -> BundleInfo:
@@ -200,11 +204,14 @@ async def export_bundle(
     so ``path`` is either the old file or a whole new bundle, never half of one.
     """
     since = since or {}
-    proofs = [proof for proof in [await store.fork_evidence(author)
-                                  for author in await store.fork_points()]
-              if proof is not None]
-    sealer = BundleSealer(store.group.secret,
-                          version=EVIDENCE_VERSION if proofs else FORMAT_VERSION)
+    proofs = [
+        proof
+        for proof in [await store.fork_evidence(author) for author in await store.fork_points()]
+        if proof is not None
+    ]
+    sealer = BundleSealer(
+        store.group.secret, version=EVIDENCE_VERSION if proofs else FORMAT_VERSION
+    )
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     written = 0
     authors = 0
@@ -246,8 +253,7 @@ async def export_bundle(
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    return BundleInfo(events=sealer.count, bytes=written, authors=authors,
-                      evidence=len(proofs))
+    return BundleInfo(events=sealer.count, bytes=written, authors=authors, evidence=len(proofs))
 
 
 def _create(path: Path) -> BinaryIO:
@@ -274,6 +280,7 @@ def _write_problem(path: Path, exc: OSError) -> str:
 
 # -- import ----------------------------------------------------------------------------
 
+
 def is_bundle_of(path: Path, group: Group) -> bool:
     """Whether the bundle at ``path`` was made for ``group``: reads the header only.
 
@@ -289,7 +296,7 @@ def is_bundle_of(path: Path, group: Group) -> bool:
 
 
 def _salt(header: bytes) -> bytes:
-    return header[len(MAGIC) + 1:len(MAGIC) + 1 + SALT_BYTES]
+    return header[len(MAGIC) + 1 : len(MAGIC) + 1 + SALT_BYTES]
 
 
 def _check_header(path: Path, head: bytes) -> None:
@@ -301,8 +308,10 @@ def _check_header(path: Path, head: bytes) -> None:
     if head[len(MAGIC)] == 0:
         raise UsageError(f"the bundle {path} is damaged: its header is wrong")
     if head[len(MAGIC)] not in READABLE_VERSIONS:
-        raise UsageError(f"the bundle {path} was made by a newer Potluck (bundle format "
-                         f"{head[len(MAGIC)]}): update Potluck on this device to import it")
+        raise UsageError(
+            f"the bundle {path} was made by a newer Potluck (bundle format "
+            f"{head[len(MAGIC)]}): update Potluck on this device to import it"
+        )
     if len(head) < HEADER_BYTES:
         raise UsageError(f"the bundle {path} is damaged: it ends inside its header")
 
@@ -338,8 +347,9 @@ async def _import(store: Store, path: Path, file: BinaryIO) -> ImportResult:
     _check_header(path, header)
     secret = store.group.secret
     if not hmac.compare_digest(header[-TAG_BYTES:], _tag(secret, _salt(header))):
-        raise UsageError(f"this bundle belongs to another group, not {store.group.name}: "
-                         "nothing was imported")
+        raise UsageError(
+            f"this bundle belongs to another group, not {store.group.name}: nothing was imported"
+        )
     key = _key(secret, _salt(header))
     pending_before = await store.pending_count()
     result = ImportResult()
@@ -347,15 +357,18 @@ async def _import(store: Store, path: Path, file: BinaryIO) -> ImportResult:
     async def damaged(index: int, reason: str) -> BundleDamaged:
         result.held = max(0, await store.pending_count() - pending_before)
         if index == result.chunks + 1:  # every chunk, end marker included, was fine
-            message = (f"the bundle {path} has bytes after its end ({reason}): everything "
-                       f"in it was imported ({result.stored} new events)")
+            message = (
+                f"the bundle {path} has bytes after its end ({reason}): everything "
+                f"in it was imported ({result.stored} new events)"
+            )
         elif result.chunks:
-            message = (f"the bundle is damaged at chunk {index + 1} ({reason}): nothing "
-                       f"after it was imported; what came before it was kept "
-                       f"({result.stored} new events, {result.duplicates} already here)")
+            message = (
+                f"the bundle is damaged at chunk {index + 1} ({reason}): nothing "
+                f"after it was imported; what came before it was kept "
+                f"({result.stored} new events, {result.duplicates} already here)"
+            )
         else:
-            message = (f"the bundle is damaged at chunk {index + 1} ({reason}): nothing "
-                       "was imported")
+            message = f"the bundle is damaged at chunk {index + 1} ({reason}): nothing was imported"
         return BundleDamaged(message, index + 1, result)
 
     index = 0
@@ -374,23 +387,31 @@ async def _import(store: Store, path: Path, file: BinaryIO) -> ImportResult:
             raise await damaged(index, "the file ends inside it")
         try:
             plain = crypto_aead_xchacha20poly1305_ietf_decrypt(
-                body[NONCE_BYTES:], _aad(header, index, flags), body[:NONCE_BYTES], key)
+                body[NONCE_BYTES:], _aad(header, index, flags), body[:NONCE_BYTES], key
+            )
         except CryptoError:
-            raise await damaged(index, "its bytes were changed, or chunks are out of "
-                                "order") from None
+            raise await damaged(
+                index, "its bytes were changed, or chunks are out of order"
+            ) from None
         try:
             content = msgpack.unpackb(plain, raw=False, strict_map_key=True)
         except Exception:  # msgpack raises many types for bad input
             content = None
         if flags & FLAG_FINAL:
-            if not isinstance(content, dict) or set(content) != {"count"} \
-                    or content["count"] != result.events:
+            if (
+                not isinstance(content, dict)
+                or set(content) != {"count"}
+                or content["count"] != result.events
+            ):
                 raise await damaged(index, "its end marker does not match what came before")
             if await _read(file, 1):
                 raise await damaged(index + 1, "perhaps two files were joined")
             break
-        if header[len(MAGIC)] >= EVIDENCE_VERSION and isinstance(content, dict) \
-                and set(content) == {"evidence"}:
+        if (
+            header[len(MAGIC)] >= EVIDENCE_VERSION
+            and isinstance(content, dict)
+            and set(content) == {"evidence"}
+        ):
             proofs += 1
             if not await _import_evidence(store, content["evidence"], proofs, result):
                 raise await damaged(index, "its contents are not understood")
@@ -412,13 +433,13 @@ async def _import(store: Store, path: Path, file: BinaryIO) -> ImportResult:
     return result
 
 
-async def _import_evidence(store: Store, raws: object, number: int,
-                           result: ImportResult) -> bool:
+async def _import_evidence(store: Store, raws: object, number: int, result: ImportResult) -> bool:
     """Keep the bundle's ``number``-th proof of a fork; False if the chunk is not two
     byte strings. A proof that does not hold (not two versions of one event, another
     group, a forged signature) is refused like a bad event and the import goes on."""
-    if not (isinstance(raws, list) and len(raws) == 2
-            and all(isinstance(raw, bytes) for raw in raws)):
+    if not (
+        isinstance(raws, list) and len(raws) == 2 and all(isinstance(raw, bytes) for raw in raws)
+    ):
         return False
     where = f"evidence {number}"
     try:
@@ -473,6 +494,7 @@ async def _read(file: BinaryIO, n: int) -> bytes:
 
 # -- vector files ----------------------------------------------------------------------
 
+
 async def write_vector_file(store: Store, path: Path) -> dict[bytes, int]:
     """Write what ``store`` has (author -> seq) to ``path``, atomically; return it.
 
@@ -480,8 +502,9 @@ async def write_vector_file(store: Store, path: Path) -> dict[bytes, int]:
     from it, and carry the bundle back: it holds only what this node lacks.
     """
     vector = {author: seq for author, (seq, _) in (await store.vector()).items()}
-    text = json.dumps({author.hex(): seq for author, seq in sorted(vector.items())},
-                      indent=1) + "\n"
+    text = (
+        json.dumps({author.hex(): seq for author, seq in sorted(vector.items())}, indent=1) + "\n"
+    )
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         await asyncio.to_thread(_write_small, tmp, text.encode("utf-8"))
@@ -507,8 +530,10 @@ def read_vector_file(path: Path) -> dict[bytes, int]:
         data = path.read_bytes()
     except OSError as exc:
         raise UsageError(_read_problem(path, exc)) from None
-    what = (f"{path} is not a vector file (it should hold JSON like "
-            '{"<64 hex digits>": <number>, ...})')
+    what = (
+        f"{path} is not a vector file (it should hold JSON like "
+        '{"<64 hex digits>": <number>, ...})'
+    )
     try:
         fields = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):

@@ -126,8 +126,12 @@ def local_addresses() -> list[str]:
 def networks_of(addresses: Sequence[str]) -> list[str]:
     """The subnets of our ``addresses`` as "address/prefix" (a /32 for one that ``ifaddr``
     does not list)."""
-    prefixes = {ip.ip: ip.network_prefix for adapter in ifaddr.get_adapters()
-                for ip in adapter.ips if isinstance(ip.ip, str)}
+    prefixes = {
+        ip.ip: ip.network_prefix
+        for adapter in ifaddr.get_adapters()
+        for ip in adapter.ips
+        if isinstance(ip.ip, str)
+    }
     return [f"{a}/{prefixes.get(a, 32)}" for a in addresses]
 
 
@@ -177,11 +181,17 @@ class Discovery:
     re-read every ``poll_seconds``; a list of IPv4 addresses to use only those.
     """
 
-    def __init__(self, group: Group, port: int | None,
-                 on_found: Callable[[str, str], None], on_lost: Callable[[str], None], *,
-                 interfaces: Sequence[str] | None = None,
-                 poll_seconds: float = POLL_SECONDS,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        group: Group,
+        port: int | None,
+        on_found: Callable[[str, str], None],
+        on_lost: Callable[[str], None],
+        *,
+        interfaces: Sequence[str] | None = None,
+        poll_seconds: float = POLL_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.group = group
         self.port = port
         self.on_found = on_found
@@ -242,10 +252,15 @@ class Discovery:
         return list(self._fixed) if self._fixed is not None else local_addresses()
 
     def _service_info(self) -> ServiceInfo:
-        return ServiceInfo(SERVICE_TYPE, self.name, port=self.port,
-                           properties=txt_record(self.group.secret, self.clock()),
-                           server=f"{self.instance}.local.", other_ttl=OTHER_TTL,
-                           parsed_addresses=self._addresses)
+        return ServiceInfo(
+            SERVICE_TYPE,
+            self.name,
+            port=self.port,
+            properties=txt_record(self.group.secret, self.clock()),
+            server=f"{self.instance}.local.",
+            other_ttl=OTHER_TTL,
+            parsed_addresses=self._addresses,
+        )
 
     def _set_addresses(self, addresses: list[str]) -> None:
         self._addresses = addresses
@@ -257,8 +272,7 @@ class Discovery:
         zc = AsyncZeroconf(interfaces=addresses, ip_version=IPVersion.V4Only)
         self._zc = zc
         # Browse first: finding others need not wait for our own name's probing.
-        self._browser = AsyncServiceBrowser(zc.zeroconf, SERVICE_TYPE,
-                                            handlers=[self._on_change])
+        self._browser = AsyncServiceBrowser(zc.zeroconf, SERVICE_TYPE, handlers=[self._on_change])
         if self.port is None:
             return
         for _attempt in range(3):
@@ -325,8 +339,9 @@ class Discovery:
 
     # -- browsing ------------------------------------------------------------------
 
-    def _on_change(self, zeroconf: Zeroconf, service_type: str, name: str,
-                   state_change: ServiceStateChange) -> None:
+    def _on_change(
+        self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
         if name == self.name or service_type != SERVICE_TYPE:
             return
         log.debug("mDNS: %s %s", state_change.name, name)
@@ -349,11 +364,17 @@ class Discovery:
         if self._generation.get(name) != generation or zeroconf is not self._zc_core():
             return  # a later change of this advert (or a restart) superseded this one
         properties = info.decoded_properties
-        ours = (properties.get("v") == PROTOCOL_VERSION
-                and matches(self.group.secret, properties.get("h"), self.clock()))
+        ours = properties.get("v") == PROTOCOL_VERSION and matches(
+            self.group.secret, properties.get("h"), self.clock()
+        )
         host = pick_address(info.parsed_addresses(IPVersion.V4Only), self._networks)
-        log.debug("mDNS: %s at %s port %s: %s", name, info.parsed_addresses(), info.port,
-                  "ours" if ours else "not ours")
+        log.debug(
+            "mDNS: %s at %s port %s: %s",
+            name,
+            info.parsed_addresses(),
+            info.port,
+            "ours" if ours else "not ours",
+        )
         if not ours or host is None or not info.port:
             self._lose(name)  # a stranger's advert, or one of ours that stopped matching
             return

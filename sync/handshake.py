@@ -119,7 +119,8 @@ class CipherState:
         if self._key is None:
             return plaintext
         out = crypto_aead_chacha20poly1305_ietf_encrypt(
-            plaintext, ad, self._nonce_bytes(), self._key)
+            plaintext, ad, self._nonce_bytes(), self._key
+        )
         self._nonce += 1
         return out
 
@@ -129,11 +130,13 @@ class CipherState:
             return ciphertext
         try:
             out = crypto_aead_chacha20poly1305_ietf_decrypt(
-                ciphertext, ad, self._nonce_bytes(), self._key)
+                ciphertext, ad, self._nonce_bytes(), self._key
+            )
         except (CryptoError, ValueError, TypeError):
             raise DecryptFailed(
                 f"frame {self._nonce} does not authenticate "
-                "(altered, replayed, reordered or under another key)") from None
+                "(altered, replayed, reordered or under another key)"
+            ) from None
         self._nonce += 1
         return out
 
@@ -167,9 +170,10 @@ class _SymmetricState:
         try:
             plaintext = self.cipher.decrypt(ciphertext, self.h)
         except DecryptFailed:
-            raise HandshakeFailed("handshake message does not authenticate: the peer "
-                                  "does not hold this group's secret, or it was altered"
-                                  ) from None
+            raise HandshakeFailed(
+                "handshake message does not authenticate: the peer "
+                "does not hold this group's secret, or it was altered"
+            ) from None
         self.mix_hash(ciphertext)
         return plaintext
 
@@ -187,8 +191,14 @@ class NoiseState:
     """
 
     def __init__(
-        self, *, name: bytes, pattern: Sequence[Sequence[str]], initiator: bool,
-        prologue: bytes, static: bytes | None = None, psks: Sequence[bytes] = (),
+        self,
+        *,
+        name: bytes,
+        pattern: Sequence[Sequence[str]],
+        initiator: bool,
+        prologue: bytes,
+        static: bytes | None = None,
+        psks: Sequence[bytes] = (),
         ephemeral: bytes | None = None,
     ) -> None:
         self._pattern = [tuple(tokens) for tokens in pattern]
@@ -310,16 +320,25 @@ class Handshake:
     """
 
     def __init__(
-        self, *, initiator: bool, device_key: SigningKey, group_secret: bytes,
-        prologue: bytes, ephemeral: bytes | None = None,
+        self,
+        *,
+        initiator: bool,
+        device_key: SigningKey,
+        group_secret: bytes,
+        prologue: bytes,
+        ephemeral: bytes | None = None,
     ) -> None:
         if len(group_secret) != SECRET_BYTES:
             raise LocalProtocolError(f"group secret must be {SECRET_BYTES} bytes")
         self._initiator = initiator
         self._device_key = device_key
         self._noise = NoiseState(
-            name=NOISE_NAME, pattern=XXPSK0, initiator=initiator, prologue=prologue,
-            static=bytes(device_key.to_curve25519_private_key()), psks=[group_secret],
+            name=NOISE_NAME,
+            pattern=XXPSK0,
+            initiator=initiator,
+            prologue=prologue,
+            static=bytes(device_key.to_curve25519_private_key()),
+            psks=[group_secret],
             ephemeral=ephemeral,
         )
         self._step = 0
@@ -335,14 +354,14 @@ class Handshake:
     def receive(self, message: bytes) -> bytes | None:
         """Consume the peer's next message; return our reply, if the pattern has one."""
         # (initiator?, step) -> index of the message we expect; 0 and 2 come from the initiator.
-        expected = {(True, 1): 1, (False, 0): 0, (False, 2): 2}.get(
-            (self._initiator, self._step))
+        expected = {(True, 1): 1, (False, 0): 0, (False, 2): 2}.get((self._initiator, self._step))
         if expected is None:
             raise LocalProtocolError("no handshake message expected now")
         if len(message) != MESSAGE_BYTES[expected]:
             raise HandshakeFailed(
                 f"handshake message {expected + 1} is {len(message)} bytes, "
-                f"expected {MESSAGE_BYTES[expected]}")
+                f"expected {MESSAGE_BYTES[expected]}"
+            )
         rest = self._noise.read_tokens(message)
         transcript = self._noise.handshake_hash
         payload = self._noise.read_payload(rest)

@@ -44,7 +44,6 @@ _TAG_IPV6 = 2
 _TAG_HOST = 3
 
 
-
 def _decoding_table() -> dict[str, int]:
     """Character -> 5-bit value, forgiving case and the letters read as digits."""
     table = {char: value for value, char in enumerate(ALPHABET)}
@@ -58,8 +57,10 @@ _VALUES = _decoding_table()
 # What people put between groups: spaces, line breaks, and every kind of dash a word
 # processor or chat app may turn a hyphen into.
 _SEPARATORS = re.compile(r"[\s\-\u2010-\u2015\u2212]+")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
-                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +82,9 @@ class Invite:
             raise UsageError(f"an invite needs the {GROUP_SECRET_BYTES}-byte group secret")
         _check_name(self.name)
         if len(self.addresses) > MAX_ADDRESSES:
-            raise UsageError(f"an invite holds at most {MAX_ADDRESSES} addresses, "
-                             f"not {len(self.addresses)}")
+            raise UsageError(
+                f"an invite holds at most {MAX_ADDRESSES} addresses, not {len(self.addresses)}"
+            )
         for address in self.addresses:
             parse_address(address)
         if self.expires is not None and not 0 < self.expires <= _MAX_EXPIRES:
@@ -94,8 +96,9 @@ _MAX_EXPIRES = 0xFFFFFFFF * 60
 
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or name != name.strip() or not 0 < len(name) <= MAX_NAME_CHARS:
-        raise UsageError(f"group name must be 1 to {MAX_NAME_CHARS} characters, "
-                         "without spaces at either end")
+        raise UsageError(
+            f"group name must be 1 to {MAX_NAME_CHARS} characters, without spaces at either end"
+        )
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -115,8 +118,10 @@ def parse_address(text: str) -> tuple[str, int]:
     else:
         host, sep, port_text = text.rpartition(":")
         if not sep or ":" in host:
-            raise UsageError(f"'{text}' is not an address: {example} "
-                             "(an IPv6 address goes in brackets: [fe80::1]:7717)")
+            raise UsageError(
+                f"'{text}' is not an address: {example} "
+                "(an IPv6 address goes in brackets: [fe80::1]:7717)"
+            )
     if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise UsageError(f"'{text}' has no valid port (1 to 65535): {example}")
     port = int(port_text)
@@ -127,11 +132,13 @@ def parse_address(text: str) -> tuple[str, int]:
         if not _HOSTNAME.match(host) or not host.isascii():
             raise UsageError(f"'{host}' is not a host name or IP address: {example}")
     elif ip.is_unspecified:
-        raise UsageError(f"'{text}' cannot be dialled by another device: "
-                         "give this node's address on the network")
+        raise UsageError(
+            f"'{text}' cannot be dialled by another device: give this node's address on the network"
+        )
     elif isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
-        raise UsageError(f"'{text}' names a network interface of this machine only: "
-                         "give the address without '%'")
+        raise UsageError(
+            f"'{text}' names a network interface of this machine only: give the address without '%'"
+        )
     return host, port
 
 
@@ -147,8 +154,13 @@ def group_of(invite: Invite) -> Group:
     return Group.from_secret(invite.secret, invite.name)
 
 
-def invite_for(group: Group, addresses: tuple[str, ...] | list[str] = (), *,
-               valid_for: float | None = None, now: float) -> Invite:
+def invite_for(
+    group: Group,
+    addresses: tuple[str, ...] | list[str] = (),
+    *,
+    valid_for: float | None = None,
+    now: float,
+) -> Invite:
     """An invite to ``group``, reachable at ``addresses``, for ``valid_for`` seconds."""
     if valid_for is not None and valid_for <= 0:
         raise UsageError("an invite must be valid for some time: give a positive duration")
@@ -162,11 +174,12 @@ def _ceil_minute(seconds: float) -> int:
 
 # -- encoding --------------------------------------------------------------------------
 
+
 def encode(invite: Invite) -> str:
     """The code people see: ``potluck-`` and base32 in groups of four."""
     payload = _payload(invite)
     body = _base32(payload + zlib.crc32(payload).to_bytes(CHECKSUM_BYTES, "little"))
-    groups = [body[i:i + GROUP_CHARS] for i in range(0, len(body), GROUP_CHARS)]
+    groups = [body[i : i + GROUP_CHARS] for i in range(0, len(body), GROUP_CHARS)]
     return "-".join([PREFIX, *groups])
 
 
@@ -230,10 +243,12 @@ def decode(code: str, *, now: float) -> Invite:
         raise UsageError("no invite code given: it starts with 'potluck-'")
     if len(text) > MAX_CODE_CHARS:
         raise UsageError("this is not a Potluck invite: it is far too long")
-    if text[:len(PREFIX)].lower() != PREFIX:
-        raise UsageError(f"this is not a Potluck invite: it does not start with '{PREFIX}-'"
-                         " (copy the whole code, including its first word)")
-    body = text[len(PREFIX):]
+    if text[: len(PREFIX)].lower() != PREFIX:
+        raise UsageError(
+            f"this is not a Potluck invite: it does not start with '{PREFIX}-'"
+            " (copy the whole code, including its first word)"
+        )
+    body = text[len(PREFIX) :]
     if not body:
         raise UsageError("the invite code stops after 'potluck': the rest of it is missing")
     values: list[int] = []
@@ -242,16 +257,17 @@ def decode(code: str, *, now: float) -> Invite:
         if value is None:
             group = index // GROUP_CHARS + 1
             shown = char if char.isprintable() else repr(char)
-            raise UsageError(f"{_TYPO} ('{shown}' in group {group} cannot be in an invite "
-                             "code)")
+            raise UsageError(f"{_TYPO} ('{shown}' in group {group} cannot be in an invite code)")
         values.append(value)
     data = _codeword(_number(values), len(values))
     if data is None:
         raise UsageError(_TYPO + _where(values))
     payload = data[:-CHECKSUM_BYTES]
     if payload[0] != FORMAT_VERSION:
-        raise UsageError(f"this invite was made by a newer Potluck (invite format "
-                         f"{payload[0]}): update Potluck on this device to use it")
+        raise UsageError(
+            f"this invite was made by a newer Potluck (invite format "
+            f"{payload[0]}): update Potluck on this device to use it"
+        )
     invite = _parse(payload)
     if invite.expires is not None and now >= invite.expires:
         when = datetime.fromtimestamp(invite.expires, UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -317,7 +333,7 @@ def _where(values: list[int]) -> str:
     if len(found) != 1:
         return ""
     kind, group = found.pop()
-    shown = "".join(ALPHABET[v] for v in values[group * GROUP_CHARS:(group + 1) * GROUP_CHARS])
+    shown = "".join(ALPHABET[v] for v in values[group * GROUP_CHARS : (group + 1) * GROUP_CHARS])
     return {
         "wrong": f" (group {group + 1}, '{shown}', looks wrong)",
         "extra": f" (group {group + 1}, '{shown}', seems to have a letter too many)",
@@ -366,7 +382,7 @@ class _Reader:
     def take(self, n: int) -> bytes:
         if self.offset + n > len(self.data):
             raise _Damaged("it ends too early")
-        chunk = self.data[self.offset:self.offset + n]
+        chunk = self.data[self.offset : self.offset + n]
         self.offset += n
         return chunk
 

@@ -143,8 +143,9 @@ class _Bucket:
     def take(self, cost: float, now: float) -> float:
         """Refill to ``now``, take ``cost``; return the debt in seconds (0: within)."""
         if now > self.stamp:
-            self.tokens = min(self.rate.burst,
-                              self.tokens + (now - self.stamp) * self.rate.per_second)
+            self.tokens = min(
+                self.rate.burst, self.tokens + (now - self.stamp) * self.rate.per_second
+            )
             self.stamp = now
         self.tokens -= cost
         if self.tokens >= -_EPSILON:
@@ -196,8 +197,10 @@ class RateLimiter:
         stats.events += events
         stats.frame_bytes += nbytes
         costs = (frames, events, nbytes, 0 if events else nbytes)
-        debts = {name: bucket.take(cost, now) for (name, bucket), cost in
-                 zip(self._buckets.items(), costs, strict=True)}
+        debts = {
+            name: bucket.take(cost, now)
+            for (name, bucket), cost in zip(self._buckets.items(), costs, strict=True)
+        }
         which = max(debts, key=lambda name: debts[name])
         debt = debts[which]
         calm = self._over_since is None or now - self._last_debt >= self.limits.calm
@@ -214,15 +217,23 @@ class RateLimiter:
         stats.over = now - self._over_since
         rate = self._buckets[which].rate
         if debt > self.limits.max_pause:
-            return Verdict(code=RATE_LIMIT, reason=(
-                f"one frame needs a {debt:.1f} s pause to fit {_figure(rate.per_second)} "
-                f"{which}/s (burst {_figure(rate.burst)}); "
-                f"cut beyond {self.limits.max_pause:g} s"))
+            return Verdict(
+                code=RATE_LIMIT,
+                reason=(
+                    f"one frame needs a {debt:.1f} s pause to fit {_figure(rate.per_second)} "
+                    f"{which}/s (burst {_figure(rate.burst)}); "
+                    f"cut beyond {self.limits.max_pause:g} s"
+                ),
+            )
         if stats.over > self.limits.grace:
-            return Verdict(code=RATE_LIMIT, reason=(
-                f"over {_figure(rate.per_second)} {which}/s (burst {_figure(rate.burst)}) "
-                f"for {stats.over:.1f} s; throttled {stats.paused:.1f} s "
-                f"over {stats.pauses} pauses; {stats.frames} frames, {stats.events} events"))
+            return Verdict(
+                code=RATE_LIMIT,
+                reason=(
+                    f"over {_figure(rate.per_second)} {which}/s (burst {_figure(rate.burst)}) "
+                    f"for {stats.over:.1f} s; throttled {stats.paused:.1f} s "
+                    f"over {stats.pauses} pauses; {stats.frames} frames, {stats.events} events"
+                ),
+            )
         if debt < MIN_PAUSE:
             return GO_ON  # carried as debt: the next frame pays it
         stats.pauses += 1
@@ -255,9 +266,13 @@ class CreditWatch:
             return GO_ON
         waited = now - self._since
         if waited > self.timeout:
-            return Verdict(code=CREDIT_TIMEOUT, reason=(
-                f"{backlog} event bytes queued for the peer and none sent for "
-                f"{waited:.1f} s: it grants no credit (limit {self.timeout:g} s)"))
+            return Verdict(
+                code=CREDIT_TIMEOUT,
+                reason=(
+                    f"{backlog} event bytes queued for the peer and none sent for "
+                    f"{waited:.1f} s: it grants no credit (limit {self.timeout:g} s)"
+                ),
+            )
         return GO_ON
 
     @property
@@ -288,9 +303,13 @@ class SessionGuard:
         if not ready:
             waited = self._clock() - self.started
             if waited > self.limits.handshake_timeout:
-                return Verdict(code=HANDSHAKE_TIMEOUT, reason=(
-                    f"no handshake and vector within {self.limits.handshake_timeout:g} s "
-                    f"({waited:.1f} s)"))
+                return Verdict(
+                    code=HANDSHAKE_TIMEOUT,
+                    reason=(
+                        f"no handshake and vector within {self.limits.handshake_timeout:g} s "
+                        f"({waited:.1f} s)"
+                    ),
+                )
             return GO_ON
         return self.credit.check(backlog)
 
@@ -328,8 +347,12 @@ class _Refused:
 class ConnectionLimits:
     """Open inbound sessions per remote address and in total."""
 
-    def __init__(self, per_address: int = DEFAULT_LIMITS.per_address,
-                 total: int = DEFAULT_LIMITS.inbound, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        per_address: int = DEFAULT_LIMITS.per_address,
+        total: int = DEFAULT_LIMITS.inbound,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.per_address = per_address
         self.total = total
         self._clock = clock
@@ -347,9 +370,11 @@ class ConnectionLimits:
         if here < self.per_address and total < self.total:
             self.counts[key] = here + 1
             return None
-        why = (f"{here} sessions open from {key} (limit {self.per_address})"
-               if here >= self.per_address else
-               f"{total} inbound sessions open (limit {self.total})")
+        why = (
+            f"{here} sessions open from {key} (limit {self.per_address})"
+            if here >= self.per_address
+            else f"{total} inbound sessions open (limit {self.total})"
+        )
         now = self._clock()
         seen = self._refused.get(key)
         if seen is None or now - seen.said >= REPORT_EVERY:

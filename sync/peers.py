@@ -90,10 +90,14 @@ def setup(db: sqlite3.Connection) -> None:
 def known_peers(db: sqlite3.Connection) -> list[PeerRow]:
     if _missing(db):
         return []
-    return [PeerRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5], r[6], r[7], r[8], r[9])
-            for r in db.execute("SELECT address, key, found, dial, connected, last_seen, "
-                                "behind, ahead, last_error, remote FROM peers "
-                                "ORDER BY address")]
+    return [
+        PeerRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5], r[6], r[7], r[8], r[9])
+        for r in db.execute(
+            "SELECT address, key, found, dial, connected, last_seen, "
+            "behind, ahead, last_error, remote FROM peers "
+            "ORDER BY address"
+        )
+    ]
 
 
 def _missing(db: sqlite3.Connection) -> bool:
@@ -103,12 +107,14 @@ def _missing(db: sqlite3.Connection) -> bool:
 def remember(db: sqlite3.Connection, address: str, found: str) -> None:
     """Add a dial address (kept across restarts); an existing one keeps how it was found."""
     setup(db)
-    db.execute("INSERT OR IGNORE INTO peers (address, found, dial) VALUES (?, ?, 1)",
-               (address, found))
+    db.execute(
+        "INSERT OR IGNORE INTO peers (address, found, dial) VALUES (?, ?, 1)", (address, found)
+    )
 
 
-def lag(ours: dict[bytes, tuple[int, bytes]],
-        theirs: dict[bytes, tuple[int, bytes]]) -> tuple[int, int]:
+def lag(
+    ours: dict[bytes, tuple[int, bytes]], theirs: dict[bytes, tuple[int, bytes]]
+) -> tuple[int, int]:
     """(events the peer lacks from us, events we lack from the peer)."""
     behind = sum(max(0, seq - theirs.get(a, (0, b""))[0]) for a, (seq, _) in ours.items())
     ahead = sum(max(0, seq - ours.get(a, (0, b""))[0]) for a, (seq, _) in theirs.items())
@@ -121,10 +127,15 @@ class PeerManager:
     ``limits`` are the per-peer limits of every session, inbound and dialled, and the
     inbound connection limits (sync/limits.py, docs/protocol.md §limits)."""
 
-    def __init__(self, store: Store, key: SigningKey, *,
-                 say: Callable[[str], None] = lambda line: None,
-                 name_of: Callable[[bytes], str | None] = lambda key: None,
-                 limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        store: Store,
+        key: SigningKey,
+        *,
+        say: Callable[[str], None] = lambda line: None,
+        name_of: Callable[[bytes], str | None] = lambda key: None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
         self.store = store
         self.key = key
         self.say = say
@@ -154,10 +165,18 @@ class PeerManager:
         self._spawn(self._status())
         bound: int | None = None
         if host is not None and port is not None:
-            self._server = await listen(host, port, self.key, self.store, self._serve_session,
-                                        on_stored=self._stored, limits=self.limits,
-                                        admit=self._admit, release=self.connections.release,
-                                        on_forked=self._forked)
+            self._server = await listen(
+                host,
+                port,
+                self.key,
+                self.store,
+                self._serve_session,
+                on_stored=self._stored,
+                limits=self.limits,
+                admit=self._admit,
+                release=self.connections.release,
+                on_forked=self._forked,
+            )
             bound = self._server.sockets[0].getsockname()[1] if self._server.sockets else port
             self.say(f"listening on {host}:{bound}")
         for row in await self.store.read(known_peers):
@@ -187,8 +206,7 @@ class PeerManager:
         self._running = False
         if self._server is not None:
             self._server.close()
-        await asyncio.gather(*(s.close() for s in list(self.sessions)),
-                             return_exceptions=True)
+        await asyncio.gather(*(s.close() for s in list(self.sessions)), return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -229,9 +247,14 @@ class PeerManager:
         while self._running and address in self._wanted:
             began = time.monotonic()
             try:
-                session = await connect_session(address, self.key, self.store,
-                                                on_stored=self._stored, on_forked=self._forked,
-                                                limits=self.limits)
+                session = await connect_session(
+                    address,
+                    self.key,
+                    self.store,
+                    on_stored=self._stored,
+                    on_forked=self._forked,
+                    limits=self.limits,
+                )
             except DialError as exc:
                 await self._record(address, None, connected=False, error=str(exc), found=found)
             else:
@@ -259,13 +282,21 @@ class PeerManager:
         key = session.peer_key
         if session in self._announced and key is not None:
             self._announced.discard(session)
-            self.say(f"peer lost: {self._label(key)} at {session.address}"
-                     + (f" ({session.error})" if session.error else ""))
+            self.say(
+                f"peer lost: {self._label(key)} at {session.address}"
+                + (f" ({session.error})" if session.error else "")
+            )
         elif session.error and session.error.split(":", 1)[0] in CUT_CODES:
             who = self._label(key) if key is not None else "an unauthenticated peer"
             self.say(f"cut off {who} at {session.address} ({session.error})")
-        await self._record(address or _inbound(key), key, connected=False,
-                           error=session.error, found=found, remote=session.address)
+        await self._record(
+            address or _inbound(key),
+            key,
+            connected=False,
+            error=session.error,
+            found=found,
+            remote=session.address,
+        )
 
     def _stored(self, session: Session, stored: Sequence[Envelope]) -> None:
         self._wake.set()  # relay: the feed pushes them to every other session
@@ -327,55 +358,85 @@ class PeerManager:
             now = time.monotonic()
             for session in list(self.sessions):
                 key = session.peer_key
-                if (key is None or not session.protocol.peer_vector_complete
-                        or session not in self.sessions):  # ended during an await below
+                if (
+                    key is None
+                    or not session.protocol.peer_vector_complete
+                    or session not in self.sessions
+                ):  # ended during an await below
                     continue
                 behind, ahead = lag(ours, session.protocol.peer_vector)
-                address = (session.address if session.protocol.role.name == "INITIATOR"
-                           else _inbound(key))
+                address = (
+                    session.address if session.protocol.role.name == "INITIATOR" else _inbound(key)
+                )
                 last = self._recorded.get(session)
                 if last is None or last[:2] != (behind, ahead) or now - last[2] > RECORD_SECONDS:
                     # a write (an fsync) only when the lag moved, or to refresh last_seen
                     self._recorded[session] = (behind, ahead, now)
-                    await self._record(address, key, connected=True, behind=behind,
-                                       ahead=ahead, found=self._found.get(address, "inbound"),
-                                       remote=session.address)
+                    await self._record(
+                        address,
+                        key,
+                        connected=True,
+                        behind=behind,
+                        ahead=ahead,
+                        found=self._found.get(address, "inbound"),
+                        remote=session.address,
+                    )
                     if session not in self.sessions:  # it ended while we wrote: the
                         # row must not stay "connected" if our write landed after its end
-                        await self._record(address, key, connected=False,
-                                           error=session.error, remote=session.address,
-                                           found=self._found.get(address, "inbound"))
+                        await self._record(
+                            address,
+                            key,
+                            connected=False,
+                            error=session.error,
+                            remote=session.address,
+                            found=self._found.get(address, "inbound"),
+                        )
                         continue
                 if session.stats.future > self._future_said.get(session, 0):
                     self._future_said[session] = session.stats.future
-                    self.say(f"held {session.stats.future} events from {self._label(key)} "
-                             "stamped more than 24 h ahead of this clock: they wait for "
-                             "their time (check both clocks)")
+                    self.say(
+                        f"held {session.stats.future} events from {self._label(key)} "
+                        "stamped more than 24 h ahead of this clock: they wait for "
+                        "their time (check both clocks)"
+                    )
                 if session not in self._announced:
                     self._announced.add(session)
                     self.say(f"peer connected: {self._label(key)} at {session.address}")
                 if session not in self._caught_up and ahead == 0 and behind == 0:
                     self._caught_up.add(session)
-                    self.say(f"caught up with {self._label(key)}: received "
-                             f"{session.stats.events_in} events, sent "
-                             f"{session.stats.events_out}")
+                    self.say(
+                        f"caught up with {self._label(key)}: received "
+                        f"{session.stats.events_in} events, sent "
+                        f"{session.stats.events_out}"
+                    )
 
-    async def _record(self, address: str, key: bytes | None, *, connected: bool,
-                      error: str | None = None, behind: int | None = None,
-                      ahead: int | None = None, found: str = "inbound",
-                      remote: str | None = None) -> None:
+    async def _record(
+        self,
+        address: str,
+        key: bytes | None,
+        *,
+        connected: bool,
+        error: str | None = None,
+        behind: int | None = None,
+        ahead: int | None = None,
+        found: str = "inbound",
+        remote: str | None = None,
+    ) -> None:
         now = int(time.time() * 1000) if key is not None else None
         with contextlib.suppress(Exception):
-            await self.store.write(lambda db: db.execute(
-                "INSERT INTO peers (address, key, found, dial, connected, last_seen, behind, "
-                "ahead, last_error, remote) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (address) DO UPDATE SET key = coalesce(excluded.key, key), "
-                "connected = excluded.connected, "
-                "last_seen = coalesce(excluded.last_seen, last_seen), "
-                "behind = coalesce(excluded.behind, behind), "
-                "ahead = coalesce(excluded.ahead, ahead), last_error = excluded.last_error, "
-                "remote = coalesce(excluded.remote, remote)",
-                (address, key, found, int(connected), now, behind, ahead, error, remote)))
+            await self.store.write(
+                lambda db: db.execute(
+                    "INSERT INTO peers (address, key, found, dial, connected, last_seen, behind, "
+                    "ahead, last_error, remote) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (address) DO UPDATE SET key = coalesce(excluded.key, key), "
+                    "connected = excluded.connected, "
+                    "last_seen = coalesce(excluded.last_seen, last_seen), "
+                    "behind = coalesce(excluded.behind, behind), "
+                    "ahead = coalesce(excluded.ahead, ahead), last_error = excluded.last_error, "
+                    "remote = coalesce(excluded.remote, remote)",
+                    (address, key, found, int(connected), now, behind, ahead, error, remote),
+                )
+            )
 
     def _label(self, key: bytes) -> str:
         name = self.name_of(key)

@@ -154,32 +154,58 @@ class State(enum.Enum):
 
 # Message types on the wire (§messages) ...
 HELLO, HANDSHAKE, HAVE, EVENTS, EVIDENCE, CREDIT, ERROR, BYE = (
-    "hello", "handshake", "have", "events", "evidence", "credit", "error", "bye")
-MESSAGE_TYPES: Final = frozenset({HELLO, HANDSHAKE, HAVE, EVENTS, EVIDENCE, CREDIT, ERROR,
-                                  BYE})
+    "hello",
+    "handshake",
+    "have",
+    "events",
+    "evidence",
+    "credit",
+    "error",
+    "bye",
+)
+MESSAGE_TYPES: Final = frozenset({HELLO, HANDSHAKE, HAVE, EVENTS, EVIDENCE, CREDIT, ERROR, BYE})
 # The version that added each type after version 1: in an older negotiated version it
 # is ``unknown-message``, as it would be for a node of that version.
 ADDED_IN: Final[Mapping[str, int]] = {EVIDENCE: EVIDENCE_VERSION}
 # ... and this side's commands, which move the state too.
 SEND_HAVE, SEND_EVENTS, SEND_EVIDENCE, SEND_CREDIT, SEND_BYE = (
-    "send have", "send events", "send evidence", "send credit", "send bye")
+    "send have",
+    "send events",
+    "send evidence",
+    "send credit",
+    "send bye",
+)
 
 _AFTER_HANDSHAKE: Final[dict[State, dict[str, State]]] = {
     State.OPEN: {
-        HAVE: State.OPEN, EVENTS: State.OPEN, EVIDENCE: State.OPEN, CREDIT: State.OPEN,
-        BYE: State.PEER_DONE, ERROR: State.FAILED,
-        SEND_HAVE: State.OPEN, SEND_EVENTS: State.OPEN, SEND_EVIDENCE: State.OPEN,
-        SEND_CREDIT: State.OPEN, SEND_BYE: State.LOCAL_DONE,
+        HAVE: State.OPEN,
+        EVENTS: State.OPEN,
+        EVIDENCE: State.OPEN,
+        CREDIT: State.OPEN,
+        BYE: State.PEER_DONE,
+        ERROR: State.FAILED,
+        SEND_HAVE: State.OPEN,
+        SEND_EVENTS: State.OPEN,
+        SEND_EVIDENCE: State.OPEN,
+        SEND_CREDIT: State.OPEN,
+        SEND_BYE: State.LOCAL_DONE,
     },
     State.LOCAL_DONE: {
-        HAVE: State.LOCAL_DONE, EVENTS: State.LOCAL_DONE, EVIDENCE: State.LOCAL_DONE,
-        CREDIT: State.LOCAL_DONE, BYE: State.CLOSED, ERROR: State.FAILED,
+        HAVE: State.LOCAL_DONE,
+        EVENTS: State.LOCAL_DONE,
+        EVIDENCE: State.LOCAL_DONE,
+        CREDIT: State.LOCAL_DONE,
+        BYE: State.CLOSED,
+        ERROR: State.FAILED,
         SEND_CREDIT: State.LOCAL_DONE,
     },
     State.PEER_DONE: {
-        CREDIT: State.PEER_DONE, ERROR: State.FAILED,
-        SEND_HAVE: State.PEER_DONE, SEND_EVENTS: State.PEER_DONE,
-        SEND_EVIDENCE: State.PEER_DONE, SEND_CREDIT: State.PEER_DONE,
+        CREDIT: State.PEER_DONE,
+        ERROR: State.FAILED,
+        SEND_HAVE: State.PEER_DONE,
+        SEND_EVENTS: State.PEER_DONE,
+        SEND_EVIDENCE: State.PEER_DONE,
+        SEND_CREDIT: State.PEER_DONE,
         SEND_BYE: State.CLOSED,
     },
     State.CLOSED: {},
@@ -288,16 +314,21 @@ class SyncProtocol:
     """
 
     def __init__(
-        self, role: Role, *, device_key: SigningKey, group_secret: bytes,
-        group: bytes | None = None, validate: Callable[[Envelope], None] | None = None,
-        versions: Sequence[int] = VERSIONS, window: int = DEFAULT_WINDOW,
+        self,
+        role: Role,
+        *,
+        device_key: SigningKey,
+        group_secret: bytes,
+        group: bytes | None = None,
+        validate: Callable[[Envelope], None] | None = None,
+        versions: Sequence[int] = VERSIONS,
+        window: int = DEFAULT_WINDOW,
         ephemeral: bytes | None = None,
     ) -> None:
         if not versions or not all(type(v) is int and 1 <= v <= 0xFFFF for v in versions):
             raise LocalProtocolError("versions must be integers 1..65535")
         if not MAX_EVENT_BYTES <= window <= MAX_CREDIT_GRANT:
-            raise LocalProtocolError(
-                f"window must be {MAX_EVENT_BYTES}..{MAX_CREDIT_GRANT} bytes")
+            raise LocalProtocolError(f"window must be {MAX_EVENT_BYTES}..{MAX_CREDIT_GRANT} bytes")
         if len(group_secret) != 32:
             raise LocalProtocolError("group secret must be 32 bytes")
         self.role = role
@@ -333,12 +364,16 @@ class SyncProtocol:
         self._backlog = 0
         self._bye_requested = False
         self._handlers: dict[str, Callable[[Message], None]] = {
-            HELLO: self._on_hello, HANDSHAKE: self._on_handshake, HAVE: self._on_have,
-            EVENTS: self._on_events, EVIDENCE: self._on_evidence, CREDIT: self._on_credit,
-            ERROR: self._on_error, BYE: self._on_bye,
+            HELLO: self._on_hello,
+            HANDSHAKE: self._on_handshake,
+            HAVE: self._on_have,
+            EVENTS: self._on_events,
+            EVIDENCE: self._on_evidence,
+            CREDIT: self._on_credit,
+            ERROR: self._on_error,
+            BYE: self._on_bye,
         }
-        self._hello = _pack({"t": HELLO, "protocol": PROTOCOL_NAME,
-                             "versions": self._versions})
+        self._hello = _pack({"t": HELLO, "protocol": PROTOCOL_NAME, "versions": self._versions})
         self._peer_hello = b""
         self._out.append(self._hello)
 
@@ -459,8 +494,11 @@ class SyncProtocol:
             return
         self._eof = True
         if not self.close_expected():
-            self._fail(ConnectionLost(
-                f"stream ended in state {self._state.name} before both sides said bye"))
+            self._fail(
+                ConnectionLost(
+                    f"stream ended in state {self._state.name} before both sides said bye"
+                )
+            )
 
     # -- commands -------------------------------------------------------------------
 
@@ -474,8 +512,12 @@ class SyncProtocol:
         self._check_command(SEND_HAVE)
         entries: list[list[object]] = []
         for author, (seq, head) in vector.items():
-            if (len(author) != KEY_BYTES or type(seq) is not int or seq < 1
-                    or len(head) != HASH_BYTES):
+            if (
+                len(author) != KEY_BYTES
+                or type(seq) is not int
+                or seq < 1
+                or len(head) != HASH_BYTES
+            ):
                 raise LocalProtocolError("vector entries are author -> (seq >= 1, head)")
             _advance(self._ours, author, seq, head)
             entries.append([author, seq, head])
@@ -489,8 +531,11 @@ class SyncProtocol:
         chunks, point_chunks = _chunks(entries), _chunks(points)
         count = max(len(chunks), len(point_chunks), 1)
         for i in range(count):
-            message: Message = {"t": HAVE, "vector": chunks[i] if i < len(chunks) else [],
-                                "end": i == count - 1}
+            message: Message = {
+                "t": HAVE,
+                "vector": chunks[i] if i < len(chunks) else [],
+                "end": i == count - 1,
+            }
             if i < len(point_chunks):
                 message["forks"] = point_chunks[i]
             self._write(message)
@@ -614,15 +659,13 @@ class SyncProtocol:
     def _fail(self, exc: ProtocolError) -> None:
         if self._error is not None:
             return  # the first error is the reason
-        tell_peer = (self._session is not None and not self._eof
-                     and not isinstance(exc, RemoteError))
+        tell_peer = self._session is not None and not self._eof and not isinstance(exc, RemoteError)
         self._state = State.FAILED
         self._error = exc
         self._queue.clear()
         self._backlog = 0
         if tell_peer:
-            self._write({"t": ERROR, "code": exc.code,
-                         "reason": exc.reason[:MAX_REASON_CHARS]})
+            self._write({"t": ERROR, "code": exc.code, "reason": exc.reason[:MAX_REASON_CHARS]})
 
     def _write(self, message: Message) -> None:
         data = _pack(message)
@@ -635,7 +678,8 @@ class SyncProtocol:
         limit = MAX_FRAME_BYTES if self._session is not None else MAX_CLEAR_FRAME_BYTES
         if len(frame) > limit:
             raise FrameTooLarge(
-                f"frame of {len(frame)} bytes, limit {limit} in state {self._state.name}")
+                f"frame of {len(frame)} bytes, limit {limit} in state {self._state.name}"
+            )
         data = self._session.receive.decrypt(frame) if self._session is not None else frame
         try:
             message = msgpack.unpackb(data, raw=False, strict_map_key=True)
@@ -657,23 +701,32 @@ class SyncProtocol:
         protocol, versions = message.get("protocol"), message.get("versions")
         if protocol != PROTOCOL_NAME:
             raise VersionMismatch(f"peer speaks {_show(protocol)}, not {PROTOCOL_NAME!r}")
-        if (not isinstance(versions, list) or not 1 <= len(versions) <= MAX_VERSIONS
-                or not all(type(v) is int and 1 <= v <= 0xFFFF for v in versions)):
+        if (
+            not isinstance(versions, list)
+            or not 1 <= len(versions) <= MAX_VERSIONS
+            or not all(type(v) is int and 1 <= v <= 0xFFFF for v in versions)
+        ):
             raise MalformedFrame("hello: versions must be a list of 1..32 integers")
         common = set(self._versions) & set(versions)
         if not common:
             raise VersionMismatch(
                 f"peer speaks {PROTOCOL_NAME} versions {sorted(versions)}, this node "
-                f"speaks {self._versions}: upgrade the older node")
+                f"speaks {self._versions}: upgrade the older node"
+            )
         self.version = max(common)
         initiator = self.role is Role.INITIATOR
-        first, second = ((self._hello, self._peer_hello) if initiator
-                         else (self._peer_hello, self._hello))
+        first, second = (
+            (self._hello, self._peer_hello) if initiator else (self._peer_hello, self._hello)
+        )
         # Both hellos are the Noise prologue: a downgrade fails the handshake (§versions).
         prologue = b"".join(len(h).to_bytes(4, "big") + h for h in (first, second))
         self._handshake = Handshake(
-            initiator=initiator, device_key=self._device_key,
-            group_secret=self._group_secret, prologue=prologue, ephemeral=self._ephemeral)
+            initiator=initiator,
+            device_key=self._device_key,
+            group_secret=self._group_secret,
+            prologue=prologue,
+            ephemeral=self._ephemeral,
+        )
         if initiator:
             self._write({"t": HANDSHAKE, "noise": self._handshake.start()})
 
@@ -695,15 +748,16 @@ class SyncProtocol:
     def _on_have(self, message: Message) -> None:
         vector, end = message.get("vector"), message.get("end", False)
         if not isinstance(vector, list) or len(vector) > MAX_HAVE_ENTRIES:
-            raise MalformedFrame(f"have: vector must be a list of at most "
-                                 f"{MAX_HAVE_ENTRIES} entries")
+            raise MalformedFrame(
+                f"have: vector must be a list of at most {MAX_HAVE_ENTRIES} entries"
+            )
         if not isinstance(end, bool):
             raise MalformedFrame("have: end must be a boolean")
         forks = message.get("forks") if self._speaks_evidence else None
-        if forks is not None and (not isinstance(forks, list)
-                                  or len(forks) > MAX_HAVE_ENTRIES):
-            raise MalformedFrame(f"have: forks must be a list of at most "
-                                 f"{MAX_HAVE_ENTRIES} entries")
+        if forks is not None and (not isinstance(forks, list) or len(forks) > MAX_HAVE_ENTRIES):
+            raise MalformedFrame(
+                f"have: forks must be a list of at most {MAX_HAVE_ENTRIES} entries"
+            )
         authors: list[bytes] = []
         for entry in vector:
             author, seq, head = _have_entry(entry)
@@ -733,15 +787,19 @@ class SyncProtocol:
         author, raws = message.get("author"), message.get("events")
         if not isinstance(author, bytes) or len(author) != KEY_BYTES:
             raise MalformedFrame("events: author must be 32 bytes")
-        if (not isinstance(raws, list) or not raws
-                or not all(isinstance(raw, bytes) for raw in raws)):
+        if (
+            not isinstance(raws, list)
+            or not raws
+            or not all(isinstance(raw, bytes) for raw in raws)
+        ):
             raise MalformedFrame("events: events must be a non-empty list of bytes")
         size = sum(len(raw) for raw in raws)
         if size > MAX_BATCH_BYTES:
             raise FrameTooLarge(f"events batch of {size} bytes, limit {MAX_BATCH_BYTES}")
         if size > self._credit_in:
             raise CreditExceeded(
-                f"peer sent {size} event bytes with only {self._credit_in} granted")
+                f"peer sent {size} event bytes with only {self._credit_in} granted"
+            )
         self._credit_in -= size
         self._events_in += len(raws)
         try:
@@ -764,8 +822,11 @@ class SyncProtocol:
     def _on_evidence(self, message: Message) -> None:
         """Two versions of one (author, seq), each checked on its own (§evidence)."""
         raws = message.get("events")
-        if (not isinstance(raws, list) or len(raws) != 2
-                or not all(isinstance(raw, bytes) for raw in raws)):
+        if (
+            not isinstance(raws, list)
+            or len(raws) != 2
+            or not all(isinstance(raw, bytes) for raw in raws)
+        ):
             raise MalformedFrame("evidence: events must be a list of two byte strings")
         try:
             first, second = decode(raws[0]), decode(raws[1])
@@ -774,8 +835,9 @@ class SyncProtocol:
         if first.author != second.author:
             raise BadEvidence("evidence: the two versions have different authors")
         if first.seq != second.seq:
-            raise BadEvidence(f"evidence: the versions have seqs {first.seq} and "
-                              f"{second.seq}, not one")
+            raise BadEvidence(
+                f"evidence: the versions have seqs {first.seq} and {second.seq}, not one"
+            )
         if first.hash == second.hash:
             raise BadEvidence("evidence: the two versions are the same event")
         try:
@@ -855,7 +917,7 @@ class SyncProtocol:
                 end += 1
             if end == item.pos:
                 return  # waiting for credit
-            batch, item.pos = item.raws[item.pos:end], end
+            batch, item.pos = item.raws[item.pos : end], end
             self._credit_out -= size
             self._backlog -= size
             self._write({"t": EVENTS, "author": item.author, "events": batch})
@@ -878,8 +940,7 @@ def _show(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _advance(table: dict[bytes, tuple[int, bytes]], author: bytes, seq: int,
-             head: bytes) -> None:
+def _advance(table: dict[bytes, tuple[int, bytes]], author: bytes, seq: int, head: bytes) -> None:
     known = table.get(author)
     if known is None or seq > known[0]:
         table[author] = (seq, head)
@@ -892,14 +953,18 @@ def _lower(table: dict[bytes, int], author: bytes, seq: int) -> None:
 
 
 def _chunks(entries: list[list[object]]) -> list[list[list[object]]]:
-    return [entries[i:i + MAX_HAVE_ENTRIES] for i in range(0, len(entries), MAX_HAVE_ENTRIES)]
+    return [entries[i : i + MAX_HAVE_ENTRIES] for i in range(0, len(entries), MAX_HAVE_ENTRIES)]
 
 
 def _fork_entry(entry: object) -> tuple[bytes, int]:
     if isinstance(entry, list) and len(entry) == 2:
         author, seq = entry
-        if (isinstance(author, bytes) and len(author) == KEY_BYTES
-                and type(seq) is int and 1 <= seq < (1 << 64)):
+        if (
+            isinstance(author, bytes)
+            and len(author) == KEY_BYTES
+            and type(seq) is int
+            and 1 <= seq < (1 << 64)
+        ):
             return author, seq
     raise MalformedFrame("have: each fork point is [author (32 bytes), seq >= 1]")
 
@@ -918,9 +983,14 @@ def _fork_of(first: bytes, second: bytes) -> tuple[bytes, int]:
 def _have_entry(entry: object) -> tuple[bytes, int, bytes]:
     if isinstance(entry, list) and len(entry) == 3:
         author, seq, head = entry
-        if (isinstance(author, bytes) and len(author) == KEY_BYTES
-                and type(seq) is int and 1 <= seq < (1 << 64)
-                and isinstance(head, bytes) and len(head) == HASH_BYTES):
+        if (
+            isinstance(author, bytes)
+            and len(author) == KEY_BYTES
+            and type(seq) is int
+            and 1 <= seq < (1 << 64)
+            and isinstance(head, bytes)
+            and len(head) == HASH_BYTES
+        ):
             return author, seq, head
     raise MalformedFrame("have: each entry is [author (32 bytes), seq >= 1, head (32 bytes)]")
 

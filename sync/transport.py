@@ -84,8 +84,13 @@ class Session:
     """
 
     def __init__(
-        self, ws: Connection, protocol: SyncProtocol, store: Store, *,
-        address: str, one_shot: bool = False,
+        self,
+        ws: Connection,
+        protocol: SyncProtocol,
+        store: Store,
+        *,
+        address: str,
+        one_shot: bool = False,
         on_stored: Callable[[Session, Sequence[Envelope]], None] | None = None,
         on_forked: Callable[[Session], None] | None = None,
         limits: Limits = DEFAULT_LIMITS,
@@ -138,8 +143,10 @@ class Session:
                     self.protocol.receive_data(frame)
                     self._credit.set()
                     verdict = self.guard.frame(  # throttle or cut a flood (sync/limits.py)
-                        len(frame), self.protocol.events_in - events,
-                        sent=self.protocol.outgoing_backlog < backlog)
+                        len(frame),
+                        self.protocol.events_in - events,
+                        sent=self.protocol.outgoing_backlog < backlog,
+                    )
                     if verdict.code is not None:
                         self.protocol.fail(verdict.code, verdict.reason)
                     resume = loop.time() + verdict.pause
@@ -202,9 +209,11 @@ class Session:
         while not self.protocol.close_expected():
             await asyncio.sleep(self.guard.limits.tick)
             verdict = self.guard.tick(
-                ready=(self.protocol.peer_vector_complete
-                       or self.protocol.state is State.PEER_DONE),
-                backlog=self.protocol.outgoing_backlog)
+                ready=(
+                    self.protocol.peer_vector_complete or self.protocol.state is State.PEER_DONE
+                ),
+                backlog=self.protocol.outgoing_backlog,
+            )
             if verdict.code is not None and not self.protocol.close_expected():
                 self.protocol.fail(verdict.code, verdict.reason)
                 with contextlib.suppress(Exception):
@@ -248,8 +257,9 @@ class Session:
             while requests := self.protocol.requests():  # incl. what send_have asks
                 for request in requests:
                     if isinstance(request, VectorWanted):
-                        self.protocol.send_have(await self.store.vector(),
-                                                await self.store.fork_points())
+                        self.protocol.send_have(
+                            await self.store.vector(), await self.store.fork_points()
+                        )
                     else:
                         self._take(request)
         finally:
@@ -263,8 +273,9 @@ class Session:
         try:
             new = await self.store.record_evidence(*evidence.versions, authenticated=True)
         except InvalidEvent as exc:  # the core checked the group: not expected
-            self.protocol.fail(exc.code, f"evidence {evidence.author.hex()[:12]}/"
-                               f"{evidence.seq}: {exc}")
+            self.protocol.fail(
+                exc.code, f"evidence {evidence.author.hex()[:12]}/{evidence.seq}: {exc}"
+            )
             return
         if new and self._on_forked is not None:
             self._on_forked(self)
@@ -301,8 +312,8 @@ class Session:
             batches, self._inbox = self._inbox, []
             try:
                 result = await self.store.receive(
-                    [env for batch in batches for env in batch.envelopes],
-                    authenticated=True)
+                    [env for batch in batches for env in batch.envelopes], authenticated=True
+                )
             except StorageError as exc:
                 # the peer may have said bye already, closing the protocol: keep the
                 # cause for ``error`` either way
@@ -311,8 +322,9 @@ class Session:
                 return
             if result.rejected:
                 envelope, refusal = result.rejected[0]
-                self.protocol.fail(refusal.code, f"event {envelope.author.hex()[:12]}/"
-                                   f"{envelope.seq}: {refusal}")
+                self.protocol.fail(
+                    refusal.code, f"event {envelope.author.hex()[:12]}/{envelope.seq}: {refusal}"
+                )
             else:
                 self.stats.events_in += len(result.stored)
                 self.stats.future += result.future
@@ -328,8 +340,7 @@ class Session:
 
     def _want(self, want: EventsWanted) -> None:
         known = self._wants.get(want.author)
-        self._wants[want.author] = want.from_seq if known is None else min(known,
-                                                                           want.from_seq)
+        self._wants[want.author] = want.from_seq if known is None else min(known, want.from_seq)
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_wanted())
             self._sender.add_done_callback(self._task_done)
@@ -397,14 +408,20 @@ class Session:
     def _maybe_bye(self) -> bool:
         """Say bye once nothing is left to send, as the session's mode wants; the caller
         flushes. Returns True when it did."""
-        busy = (self._answering > 0 or bool(self._evidence_wants)
-                or any(task is not None and not task.done()
-                       for task in (self._sender, self._evidence_sender)))
+        busy = (
+            self._answering > 0
+            or bool(self._evidence_wants)
+            or any(
+                task is not None and not task.done()
+                for task in (self._sender, self._evidence_sender)
+            )
+        )
         if self._bye_sent or busy or self._wants or self.protocol.outgoing_backlog:
             return False
         state = self.protocol.state
-        ready = (self.one_shot and state == State.OPEN
-                 and self.protocol.peer_vector_complete) or state == State.PEER_DONE
+        ready = (
+            self.one_shot and state == State.OPEN and self.protocol.peer_vector_complete
+        ) or state == State.PEER_DONE
         if ready:
             self._bye_sent = True
             self.protocol.send_bye()
@@ -445,19 +462,22 @@ class Session:
 
 
 def make_protocol(role: Role, key: SigningKey, store: Store) -> SyncProtocol:
-    return SyncProtocol(role, device_key=key, group_secret=store.group.secret,
-                        group=store.group.id)
+    return SyncProtocol(role, device_key=key, group_secret=store.group.secret, group=store.group.id)
 
 
 def dial_problem(exc: BaseException) -> str:
     """What went wrong when dialing, in words a volunteer can act on (also shown by
     ``potluck peers`` and ``serve``), with the system's own message kept at the end."""
     if isinstance(exc, ConnectionRefusedError):
-        hint = ("nothing is listening there: is 'potluck serve' running on that computer, "
-                "and is that its port?")
+        hint = (
+            "nothing is listening there: is 'potluck serve' running on that computer, "
+            "and is that its port?"
+        )
     elif isinstance(exc, TimeoutError):
-        hint = (f"no answer within {OPEN_TIMEOUT:.0f} s: check the address, and that both "
-                "computers are on the same network")
+        hint = (
+            f"no answer within {OPEN_TIMEOUT:.0f} s: check the address, and that both "
+            "computers are on the same network"
+        )
     elif isinstance(exc, socket.gaierror):
         hint = "that host name is not known here: use the other computer's IP address"
     elif isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
@@ -472,7 +492,11 @@ def dial_problem(exc: BaseException) -> str:
 
 
 async def connect_session(
-    address: str, key: SigningKey, store: Store, *, one_shot: bool = False,
+    address: str,
+    key: SigningKey,
+    store: Store,
+    *,
+    one_shot: bool = False,
     on_stored: Callable[[Session, Sequence[Envelope]], None] | None = None,
     on_forked: Callable[[Session], None] | None = None,
     limits: Limits = DEFAULT_LIMITS,
@@ -480,19 +504,35 @@ async def connect_session(
     """Open a websocket to ``host:port``; the caller drives the returned session (``run``)."""
     uri = f"ws://{format_address(address)}/potluck"
     try:
-        ws = await connect(uri, max_size=MAX_FRAME_BYTES, max_queue=MAX_QUEUE,
-                           compression=None,
-                           open_timeout=OPEN_TIMEOUT, close_timeout=CLOSE_TIMEOUT,
-                           ping_interval=20, ping_timeout=20)
+        ws = await connect(
+            uri,
+            max_size=MAX_FRAME_BYTES,
+            max_queue=MAX_QUEUE,
+            compression=None,
+            open_timeout=OPEN_TIMEOUT,
+            close_timeout=CLOSE_TIMEOUT,
+            ping_interval=20,
+            ping_timeout=20,
+        )
     except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
         raise DialError(f"cannot reach {address}: {dial_problem(exc)}") from None
-    return Session(ws, make_protocol(Role.INITIATOR, key, store), store, address=address,
-                   one_shot=one_shot, on_stored=on_stored, on_forked=on_forked,
-                   limits=limits)
+    return Session(
+        ws,
+        make_protocol(Role.INITIATOR, key, store),
+        store,
+        address=address,
+        one_shot=one_shot,
+        on_stored=on_stored,
+        on_forked=on_forked,
+        limits=limits,
+    )
 
 
 async def listen(
-    host: str, port: int, key: SigningKey, store: Store,
+    host: str,
+    port: int,
+    key: SigningKey,
+    store: Store,
     on_session: Callable[[Session], Awaitable[None]],
     on_stored: Callable[[Session, Sequence[Envelope]], None] | None = None,
     limits: Limits = DEFAULT_LIMITS,
@@ -513,21 +553,36 @@ async def listen(
         refused = admit(host) if admit is not None else None
         if refused is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(CLOSE_TRY_AGAIN_LATER, refused[:120]),
-                                       CLOSE_TIMEOUT)
+                await asyncio.wait_for(
+                    ws.close(CLOSE_TRY_AGAIN_LATER, refused[:120]), CLOSE_TIMEOUT
+                )
             return
         try:
-            session = Session(ws, make_protocol(Role.RESPONDER, key, store), store,
-                              address=address, on_stored=on_stored, on_forked=on_forked,
-                              limits=limits)
+            session = Session(
+                ws,
+                make_protocol(Role.RESPONDER, key, store),
+                store,
+                address=address,
+                on_stored=on_stored,
+                on_forked=on_forked,
+                limits=limits,
+            )
             await on_session(session)
         finally:
             if release is not None:
                 release(host)
 
-    return await serve(handler, host, port, max_size=MAX_FRAME_BYTES, max_queue=MAX_QUEUE,
-                       compression=None,
-                       close_timeout=CLOSE_TIMEOUT, ping_interval=20, ping_timeout=20)
+    return await serve(
+        handler,
+        host,
+        port,
+        max_size=MAX_FRAME_BYTES,
+        max_queue=MAX_QUEUE,
+        compression=None,
+        close_timeout=CLOSE_TIMEOUT,
+        ping_interval=20,
+        ping_timeout=20,
+    )
 
 
 def format_address(address: str) -> str:

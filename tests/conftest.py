@@ -50,9 +50,13 @@ class History:
         self.heads: dict[bytes, Envelope] = {}
         self.events: list[Envelope] = []
 
-    def write(self, key: SigningKey, type_: str = "offer.posted",
-              body: dict[str, object] | None = None,
-              deps: list[Envelope] | None = None) -> Envelope:
+    def write(
+        self,
+        key: SigningKey,
+        type_: str = "offer.posted",
+        body: dict[str, object] | None = None,
+        deps: list[Envelope] | None = None,
+    ) -> Envelope:
         author = bytes(key.verify_key)
         prev = self.heads.get(author)
         if prev is None:
@@ -60,9 +64,14 @@ class History:
         dep_list = deps or []
         hlc = self.clock.tick(*([prev.hlc] if prev else []), *(d.hlc for d in dep_list))
         env = events.create(
-            key, group=self.group.id, seq=prev.seq + 1 if prev else 1,
-            prev=prev.hash if prev else None, deps=[d.hash for d in dep_list], hlc=hlc,
-            type=type_, body=body if body is not None else {"title": f"offer {len(self.events)}"},
+            key,
+            group=self.group.id,
+            seq=prev.seq + 1 if prev else 1,
+            prev=prev.hash if prev else None,
+            deps=[d.hash for d in dep_list],
+            hlc=hlc,
+            type=type_,
+            body=body if body is not None else {"title": f"offer {len(self.events)}"},
         )
         self.heads[author] = env
         self.events.append(env)

@@ -49,8 +49,9 @@ async def run(data_dir: Path, seed: int) -> None:
         drafts: list[tuple[str, dict[str, object]]] = []
         for _ in range(rng.randint(1, 8)):
             n += 1
-            drafts.append(("offer.posted", {"title": f"Offer {seed}-{n}",
-                                            "quantity": rng.randint(1, 50)}))
+            drafts.append(
+                ("offer.posted", {"title": f"Offer {seed}-{n}", "quantity": rng.randint(1, 50)})
+            )
         written = await store.append(key, drafts)
         sys.stdout.write(f"{written[-1].seq}\n")
         sys.stdout.flush()

@@ -73,9 +73,12 @@ DAY_MS = 86_400_000
 
 def definitions() -> list[b.BaseBody]:
     bodies: list[b.BaseBody] = [
-        b.LocationDefined(slug=slug, name=slug.title(), kind="pantry") for slug in LOCATIONS]
-    bodies += [b.ItemDefined(slug=slug, name=slug.title(), unit="pack", category="food",
-                             storage="ambient") for slug in ITEMS]
+        b.LocationDefined(slug=slug, name=slug.title(), kind="pantry") for slug in LOCATIONS
+    ]
+    bodies += [
+        b.ItemDefined(slug=slug, name=slug.title(), unit="pack", category="food", storage="ambient")
+        for slug in ITEMS
+    ]
     return bodies
 
 
@@ -85,8 +88,12 @@ def random_body(rng: random.Random, posts: list[bytes]) -> b.BaseBody:
     roll = rng.random()
     if roll < 0.45:
         delta = rng.choice((-3, -1, 1, 2, 5, 8))
-        return b.StockAdjusted(item=item, location=location, delta=delta,
-                               reason="donation" if delta > 0 else "distribution")
+        return b.StockAdjusted(
+            item=item,
+            location=location,
+            delta=delta,
+            reason="donation" if delta > 0 else "distribution",
+        )
     if roll < 0.55:
         return b.StockCounted(item=item, location=location, count=rng.randrange(40))
     if roll < 0.7:
@@ -113,8 +120,9 @@ class _Author:
         self.seen: dict[bytes, int] = {}  # other author -> seq named in our deps
 
 
-def history(group: Group, n_authors: int, n_events: int, seed: int, start_ms: int,
-            key_base: int = 1) -> list[Envelope]:
+def history(
+    group: Group, n_authors: int, n_events: int, seed: int, start_ms: int, key_base: int = 1
+) -> list[Envelope]:
     """A causally valid history of several members, with deps, in creation order."""
     rng = random.Random(seed)
     now = [start_ms]
@@ -133,26 +141,47 @@ def history(group: Group, n_authors: int, n_events: int, seed: int, start_ms: in
         who = authors[0] if queue and authors[0].head else rng.choice(authors)
         body: dict[str, object]
         if who.head is None:
-            type_, body = "member.joined", {"name": f"Member {who.author.hex()[:4]}",
-                                            "proof": membership_proof(group, who.author)}
+            type_, body = (
+                "member.joined",
+                {
+                    "name": f"Member {who.author.hex()[:4]}",
+                    "proof": membership_proof(group, who.author),
+                },
+            )
             deps: list[Envelope] = []
         else:
             parsed = queue.pop(0) if who is authors[0] and queue else random_body(rng, posts)
             type_, body = parsed.TYPE, dict(parsed.to_body())
-            deps = [a.head for a in authors if a is not who and a.head is not None
-                    and who.seen.get(a.author, 0) < a.head.seq and rng.random() < 0.5]
+            deps = [
+                a.head
+                for a in authors
+                if a is not who
+                and a.head is not None
+                and who.seen.get(a.author, 0) < a.head.seq
+                and rng.random() < 0.5
+            ]
             if isinstance(parsed, b.ClaimMade):  # a claimer has seen what they claim
                 target = posted[parsed.target]
                 owner = next(a for a in authors if a.author == target.author)
-                if owner is not who and who.seen.get(owner.author, 0) < target.seq \
-                        and owner.head not in deps:
+                if (
+                    owner is not who
+                    and who.seen.get(owner.author, 0) < target.seq
+                    and owner.head not in deps
+                ):
                     assert owner.head is not None
                     deps.append(owner.head)
         prev = who.head
         hlc = clock.tick(prev.hlc if prev else 0, *(d.hlc for d in deps))
-        env = events.create(who.key, group=group.id, seq=prev.seq + 1 if prev else 1,
-                            prev=prev.hash if prev else None, deps=[d.hash for d in deps],
-                            hlc=hlc, type=type_, body=body)
+        env = events.create(
+            who.key,
+            group=group.id,
+            seq=prev.seq + 1 if prev else 1,
+            prev=prev.hash if prev else None,
+            deps=[d.hash for d in deps],
+            hlc=hlc,
+            type=type_,
+            body=body,
+        )
         for dep in deps:
             who.seen[dep.author] = dep.seq
         who.head = env
@@ -163,14 +192,15 @@ def history(group: Group, n_authors: int, n_events: int, seed: int, start_ms: in
     return out
 
 
-def sync_batches(envs: Sequence[Envelope], rng: random.Random, *, round_size: int = 150,
-                 max_batch: int = 80) -> list[list[Envelope]]:
+def sync_batches(
+    envs: Sequence[Envelope], rng: random.Random, *, round_size: int = 150, max_batch: int = 80
+) -> list[list[Envelope]]:
     """What a peer sends over several sessions: per round of new events, author by author
     (sorted by key), each author's run cut into batches. Deps on another author's events
     of the same round may arrive after the event (held, then released)."""
     batches: list[list[Envelope]] = []
     for start in range(0, len(envs), round_size):
-        round_ = envs[start:start + round_size]
+        round_ = envs[start : start + round_size]
         for author in sorted({e.author for e in round_}):
             run = sorted((e for e in round_ if e.author == author), key=lambda e: e.seq)
             while run:
@@ -181,13 +211,16 @@ def sync_batches(envs: Sequence[Envelope], rng: random.Random, *, round_size: in
 
 
 def write_batches(path: Path, batches: Sequence[Sequence[Envelope]]) -> None:
-    path.write_bytes(msgpack.packb([[e.raw for e in batch] for batch in batches],
-                                   use_bin_type=True))
+    path.write_bytes(
+        msgpack.packb([[e.raw for e in batch] for batch in batches], use_bin_type=True)
+    )
 
 
 def read_batches(path: Path) -> list[list[Envelope]]:
-    return [[events.decode(raw) for raw in batch]
-            for batch in msgpack.unpackb(path.read_bytes(), raw=False)]
+    return [
+        [events.decode(raw) for raw in batch]
+        for batch in msgpack.unpackb(path.read_bytes(), raw=False)
+    ]
 
 
 # -- the worker ----------------------------------------------------------------------
@@ -202,9 +235,15 @@ async def work(activity: str, data_dir: Path, seed: int, events_file: Path | Non
     rng = random.Random(seed)
     node = await Node.open(data_dir)
     say("ready")
-    posts = await node.store.read(lambda db: [r[0] for r in db.execute(
-        "SELECT hash FROM events WHERE type IN ('offer.posted', 'need.posted') "
-        "ORDER BY id DESC LIMIT 30")])
+    posts = await node.store.read(
+        lambda db: [
+            r[0]
+            for r in db.execute(
+                "SELECT hash FROM events WHERE type IN ('offer.posted', 'need.posted') "
+                "ORDER BY id DESC LIMIT 30"
+            )
+        ]
+    )
     batches = read_batches(events_file) if events_file else []
     resume = await _resume(node, batches)
     if activity == "receive":
@@ -221,9 +260,14 @@ async def work(activity: str, data_dir: Path, seed: int, events_file: Path | Non
             if kind == "append":
                 bodies = [random_body(rng, posts) for _ in range(rng.randint(1, 12))]
             else:
-                bodies = [b.StockCounted(item=rng.choice(ITEMS),
-                                         location=rng.choice(LOCATIONS),
-                                         count=rng.randrange(50)) for _ in range(3)]
+                bodies = [
+                    b.StockCounted(
+                        item=rng.choice(ITEMS),
+                        location=rng.choice(LOCATIONS),
+                        count=rng.randrange(50),
+                    )
+                    for _ in range(3)
+                ]
             written = await node.store.append(node.key, bodies)
             posts += [e.hash for e in written if e.type in ("offer.posted", "need.posted")]
             say(f"ack {kind} {written[-1].seq}")
@@ -312,16 +356,13 @@ class Outcome:
 class Worker:
     """One run of the worker, its lines collected as they arrive."""
 
-    def __init__(self, activity: str, data_dir: Path, seed: int,
-                 events_file: Path | None) -> None:
+    def __init__(self, activity: str, data_dir: Path, seed: int, events_file: Path | None) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         args = [sys.executable, str(WORKER), activity, str(data_dir), str(seed)]
         if events_file is not None:
             args.append(str(events_file))
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         self.lines: list[str] = []
         self.acks = threading.Event()
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -374,8 +415,9 @@ async def prepare(activity: str, data_dir: Path, seed: int, sizes: Sizes) -> Pla
     rng = random.Random(seed)
     try:
         if activity == "receive":
-            envs = history(group, 4, sizes.receive_events, seed, system_ms() - 10 * DAY_MS,
-                           key_base=1)
+            envs = history(
+                group, 4, sizes.receive_events, seed, system_ms() - 10 * DAY_MS, key_base=1
+            )
             batches = sync_batches(envs, rng)
         else:
             written = await node.store.append(node.key, definitions())
@@ -383,11 +425,13 @@ async def prepare(activity: str, data_dir: Path, seed: int, sizes: Sizes) -> Pla
                 posts: list[bytes] = []
                 for _ in range(sizes.project_events // 100):
                     written = await node.store.append(
-                        node.key, [random_body(rng, posts) for _ in range(100)])
+                        node.key, [random_body(rng, posts) for _ in range(100)]
+                    )
                     posts += [e.hash for e in written if e.type == "offer.posted"]
-                late = history(group, 1, sizes.late_events, seed, system_ms() - 30 * DAY_MS,
-                               key_base=200)
-                batches = [late[i:i + 25] for i in range(0, len(late), 25)]
+                late = history(
+                    group, 1, sizes.late_events, seed, system_ms() - 30 * DAY_MS, key_base=200
+                )
+                batches = [late[i : i + 25] for i in range(0, len(late), 25)]
         if batches:
             events_file = data_dir.parent / f"{data_dir.name}.events"
             write_batches(events_file, batches)
@@ -447,14 +491,15 @@ async def check(plan: Plan, outcome: Outcome) -> list[str]:
         if head is None or head.seq < plan.own_seq:
             lost = plan.own_seq - (head.seq if head else 0)
             outcome.lost += lost
-            problems.append(f"own head {head.seq if head else 0} < acknowledged "
-                            f"{plan.own_seq}")
+            problems.append(f"own head {head.seq if head else 0} < acknowledged {plan.own_seq}")
         vector = await node.store.vector()
         in_log = await node.store.read(_in_log_by_author)
         for author, top in in_log.items():
             if vector.get(author, (0, b""))[0] != top:
-                problems.append(f"vector says {vector.get(author)} for {author.hex()[:8]} "
-                                f"but the log holds up to #{top}: sync would re-send")
+                problems.append(
+                    f"vector says {vector.get(author)} for {author.hex()[:8]} "
+                    f"but the log holds up to #{top}: sync would re-send"
+                )
         for index in sorted(plan.acked_batches):
             for env in plan.batches[index]:
                 where = await node.store.read(functools.partial(_where, env=env))
@@ -466,8 +511,7 @@ async def check(plan: Plan, outcome: Outcome) -> list[str]:
     finally:
         await node.close()
     report = await doctor.examine(plan.data_dir)
-    problems += [f"doctor: {f.code}: {f.message}" for f in report.findings
-                 if f.severity == "error"]
+    problems += [f"doctor: {f.code}: {f.message}" for f in report.findings if f.severity == "error"]
     before, after = _rebuild_in_copy(path)
     if before != after:
         problems.append(f"projection digest {before[:12]} != rebuild {after[:12]}")
@@ -479,8 +523,10 @@ def _in_log_by_author(db: sqlite3.Connection) -> dict[bytes, int]:
 
 
 def _where(db: sqlite3.Connection, env: Envelope) -> str | None:
-    if db.execute("SELECT 1 FROM events WHERE author = ? AND seq = ? AND hash = ?",
-                  (env.author, env.seq, env.hash)).fetchone():
+    if db.execute(
+        "SELECT 1 FROM events WHERE author = ? AND seq = ? AND hash = ?",
+        (env.author, env.seq, env.hash),
+    ).fetchone():
         return "events"
     if db.execute("SELECT 1 FROM pending WHERE hash = ?", (env.hash,)).fetchone():
         return "pending"
@@ -508,9 +554,17 @@ def _rebuild_in_copy(path: Path) -> tuple[str, str]:
             copy.close()
 
 
-def run_activity(activity: str, root: Path, seed: int, kills: int, *,
-                 sizes: Sizes = Sizes(), max_delay: float = 0.6, early: float = 0.15,
-                 progress: bool = False) -> Outcome:
+def run_activity(
+    activity: str,
+    root: Path,
+    seed: int,
+    kills: int,
+    *,
+    sizes: Sizes = Sizes(),
+    max_delay: float = 0.6,
+    early: float = 0.15,
+    progress: bool = False,
+) -> Outcome:
     """Kill ``kills`` workers doing ``activity`` at seeded random moments; check each."""
     rng = random.Random(f"{activity}-{seed}")
     outcome = Outcome(activity)
@@ -541,13 +595,17 @@ def run_activity(activity: str, root: Path, seed: int, kills: int, *,
         problems = asyncio.run(check(plan, outcome))
         outcome.check_s.append(time.perf_counter() - started)
         if problems:
-            outcome.failures.append(f"kill {k} ({plan.data_dir.name}): {problems[:5]} "
-                                    f"stderr: {stderr[-500:]}")
+            outcome.failures.append(
+                f"kill {k} ({plan.data_dir.name}): {problems[:5]} stderr: {stderr[-500:]}"
+            )
         else:
             outcome.recoveries_ok += 1
         if progress:
-            print(f"{activity} kill {k + 1}/{kills}: "
-                  f"{'ok' if not problems else 'FAILED'}", file=sys.stderr, flush=True)
+            print(
+                f"{activity} kill {k + 1}/{kills}: {'ok' if not problems else 'FAILED'}",
+                file=sys.stderr,
+                flush=True,
+            )
     return outcome
 
 
@@ -556,5 +614,11 @@ def clean(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(work(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]),
-                     Path(sys.argv[4]) if len(sys.argv) > 4 else None))
+    asyncio.run(
+        work(
+            sys.argv[1],
+            Path(sys.argv[2]),
+            int(sys.argv[3]),
+            Path(sys.argv[4]) if len(sys.argv) > 4 else None,
+        )
+    )

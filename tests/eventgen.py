@@ -28,8 +28,19 @@ from projections.runner import Runner
 
 START_MS = 1_700_000_000_000  # 2023-11-14: in the past, so no event is "from the future"
 
-TABLES = ("members", "items", "locations", "board_entries", "board_claims", "inventory",
-          "roster_shifts", "roster_signups", "roster_hours", "roles", "role_assignments")
+TABLES = (
+    "members",
+    "items",
+    "locations",
+    "board_entries",
+    "board_claims",
+    "inventory",
+    "roster_shifts",
+    "roster_signups",
+    "roster_hours",
+    "roles",
+    "role_assignments",
+)
 
 Draft = tuple[str, Mapping[str, object]]
 
@@ -65,8 +76,14 @@ class Node:
         self.runner = runner
 
     @classmethod
-    async def open(cls, path: Path, group: Group, *, clock: Callable[[], int] | None = None,
-                   durable: bool = False) -> Node:
+    async def open(
+        cls,
+        path: Path,
+        group: Group,
+        *,
+        clock: Callable[[], int] | None = None,
+        durable: bool = False,
+    ) -> Node:
         store = await Store.open(path, group)
         if clock is not None:
             store.clock = HybridClock(clock)
@@ -122,8 +139,9 @@ class Node:
         def query(db: sqlite3.Connection) -> list[dict[str, object]]:
             cursor = db.execute(f'SELECT * FROM "{table}"')
             names = [d[0] for d in cursor.description]
-            return [{k: v for k, v in zip(names, row, strict=True) if k != "_entity"}
-                    for row in cursor]
+            return [
+                {k: v for k, v in zip(names, row, strict=True) if k != "_entity"} for row in cursor
+            ]
 
         return await self.store.read(query)
 
@@ -164,9 +182,30 @@ STARTS = ("2026-11-27T09:00", "2026-11-30T18:30", "2027-01-01T08:00")  # W48, W4
 DELTAS = (-4, -2, -1, 1, 2, 3, 5, 8)
 STEPS = ("claim.confirmed", "claim.declined", "claim.released", "claim.fulfilled")
 
-KINDS = ("item", "location", "adjust", "count", "burst", "offer", "need", "withdraw",
-         "claim", "claim", "step", "step", "shift", "signup", "unsignup", "complete", "role",
-         "assign", "junk", "sync", "sync", "sync")
+KINDS = (
+    "item",
+    "location",
+    "adjust",
+    "count",
+    "burst",
+    "offer",
+    "need",
+    "withdraw",
+    "claim",
+    "claim",
+    "step",
+    "step",
+    "shift",
+    "signup",
+    "unsignup",
+    "complete",
+    "role",
+    "assign",
+    "junk",
+    "sync",
+    "sync",
+    "sync",
+)
 """Operation kinds; repeats make a kind more frequent when drawn uniformly."""
 
 Op = tuple[str, int, int, int]
@@ -193,8 +232,9 @@ class Peer:
 class Network:
     """Authors each on their own node; ``run`` performs one ``Op``."""
 
-    def __init__(self, root: Path, n_authors: int, *, skews: Sequence[int] = (),
-                 group: Group | None = None) -> None:
+    def __init__(
+        self, root: Path, n_authors: int, *, skews: Sequence[int] = (), group: Group | None = None
+    ) -> None:
         self.root = root
         self.n = n_authors
         self.group = group or fixed_group()
@@ -275,12 +315,29 @@ class Network:
     def drafts(self, peer: Peer, kind: str, x: int, y: int) -> list[Draft]:
         """The events ``peer`` writes for one op; [] when it has nothing to act on."""
         if kind == "item":
-            return [("item.defined", {"slug": ITEMS[x % 3], "name": f"Item {y % 4}",
-                                      "unit": "kg", "category": "food",
-                                      "storage": b.STORAGES[y % 3]})]
+            return [
+                (
+                    "item.defined",
+                    {
+                        "slug": ITEMS[x % 3],
+                        "name": f"Item {y % 4}",
+                        "unit": "kg",
+                        "category": "food",
+                        "storage": b.STORAGES[y % 3],
+                    },
+                )
+            ]
         if kind == "location":
-            return [("location.defined", {"slug": LOCATIONS[x % 2], "name": f"Place {y % 4}",
-                                          "kind": b.LOCATION_KINDS[y % 6]})]
+            return [
+                (
+                    "location.defined",
+                    {
+                        "slug": LOCATIONS[x % 2],
+                        "name": f"Place {y % 4}",
+                        "kind": b.LOCATION_KINDS[y % 6],
+                    },
+                )
+            ]
         if kind == "adjust":
             return [_adjust(x, y)]
         if kind == "count":
@@ -295,14 +352,16 @@ class Network:
                 body["item"] = ITEMS[x % 3]
             return [("offer.posted", body)]
         if kind == "need":
-            need: dict[str, object] = {"title": f"Need {x % 5}", "category": "food",
-                                       "urgency": b.URGENCIES[y % 3]}
+            need: dict[str, object] = {
+                "title": f"Need {x % 5}",
+                "category": "food",
+                "urgency": b.URGENCIES[y % 3],
+            }
             if y % 4:
                 need["quantity"] = 1 + y % 6
             return [("need.posted", need)]
         if kind == "withdraw":
-            own = [e for e in peer.known("offer.posted", "need.posted")
-                   if e.author == peer.author]
+            own = [e for e in peer.known("offer.posted", "need.posted") if e.author == peer.author]
             if not own:
                 return []
             post = own[x % len(own)]
@@ -313,8 +372,9 @@ class Network:
             targets = peer.known("offer.posted", "need.posted")
             if not targets:
                 return []
-            return [("claim.made", {"target": targets[x % len(targets)].hash,
-                                    "quantity": 1 + y % 6})]
+            return [
+                ("claim.made", {"target": targets[x % len(targets)].hash, "quantity": 1 + y % 6})
+            ]
         if kind == "step":
             claims = peer.known("claim.made")
             if not claims:
@@ -333,8 +393,18 @@ class Network:
         if kind == "shift":
             start = STARTS[y % 3]
             end = start[:11] + f"{int(start[11:13]) + 2:02d}" + start[13:]
-            return [("shift.scheduled", {"role": ROLES[x % 2], "location": LOCATIONS[y % 2],
-                                         "start": start, "end": end, "slots": 1 + x % 3})]
+            return [
+                (
+                    "shift.scheduled",
+                    {
+                        "role": ROLES[x % 2],
+                        "location": LOCATIONS[y % 2],
+                        "start": start,
+                        "end": end,
+                        "slots": 1 + x % 3,
+                    },
+                )
+            ]
         if kind in ("signup", "unsignup", "complete"):
             shifts = peer.known("shift.scheduled")
             if not shifts:
@@ -346,19 +416,32 @@ class Network:
                 return [("shift.withdrawn", {"shift": shift})]
             return [("shift.completed", {"shift": shift, "hours": 0.5 * (1 + y % 8)})]
         if kind == "role":
-            return [("role.defined", {"slug": ROLES[x % 2], "name": f"Role {y % 3}",
-                                      "description": "", "weekly_hours": float(y % 10)})]
+            return [
+                (
+                    "role.defined",
+                    {
+                        "slug": ROLES[x % 2],
+                        "name": f"Role {y % 3}",
+                        "description": "",
+                        "weekly_hours": float(y % 10),
+                    },
+                )
+            ]
         if kind == "assign":
-            assign: dict[str, object] = {"role": ROLES[x % 2],
-                                         "member": self.peers[y % self.n].author}
+            assign: dict[str, object] = {
+                "role": ROLES[x % 2],
+                "member": self.peers[y % self.n].author,
+            }
             if y % 2:
                 assign["until"] = f"2027-0{1 + x % 9}-15"
             return [("role.assigned", assign)]
         if kind == "junk":  # stored and relayed, skipped by projections
             junk: list[Draft] = [
                 ("note.pinned", {"text": f"note {x}"}),
-                ("stock.adjusted", {"item": "rice", "location": "pantry", "delta": 0,
-                                    "reason": "donation"}),
+                (
+                    "stock.adjusted",
+                    {"item": "rice", "location": "pantry", "delta": 0, "reason": "donation"},
+                ),
                 ("offer.posted", {"title": "   "}),
                 ("claim.made", {"target": _unknown_id(x), "quantity": 0}),
             ]
@@ -368,17 +451,19 @@ class Network:
 
 def _adjust(x: int, y: int) -> Draft:
     delta = DELTAS[(x + y) % len(DELTAS)]
-    body: dict[str, object] = {"item": ITEMS[x % 3], "location": LOCATIONS[y % 2],
-                               "delta": delta,
-                               "reason": "donation" if delta > 0 else "distribution"}
+    body: dict[str, object] = {
+        "item": ITEMS[x % 3],
+        "location": LOCATIONS[y % 2],
+        "delta": delta,
+        "reason": "donation" if delta > 0 else "distribution",
+    }
     if delta > 0 and y % 3:
         body["expires"] = f"2026-12-{1 + y % 28:02d}"
     return ("stock.adjusted", body)
 
 
 def _count(x: int, y: int) -> Draft:
-    return ("stock.counted", {"item": ITEMS[x % 3], "location": LOCATIONS[y % 2],
-                              "count": y % 20})
+    return ("stock.counted", {"item": ITEMS[x % 3], "location": LOCATIONS[y % 2], "count": y % 20})
 
 
 def _unknown_id(n: int) -> bytes:
@@ -386,8 +471,9 @@ def _unknown_id(n: int) -> bytes:
     return hashlib.blake2b(b"never posted %d" % n, digest_size=32).digest()
 
 
-def shuffled_delivery(envelopes: Sequence[Envelope], rng: random.Random,
-                      max_dups: int = 10, max_chunk: int = 8) -> list[list[Envelope]]:
+def shuffled_delivery(
+    envelopes: Sequence[Envelope], rng: random.Random, max_dups: int = 10, max_chunk: int = 8
+) -> list[list[Envelope]]:
     """The events in a random order, some twice, cut into chunks of random size."""
     delivery = list(envelopes)
     rng.shuffle(delivery)

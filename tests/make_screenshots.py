@@ -30,9 +30,15 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "screenshots" / "board.png"
 SIZE: ViewportSize = {"width": 1280, "height": 800}
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 async def share(source: Node, target: Node) -> None:
@@ -44,36 +50,69 @@ async def demo(root: Path) -> Node:
     """Ana's node after a busy week; the caller closes it."""
     group = Group.new("Riverside Mutual Aid")
     ana = await Node.init(root / "ana", "Ana", group)
-    for slug, name, kind in (("st-marys", "St Mary's pantry", "pantry"),
-                             ("elm-fridge", "Elm Street fridge", "fridge")):
+    for slug, name, kind in (
+        ("st-marys", "St Mary's pantry", "pantry"),
+        ("elm-fridge", "Elm Street fridge", "fridge"),
+    ):
         await ana.post(b.LocationDefined(slug=slug, name=name, kind=kind))  # type: ignore[arg-type]
-    for slug, name, unit, storage in (("beans", "Tinned beans", "can", "ambient"),
-                                      ("rice", "Rice", "kg", "ambient"),
-                                      ("nappies-4", "Nappies size 4", "pack", "ambient")):
-        await ana.post(b.ItemDefined(slug=slug, name=name, unit=unit, category="food",
-                                     storage=storage))  # type: ignore[arg-type]
-    for item, delta, reason in (("beans", 40, "donation"), ("beans", -30, "distribution"),
-                                ("rice", 25, "donation"), ("nappies-4", -3, "distribution")):
-        await ana.post(b.StockAdjusted(item=item, location="st-marys", delta=delta,
-                                       reason=reason))  # type: ignore[arg-type]
-    await ana.post(b.NeedPosted(title="Volunteers for the Saturday soup kitchen",
-                                category="help", quantity=4, urgency="normal"))
+    for slug, name, unit, storage in (
+        ("beans", "Tinned beans", "can", "ambient"),
+        ("rice", "Rice", "kg", "ambient"),
+        ("nappies-4", "Nappies size 4", "pack", "ambient"),
+    ):
+        await ana.post(
+            b.ItemDefined(slug=slug, name=name, unit=unit, category="food", storage=storage)
+        )  # type: ignore[arg-type]
+    for item, delta, reason in (
+        ("beans", 40, "donation"),
+        ("beans", -30, "distribution"),
+        ("rice", 25, "donation"),
+        ("nappies-4", -3, "distribution"),
+    ):
+        await ana.post(b.StockAdjusted(item=item, location="st-marys", delta=delta, reason=reason))  # type: ignore[arg-type]
+    await ana.post(
+        b.NeedPosted(
+            title="Volunteers for the Saturday soup kitchen",
+            category="help",
+            quantity=4,
+            urgency="normal",
+        )
+    )
 
     ben = await Node.init(root / "ben", "Ben", group)
     chioma = await Node.init(root / "chioma", "Chioma", group)
     for other in (ben, chioma):
         await share(ana, other)
-    await chioma.post(b.OfferPosted(title="Winter coats, children's sizes", category="clothes",
-                                    quantity=4, location="elm-fridge"))
+    await chioma.post(
+        b.OfferPosted(
+            title="Winter coats, children's sizes",
+            category="clothes",
+            quantity=4,
+            location="elm-fridge",
+        )
+    )
     await ben.post(b.OfferPosted(title="Lift to the clinic on Tuesdays", category="transport"))
-    await ben.post(b.NeedPosted(title="Nappies size 4", category="baby", quantity=3,
-                                urgency="urgent", location="st-marys"))
-    await chioma.post(b.NeedPosted(title="Someone to fix a bike", category="repair",
-                                   urgency="low"))
+    await ben.post(
+        b.NeedPosted(
+            title="Nappies size 4",
+            category="baby",
+            quantity=3,
+            urgency="urgent",
+            location="st-marys",
+        )
+    )
+    await chioma.post(b.NeedPosted(title="Someone to fix a bike", category="repair", urgency="low"))
     for other in (ben, chioma):
         await share(other, ana)
-    offer = await ana.post(b.OfferPosted(title="10 tins of beans", category="food",
-                                         item="beans", quantity=10, location="st-marys"))
+    offer = await ana.post(
+        b.OfferPosted(
+            title="10 tins of beans",
+            category="food",
+            item="beans",
+            quantity=10,
+            location="st-marys",
+        )
+    )
     for other in (ben, chioma):
         await share(ana, other)
         await other.post(b.ClaimMade(target=offer.hash, quantity=6))  # apart: 12 of 10

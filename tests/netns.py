@@ -52,8 +52,9 @@ PORT = 7717
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=CALL_TIMEOUT,
-                          check=check)
+    return subprocess.run(
+        list(args), capture_output=True, text=True, timeout=CALL_TIMEOUT, check=check
+    )
 
 
 @contextlib.contextmanager
@@ -62,8 +63,7 @@ def probe_namespace() -> Iterator[str]:
     probe = f"plprobe-{secrets.token_hex(3)}"
     made = run("ip", "netns", "add", probe, check=False)
     if made.returncode != 0:
-        raise OSError(f"needs network namespaces: 'ip netns add' failed: "
-                      f"{made.stderr.strip()}")
+        raise OSError(f"needs network namespaces: 'ip netns add' failed: {made.stderr.strip()}")
     try:
         yield probe
     finally:
@@ -80,12 +80,23 @@ def missing_capability() -> str | None:
         return "needs iproute2 (ip netns): no 'ip' command on PATH"
     try:
         with probe_namespace() as probe:
-            veth = run("ip", "-n", probe, "link", "add", "v0", "type", "veth", "peer",
-                       "name", "v1", check=False)
+            veth = run(
+                "ip",
+                "-n",
+                probe,
+                "link",
+                "add",
+                "v0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "v1",
+                check=False,
+            )
             if veth.returncode != 0:
                 return f"needs veth links in namespaces: {veth.stderr.strip()}"
-            bridge = run("ip", "-n", probe, "link", "add", "br0", "type", "bridge",
-                         check=False)
+            bridge = run("ip", "-n", probe, "link", "add", "br0", "type", "bridge", check=False)
             if bridge.returncode != 0:
                 return f"needs bridge links in namespaces: {bridge.stderr.strip()}"
     except OSError as exc:
@@ -99,8 +110,14 @@ def env() -> dict[str, str]:
 
 def potluck(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``potluck --data-dir DATA_DIR ARGS`` on the host (the log is a local file)."""
-    proc = subprocess.run([*POTLUCK, "--data-dir", str(data_dir), *args], cwd=ROOT,
-                          env=env(), capture_output=True, text=True, timeout=CALL_TIMEOUT)
+    proc = subprocess.run(
+        [*POTLUCK, "--data-dir", str(data_dir), *args],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=CALL_TIMEOUT,
+    )
     assert proc.returncode == 0, f"potluck {' '.join(args)}: {proc.stderr}"
     return proc
 
@@ -121,8 +138,9 @@ def events(data_dir: Path) -> list[dict[str, object]]:
     return rows
 
 
-def wait_for(check: Callable[[], bool], what: str, seconds: float,
-             since: float | None = None) -> float:
+def wait_for(
+    check: Callable[[], bool], what: str, seconds: float, since: float | None = None
+) -> float:
     """Poll ``check``; return seconds elapsed since ``since`` (default: now) when true."""
     began = time.monotonic() if since is None else since
     while not check():
@@ -149,9 +167,25 @@ class Host:
         self._out = self.out_path.open("w")
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, *POTLUCK, "--data-dir", str(self.data_dir),
-             "serve", "--listen", f"0.0.0.0:{self.port}", *extra],
-            cwd=ROOT, env=env(), stdout=self._out, stderr=subprocess.STDOUT, text=True)
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns,
+                *POTLUCK,
+                "--data-dir",
+                str(self.data_dir),
+                "serve",
+                "--listen",
+                f"0.0.0.0:{self.port}",
+                *extra,
+            ],
+            cwd=ROOT,
+            env=env(),
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def output(self) -> str:
         return self.out_path.read_text() if self.out_path.exists() else ""
@@ -183,8 +217,9 @@ class Lab:
     """Namespaces ``<prefix>-a``, ``-b``, … on a bridge ``br0`` in ``<prefix>-sw``; host
     ``a`` is ``<subnet>.1`` on its ``eth0``, whose switch end is ``port-a``."""
 
-    def __init__(self, tmp: Path, count: int = 3, *, subnet: str = "10.77.0",
-                 prefix: str = "potluck-t") -> None:
+    def __init__(
+        self, tmp: Path, count: int = 3, *, subnet: str = "10.77.0", prefix: str = "potluck-t"
+    ) -> None:
         assert 1 <= count <= len(string.ascii_lowercase)
         self.prefix = f"{prefix}{secrets.token_hex(3)}"
         self.switch = f"{self.prefix}-sw"
@@ -207,15 +242,27 @@ class Lab:
             inside = ["ip", "-n", ns]
             run(*inside, "link", "set", "lo", "up")
             # eth0 in the node's namespace, its peer (named after the node) on the switch.
-            run(*inside, "link", "add", "eth0", "type", "veth", "peer", "name",
-                f"port-{letter}", "netns", self.switch)
+            run(
+                *inside,
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"port-{letter}",
+                "netns",
+                self.switch,
+            )
             run(*sw, "link", "set", f"port-{letter}", "master", "br0")
             run(*sw, "link", "set", f"port-{letter}", "up")
             run(*inside, "addr", "add", f"{address}/24", "dev", "eth0")
             run(*inside, "link", "set", "dev", "eth0", "multicast", "on")
             run(*inside, "link", "set", "eth0", "up")
-            self.hosts.append(Host(ns, address, self.tmp / f"node-{letter}",
-                                   self.tmp / f"serve-{letter}.txt"))
+            self.hosts.append(
+                Host(ns, address, self.tmp / f"node-{letter}", self.tmp / f"serve-{letter}.txt")
+            )
 
     def _ns(self, name: str) -> None:
         run("ip", "netns", "add", name)
@@ -249,9 +296,18 @@ NFT_TABLE = "potluck_fault"
 def netem_args(plan: FaultPlan) -> list[str]:
     """The ``tc ... netem`` arguments of a plan: the issue's loss, delay with jitter,
     reordering and duplication, on each node's egress."""
-    return ["delay", f"{plan.delay_ms}ms", f"{plan.jitter_ms}ms",
-            "loss", f"{plan.loss_percent}%", "reorder", "25%", "50%",
-            "duplicate", "5%"]
+    return [
+        "delay",
+        f"{plan.delay_ms}ms",
+        f"{plan.jitter_ms}ms",
+        "loss",
+        f"{plan.loss_percent}%",
+        "reorder",
+        "25%",
+        "50%",
+        "duplicate",
+        "5%",
+    ]
 
 
 def fault_mode(plan: FaultPlan | None = None) -> tuple[str | None, str]:
@@ -264,16 +320,31 @@ def fault_mode(plan: FaultPlan | None = None) -> tuple[str | None, str]:
     plan = plan or FaultPlan()
     with probe_namespace() as probe:
         run("ip", "-n", probe, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
-        netem = run("ip", "netns", "exec", probe, "tc", "qdisc", "add", "dev", "v0", "root",
-                    "netem", *netem_args(plan), check=False) if shutil.which("tc") else None
+        netem = (
+            run(
+                "ip",
+                "netns",
+                "exec",
+                probe,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                "v0",
+                "root",
+                "netem",
+                *netem_args(plan),
+                check=False,
+            )
+            if shutil.which("tc")
+            else None
+        )
         if netem is not None and netem.returncode == 0:
             return "netem", "sch_netem works"
-        no_netem = (netem.stderr.strip() if netem is not None else "no 'tc' command")
+        no_netem = netem.stderr.strip() if netem is not None else "no 'tc' command"
         if shutil.which("nft") is None:
-            return None, (f"needs sch_netem ({no_netem}) or nftables: no 'nft' command "
-                          "on PATH")
-        nft = run("ip", "netns", "exec", probe, "nft", "add", "table", "inet", "probe",
-                  check=False)
+            return None, (f"needs sch_netem ({no_netem}) or nftables: no 'nft' command on PATH")
+        nft = run("ip", "netns", "exec", probe, "nft", "add", "table", "inet", "probe", check=False)
         if nft.returncode != 0:
             return None, f"needs sch_netem ({no_netem}) or nftables: {nft.stderr.strip()}"
     return "relay", f"no sch_netem ({no_netem}): nftables loss and a delaying relay"
@@ -351,8 +422,13 @@ def cut_schedule(plan: FaultPlan, letters: Sequence[str]) -> list[Cut]:
             length = min(rng.uniform(*plan.cut_seconds), last - at)
             cuts.append(Cut(node, round(at, 2), round(length, 2)))
         at += rng.uniform(*plan.cut_gap)
-    cuts.append(Cut(rng.choice([n for n in letters if free(n, last)] or letters),
-                    round(last, 2), round(plan.cut_seconds[1], 2)))
+    cuts.append(
+        Cut(
+            rng.choice([n for n in letters if free(n, last)] or letters),
+            round(last, 2),
+            round(plan.cut_seconds[1], 2),
+        )
+    )
     return cuts
 
 
@@ -362,9 +438,10 @@ class Cutter:
 
     def __init__(self, switch: str, cuts: Sequence[Cut]) -> None:
         self.switch = switch
-        self.steps = sorted([(c.at, "down", c) for c in cuts]
-                            + [(c.at + c.seconds, "up", c) for c in cuts],
-                            key=lambda step: (step[0], step[1] == "down"))  # up first
+        self.steps = sorted(
+            [(c.at, "down", c) for c in cuts] + [(c.at + c.seconds, "up", c) for c in cuts],
+            key=lambda step: (step[0], step[1] == "down"),
+        )  # up first
         self.letters = sorted({c.node for c in cuts})
         self.done: list[Cut] = []  # cuts whose link went down
         self.began = 0.0
@@ -394,17 +471,24 @@ class Cutter:
 def _nft_loss(percent: int) -> str:
     """Every packet a node sends on eth0 is dropped with probability ``percent`` %, as
     ``netem loss`` on its egress would; the two counters give the measured rate."""
-    return (f"table inet {NFT_TABLE} {{\n chain out {{\n"
-            "  type filter hook output priority 0; policy accept;\n"
-            '  oifname "eth0" counter\n'
-            f'  oifname "eth0" numgen random mod 100 < {percent} counter drop\n }}\n}}\n')
+    return (
+        f"table inet {NFT_TABLE} {{\n chain out {{\n"
+        "  type filter hook output priority 0; policy accept;\n"
+        '  oifname "eth0" counter\n'
+        f'  oifname "eth0" numgen random mod 100 < {percent} counter drop\n }}\n}}\n'
+    )
 
 
 def _nft_counters(ns: str) -> tuple[int, int]:
     """(packets sent on eth0, packets dropped) from the loss table of ``ns``."""
     out = run("ip", "netns", "exec", ns, "nft", "-j", "list", "table", "inet", NFT_TABLE)
-    counts = [e["counter"]["packets"] for item in json.loads(out.stdout)["nftables"]
-              if "rule" in item for e in item["rule"]["expr"] if "counter" in e]
+    counts = [
+        e["counter"]["packets"]
+        for item in json.loads(out.stdout)["nftables"]
+        if "rule" in item
+        for e in item["rule"]["expr"]
+        if "counter" in e
+    ]
     return counts[0], counts[1]
 
 
@@ -425,14 +509,17 @@ def seed_nodes(hosts: Sequence[Host]) -> int:
 
     async def create() -> int:
         first = await Node.init(hosts[0].data_dir, "Node a", Group.new("Netfault pantry"))
-        await first.post(body.ItemDefined(slug="beans", name="Tins of beans", unit="tin",
-                                          category="food", storage="ambient"))
-        await first.post(body.LocationDefined(slug="pantry", name="Hall pantry",
-                                              kind="pantry"))
+        await first.post(
+            body.ItemDefined(
+                slug="beans", name="Tins of beans", unit="tin", category="food", storage="ambient"
+            )
+        )
+        await first.post(body.LocationDefined(slug="pantry", name="Hall pantry", kind="pantry"))
         batches = [batch async for batch in first.store.read_since({})]
         for host in hosts[1:]:
-            other = await Node.init(host.data_dir, f"Node {host.ns[-1]}",
-                                    load_group(hosts[0].data_dir))
+            other = await Node.init(
+                host.data_dir, f"Node {host.ns[-1]}", load_group(hosts[0].data_dir)
+            )
             for batch in batches:
                 await other.store.receive(batch)
             await other.close()
@@ -446,8 +533,9 @@ def log_state(data_dir: Path) -> tuple[int, tuple[tuple[bytes, int, bytes], ...]
     """(event count, heads) read from the log file of a running node; None while the file
     is busy. Cheap enough to poll, unlike a ``potluck`` process per node."""
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{data_dir / LOG_FILE}?mode=ro",
-                                                uri=True, timeout=2)) as db:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{data_dir / LOG_FILE}?mode=ro", uri=True, timeout=2)
+        ) as db:
             count = db.execute("SELECT count(*) FROM events").fetchone()[0]
             heads = tuple(db.execute("SELECT author, seq, hash FROM heads ORDER BY author"))
     except sqlite3.Error:
@@ -455,8 +543,7 @@ def log_state(data_dir: Path) -> tuple[int, tuple[tuple[bytes, int, bytes], ...]
     return int(count), heads
 
 
-def run_faults(tmp: Path, plan: FaultPlan, say: Callable[[str], None] = print
-               ) -> FaultReport:
+def run_faults(tmp: Path, plan: FaultPlan, say: Callable[[str], None] = print) -> FaultReport:
     """Five (``plan.nodes``) real ``potluck serve`` nodes, each in its namespace, every
     one dialing every other; loss and delay on every link from before they start, links
     cut and restored on a seeded schedule while a writer per node appends ``plan.writes``
@@ -495,37 +582,80 @@ def run_faults(tmp: Path, plan: FaultPlan, say: Callable[[str], None] = print
         report.expected_events = seed_nodes(hosts)
         if mode == "netem":
             for host in hosts:
-                host.run("tc", "qdisc", "add", "dev", "eth0", "root", "netem",
-                         *netem_args(plan))
+                host.run("tc", "qdisc", "add", "dev", "eth0", "root", "netem", *netem_args(plan))
             dial = [f"{h.address}:{h.port}" for h in hosts]
         else:
             for host in hosts:
-                subprocess.run(["ip", "netns", "exec", host.ns, "nft", "-f", "-"],
-                               input=_nft_loss(plan.loss_percent), text=True, check=True,
-                               capture_output=True, timeout=CALL_TIMEOUT)
+                subprocess.run(
+                    ["ip", "netns", "exec", host.ns, "nft", "-f", "-"],
+                    input=_nft_loss(plan.loss_percent),
+                    text=True,
+                    check=True,
+                    capture_output=True,
+                    timeout=CALL_TIMEOUT,
+                )
             relay_ip = f"{FAULT_SUBNET}.{RELAY_HOST}"
             run("ip", "-n", lab.switch, "addr", "add", f"{relay_ip}/24", "dev", "br0")
             routes = [f"{RELAY_PORT + i}={h.address}:{h.port}" for i, h in enumerate(hosts)]
             with relay_out.open("w") as log:  # the child keeps its own descriptor
                 relay = subprocess.Popen(
-                    ["ip", "netns", "exec", lab.switch, sys.executable, __file__, "relay",
-                     "--listen", relay_ip, "--delay-ms", str(plan.delay_ms),
-                     "--jitter-ms", str(plan.jitter_ms), "--seed", str(plan.seed), *routes],
-                    stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        lab.switch,
+                        sys.executable,
+                        __file__,
+                        "relay",
+                        "--listen",
+                        relay_ip,
+                        "--delay-ms",
+                        str(plan.delay_ms),
+                        "--jitter-ms",
+                        str(plan.jitter_ms),
+                        "--seed",
+                        str(plan.seed),
+                        *routes,
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    cwd=ROOT,
+                )
             wait_for(lambda: "relay ready" in relay_out.read_text(), "the relay listens", 20)
             dial = [f"{relay_ip}:{RELAY_PORT + i}" for i in range(len(hosts))]
         for i, host in enumerate(hosts):
-            host.serve("--no-discovery", "--no-ui",
-                       *(a for j, d in enumerate(dial) if j != i for a in ("--peer", d)))
-        wait_for(lambda: all("listening on" in h.output() for h in hosts),
-                 "every node listens", 30)
+            host.serve(
+                "--no-discovery",
+                "--no-ui",
+                *(a for j, d in enumerate(dial) if j != i for a in ("--peer", d)),
+            )
+        wait_for(lambda: all("listening on" in h.output() for h in hosts), "every node listens", 30)
 
         cutter = Cutter(lab.switch, cut_schedule(plan, letters))
-        writers = [subprocess.Popen(
-            [sys.executable, __file__, "write", str(h.data_dir), "--count", str(plan.writes),
-             "--seconds", str(plan.seconds * 0.9), "--seed", f"{plan.seed}-{h.ns[-1]}"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, cwd=ROOT, env=env()) for h in hosts]
+        writers = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "write",
+                    str(h.data_dir),
+                    "--count",
+                    str(plan.writes),
+                    "--seconds",
+                    str(plan.seconds * 0.9),
+                    "--seed",
+                    f"{plan.seed}-{h.ns[-1]}",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=ROOT,
+                env=env(),
+            )
+            for h in hosts
+        ]
         processes.extend(writers)
         for writer in writers:  # Python started and potluck imported: the writes are on time
             assert writer.stdout is not None
@@ -536,8 +666,10 @@ def run_faults(tmp: Path, plan: FaultPlan, say: Callable[[str], None] = print
             writer.stdin.write("go\n")
             writer.stdin.flush()
         cutter.start()
-        say(f"faults on ({mode}): {plan.seconds:.0f} s window, {len(cutter.steps) // 2} "
-            f"cuts, {plan.writes} writes per node")
+        say(
+            f"faults on ({mode}): {plan.seconds:.0f} s window, {len(cutter.steps) // 2} "
+            f"cuts, {plan.writes} writes per node"
+        )
         time.sleep(max(0.0, cutter.began + plan.seconds - time.monotonic()))
 
         # The faults stop: links up, loss and delay removed; the clock starts before.
@@ -568,12 +700,13 @@ def run_faults(tmp: Path, plan: FaultPlan, say: Callable[[str], None] = print
             report.last_write_s = max(report.last_write_s, result["last_s"])
         report.expected_events += report.written
         report.missing_at_stop = [report.expected_events - n for n in counts_at_stop]
-        say(f"faults off after {report.window_s:.1f} s (removed in {report.removed_s:.2f} s);"
+        say(
+            f"faults off after {report.window_s:.1f} s (removed in {report.removed_s:.2f} s);"
             f" {report.written} events written, {report.expected_events} expected on every "
-            f"node, missing then: {report.missing_at_stop}")
+            f"node, missing then: {report.missing_at_stop}"
+        )
         if relay is not None:
-            wait_for(lambda: relay_out.read_text().rstrip().endswith("}"),
-                     "the relay's stats", 10)
+            wait_for(lambda: relay_out.read_text().rstrip().endswith("}"), "the relay's stats", 10)
             report.delay = json.loads(relay_out.read_text().strip().splitlines()[-1])
 
         states: list[tuple[int, tuple[tuple[bytes, int, bytes], ...]] | None] = []
@@ -581,15 +714,22 @@ def run_faults(tmp: Path, plan: FaultPlan, say: Callable[[str], None] = print
         def same() -> bool:
             states[:] = [log_state(h.data_dir) for h in hosts]
             first = states[0]
-            return (first is not None and first[0] == report.expected_events
-                    and all(s == first for s in states))
+            return (
+                first is not None
+                and first[0] == report.expected_events
+                and all(s == first for s in states)
+            )
 
         try:
-            report.converged_s = wait_for(same, "every node holds every event",
-                                          plan.bound, since=stopped)
+            report.converged_s = wait_for(
+                same, "every node holds every event", plan.bound, since=stopped
+            )
         except AssertionError:
-            report.stragglers = [h.ns[-1] for h, s in zip(hosts, states, strict=True)
-                                 if s is None or s[0] != report.expected_events]
+            report.stragglers = [
+                h.ns[-1]
+                for h, s in zip(hosts, states, strict=True)
+                if s is None or s[0] != report.expected_events
+            ]
         with ThreadPoolExecutor(len(hosts)) as pool:
             report.digests = list(pool.map(lambda h: digest(h.data_dir), hosts))
         report.confirmed_s = time.monotonic() - stopped
@@ -613,6 +753,7 @@ def run_faults(tmp: Path, plan: FaultPlan, say: Callable[[str], None] = print
 
 # -- the relay: a TCP forwarder that delays every chunk, in order ----------------------
 
+
 @dataclass
 class RelayStats:
     chunks: int = 0
@@ -629,11 +770,14 @@ class RelayStats:
         self.max_ms = max(self.max_ms, held_ms)
 
     def summary(self) -> dict[str, float]:
-        return {"chunks": self.chunks, "connections": self.connections,
-                "refused": self.refused,
-                "mean_ms": round(self.total_ms / max(1, self.chunks), 1),
-                "min_ms": round(self.min_ms if self.chunks else 0.0, 1),
-                "max_ms": round(self.max_ms, 1)}
+        return {
+            "chunks": self.chunks,
+            "connections": self.connections,
+            "refused": self.refused,
+            "mean_ms": round(self.total_ms / max(1, self.chunks), 1),
+            "min_ms": round(self.min_ms if self.chunks else 0.0, 1),
+            "max_ms": round(self.max_ms, 1),
+        }
 
 
 class Relay:
@@ -652,8 +796,9 @@ class Relay:
         """Until SIGTERM, whose default action ends the process."""
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self._undelay)
         for port, target in routes.items():
-            await asyncio.start_server(functools.partial(self._handle, target), listen, port,
-                                       reuse_address=True)
+            await asyncio.start_server(
+                functools.partial(self._handle, target), listen, port, reuse_address=True
+            )
         print("relay ready", flush=True)
         await asyncio.Event().wait()
 
@@ -662,18 +807,21 @@ class Relay:
         self.delay = self.jitter = 0.0
         print(json.dumps(self.stats.summary()), flush=True)
 
-    async def _handle(self, target: tuple[str, int], reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
+    async def _handle(
+        self, target: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.stats.connections += 1
         try:
             up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(*target), RELAY_CONNECT_SECONDS)
+                asyncio.open_connection(*target), RELAY_CONNECT_SECONDS
+            )
         except (OSError, TimeoutError):
             self.stats.refused += 1
             writer.close()
             return
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer),
-                             return_exceptions=True)
+        await asyncio.gather(
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+        )
         for end in (writer, up_writer):
             end.close()
 
@@ -711,6 +859,7 @@ class Relay:
 
 # -- the writer: one node's CLI commands, spread over the window ------------------------
 
+
 def _cli(data_dir: str, *args: str) -> tuple[int, str]:
     """Run one ``potluck`` command through its entry point in this process (Python starts
     once per node, not once per event); (exit code, stdout + stderr)."""
@@ -730,19 +879,35 @@ def _command(rng: random.Random, data_dir: str, me: str, i: int) -> list[str]:
     roll = rng.random()
     if roll < 0.15:
         code, out = _cli(data_dir, "board", "--json")
-        offers = [o["id"] for o in json.loads(out)["offers"]
-                  if o["author_name"] != f"Node {me}"] if code == 0 else []
+        offers = (
+            [o["id"] for o in json.loads(out)["offers"] if o["author_name"] != f"Node {me}"]
+            if code == 0
+            else []
+        )
         if offers:
             return ["claim", "make", rng.choice(offers), "--quantity", str(rng.randint(1, 3))]
     if roll < 0.45:
-        return ["offer", "post", f"Tins from {me} #{i}", "--quantity",
-                str(rng.randint(1, 6)), "--item", "beans", "--location", "pantry"]
+        return [
+            "offer",
+            "post",
+            f"Tins from {me} #{i}",
+            "--quantity",
+            str(rng.randint(1, 6)),
+            "--item",
+            "beans",
+            "--location",
+            "pantry",
+        ]
     if roll < 0.60:
-        return ["need", "post", f"Blankets for {me} #{i}", "--urgency",
-                rng.choice(["low", "normal", "urgent"])]
+        return [
+            "need",
+            "post",
+            f"Blankets for {me} #{i}",
+            "--urgency",
+            rng.choice(["low", "normal", "urgent"]),
+        ]
     if roll < 0.95:
-        return ["stock", "adjust", "beans", "pantry",
-                str(rng.choice([-1, 1]) * rng.randint(1, 9))]
+        return ["stock", "adjust", "beans", "pantry", str(rng.choice([-1, 1]) * rng.randint(1, 9))]
     return ["stock", "count", "beans", "pantry", str(rng.randint(0, 40))]
 
 
@@ -764,8 +929,7 @@ def write_main(data_dir: str, count: int, seconds: float, seed: str) -> None:
             ok += 1
         else:
             errors.append(f"{me}: potluck {' '.join(args)}: {out.strip()}")
-    print(json.dumps({"ok": ok, "errors": errors,
-                      "last_s": round(time.monotonic() - began, 2)}))
+    print(json.dumps({"ok": ok, "errors": errors, "last_s": round(time.monotonic() - began, 2)}))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -789,8 +953,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             port, target = route.split("=")
             host, target_port = target.rsplit(":", 1)
             routes[int(port)] = (host, int(target_port))
-        asyncio.run(Relay(args.delay_ms, args.jitter_ms, args.seed).serve(args.listen,
-                                                                            routes))
+        asyncio.run(Relay(args.delay_ms, args.jitter_ms, args.seed).serve(args.listen, routes))
     else:
         write_main(args.data_dir, args.count, args.seconds, args.seed)
 

@@ -39,8 +39,9 @@ async def within(aw: Awaitable[T], seconds: float = 10.0) -> T:
     return await asyncio.wait_for(aw, seconds)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str,
-                     seconds: float = 10.0) -> float:
+async def eventually(
+    check: Callable[[], Awaitable[bool]], what: str, seconds: float = 10.0
+) -> float:
     """Poll ``check`` until it is true; return how long it took. Fails after ``seconds``."""
     loop = asyncio.get_running_loop()
     began = loop.time()
@@ -53,21 +54,22 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str,
     raise AssertionError(f"not within {seconds} s: {what}")
 
 
-def stock(n: int, *, item: str = "rice", location: str = "pantry",
-          first: int = 1) -> list[b.StockAdjusted]:
+def stock(
+    n: int, *, item: str = "rice", location: str = "pantry", first: int = 1
+) -> list[b.StockAdjusted]:
     """``n`` stock adjustments, each with its own delta, so every event differs."""
-    return [b.StockAdjusted(item=item, location=location, delta=first + i, reason="donation")
-            for i in range(n)]
+    return [
+        b.StockAdjusted(item=item, location=location, delta=first + i, reason="donation")
+        for i in range(n)
+    ]
 
 
-async def append_stock(node: Node, n: int, *, batch: int = 1000,
-                       first: int = 1) -> list[Envelope]:
+async def append_stock(node: Node, n: int, *, batch: int = 1000, first: int = 1) -> list[Envelope]:
     """Append ``n`` stock adjustments by ``node``'s own key, ``batch`` per transaction."""
     written: list[Envelope] = []
     for start in range(0, n, batch):
         count = min(batch, n - start)
-        written += await within(node.store.append(node.key, stock(count, first=first + start)),
-                                60)
+        written += await within(node.store.append(node.key, stock(count, first=first + start)), 60)
     return written
 
 
@@ -102,8 +104,9 @@ async def same_vectors(*nodes: Node) -> bool:
 class Serving:
     """``Node.serve`` running in a task; its status lines are kept in ``lines``."""
 
-    def __init__(self, node: Node, *, listen: str | None = f"{LOCAL}:0",
-                 peers: Sequence[str] = ()) -> None:
+    def __init__(
+        self, node: Node, *, listen: str | None = f"{LOCAL}:0", peers: Sequence[str] = ()
+    ) -> None:
         self.node = node
         self.listen = listen
         self.peers = list(peers)
@@ -118,8 +121,11 @@ class Serving:
         return f"{LOCAL}:{self.port}"
 
     async def start(self) -> Serving:
-        self._task = asyncio.create_task(self.node.serve(
-            listen=self.listen, peers=self.peers, stop=self._stop, say=self.lines.append))
+        self._task = asyncio.create_task(
+            self.node.serve(
+                listen=self.listen, peers=self.peers, stop=self._stop, say=self.lines.append
+            )
+        )
         if self.listen is not None:
             await eventually(self._listening, "the node listens")
         return self
@@ -185,12 +191,12 @@ class CountingProxy:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
-    async def _relay(self, client_r: asyncio.StreamReader,
-                     client_w: asyncio.StreamWriter) -> None:
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         node_r, node_w = await within(asyncio.open_connection(LOCAL, self.target))
 
-        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       up: bool) -> None:
+        async def pump(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: bool
+        ) -> None:
             try:
                 while data := await reader.read(1 << 16):
                     if up:
@@ -204,8 +210,9 @@ class CountingProxy:
             finally:
                 writer.close()
 
-        await asyncio.gather(pump(client_r, node_w, True), pump(node_r, client_w, False),
-                             return_exceptions=True)
+        await asyncio.gather(
+            pump(client_r, node_w, True), pump(node_r, client_w, False), return_exceptions=True
+        )
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -227,12 +234,17 @@ class RawPeer:
         self.frames_in: list[bytes] = []
 
     @classmethod
-    async def connect(cls, port: int, key: SigningKey, *, secret: bytes,
-                      group: bytes) -> RawPeer:
-        ws = await within(connect(f"ws://{LOCAL}:{port}/potluck", compression=None,
-                                  max_size=None, open_timeout=5, close_timeout=2))
-        protocol = SyncProtocol(Role.INITIATOR, device_key=key, group_secret=secret,
-                                group=group)
+    async def connect(cls, port: int, key: SigningKey, *, secret: bytes, group: bytes) -> RawPeer:
+        ws = await within(
+            connect(
+                f"ws://{LOCAL}:{port}/potluck",
+                compression=None,
+                max_size=None,
+                open_timeout=5,
+                close_timeout=2,
+            )
+        )
+        protocol = SyncProtocol(Role.INITIATOR, device_key=key, group_secret=secret, group=group)
         return cls(ws, protocol)
 
     async def flush(self) -> None:
@@ -330,8 +342,9 @@ class Author:
         return bytes(self.key.verify_key)
 
     def joined(self, name: str = "Mal") -> Envelope:
-        return self.write("member.joined",
-                          {"name": name, "proof": membership_proof(self.group, self.author)})
+        return self.write(
+            "member.joined", {"name": name, "proof": membership_proof(self.group, self.author)}
+        )
 
     def write(self, type_: str, body: dict[str, object]) -> Envelope:
         """The next event of the chain."""
@@ -342,9 +355,16 @@ class Author:
         """An event following ``prev`` without moving the head: a branch when ``prev``
         already has a successor."""
         hlc = self.clock.tick(prev.hlc if prev else 0)
-        return events.create(self.key, group=self.group.id, seq=prev.seq + 1 if prev else 1,
-                             prev=prev.hash if prev else None, deps=[], hlc=hlc, type=type_,
-                             body=body)
+        return events.create(
+            self.key,
+            group=self.group.id,
+            seq=prev.seq + 1 if prev else 1,
+            prev=prev.hash if prev else None,
+            deps=[],
+            hlc=hlc,
+            type=type_,
+            body=body,
+        )
 
 
 def with_signature(env: Envelope, sig: bytes) -> bytes:

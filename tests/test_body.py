@@ -45,27 +45,56 @@ KEY = bytes(range(32, 64))
 VALID: dict[str, dict[str, object]] = {
     "member.joined": {"name": "Ana", "languages": ["es", "en"], "proof": KEY},
     "location.defined": {"slug": "st-marks", "name": "St Mark's pantry", "kind": "pantry"},
-    "item.defined": {"slug": "beans", "name": "Black beans", "unit": "can",
-                     "category": "canned", "storage": "ambient"},
-    "stock.adjusted": {"item": "beans", "location": "st-marks", "delta": -3,
-                       "reason": "distribution", "expires": "2025-03-01"},
+    "item.defined": {
+        "slug": "beans",
+        "name": "Black beans",
+        "unit": "can",
+        "category": "canned",
+        "storage": "ambient",
+    },
+    "stock.adjusted": {
+        "item": "beans",
+        "location": "st-marks",
+        "delta": -3,
+        "reason": "distribution",
+        "expires": "2025-03-01",
+    },
     "stock.counted": {"item": "beans", "location": "st-marks", "count": 0},
-    "offer.posted": {"title": "Bread from the bakery", "category": "food", "item": "bread",
-                     "quantity": 12, "location": "hub-1", "until": "2025-03-01"},
+    "offer.posted": {
+        "title": "Bread from the bakery",
+        "category": "food",
+        "item": "bread",
+        "quantity": 12,
+        "location": "hub-1",
+        "until": "2025-03-01",
+    },
     "offer.withdrawn": {"offer": ID},
-    "need.posted": {"title": "Ride to the clinic", "category": "transport",
-                    "urgency": "urgent", "by": "2025-03-02"},
+    "need.posted": {
+        "title": "Ride to the clinic",
+        "category": "transport",
+        "urgency": "urgent",
+        "by": "2025-03-02",
+    },
     "need.withdrawn": {"need": ID},
     "claim.made": {"target": ID, "quantity": 2},
     "claim.confirmed": {"claim": ID},
     "claim.declined": {"claim": ID},
     "claim.released": {"claim": ID},
     "claim.fulfilled": {"claim": ID},
-    "role.defined": {"slug": "driver", "name": "Driver",
-                     "description": "Drives.\nBrings the van back.", "weekly_hours": 4.5},
+    "role.defined": {
+        "slug": "driver",
+        "name": "Driver",
+        "description": "Drives.\nBrings the van back.",
+        "weekly_hours": 4.5,
+    },
     "role.assigned": {"role": "driver", "member": KEY, "until": "2025-06-30"},
-    "shift.scheduled": {"role": "driver", "location": "hub-1", "start": "2025-03-01T09:00",
-                        "end": "2025-03-01T12:30", "slots": 3},
+    "shift.scheduled": {
+        "role": "driver",
+        "location": "hub-1",
+        "start": "2025-03-01T09:00",
+        "end": "2025-03-01T12:30",
+        "slots": 3,
+    },
     "shift.signed_up": {"shift": ID},
     "shift.withdrawn": {"shift": ID},
     "shift.completed": {"shift": ID, "hours": 3.5},
@@ -95,22 +124,31 @@ _POSITIVE = st.integers(1, 1_000_000_000)
 
 
 def _hours(high: int) -> st.SearchStrategy[float | int]:
-    return (st.floats(0, high, exclude_min=True, allow_nan=False)
-            | st.integers(1, high))
+    return st.floats(0, high, exclude_min=True, allow_nan=False) | st.integers(1, high)
 
 
 FIELDS: dict[str, st.SearchStrategy[object]] = {
     "title": _texts(200),
     "name": _texts(100),
-    "description": st.text(st.characters(exclude_categories=("Cc", "Cs"),
-                                         include_characters="\n"), max_size=2000),
+    "description": st.text(
+        st.characters(exclude_categories=("Cc", "Cs"), include_characters="\n"), max_size=2000
+    ),
     "unit": _texts(40),
     "category": _texts(40),
-    "slug": _SLUGS, "item": _SLUGS, "location": _SLUGS, "role": _SLUGS,
-    "languages": st.lists(st.from_regex(r"[a-z]{2,3}(-[A-Z][a-z]{3})?", fullmatch=True),
-                          max_size=10, unique=True),
-    "proof": _IDS, "member": _IDS,
-    "offer": _IDS, "need": _IDS, "claim": _IDS, "shift": _IDS, "target": _IDS,
+    "slug": _SLUGS,
+    "item": _SLUGS,
+    "location": _SLUGS,
+    "role": _SLUGS,
+    "languages": st.lists(
+        st.from_regex(r"[a-z]{2,3}(-[A-Z][a-z]{3})?", fullmatch=True), max_size=10, unique=True
+    ),
+    "proof": _IDS,
+    "member": _IDS,
+    "offer": _IDS,
+    "need": _IDS,
+    "claim": _IDS,
+    "shift": _IDS,
+    "target": _IDS,
     "kind": st.sampled_from(LOCATION_KINDS),
     "storage": st.sampled_from(STORAGES),
     "reason": st.sampled_from(STOCK_REASONS),
@@ -119,13 +157,16 @@ FIELDS: dict[str, st.SearchStrategy[object]] = {
     "count": st.integers(0, 1_000_000_000),
     "quantity": _POSITIVE,
     "slots": st.integers(1, 1000),
-    "expires": _DATES, "until": _DATES, "by": _DATES,
+    "expires": _DATES,
+    "until": _DATES,
+    "by": _DATES,
     "hours": _hours(24),
     "weekly_hours": _hours(168),
 }
 
 _OFFSETS = st.none() | st.integers(-14 * 60, 14 * 60).map(
-    lambda minutes: timezone(timedelta(minutes=minutes)))
+    lambda minutes: timezone(timedelta(minutes=minutes))
+)
 
 
 @st.composite
@@ -135,8 +176,7 @@ def _shift_times(draw: st.DrawFn) -> dict[str, object]:
     start = draw(st.datetimes(datetime(2000, 1, 1), datetime(2100, 1, 1)))
     start = start.replace(microsecond=0, tzinfo=zone)
     end = start + draw(st.timedeltas(timedelta(minutes=1), timedelta(days=2)))
-    return {"start": start.isoformat(timespec="seconds"),
-            "end": end.isoformat(timespec="seconds")}
+    return {"start": start.isoformat(timespec="seconds"), "end": end.isoformat(timespec="seconds")}
 
 
 # Fields drawn together because a rule spans them.
@@ -155,7 +195,8 @@ def instances(cls: type[BaseBody]) -> st.SearchStrategy[BaseBody]:
         strategy = FIELDS[field.name]
         fields[field.name] = st.none() | strategy if field.default is None else strategy
     return st.tuples(st.fixed_dictionaries(fields), joint).map(
-        lambda parts: cls(**parts[0], **parts[1]))
+        lambda parts: cls(**parts[0], **parts[1])
+    )
 
 
 ALL_TYPES = pytest.mark.parametrize("cls", TYPES.values(), ids=list(TYPES))
@@ -163,8 +204,9 @@ ALL_TYPES = pytest.mark.parametrize("cls", TYPES.values(), ids=list(TYPES))
 
 @ALL_TYPES
 @given(data=st.data())
-def test_from_body_of_to_body_gives_an_equal_value(cls: type[BaseBody],
-                                                    data: st.DataObject) -> None:
+def test_from_body_of_to_body_gives_an_equal_value(
+    cls: type[BaseBody], data: st.DataObject
+) -> None:
     value = data.draw(instances(cls))
     body = value.to_body()
     assert cls.from_body(body) == value
@@ -180,13 +222,15 @@ GROUP = bytes(32)
 @ALL_TYPES
 @settings(max_examples=50)
 @given(data=st.data())
-def test_body_survives_msgpack_and_the_signed_envelope(cls: type[BaseBody],
-                                                       data: st.DataObject) -> None:
+def test_body_survives_msgpack_and_the_signed_envelope(
+    cls: type[BaseBody], data: st.DataObject
+) -> None:
     value = data.draw(instances(cls))
     unpacked = msgpack.unpackb(events.pack(value.to_body()), raw=False)
     assert parse(cls.TYPE, unpacked) == value
-    envelope = events.create(SIGNER, group=GROUP, seq=1, prev=None, deps=[], hlc=1,
-                             type=cls.TYPE, body=value.to_body())
+    envelope = events.create(
+        SIGNER, group=GROUP, seq=1, prev=None, deps=[], hlc=1, type=cls.TYPE, body=value.to_body()
+    )
     received = events.decode(envelope.raw)
     assert parse(received.type, received.body) == value
 
@@ -264,10 +308,10 @@ INVALID: list[tuple[str, dict[str, object], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("type_", "body", "field"), INVALID,
-                         ids=[f"{t}-{f}-{i}" for i, (t, _, f) in enumerate(INVALID)])
-def test_parse_rejects_bad_field_naming_it(type_: str, body: dict[str, object],
-                                           field: str) -> None:
+@pytest.mark.parametrize(
+    ("type_", "body", "field"), INVALID, ids=[f"{t}-{f}-{i}" for i, (t, _, f) in enumerate(INVALID)]
+)
+def test_parse_rejects_bad_field_naming_it(type_: str, body: dict[str, object], field: str) -> None:
     with pytest.raises(InvalidBody) as caught:
         parse(type_, body)
     assert caught.value.field == field
@@ -304,8 +348,9 @@ def test_building_a_value_locally_validates_it_too() -> None:
     with pytest.raises(InvalidBody, match="^delta: "):
         StockAdjusted(item="beans", location="hub", delta=0, reason="donation")
     with pytest.raises(InvalidBody, match="^end: "):
-        ShiftScheduled(role="r", location="l", start="2025-01-01T10:00",
-                       end="2025-01-01T10:00", slots=1)
+        ShiftScheduled(
+            role="r", location="l", start="2025-01-01T10:00", end="2025-01-01T10:00", slots=1
+        )
 
 
 def test_values_are_normalised_so_encoding_twice_changes_nothing() -> None:
@@ -320,13 +365,16 @@ def test_values_are_normalised_so_encoding_twice_changes_nothing() -> None:
     assert role.description == ""
 
 
-@pytest.mark.parametrize(("written", "kept"), [
-    ("2025-03-01T09:00", "2025-03-01T09:00"),
-    ("2025-03-01T09:00:00", "2025-03-01T09:00"),
-    ("2025-03-01T09:00:30", "2025-03-01T09:00:30"),
-    ("2025-03-01T09:00Z", "2025-03-01T09:00+00:00"),
-    ("2025-03-01T09:00:00-05:30", "2025-03-01T09:00-05:30"),
-])
+@pytest.mark.parametrize(
+    ("written", "kept"),
+    [
+        ("2025-03-01T09:00", "2025-03-01T09:00"),
+        ("2025-03-01T09:00:00", "2025-03-01T09:00"),
+        ("2025-03-01T09:00:30", "2025-03-01T09:00:30"),
+        ("2025-03-01T09:00Z", "2025-03-01T09:00+00:00"),
+        ("2025-03-01T09:00:00-05:30", "2025-03-01T09:00-05:30"),
+    ],
+)
 def test_shift_times_are_kept_to_the_minute_in_one_spelling(written: str, kept: str) -> None:
     end = "2025-03-01T23:00" + kept[16:]
     shift = parse("shift.scheduled", _with("shift.scheduled", start=written, end=end))
@@ -335,12 +383,16 @@ def test_shift_times_are_kept_to_the_minute_in_one_spelling(written: str, kept: 
 
 
 def test_shift_end_is_compared_as_an_instant_when_offsets_differ() -> None:
-    shift = parse("shift.scheduled", _with("shift.scheduled", start="2025-03-01T09:00+02:00",
-                                           end="2025-03-01T08:30+00:00"))
+    shift = parse(
+        "shift.scheduled",
+        _with("shift.scheduled", start="2025-03-01T09:00+02:00", end="2025-03-01T08:30+00:00"),
+    )
     assert isinstance(shift, ShiftScheduled)
     with pytest.raises(InvalidBody, match="^end: "):
-        parse("shift.scheduled", _with("shift.scheduled", start="2025-03-01T09:00+00:00",
-                                       end="2025-03-01T10:00+02:00"))
+        parse(
+            "shift.scheduled",
+            _with("shift.scheduled", start="2025-03-01T09:00+00:00", end="2025-03-01T10:00+02:00"),
+        )
 
 
 def test_claim_steps_share_a_shape_but_stay_distinct_types() -> None:
@@ -421,7 +473,8 @@ def note_type(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 
 
 def test_version_2_body_routes_through_the_upcaster_to_the_current_version(
-        note_type: list[int]) -> None:
+    note_type: list[int],
+) -> None:
     value: object = parse(NoteEdited.TYPE, {"_v": 2, "note": "hello"})
     assert value == NoteEdited(note="hello", pinned=0)
     assert note_type == [2]
@@ -433,8 +486,7 @@ def test_version_1_body_without_v_runs_every_upcaster_in_order(note_type: list[i
     assert note_type == [1, 2]
 
 
-def test_current_version_body_skips_upcasters_and_writes_its_version(
-        note_type: list[int]) -> None:
+def test_current_version_body_skips_upcasters_and_writes_its_version(note_type: list[int]) -> None:
     value = NoteEdited(note="hi", pinned=2)
     assert value.to_body() == {"note": "hi", "pinned": 2, "_v": 3}
     assert list(value.to_body()) == ["_v", "note", "pinned"]  # canonical as built
@@ -481,12 +533,21 @@ def test_upcasting_does_not_change_the_callers_map(note_type: list[int]) -> None
 
 def test_a_remembered_slug_or_date_does_not_let_a_bad_one_through() -> None:
     """Slugs and dates are remembered once valid; a bad value must fail every time."""
-    good = {"item": "rice", "location": "pantry", "delta": 2, "reason": "donation",
-            "expires": "2026-12-01"}
+    good = {
+        "item": "rice",
+        "location": "pantry",
+        "delta": 2,
+        "reason": "donation",
+        "expires": "2026-12-01",
+    }
     for _ in range(2):
         assert parse("stock.adjusted", good) is not None
-        for field, bad in (("item", "Rice!"), ("expires", "2026-02-30"),
-                           ("expires", "2026-12-1"), ("location", 7)):
+        for field, bad in (
+            ("item", "Rice!"),
+            ("expires", "2026-02-30"),
+            ("expires", "2026-12-1"),
+            ("location", 7),
+        ):
             with pytest.raises(InvalidBody) as caught:
                 parse("stock.adjusted", {**good, field: bad})
             assert caught.value.field == field
@@ -495,8 +556,7 @@ def test_a_remembered_slug_or_date_does_not_let_a_bad_one_through() -> None:
 @ALL_TYPES
 @settings(max_examples=30)
 @given(data=st.data())
-def test_to_body_writes_keys_in_canonical_order(cls: type[BaseBody],
-                                                data: st.DataObject) -> None:
+def test_to_body_writes_keys_in_canonical_order(cls: type[BaseBody], data: st.DataObject) -> None:
     """``events.unsigned`` trusts a typed body's map to be canonical: keep it that way
     (keys sorted, and nothing nested that is not)."""
     body = data.draw(instances(cls)).to_body()

@@ -66,7 +66,7 @@ def frames(data: bytes) -> list[tuple[int, int]]:
     out = []
     at = HEADER_BYTES
     while at < len(data):
-        length = int.from_bytes(data[at + 1:at + 5], "big")
+        length = int.from_bytes(data[at + 1 : at + 5], "big")
         end = at + 5 + 24 + length
         out.append((at, end))
         at = end
@@ -81,8 +81,10 @@ def flip(path: Path, offset: int) -> None:
 
 # -- the round trip ---------------------------------------------------------------------
 
+
 async def test_a_bundle_brings_the_other_store_to_the_same_vector(
-    stores: tuple[Store, Store], tmp_path: Path,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
 ) -> None:
     a, b = stores
     path = tmp_path / "stick" / "pantry.potluck"
@@ -101,7 +103,8 @@ async def test_a_bundle_brings_the_other_store_to_the_same_vector(
 
 
 async def test_importing_a_bundle_twice_stores_nothing_new(
-    stores: tuple[Store, Store], tmp_path: Path,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
 ) -> None:
     a, b = stores
     path = tmp_path / "pantry.potluck"
@@ -113,7 +116,8 @@ async def test_importing_a_bundle_twice_stores_nothing_new(
 
 
 async def test_a_bundle_since_a_vector_file_holds_only_what_is_newer(
-    stores: tuple[Store, Store], tmp_path: Path,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
 ) -> None:
     a, b = stores
     await export_bundle(a, tmp_path / "first.potluck")
@@ -133,7 +137,8 @@ async def test_a_bundle_since_a_vector_file_holds_only_what_is_newer(
 
 
 async def test_events_whose_past_is_missing_are_held_until_it_arrives(
-    stores: tuple[Store, Store], tmp_path: Path,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
 ) -> None:
     a, b = stores
     start = await seqs(a)
@@ -150,7 +155,8 @@ async def test_events_whose_past_is_missing_are_held_until_it_arrives(
 
 
 async def test_an_empty_store_exports_a_bundle_that_imports_nothing(
-    tmp_path: Path, group: Group,
+    tmp_path: Path,
+    group: Group,
 ) -> None:
     empty = await Store.open(tmp_path / "empty.db", group)
     try:
@@ -163,7 +169,9 @@ async def test_an_empty_store_exports_a_bundle_that_imports_nothing(
 
 
 async def test_chunks_stay_small_and_an_author_may_span_many(
-    stores: tuple[Store, Store], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     a, b = stores
     monkeypatch.setattr(bundle, "CHUNK_BYTES", 1000)
@@ -180,8 +188,11 @@ async def test_chunks_stay_small_and_an_author_may_span_many(
 
 # -- whose bundle -----------------------------------------------------------------------
 
+
 async def test_another_groups_store_refuses_the_bundle_and_stores_nothing(
-    stores: tuple[Store, Store], tmp_path: Path, group: Group,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
+    group: Group,
 ) -> None:
     a, _ = stores
     path = tmp_path / "pantry.potluck"
@@ -191,8 +202,9 @@ async def test_another_groups_store_refuses_the_bundle_and_stores_nothing(
     try:
         with pytest.raises(UsageError) as caught:
             await import_bundle(other, path)
-        assert str(caught.value) == ("this bundle belongs to another group, not Westside "
-                                     "Kitchen: nothing was imported")
+        assert str(caught.value) == (
+            "this bundle belongs to another group, not Westside Kitchen: nothing was imported"
+        )
         assert not isinstance(caught.value, BundleDamaged)
         assert await other.count() == 0 and await other.pending_count() == 0
     finally:
@@ -202,7 +214,9 @@ async def test_another_groups_store_refuses_the_bundle_and_stores_nothing(
 
 
 async def test_the_header_does_not_reveal_the_group(
-    stores: tuple[Store, Store], tmp_path: Path, group: Group,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
+    group: Group,
 ) -> None:
     a, _ = stores
     await export_bundle(a, tmp_path / "one.potluck")
@@ -217,8 +231,10 @@ async def test_the_header_does_not_reveal_the_group(
 
 # -- damage -----------------------------------------------------------------------------
 
+
 async def test_a_flipped_byte_in_a_chunk_stops_the_import_there(
-    stores: tuple[Store, Store], tmp_path: Path,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
 ) -> None:
     a, b = stores
     path = tmp_path / "pantry.potluck"
@@ -237,7 +253,8 @@ async def test_a_flipped_byte_in_a_chunk_stops_the_import_there(
 
 
 async def test_a_flipped_byte_in_the_first_chunk_imports_nothing(
-    stores: tuple[Store, Store], tmp_path: Path,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
 ) -> None:
     a, b = stores
     path = tmp_path / "pantry.potluck"
@@ -253,7 +270,8 @@ async def test_a_flipped_byte_in_the_first_chunk_imports_nothing(
 
 
 async def test_a_flipped_byte_in_the_header_is_refused(
-    stores: tuple[Store, Store], tmp_path: Path,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
 ) -> None:
     a, b = stores
     path = tmp_path / "pantry.potluck"
@@ -268,7 +286,8 @@ async def test_a_flipped_byte_in_the_header_is_refused(
 
 
 async def test_a_cut_short_bundle_is_damaged_wherever_it_is_cut(
-    stores: tuple[Store, Store], tmp_path: Path,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
 ) -> None:
     a, b = stores
     path = tmp_path / "pantry.potluck"
@@ -282,13 +301,14 @@ async def test_a_cut_short_bundle_is_damaged_wherever_it_is_cut(
             await import_bundle(b, path)
         assert caught.value.chunk == chunk
         assert f"damaged at chunk {chunk}" in str(caught.value)
-    path.write_bytes(whole[:HEADER_BYTES - 5])
+    path.write_bytes(whole[: HEADER_BYTES - 5])
     with pytest.raises(UsageError, match="ends inside its header"):
         await import_bundle(b, path)
 
 
 async def test_chunks_out_of_order_or_missing_are_damage(
-    stores: tuple[Store, Store], tmp_path: Path,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
 ) -> None:
     a, b = stores
     path = tmp_path / "pantry.potluck"
@@ -303,7 +323,8 @@ async def test_chunks_out_of_order_or_missing_are_damage(
 
 
 async def test_a_chunk_from_another_bundle_is_damage(
-    stores: tuple[Store, Store], tmp_path: Path,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
 ) -> None:
     a, b = stores
     await export_bundle(a, tmp_path / "one.potluck")
@@ -311,14 +332,15 @@ async def test_a_chunk_from_another_bundle_is_damage(
     one, two = (tmp_path / "one.potluck").read_bytes(), (tmp_path / "two.potluck").read_bytes()
     (s1, e1), *_ = frames(one)
     (t1, _), *_ = frames(two)
-    spliced = two[:t1] + one[s1:e1] + two[e1 - s1 + t1:]
+    spliced = two[:t1] + one[s1:e1] + two[e1 - s1 + t1 :]
     (tmp_path / "spliced.potluck").write_bytes(spliced)
     with pytest.raises(BundleDamaged, match="chunk 1"):
         await import_bundle(b, tmp_path / "spliced.potluck")
 
 
 async def test_bytes_after_the_end_are_reported_after_importing_everything(
-    stores: tuple[Store, Store], tmp_path: Path,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
 ) -> None:
     a, b = stores
     path = tmp_path / "pantry.potluck"
@@ -331,16 +353,27 @@ async def test_bytes_after_the_end_are_reported_after_importing_everything(
 
 # -- what a member can put in a bundle ---------------------------------------------------
 
+
 async def test_a_forged_event_in_a_sealed_chunk_is_rejected_and_the_rest_stored(
-    stores: tuple[Store, Store], tmp_path: Path, group: Group,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
+    group: Group,
 ) -> None:
     a, b = stores
     alice = bytes(ALICE.verify_key)
     carlos = bytes(CARLOS.verify_key)
     head = (await a.heads())[alice]
     # Mallory is a member (she has the secret) and signs an event as if Alice wrote it.
-    made = events.create(MALLORY, group=group.id, seq=head.seq + 1, prev=head.hash, deps=[],
-                         hlc=head.hlc + 1, type="offer.posted", body={"title": "Forged"})
+    made = events.create(
+        MALLORY,
+        group=group.id,
+        seq=head.seq + 1,
+        prev=head.hash,
+        deps=[],
+        hlc=head.hlc + 1,
+        type="offer.posted",
+        body={"title": "Forged"},
+    )
     fields = msgpack.unpackb(made.raw, raw=False)
     fields["author"] = alice
     forged = events.pack(fields)
@@ -350,9 +383,12 @@ async def test_a_forged_event_in_a_sealed_chunk_is_rejected_and_the_rest_stored(
     alices = await a.read_raw(alice, 1, 1000)
     carloss = await a.read_raw(carlos, 1, 1000)
     path = tmp_path / "mallory.potluck"
-    path.write_bytes(sealer.header + sealer.events_chunk(alice, [*alices, forged])
-                     + sealer.events_chunk(carlos, [*carloss, b"not an event"])
-                     + sealer.end_chunk())
+    path.write_bytes(
+        sealer.header
+        + sealer.events_chunk(alice, [*alices, forged])
+        + sealer.events_chunk(carlos, [*carloss, b"not an event"])
+        + sealer.end_chunk()
+    )
 
     result = await import_bundle(b, path)
     assert result.stored == 32 and result.rejected == 2
@@ -363,33 +399,39 @@ async def test_a_forged_event_in_a_sealed_chunk_is_rejected_and_the_rest_stored(
 
 
 async def test_an_event_in_the_wrong_authors_chunk_is_rejected(
-    stores: tuple[Store, Store], tmp_path: Path, group: Group,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
+    group: Group,
 ) -> None:
     a, b = stores
     alice, carlos = bytes(ALICE.verify_key), bytes(CARLOS.verify_key)
     sealer = BundleSealer(group.secret)
     path = tmp_path / "odd.potluck"
-    path.write_bytes(sealer.header + sealer.events_chunk(carlos, await a.read_raw(alice, 1))
-                     + sealer.end_chunk())
+    path.write_bytes(
+        sealer.header + sealer.events_chunk(carlos, await a.read_raw(alice, 1)) + sealer.end_chunk()
+    )
     result = await import_bundle(b, path)
     assert result.stored == 0 and result.rejected == len(await a.read_raw(alice, 1))
 
 
 async def test_a_sealed_chunk_that_is_not_an_events_chunk_is_damage(
-    stores: tuple[Store, Store], tmp_path: Path, group: Group,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
+    group: Group,
 ) -> None:
     _, b = stores
     for plaintext in (b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"author": 1})):
         sealer = BundleSealer(group.secret)
         path = tmp_path / "odd.potluck"
-        path.write_bytes(sealer.header + sealer.seal(plaintext, final=False)
-                         + sealer.end_chunk())
+        path.write_bytes(sealer.header + sealer.seal(plaintext, final=False) + sealer.end_chunk())
         with pytest.raises(BundleDamaged, match=r"chunk 1 \(its contents are not understood\)"):
             await import_bundle(b, path)
 
 
 async def test_an_end_marker_with_the_wrong_count_is_damage(
-    stores: tuple[Store, Store], tmp_path: Path, group: Group,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
+    group: Group,
 ) -> None:
     a, b = stores
     alice = bytes(ALICE.verify_key)
@@ -404,14 +446,21 @@ async def test_an_end_marker_with_the_wrong_count_is_damage(
 
 # -- not a bundle -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("content, message", [
-    (b"", r"is not a Potluck bundle \(it is empty\)"),
-    (b"hello, this is a shopping list", "is not a Potluck bundle"),
-    (b"POTLUCKB\x03" + bytes(40), r"made by a newer Potluck \(bundle format 3\)"),
-    (b"POTLUCKB", "ends inside its header"),
-])
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", r"is not a Potluck bundle \(it is empty\)"),
+        (b"hello, this is a shopping list", "is not a Potluck bundle"),
+        (b"POTLUCKB\x03" + bytes(40), r"made by a newer Potluck \(bundle format 3\)"),
+        (b"POTLUCKB", "ends inside its header"),
+    ],
+)
 async def test_a_file_that_is_not_a_bundle_is_refused(
-    stores: tuple[Store, Store], tmp_path: Path, content: bytes, message: str,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
+    content: bytes,
+    message: str,
 ) -> None:
     _, b = stores
     path = tmp_path / "file"
@@ -421,7 +470,8 @@ async def test_a_file_that_is_not_a_bundle_is_refused(
 
 
 async def test_a_missing_bundle_or_folder_is_named(
-    stores: tuple[Store, Store], tmp_path: Path,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
 ) -> None:
     a, b = stores
     with pytest.raises(UsageError, match="no file"):
@@ -432,33 +482,47 @@ async def test_a_missing_bundle_or_folder_is_named(
         await export_bundle(a, tmp_path / "no-such-folder" / "x.potluck")
     with pytest.raises(UsageError, match="is a folder"):
         await export_bundle(a, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.db", "a.db-shm", "a.db-wal",
-                                                          "b.db", "b.db-shm", "b.db-wal"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.db",
+        "a.db-shm",
+        "a.db-wal",
+        "b.db",
+        "b.db-shm",
+        "b.db-wal",
+    ]
 
 
 # -- vector files -----------------------------------------------------------------------
 
+
 async def test_a_vector_file_is_json_of_author_hex_to_seq(
-    stores: tuple[Store, Store], tmp_path: Path,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
 ) -> None:
     a, _ = stores
     path = tmp_path / "have.json"
     await write_vector_file(a, path)
-    assert json.loads(path.read_text()) == {author.hex(): seq
-                                            for author, seq in (await seqs(a)).items()}
+    assert json.loads(path.read_text()) == {
+        author.hex(): seq for author, seq in (await seqs(a)).items()
+    }
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("not json", "is not a vector file"),
-    ("[1, 2]", "is not a vector file"),
-    ('{"abc": 1}', "'abc' is not an author key"),
-    ('{"' + "zz" * 32 + '": 1}', "is not an author key"),
-    ('{"' + "ab" * 32 + '": -1}', "is not a whole number"),
-    ('{"' + "ab" * 32 + '": true}', "is not a whole number"),
-    ('{"' + "ab" * 32 + '": 1.5}', "is not a whole number"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("not json", "is not a vector file"),
+        ("[1, 2]", "is not a vector file"),
+        ('{"abc": 1}', "'abc' is not an author key"),
+        ('{"' + "zz" * 32 + '": 1}', "is not an author key"),
+        ('{"' + "ab" * 32 + '": -1}', "is not a whole number"),
+        ('{"' + "ab" * 32 + '": true}', "is not a whole number"),
+        ('{"' + "ab" * 32 + '": 1.5}', "is not a whole number"),
+    ],
+)
 def test_a_bad_vector_file_is_refused_naming_the_problem(
-    tmp_path: Path, text: str, problem: str,
+    tmp_path: Path,
+    text: str,
+    problem: str,
 ) -> None:
     path = tmp_path / "have.json"
     path.write_text(text)
@@ -473,13 +537,21 @@ def test_a_missing_vector_file_is_named(tmp_path: Path) -> None:
 
 # -- fork evidence (format 2) -------------------------------------------------------------
 
+
 async def other_version(store: Store, key: SigningKey, seq: int) -> events.Envelope:
     """A second, different event at ``key``'s ``seq`` in ``store``: an equivocation."""
     author = bytes(key.verify_key)
     [kept] = [e async for e in store.iter_events(author=author) if e.seq == seq]
-    return events.create(key, group=store.group.id, seq=seq, prev=kept.prev,
-                         deps=kept.deps, hlc=kept.hlc, type="offer.posted",
-                         body={"title": "The same tins, promised twice"})
+    return events.create(
+        key,
+        group=store.group.id,
+        seq=seq,
+        prev=kept.prev,
+        deps=kept.deps,
+        hlc=kept.hlc,
+        type="offer.posted",
+        body={"title": "The same tins, promised twice"},
+    )
 
 
 async def forked(store: Store) -> tuple[events.Envelope, events.Envelope]:
@@ -492,7 +564,8 @@ async def forked(store: Store) -> tuple[events.Envelope, events.Envelope]:
 
 
 async def test_a_bundle_carries_fork_evidence_to_a_store_that_holds_one_version(
-    stores: tuple[Store, Store], tmp_path: Path,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
 ) -> None:
     a, b = stores
     await forked(a)
@@ -511,7 +584,8 @@ async def test_a_bundle_carries_fork_evidence_to_a_store_that_holds_one_version(
 
 
 async def test_a_bundle_without_evidence_stays_in_the_first_format(
-    stores: tuple[Store, Store], tmp_path: Path,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
 ) -> None:
     a, _ = stores
     info = await export_bundle(a, tmp_path / "plain.potluck")
@@ -532,14 +606,15 @@ async def write_with_evidence(a: Store, path: Path, pairs: list[list[object]]) -
 
 
 async def test_evidence_that_proves_nothing_is_refused_and_the_rest_imported(
-    stores: tuple[Store, Store], tmp_path: Path,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
 ) -> None:
     a, b = stores
     alice = bytes(ALICE.verify_key)
     [kept] = [e async for e in a.iter_events(author=alice) if e.seq == 5]
     twin = await other_version(a, ALICE, 5)
     sig_at = twin.raw.index(twin.sig)
-    bad_sig = twin.raw[:sig_at] + bytes(64) + twin.raw[sig_at + 64:]
+    bad_sig = twin.raw[:sig_at] + bytes(64) + twin.raw[sig_at + 64 :]
     path = tmp_path / "odd.potluck"
     await write_with_evidence(a, path, [[kept.raw, kept.raw], [kept.raw, bad_sig]])
     result = await import_bundle(b, path)
@@ -550,7 +625,8 @@ async def test_evidence_that_proves_nothing_is_refused_and_the_rest_imported(
 
 
 async def test_an_evidence_chunk_that_is_not_two_events_is_damage(
-    stores: tuple[Store, Store], tmp_path: Path,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
 ) -> None:
     a, b = stores
     path = tmp_path / "garbled.potluck"
@@ -561,7 +637,8 @@ async def test_an_evidence_chunk_that_is_not_two_events_is_damage(
 
 
 async def test_a_first_format_bundle_does_not_carry_evidence(
-    stores: tuple[Store, Store], tmp_path: Path,
+    stores: tuple[Store, Store],
+    tmp_path: Path,
 ) -> None:
     a, b = stores
     first, second = await forked(a)
@@ -569,7 +646,8 @@ async def test_a_first_format_bundle_does_not_carry_evidence(
     with pytest.raises(ValueError, match="format 2"):
         sealer.evidence_chunk(first.raw, second.raw)
     data = sealer.header + sealer.seal(
-        msgpack.packb({"evidence": [first.raw, second.raw]}, use_bin_type=True), final=False)
+        msgpack.packb({"evidence": [first.raw, second.raw]}, use_bin_type=True), final=False
+    )
     path = tmp_path / "v1.potluck"
     path.write_bytes(data + sealer.end_chunk())
     with pytest.raises(BundleDamaged, match="its contents are not understood"):

@@ -34,23 +34,43 @@ def test_a_node_catches_up_from_a_bundle_with_only_what_it_lacks(tmp_path: Path)
     assert set(first) == {"file", "events", "bytes", "authors", "evidence"}
     assert (first["events"], first["authors"], first["evidence"]) == (3, 1, 0)
     imported = bundle_json(bo, "import", str(tmp_path / "all.potluck"))
-    assert set(imported) == {"file", "stored", "duplicates", "held", "rejected", "reasons",
-                             "forks", "evidence"}
+    assert set(imported) == {
+        "file",
+        "stored",
+        "duplicates",
+        "held",
+        "rejected",
+        "reasons",
+        "forks",
+        "evidence",
+    }
     assert (imported["stored"], imported["rejected"], imported["forks"]) == (3, 0, [])
 
-    offer = new_id(ana, "offer", "post", "Tins of beans", "--item", "beans",
-                   "--quantity", "10", "--location", "pantry")
+    offer = new_id(
+        ana,
+        "offer",
+        "post",
+        "Tins of beans",
+        "--item",
+        "beans",
+        "--quantity",
+        "10",
+        "--location",
+        "pantry",
+    )
     potluck(bo, "bundle", "have", str(tmp_path / "bo.vector"))
-    since = bundle_json(ana, "export", str(tmp_path / "new.potluck"),
-                        "--since", str(tmp_path / "bo.vector"))
+    since = bundle_json(
+        ana, "export", str(tmp_path / "new.potluck"), "--since", str(tmp_path / "bo.vector")
+    )
     assert since["events"] == 1  # only the offer: Bo has the rest
     text = potluck(bo, "bundle", "import", str(tmp_path / "new.potluck")).stdout
     assert text.startswith("Imported 1 new events")
     assert [o["id"] for o in as_json(bo, "board")["offers"]] == [offer]
     # and the other way, so that Ana learns Bo joined: then both show the same
     potluck(ana, "bundle", "have", str(tmp_path / "ana.vector"))
-    back = bundle_json(bo, "export", str(tmp_path / "back.potluck"),
-                       "--since", str(tmp_path / "ana.vector"))
+    back = bundle_json(
+        bo, "export", str(tmp_path / "back.potluck"), "--since", str(tmp_path / "ana.vector")
+    )
     assert back["events"] == 1  # Bo's member.joined
     assert bundle_json(ana, "import", str(tmp_path / "back.potluck"))["stored"] == 1
     assert last_line(potluck(bo, "digest")) == last_line(potluck(ana, "digest"))
@@ -71,7 +91,8 @@ def test_a_bundle_of_another_group_is_refused_in_one_line(tmp_path: Path) -> Non
 
 
 def test_a_bundle_carries_the_proof_of_a_fork_to_a_node_that_saw_one_version(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Ana's laptop and a restored copy of it both post as Ana's seq 2. Carol sees both
     versions; Dan only ever sees one, by bundle. Carol's bundle carries the proof, and
     Dan's board then leaves Ana's doubled event out, as Carol's does."""

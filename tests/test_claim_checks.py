@@ -46,15 +46,16 @@ async def ben_claims(pair: tuple[Node, Node], post: b.OfferPosted | b.NeedPosted
 
 
 async def test_only_the_holder_confirms_and_only_the_claimant_releases(
-        pair: tuple[Node, Node]) -> None:
+    pair: tuple[Node, Node],
+) -> None:
     ana, ben = pair
     claim = await ben_claims(pair, b.OfferPosted(title="Soup", quantity=4))
-    with pytest.raises(UsageError, match="only the person who posted the offer can "
-                                         "confirm its claims"):
+    with pytest.raises(
+        UsageError, match="only the person who posted the offer can confirm its claims"
+    ):
         await ben.post(b.ClaimConfirmed(claim=claim.hash))
     await share(ben, ana)
-    with pytest.raises(UsageError, match="only the person who made the claim can "
-                                         "release it"):
+    with pytest.raises(UsageError, match="only the person who made the claim can release it"):
         await ana.post(b.ClaimReleased(claim=claim.hash))
     await ana.post(b.ClaimConfirmed(claim=claim.hash))
     with pytest.raises(UsageError, match="that claim is already confirmed"):
@@ -63,7 +64,8 @@ async def test_only_the_holder_confirms_and_only_the_claimant_releases(
 
 
 async def test_a_claim_or_offer_not_on_the_board_is_refused_and_nothing_written(
-        pair: tuple[Node, Node]) -> None:
+    pair: tuple[Node, Node],
+) -> None:
     ana, ben = pair
     soup = await ana.post(b.OfferPosted(title="Soup", quantity=4))
     claim_elsewhere = await ana.post(b.ClaimMade(target=soup.hash, quantity=1))
@@ -78,12 +80,12 @@ async def test_a_claim_or_offer_not_on_the_board_is_refused_and_nothing_written(
 
 
 async def test_only_the_author_withdraws_an_offer_and_a_withdrawn_one_takes_no_claims(
-        pair: tuple[Node, Node]) -> None:
+    pair: tuple[Node, Node],
+) -> None:
     ana, ben = pair
     soup = await ana.post(b.OfferPosted(title="Soup", quantity=4))
     await share(ana, ben)
-    with pytest.raises(UsageError, match="only the person who posted the offer can "
-                                         "withdraw it"):
+    with pytest.raises(UsageError, match="only the person who posted the offer can withdraw it"):
         await ben.post(b.OfferWithdrawn(offer=soup.hash))
     await ana.post(b.OfferWithdrawn(offer=soup.hash))
     with pytest.raises(UsageError, match="that offer was withdrawn"):
@@ -93,6 +95,7 @@ async def test_only_the_author_withdraws_an_offer_and_a_withdrawn_one_takes_no_c
 async def test_only_the_holder_declines(pair: tuple[Node, Node]) -> None:
     _, ben = pair
     claim = await ben_claims(pair, b.NeedPosted(title="Nappies", quantity=2))
-    with pytest.raises(UsageError, match="only the person who posted the need can "
-                                         "decline its claims"):
+    with pytest.raises(
+        UsageError, match="only the person who posted the need can decline its claims"
+    ):
         await ben.post(b.ClaimDeclined(claim=claim.hash))

@@ -40,12 +40,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def potluck(data_dir: Path | None, *args: str, env: dict[str, str] | None = None,
-            ok: bool = True) -> subprocess.CompletedProcess[str]:
+def potluck(
+    data_dir: Path | None, *args: str, env: dict[str, str] | None = None, ok: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run ``potluck [--data-dir DIR] ARGS``; with ``ok``, insist it succeeded quietly."""
     command = [*POTLUCK, *(["--data-dir", str(data_dir)] if data_dir else []), *args]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
-                          env=env if env is not None else clean_env())
+    proc = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env if env is not None else clean_env(),
+    )
     if ok:
         assert proc.returncode == 0, f"potluck {' '.join(args)}: {proc.stderr}"
         assert proc.stderr == "", f"potluck {' '.join(args)} wrote to stderr: {proc.stderr}"
@@ -92,23 +98,49 @@ def walk(tmp_path_factory: pytest.TempPathFactory) -> Walk:
     w.expires = (datetime.date.today() + datetime.timedelta(days=2)).isoformat()
 
     w.key = new_id(d, "init", "--name", "Ana", "--new-group", "Eastside Mutual Aid")
-    w.slugs["location"] = last_line(potluck(d, "location", "add", "pantry", "Church pantry",
-                                            "--kind", "pantry"))
-    w.slugs["item"] = last_line(potluck(d, "item", "add", "beans", "Black beans",
-                                        "--unit", "can", "--category", "food"))
+    w.slugs["location"] = last_line(
+        potluck(d, "location", "add", "pantry", "Church pantry", "--kind", "pantry")
+    )
+    w.slugs["item"] = last_line(
+        potluck(d, "item", "add", "beans", "Black beans", "--unit", "can", "--category", "food")
+    )
 
     # Stock: 12 in (expiring soon), a count of 10, then 3 out: on hand 7.
-    w.ids["stock_in"] = new_id(d, "stock", "adjust", "beans", "pantry", "12",
-                               "--expires", w.expires)
+    w.ids["stock_in"] = new_id(
+        d, "stock", "adjust", "beans", "pantry", "12", "--expires", w.expires
+    )
     w.ids["count"] = new_id(d, "stock", "count", "beans", "pantry", "10")
     w.ids["stock_out"] = new_id(d, "stock", "adjust", "beans", "pantry", "-3")
 
     # An offer with one claim confirmed then fulfilled; an urgent need with one released.
-    w.ids["soup"] = new_id(d, "offer", "post", "Vegetable soup", "--category", "food",
-                           "--item", "beans", "--quantity", "10", "--location", "pantry",
-                           "--until", "2026-12-31")
-    w.ids["nappies"] = new_id(d, "need", "post", "Nappies size 4", "--urgency", "urgent",
-                              "--quantity", "3", "--by", "2026-12-24")
+    w.ids["soup"] = new_id(
+        d,
+        "offer",
+        "post",
+        "Vegetable soup",
+        "--category",
+        "food",
+        "--item",
+        "beans",
+        "--quantity",
+        "10",
+        "--location",
+        "pantry",
+        "--until",
+        "2026-12-31",
+    )
+    w.ids["nappies"] = new_id(
+        d,
+        "need",
+        "post",
+        "Nappies size 4",
+        "--urgency",
+        "urgent",
+        "--quantity",
+        "3",
+        "--by",
+        "2026-12-24",
+    )
     w.ids["soup_claim"] = new_id(d, "claim", "make", w.ids["soup"][:6], "--quantity", "4")
     new_id(d, "claim", "confirm", w.ids["soup_claim"][:6])
     new_id(d, "claim", "fulfil", w.ids["soup_claim"][:8])
@@ -128,14 +160,48 @@ def walk(tmp_path_factory: pytest.TempPathFactory) -> Walk:
     new_id(d, "need", "withdraw", w.ids["fare"][:7])
 
     # Roles and shifts.
-    w.slugs["role"] = last_line(potluck(d, "role", "add", "cook", "Community cook",
-                                        "--weekly-hours", "4",
-                                        "--description", "Cooks the Friday meal"))
+    w.slugs["role"] = last_line(
+        potluck(
+            d,
+            "role",
+            "add",
+            "cook",
+            "Community cook",
+            "--weekly-hours",
+            "4",
+            "--description",
+            "Cooks the Friday meal",
+        )
+    )
     new_id(d, "role", "assign", "cook", "Ana")
-    w.ids["shift"] = new_id(d, "shift", "add", "cook", "--location", "pantry",
-                            "--start", SHIFT_START, "--end", SHIFT_END, "--slots", "2")
-    w.ids["later_shift"] = new_id(d, "shift", "add", "cook", "--location", "pantry",
-                                  "--start", LATER_START, "--end", LATER_END, "--slots", "1")
+    w.ids["shift"] = new_id(
+        d,
+        "shift",
+        "add",
+        "cook",
+        "--location",
+        "pantry",
+        "--start",
+        SHIFT_START,
+        "--end",
+        SHIFT_END,
+        "--slots",
+        "2",
+    )
+    w.ids["later_shift"] = new_id(
+        d,
+        "shift",
+        "add",
+        "cook",
+        "--location",
+        "pantry",
+        "--start",
+        LATER_START,
+        "--end",
+        LATER_END,
+        "--slots",
+        "1",
+    )
     short = w.ids["shift"][:6]
     new_id(d, "shift", "signup", short)
     new_id(d, "shift", "withdraw", short)
@@ -152,8 +218,7 @@ def by_id(entries: Any, id_: str) -> Any:
     return found[0]
 
 
-def test_creating_commands_print_the_new_id_or_slug_alone_on_the_last_line(
-        walk: Walk) -> None:
+def test_creating_commands_print_the_new_id_or_slug_alone_on_the_last_line(walk: Walk) -> None:
     assert HEX64.fullmatch(walk.key)
     assert walk.slugs == {"location": "pantry", "item": "beans", "role": "cook"}
     assert len(set(walk.ids.values())) == len(walk.ids)
@@ -168,8 +233,13 @@ def test_board_json_has_the_documented_schema_and_claim_states(walk: Walk) -> No
     data = as_json(walk.dir, "board")
     assert set(data) == {"offers", "needs"}
     for entry in [*data["offers"], *data["needs"]]:
-        for key, kind in (("id", str), ("title", str), ("claimed", int), ("flags", list),
-                          ("claims", list)):
+        for key, kind in (
+            ("id", str),
+            ("title", str),
+            ("claimed", int),
+            ("flags", list),
+            ("claims", list),
+        ):
             assert isinstance(entry[key], kind), (key, entry)
         assert HEX64.fullmatch(entry["id"])
         assert entry["quantity"] is None or isinstance(entry["quantity"], int)
@@ -178,17 +248,23 @@ def test_board_json_has_the_documented_schema_and_claim_states(walk: Walk) -> No
 
     soup = by_id(data["offers"], walk.ids["soup"])
     assert (soup["title"], soup["quantity"], soup["claimed"], soup["remaining"]) == (
-        "Vegetable soup", 10, 4, 6)
+        "Vegetable soup",
+        10,
+        4,
+        6,
+    )
     assert soup["flags"] == []
     assert (soup["item"], soup["location"], soup["until"]) == ("beans", "pantry", "2026-12-31")
     [soup_claim] = soup["claims"]
     assert (soup_claim["id"], soup_claim["status"], soup_claim["quantity"]) == (
-        walk.ids["soup_claim"], "fulfilled", 4)
+        walk.ids["soup_claim"],
+        "fulfilled",
+        4,
+    )
     assert soup_claim["claimant"] == walk.key
 
     nappies = by_id(data["needs"], walk.ids["nappies"])
-    assert (nappies["urgency"], nappies["by"], nappies["quantity"]) == (
-        "urgent", "2026-12-24", 3)
+    assert (nappies["urgency"], nappies["by"], nappies["quantity"]) == ("urgent", "2026-12-24", 3)
     assert (nappies["claimed"], nappies["remaining"]) == (0, 3)  # a released claim counts 0
     [nappies_claim] = nappies["claims"]
     assert nappies_claim["status"] == "released"
@@ -212,11 +288,19 @@ def test_board_json_leaves_out_withdrawn_offers_and_needs(walk: Walk) -> None:
     assert ids == {walk.ids["soup"], walk.ids["bread"], walk.ids["nappies"]}
 
 
-def test_inventory_json_adds_a_negative_delta_after_a_count_and_flags_expiry(
-        walk: Walk) -> None:
+def test_inventory_json_adds_a_negative_delta_after_a_count_and_flags_expiry(walk: Walk) -> None:
     data = as_json(walk.dir, "inventory")
-    assert data == {"rows": [{"item": "beans", "location": "pantry", "on_hand": 7,
-                              "expires": walk.expires, "flags": ["expiring"]}]}
+    assert data == {
+        "rows": [
+            {
+                "item": "beans",
+                "location": "pantry",
+                "on_hand": 7,
+                "expires": walk.expires,
+                "flags": ["expiring"],
+            }
+        ]
+    }
 
 
 def test_roster_json_shows_shifts_members_roles_and_hours(walk: Walk) -> None:
@@ -224,21 +308,28 @@ def test_roster_json_shows_shifts_members_roles_and_hours(walk: Walk) -> None:
     assert {"shifts", "hours"} <= set(data)
     shift = by_id(data["shifts"], walk.ids["shift"])
     assert {k: shift[k] for k in ("role", "location", "start", "end", "slots", "filled")} == {
-        "role": "cook", "location": "pantry", "start": SHIFT_START, "end": SHIFT_END,
-        "slots": 2, "filled": 1}
+        "role": "cook",
+        "location": "pantry",
+        "start": SHIFT_START,
+        "end": SHIFT_END,
+        "slots": 2,
+        "filled": 1,
+    }
     members = shift["members"]
     assert isinstance(members, list)
     assert [(m["key"], m["name"]) for m in members] == [(walk.key, "Ana")]
     assert shift["flags"] == []
     later = by_id(data["shifts"], walk.ids["later_shift"])
     assert (later["filled"], later["members"]) == (0, [])
-    assert data["hours"] == [{"member": walk.key, "name": "Ana", "week": "2026-W10",
-                              "hours": 2.5}]
+    assert data["hours"] == [{"member": walk.key, "name": "Ana", "week": "2026-W10", "hours": 2.5}]
     roles = data["roles"]
     assert isinstance(roles, list)
     [cook] = roles
     assert (cook["slug"], cook["weekly_hours"], [m["name"] for m in cook["members"]]) == (
-        "cook", 4.0, ["Ana"])
+        "cook",
+        4.0,
+        ["Ana"],
+    )
 
 
 def test_roster_week_keeps_only_shifts_and_hours_of_that_iso_week(walk: Walk) -> None:
@@ -261,17 +352,24 @@ def test_log_json_lists_every_event_in_canonical_order(walk: Walk) -> None:
     assert set(walk.ids.values()) <= ids
     out = next(e for e in events if e["id"] == walk.ids["stock_out"])
     assert out["type"] == "stock.adjusted"
-    assert out["body"] == {"item": "beans", "location": "pantry", "delta": -3,
-                           "reason": "distribution"}
+    assert out["body"] == {
+        "item": "beans",
+        "location": "pantry",
+        "delta": -3,
+        "reason": "distribution",
+    }
 
 
 def test_log_filters_by_type_and_by_author(walk: Walk) -> None:
     claims = as_json(walk.dir, "log", "--type", "claim.made")["events"]
     assert isinstance(claims, list)
-    assert [e["id"] for e in claims] == [walk.ids[k] for k in (
-        "soup_claim", "nappies_claim", "bread_claim_1", "bread_claim_2")]
-    assert all(e["body"]["target"] in (walk.ids["soup"], walk.ids["nappies"],
-                                       walk.ids["bread"]) for e in claims)
+    assert [e["id"] for e in claims] == [
+        walk.ids[k] for k in ("soup_claim", "nappies_claim", "bread_claim_1", "bread_claim_2")
+    ]
+    assert all(
+        e["body"]["target"] in (walk.ids["soup"], walk.ids["nappies"], walk.ids["bread"])
+        for e in claims
+    )
     by_name = as_json(walk.dir, "log", "--author", "ana")["events"]
     assert isinstance(by_name, list)
     assert len(by_name) == walk.writes
@@ -295,14 +393,18 @@ def test_whoami_json_names_the_member_group_and_counts(walk: Walk) -> None:
     assert Path(str(info["data_dir"])) == walk.dir
 
 
-@pytest.mark.parametrize(("command", "expected"), [
-    (("board",), ["Vegetable soup", "Bread", "Nappies size 4", "over-claimed"]),
-    (("inventory",), ["beans", "pantry", "expiring"]),
-    (("roster",), ["cook", "Ana", "2026-W10"]),
-    (("whoami",), ["Ana", "Eastside Mutual Aid"]),
-])
-def test_read_commands_print_tables_for_people(walk: Walk, command: tuple[str, ...],
-                                               expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (("board",), ["Vegetable soup", "Bread", "Nappies size 4", "over-claimed"]),
+        (("inventory",), ["beans", "pantry", "expiring"]),
+        (("roster",), ["cook", "Ana", "2026-W10"]),
+        (("whoami",), ["Ana", "Eastside Mutual Aid"]),
+    ],
+)
+def test_read_commands_print_tables_for_people(
+    walk: Walk, command: tuple[str, ...], expected: list[str]
+) -> None:
     out = potluck(walk.dir, *command).stdout
     for text in expected:
         assert text in out, f"{text!r} missing from 'potluck {' '.join(command)}'"
@@ -311,8 +413,7 @@ def test_read_commands_print_tables_for_people(walk: Walk, command: tuple[str, .
 def test_potluck_home_chooses_the_data_dir_when_no_option_is_given(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = clean_env(POTLUCK_HOME=str(home))
-    key = last_line(potluck(None, "init", "--name", "Bo", "--new-group", "Westside",
-                            env=env))
+    key = last_line(potluck(None, "init", "--name", "Bo", "--new-group", "Westside", env=env))
     assert (home / "device.key").exists()
     offer = last_line(potluck(None, "offer", "post", "Tomatoes", env=env))
     assert HEX64.fullmatch(offer)

@@ -36,8 +36,9 @@ def command(data_dir: Path, *args: str) -> list[str]:
 
 
 def potluck(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command(data_dir, *args), capture_output=True, text=True,
-                          timeout=TIMEOUT, env=clean_env())
+    return subprocess.run(
+        command(data_dir, *args), capture_output=True, text=True, timeout=TIMEOUT, env=clean_env()
+    )
 
 
 def created(data_dir: Path, *args: str) -> str:
@@ -58,10 +59,17 @@ def state(data_dir: Path) -> State:
     Both commands run through the real entry point, one after the other in one process
     (half the start-up cost of two).
     """
-    script = ("import sys\nfrom node.cli import main\nd = sys.argv[1]\n"
-              "main(['--data-dir', d, 'digest'])\nmain(['--data-dir', d, 'log', '--json'])")
-    proc = subprocess.run([sys.executable, "-c", script, str(data_dir)], capture_output=True,
-                          text=True, timeout=TIMEOUT, env=clean_env())
+    script = (
+        "import sys\nfrom node.cli import main\nd = sys.argv[1]\n"
+        "main(['--data-dir', d, 'digest'])\nmain(['--data-dir', d, 'log', '--json'])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=clean_env(),
+    )
     assert proc.returncode == 0, proc.stderr
     digest, log = proc.stdout.split("\n", 1)
     return State(digest, len(json.loads(log)["events"]))
@@ -113,13 +121,41 @@ CASES: list[tuple[tuple[str, ...], str]] = [
     (("offer", "post", "Rice", "--until", "2026-02-30"), "until"),
     (("need", "post", "Rice", "--by", "2026-13-01"), "by"),
     (("stock", "adjust", "beans", "pantry", "5", "--expires", "tomorrow"), "expires"),
-    (("shift", "add", "cook", "--location", "pantry", "--start", "2026-02-30T09:00",
-      "--end", "2026-03-02T12:00", "--slots", "1"), "start"),
+    (
+        (
+            "shift",
+            "add",
+            "cook",
+            "--location",
+            "pantry",
+            "--start",
+            "2026-02-30T09:00",
+            "--end",
+            "2026-03-02T12:00",
+            "--slots",
+            "1",
+        ),
+        "start",
+    ),
     (("stock", "adjust", "rice", "pantry", "5"), "unknown item 'rice'"),
     (("stock", "adjust", "beans", "attic", "-2"), "unknown location 'attic'"),
     (("shift", "add", "baker", *SHIFT, "--slots", "1"), "unknown role 'baker'"),
-    (("shift", "add", "cook", "--location", "pantry", "--start", "2026-03-02T12:00",
-      "--end", "2026-03-02T09:00", "--slots", "1"), "end: must be after start"),
+    (
+        (
+            "shift",
+            "add",
+            "cook",
+            "--location",
+            "pantry",
+            "--start",
+            "2026-03-02T12:00",
+            "--end",
+            "2026-03-02T09:00",
+            "--slots",
+            "1",
+        ),
+        "end: must be after start",
+    ),
     (("claim", "confirm", "{claim:6}"), "already confirmed"),
     (("role", "assign", "cook", "Nobody"), "no member called 'Nobody'"),
     (("init", "--name", "Ana", "--new-group", "Again"), "already holds a Potluck node"),
@@ -138,7 +174,7 @@ class _Cut(str):
     __slots__ = ()
 
     def __format__(self, spec: str) -> str:
-        return str(self)[:int(spec)] if spec else str(self)
+        return str(self)[: int(spec)] if spec else str(self)
 
 
 def _fill(arg: str, ids: dict[str, str]) -> str:
@@ -146,24 +182,28 @@ def _fill(arg: str, ids: dict[str, str]) -> str:
     return arg.format_map({k: _Cut(v) for k, v in ids.items()}) if arg.startswith("{") else arg
 
 
-@pytest.mark.parametrize(("args", "expected"), CASES,
-                         ids=[" ".join(a)[:48] for a, _ in CASES])
+@pytest.mark.parametrize(("args", "expected"), CASES, ids=[" ".join(a)[:48] for a, _ in CASES])
 def test_bad_arguments_give_one_line_and_change_nothing(
-        node: Node, args: tuple[str, ...], expected: str) -> None:
+    node: Node, args: tuple[str, ...], expected: str
+) -> None:
     proc = potluck(node.dir, *(_fill(a, node.ids) for a in args))
     assert_one_line_error(proc, expected)
     assert state(node.dir) == node.before
     assert {n: (node.dir / n).read_bytes() for n in node.files} == node.files
 
 
-@pytest.mark.parametrize(("args", "exists"), [
-    (("whoami",), False),
-    (("board",), True),
-    (("offer", "post", "Soup"), True),
-    (("digest",), False),
-])
+@pytest.mark.parametrize(
+    ("args", "exists"),
+    [
+        (("whoami",), False),
+        (("board",), True),
+        (("offer", "post", "Soup"), True),
+        (("digest",), False),
+    ],
+)
 def test_commands_before_init_say_to_run_potluck_init_and_create_nothing(
-        tmp_path: Path, args: tuple[str, ...], exists: bool) -> None:
+    tmp_path: Path, args: tuple[str, ...], exists: bool
+) -> None:
     d = tmp_path / "empty"
     if exists:
         d.mkdir()
@@ -172,14 +212,18 @@ def test_commands_before_init_say_to_run_potluck_init_and_create_nothing(
     assert (list(d.iterdir()) == []) if exists else not d.exists()
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (("--name", "", "--new-group", "Eastside"), "name"),
-    (("--name", "n" * 101, "--new-group", "Eastside"), "name"),
-    (("--name", "Ana", "--new-group", ""), "group name"),
-    (("--name", "Ana"), "--new-group"),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--name", "", "--new-group", "Eastside"), "name"),
+        (("--name", "n" * 101, "--new-group", "Eastside"), "name"),
+        (("--name", "Ana", "--new-group", ""), "group name"),
+        (("--name", "Ana"), "--new-group"),
+    ],
+)
 def test_init_with_bad_arguments_creates_no_node(
-        tmp_path: Path, args: tuple[str, ...], expected: str) -> None:
+    tmp_path: Path, args: tuple[str, ...], expected: str
+) -> None:
     d = tmp_path / "new"
     assert_one_line_error(potluck(d, "init", *args), expected)
     assert not d.exists()
@@ -192,8 +236,7 @@ def test_init_where_the_data_dir_cannot_be_made_gives_one_line(tmp_path: Path) -
     assert_one_line_error(proc, str(blocker / "node"))
 
 
-def test_sync_with_nothing_listening_says_what_to_check_and_changes_nothing(
-        node: Node) -> None:
+def test_sync_with_nothing_listening_says_what_to_check_and_changes_nothing(node: Node) -> None:
     with socket.socket() as probe:  # a port that was free a moment ago: nobody listens
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -202,13 +245,16 @@ def test_sync_with_nothing_listening_says_what_to_check_and_changes_nothing(
     assert state(node.dir) == node.before
 
 
-@pytest.mark.parametrize(("problem", "words"), [
-    (ConnectionRefusedError(111, "Connect call failed"), "nothing is listening there"),
-    (TimeoutError(), "no answer within"),
-    (socket.gaierror(-2, "Name or service not known"), "use the other computer's IP"),
-    (OSError(errno.EHOSTUNREACH, "No route to host"), "no route to it"),
-    (OSError(errno.EACCES, "Permission denied"), "Permission denied"),
-])
+@pytest.mark.parametrize(
+    ("problem", "words"),
+    [
+        (ConnectionRefusedError(111, "Connect call failed"), "nothing is listening there"),
+        (TimeoutError(), "no answer within"),
+        (socket.gaierror(-2, "Name or service not known"), "use the other computer's IP"),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), "no route to it"),
+        (OSError(errno.EACCES, "Permission denied"), "Permission denied"),
+    ],
+)
 def test_a_failed_dial_is_told_in_words_to_act_on(problem: OSError, words: str) -> None:
     said = dial_problem(problem)
     assert words in said

@@ -40,10 +40,16 @@ def test_tick_is_strictly_monotonic_when_wall_time_stands_still_or_goes_back() -
     assert unpack(stamps[-1]) == (MS, 19)
 
 
-@given(st.lists(st.tuples(st.integers(-1000, 1000), st.lists(
-    st.integers(1, pack(MS + 10_000, COUNTER_MAX)), max_size=3)), max_size=50))
-def test_tick_exceeds_the_last_stamp_and_every_argument(
-        steps: list[tuple[int, list[int]]]) -> None:
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(-1000, 1000),
+            st.lists(st.integers(1, pack(MS + 10_000, COUNTER_MAX)), max_size=3),
+        ),
+        max_size=50,
+    )
+)
+def test_tick_exceeds_the_last_stamp_and_every_argument(steps: list[tuple[int, list[int]]]) -> None:
     wall = FakeWall()
     clock = HybridClock(wall)
     last = 0
@@ -107,16 +113,25 @@ def test_pack_then_unpack_gives_back_ms_and_counter(ms: int, counter: int) -> No
     assert wall_ms(hlc) == ms
 
 
-@given(st.tuples(st.integers(0, 1 << 40), st.integers(0, COUNTER_MAX)),
-       st.tuples(st.integers(0, 1 << 40), st.integers(0, COUNTER_MAX)))
+@given(
+    st.tuples(st.integers(0, 1 << 40), st.integers(0, COUNTER_MAX)),
+    st.tuples(st.integers(0, 1 << 40), st.integers(0, COUNTER_MAX)),
+)
 def test_pack_preserves_the_order_of_ms_then_counter(
-        a: tuple[int, int], b: tuple[int, int]) -> None:
+    a: tuple[int, int], b: tuple[int, int]
+) -> None:
     assert (pack(*a) < pack(*b)) == (a < b)
 
 
-@pytest.mark.parametrize(("ms", "counter"), [
-    (MS, -1), (MS, COUNTER_MAX + 1), (-1, 0), (1 << (64 - COUNTER_BITS), 0),
-])
+@pytest.mark.parametrize(
+    ("ms", "counter"),
+    [
+        (MS, -1),
+        (MS, COUNTER_MAX + 1),
+        (-1, 0),
+        (1 << (64 - COUNTER_BITS), 0),
+    ],
+)
 def test_pack_raises_value_error_out_of_range(ms: int, counter: int) -> None:
     with pytest.raises(ValueError):
         pack(ms, counter)

@@ -83,8 +83,13 @@ async def assert_projections_equal_a_rebuild(node: Node) -> None:
 async def nodes(tmp_path: Path, group: Group) -> AsyncIterator[dict[str, tuple[Node, Wall]]]:
     """Ana a year ahead, Bo and Cy correct, Dee a year behind, Eve 23 hours behind."""
     made: dict[str, tuple[Node, Wall]] = {}
-    for name, skew in (("Ana", YEAR_MS), ("Bo", 0), ("Cy", 0), ("Dee", -YEAR_MS),
-                       ("Eve", -23 * HOUR_MS)):
+    for name, skew in (
+        ("Ana", YEAR_MS),
+        ("Bo", 0),
+        ("Cy", 0),
+        ("Dee", -YEAR_MS),
+        ("Eve", -23 * HOUR_MS),
+    ):
         wall = Wall(T0 + skew)
         made[name] = (await open_node(tmp_path, name, group, wall), wall)
     try:
@@ -106,7 +111,8 @@ async def write_offers(node: Node, wall: Wall, n: int, step_ms: int = 0) -> list
 
 
 async def test_events_a_year_ahead_are_held_and_reported_not_applied(
-        nodes: dict[str, tuple[Node, Wall]]) -> None:
+    nodes: dict[str, tuple[Node, Wall]],
+) -> None:
     (ana, ana_wall), (bo, _) = nodes["Ana"], nodes["Bo"]
     await write_offers(ana, ana_wall, 3)
     sent = await log_of(ana)
@@ -130,7 +136,8 @@ async def test_events_a_year_ahead_are_held_and_reported_not_applied(
 
 
 async def test_held_events_are_released_in_order_once_the_receivers_clock_reaches_them(
-        nodes: dict[str, tuple[Node, Wall]]) -> None:
+    nodes: dict[str, tuple[Node, Wall]],
+) -> None:
     (ana, ana_wall), (bo, bo_wall) = nodes["Ana"], nodes["Bo"]
     ana_wall.ms += HOUR_MS
     written = await write_offers(ana, ana_wall, 4, step_ms=HOUR_MS)  # an hour apart
@@ -165,7 +172,8 @@ async def test_held_events_are_released_in_order_once_the_receivers_clock_reache
 
 
 async def test_a_sync_with_a_node_a_year_ahead_completes_and_breaks_nothing(
-        nodes: dict[str, tuple[Node, Wall]]) -> None:
+    nodes: dict[str, tuple[Node, Wall]],
+) -> None:
     (ana, ana_wall), (bo, bo_wall), (cy, _) = nodes["Ana"], nodes["Bo"], nodes["Cy"]
     await write_offers(ana, ana_wall, 3)
     await write_offers(bo, bo_wall, 2)
@@ -203,7 +211,8 @@ async def test_a_sync_with_a_node_a_year_ahead_completes_and_breaks_nothing(
 
 
 async def test_a_node_a_year_behind_holds_correct_events_and_others_accept_its_own(
-        nodes: dict[str, tuple[Node, Wall]]) -> None:
+    nodes: dict[str, tuple[Node, Wall]],
+) -> None:
     (bo, bo_wall), (dee, dee_wall) = nodes["Bo"], nodes["Dee"]
     [bos] = await write_offers(bo, bo_wall, 1)
     # to Dee, a year behind, Bo's correct events are a year in the future: held
@@ -230,7 +239,8 @@ async def test_a_node_a_year_behind_holds_correct_events_and_others_accept_its_o
 
 
 async def test_a_node_behind_within_the_bound_stamps_its_events_after_what_it_saw(
-        nodes: dict[str, tuple[Node, Wall]]) -> None:
+    nodes: dict[str, tuple[Node, Wall]],
+) -> None:
     (bo, bo_wall), (eve, eve_wall) = nodes["Bo"], nodes["Eve"]
     [offer] = await write_offers(bo, bo_wall, 1)
     result = await eve.store.receive(await log_of(bo))  # 23 h ahead of Eve: applied
@@ -246,12 +256,12 @@ async def test_a_node_behind_within_the_bound_stamps_its_events_after_what_it_sa
     board = await bo.store.read(views.board)
     [entry] = board["offers"]
     assert [(c["id"], c["status"]) for c in entry["claims"]] == [  # type: ignore[index, union-attr]
-        (claim.hash.hex(), "released")]
+        (claim.hash.hex(), "released")
+    ]
     assert await digest(bo) == await digest(eve)
 
 
-def test_a_clock_a_year_behind_stamps_above_what_it_observed_through_a_counter_overflow(
-) -> None:
+def test_a_clock_a_year_behind_stamps_above_what_it_observed_through_a_counter_overflow() -> None:
     seen = pack(T0, 65_000)
     clock = HybridClock(lambda: T0 - YEAR_MS)
     clock.observe(seen)
@@ -265,7 +275,8 @@ def test_a_clock_a_year_behind_stamps_above_what_it_observed_through_a_counter_o
 
 
 async def test_an_hlc_at_2_63_is_held_for_good_and_leaves_every_clock_alone(
-        nodes: dict[str, tuple[Node, Wall]], group: Group) -> None:
+    nodes: dict[str, tuple[Node, Wall]], group: Group
+) -> None:
     (bo, bo_wall) = nodes["Bo"]
     mal = Author(group)
     mal.clock = HybridClock(lambda: T0)
@@ -273,8 +284,16 @@ async def test_an_hlc_at_2_63_is_held_for_good_and_leaves_every_clock_alone(
     mal.clock.observe(HLC_MAX - 1)
     far = mal.write("offer.posted", {"title": "from the end of time"})
     assert far.hlc == HLC_MAX and decode(far.raw) == far
-    after = events.create(mal.key, group=group.id, seq=3, prev=far.hash, deps=[],
-                          hlc=pack(T0, 5), type="offer.posted", body={"title": "after"})
+    after = events.create(
+        mal.key,
+        group=group.id,
+        seq=3,
+        prev=far.hash,
+        deps=[],
+        hlc=pack(T0, 5),
+        type="offer.posted",
+        body={"title": "after"},
+    )
     result = await bo.store.receive([joined, far, after])
     assert [e.seq for e in result.stored] == [1]
     assert result.future == 1 and result.held == 1 and result.rejected == []

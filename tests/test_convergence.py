@@ -41,16 +41,22 @@ T = TypeVar("T")
 
 TMP_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
-ops = st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 3), st.integers(0, 999),
-                         st.integers(0, 999)), min_size=15, max_size=60)
+ops = st.lists(
+    st.tuples(st.sampled_from(KINDS), st.integers(0, 3), st.integers(0, 999), st.integers(0, 999)),
+    min_size=15,
+    max_size=60,
+)
 skews = st.lists(st.integers(-200, 200), min_size=4, max_size=4)
 authors = st.integers(2, 4)
 buckets = st.sampled_from([1, 3, runner_module.INDEX_BUCKET])
 """Arrivals per bucket of ``proj_index``: small ones spread an entity's events over
 many buckets, so re-folds after late events must find them in all of them."""
 
-PROPERTY = settings(max_examples=75, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PROPERTY = settings(
+    max_examples=75,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 async def assert_same_projections(node: Node, reference: Node, what: str) -> None:
@@ -87,11 +93,10 @@ async def network(n: int, skew: list[int], operations: list[Op]) -> AsyncIterato
 
 
 @PROPERTY
-@given(n=authors, skew=skews, operations=ops, rng=st.randoms(use_true_random=False),
-       bucket=buckets)
+@given(n=authors, skew=skews, operations=ops, rng=st.randoms(use_true_random=False), bucket=buckets)
 def test_any_order_and_duplication_of_the_event_set_gives_the_canonical_projections(
-        n: int, skew: list[int], operations: list[Op], rng: random.Random,
-        bucket: int) -> None:
+    n: int, skew: list[int], operations: list[Op], rng: random.Random, bucket: int
+) -> None:
     @mock.patch.object(runner_module, "INDEX_BUCKET", bucket)
     async def check() -> None:
         async with network(n, skew, operations) as net:
@@ -115,16 +120,16 @@ def test_any_order_and_duplication_of_the_event_set_gives_the_canonical_projecti
 
 
 @PROPERTY
-@given(n=authors, skew=skews, operations=ops, rng=st.randoms(use_true_random=False),
-       bucket=buckets)
+@given(n=authors, skew=skews, operations=ops, rng=st.randoms(use_true_random=False), bucket=buckets)
 def test_receives_left_to_a_projector_fold_to_the_canonical_projections(
-        n: int, skew: list[int], operations: list[Op], rng: random.Random,
-        bucket: int) -> None:
+    n: int, skew: list[int], operations: list[Op], rng: random.Random, bucket: int
+) -> None:
     """Receives that store without folding (``Store.fold_behind``), folds of the backlog
     of any size in between by a second runner on its own connection (the projector's
     transactions: read ahead, states invalidated by the other's commits), and writes
     that fold in place interleaved: the folded events stay a prefix of the log, and once
     caught up the rows are the canonical ones."""
+
     @mock.patch.object(runner_module, "INDEX_BUCKET", bucket)
     async def check() -> None:
         async with network(n, skew, operations) as net:
@@ -168,7 +173,8 @@ def test_receives_left_to_a_projector_fold_to_the_canonical_projections(
 @PROPERTY
 @given(n=authors, skew=skews, operations=ops)
 def test_nodes_that_exchanged_everything_show_the_same_projections(
-        n: int, skew: list[int], operations: list[Op]) -> None:
+    n: int, skew: list[int], operations: list[Op]
+) -> None:
     async def check() -> None:
         async with network(n, skew, operations) as net:
             # Before the exchange each node has its own partial set, folded as it
@@ -229,13 +235,16 @@ class PeersThatSyncAndPartition(RuleBasedStateMachine):
     def peer(self, i: int) -> Peer:
         return self.net.peers[i]
 
-    @rule(kind=st.sampled_from(WORK), actor=st.integers(0, N_PEERS - 1),
-          x=st.integers(0, 999), y=st.integers(0, 999))
+    @rule(
+        kind=st.sampled_from(WORK),
+        actor=st.integers(0, N_PEERS - 1),
+        x=st.integers(0, 999),
+        y=st.integers(0, 999),
+    )
     def work(self, kind: str, actor: int, x: int, y: int) -> None:
         self.run(self.net.run((kind, actor, x, y)))
 
-    @rule(a=st.integers(0, N_PEERS - 1), b=st.integers(0, N_PEERS - 1),
-          both_ways=st.booleans())
+    @rule(a=st.integers(0, N_PEERS - 1), b=st.integers(0, N_PEERS - 1), both_ways=st.booleans())
     def sync(self, a: int, b: int, both_ways: bool) -> None:
         if a == b or frozenset((a, b)) in self.cut:
             return
@@ -257,8 +266,10 @@ class PeersThatSyncAndPartition(RuleBasedStateMachine):
     def rebuild(self, i: int) -> None:
         node = self.peer(i).node
         digest = self.run(node.digest())
-        self.expect(self.run(node.rebuild()) == digest, f"{self.peer(i).name}: incremental "
-                    "rows differ from a rebuild")
+        self.expect(
+            self.run(node.rebuild()) == digest,
+            f"{self.peer(i).name}: incremental rows differ from a rebuild",
+        )
 
     @invariant()
     def each_node_holds_its_own_events(self) -> None:
@@ -293,6 +304,9 @@ class PeersThatSyncAndPartition(RuleBasedStateMachine):
 
 
 PeersThatSyncAndPartition.TestCase.settings = settings(
-    max_examples=20, stateful_step_count=25, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow])
+    max_examples=20,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 test_peers_that_sync_and_partition_converge = PeersThatSyncAndPartition.TestCase

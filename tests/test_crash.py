@@ -33,11 +33,13 @@ class Appender:
 
     def __init__(self, data_dir: Path, seed: int) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(
             [sys.executable, str(APPENDER), str(data_dir), str(seed)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
         self.acked: list[int] = []
         self.first_ack = threading.Event()
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -75,8 +77,7 @@ async def check_log(data_dir: Path) -> int:
     author = bytes(key.verify_key)
     store = await Store.open(data_dir / LOG_FILE, group)
     try:
-        integrity = await store.read(
-            lambda db: db.execute("PRAGMA integrity_check").fetchone()[0])
+        integrity = await store.read(lambda db: db.execute("PRAGMA integrity_check").fetchone()[0])
         assert integrity == "ok"
         heads = await store.heads()
         assert set(heads) <= {author}
@@ -102,8 +103,7 @@ async def check_log(data_dir: Path) -> int:
         await store.close()
 
 
-def test_log_survives_sigkill_during_appends_with_every_acknowledged_event(
-        tmp_path: Path) -> None:
+def test_log_survives_sigkill_during_appends_with_every_acknowledged_event(tmp_path: Path) -> None:
     rng = random.Random(SEED)
     data_dir = tmp_path / "node"
     data_dir.mkdir()
@@ -124,7 +124,8 @@ def test_log_survives_sigkill_during_appends_with_every_acknowledged_event(
         head = asyncio.run(check_log(data_dir))
         assert head >= last_head, "the log lost events it had after an earlier crash"
         assert all(seq <= head for seq in all_acked), (
-            f"acknowledged seq {max(all_acked)} but the head after the kill is {head}")
+            f"acknowledged seq {max(all_acked)} but the head after the kill is {head}"
+        )
         last_head = head
     assert runs_with_acks >= KILLS // 2
     assert last_head > 10

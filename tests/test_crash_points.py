@@ -28,11 +28,21 @@ ACTIVITIES = ("append", "receive", "project")
 
 
 def test_kills_at_random_moments_lose_nothing_acknowledged_and_leave_a_consistent_node(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     with ThreadPoolExecutor(len(ACTIVITIES)) as pool:
-        futures = {activity: pool.submit(crash_worker.run_activity, activity, tmp_path, SEED,
-                                         KILLS, sizes=SIZES, max_delay=0.4)
-                   for activity in ACTIVITIES}
+        futures = {
+            activity: pool.submit(
+                crash_worker.run_activity,
+                activity,
+                tmp_path,
+                SEED,
+                KILLS,
+                sizes=SIZES,
+                max_delay=0.4,
+            )
+            for activity in ACTIVITIES
+        }
         outcomes = {activity: future.result() for activity, future in futures.items()}
     for activity, outcome in outcomes.items():
         assert outcome.failures == [], activity

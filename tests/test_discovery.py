@@ -85,8 +85,9 @@ def test_hint_is_keyed_blake2b_of_the_context_window_and_salt() -> None:
 
     g = group()
     w = window_of(NOW)
-    tag = hashlib.blake2b(b"potluck mdns hint v1" + w.to_bytes(8, "big") + SALT,
-                          key=g.secret).digest()[:16]
+    tag = hashlib.blake2b(
+        b"potluck mdns hint v1" + w.to_bytes(8, "big") + SALT, key=g.secret
+    ).digest()[:16]
     assert hint(g.secret, w, SALT) == (SALT + tag).hex()
 
 
@@ -144,9 +145,16 @@ def test_hint_refuses_a_salt_of_the_wrong_length() -> None:
 
 def _forbidden(g: Group, person: str) -> list[bytes]:
     """Byte strings that must not appear anywhere in an advert."""
-    return [g.id, g.secret, g.id.hex().encode(), g.secret.hex().encode(),
-            g.name.encode(), person.encode(), g.id.hex()[:8].encode(),
-            socket.gethostname().encode()]
+    return [
+        g.id,
+        g.secret,
+        g.id.hex().encode(),
+        g.secret.hex().encode(),
+        g.name.encode(),
+        person.encode(),
+        g.id.hex()[:8].encode(),
+        socket.gethostname().encode(),
+    ]
 
 
 def test_txt_record_holds_only_the_version_and_the_hint() -> None:
@@ -228,12 +236,13 @@ def _multicast_loops_back() -> bool:
     try:
         recv.bind(("0.0.0.0", port))
         port = recv.getsockname()[1]
-        recv.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
-                        struct.pack("4s4s", socket.inet_aton(group_addr),
-                                    socket.inet_aton("127.0.0.1")))
+        recv.setsockopt(
+            socket.IPPROTO_IP,
+            socket.IP_ADD_MEMBERSHIP,
+            struct.pack("4s4s", socket.inet_aton(group_addr), socket.inet_aton("127.0.0.1")),
+        )
         recv.settimeout(1.0)
-        send.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
-                        socket.inet_aton("127.0.0.1"))
+        send.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
         send.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
         send.sendto(b"potluck probe", (group_addr, port))
         return recv.recv(64) == b"potluck probe"
@@ -247,8 +256,10 @@ def _multicast_loops_back() -> bool:
 @pytest.fixture(scope="module")
 def loopback_multicast() -> Iterator[None]:
     if not _multicast_loops_back():
-        pytest.skip("multicast does not loop back on 127.0.0.1 here (the netns test "
-                    "covers discovery across hosts)")
+        pytest.skip(
+            "multicast does not loop back on 127.0.0.1 here (the netns test "
+            "covers discovery across hosts)"
+        )
     yield
 
 
@@ -284,10 +295,23 @@ async def running(*nodes: Discovery) -> AsyncIterator[None]:
         await asyncio.gather(*(node.stop() for node in nodes))
 
 
-def _node(g: Group, port: int, seen: Seen, *, poll_seconds: float = d.POLL_SECONDS,
-          clock: Callable[[], float] = time.time) -> Discovery:
-    return Discovery(g, port, seen.on_found, seen.on_lost, interfaces=["127.0.0.1"],
-                     poll_seconds=poll_seconds, clock=clock)
+def _node(
+    g: Group,
+    port: int,
+    seen: Seen,
+    *,
+    poll_seconds: float = d.POLL_SECONDS,
+    clock: Callable[[], float] = time.time,
+) -> Discovery:
+    return Discovery(
+        g,
+        port,
+        seen.on_found,
+        seen.on_lost,
+        interfaces=["127.0.0.1"],
+        poll_seconds=poll_seconds,
+        clock=clock,
+    )
 
 
 @pytest.mark.usefixtures("loopback_multicast")
@@ -301,13 +325,11 @@ async def test_two_members_find_each_other_and_ignore_a_stranger() -> None:
         assert seen_a.found == [("127.0.0.1:47102", b.instance)]
         assert seen_b.found == [("127.0.0.1:47101", a.instance)]
         await asyncio.sleep(1.5)  # time enough to have seen (and ignored) the stranger
-        assert [f for f, _ in seen_a.found + seen_b.found] == ["127.0.0.1:47102",
-                                                               "127.0.0.1:47101"]
+        assert [f for f, _ in seen_a.found + seen_b.found] == ["127.0.0.1:47102", "127.0.0.1:47101"]
         assert seen_c.found == []  # the stranger saw two adverts and recognised neither
         assert a.name not in a.peers  # our own advert is not a peer
         await b.stop()
-        await until(lambda: seen_a.lost == ["127.0.0.1:47102"], "the goodbye arrives",
-                    seconds=3)
+        await until(lambda: seen_a.lost == ["127.0.0.1:47102"], "the goodbye arrives", seconds=3)
     assert seen_c.lost == []
 
 
@@ -323,10 +345,13 @@ async def test_the_advert_rotates_its_hint_with_the_hour_and_stays_recognised() 
         assert a._info is not None
         before = a._info.properties[b"h"]
         now[0] += WINDOW_SECONDS  # a's clock crosses into the next hour
-        await until(lambda: a._info is not None and a._info.properties[b"h"] != before,
-                    "a re-announces")
+        await until(
+            lambda: a._info is not None and a._info.properties[b"h"] != before, "a re-announces"
+        )
         await asyncio.sleep(1.0)
         assert seen_b.lost == []  # within b's tolerance: still a member
         now[0] += 2 * WINDOW_SECONDS  # now two hours ahead of b: no longer recognised
-        await until(lambda: seen_b.lost == [f"127.0.0.1:{a.port}"],
-                    "b drops an advert it can no longer recognise")
+        await until(
+            lambda: seen_b.lost == [f"127.0.0.1:{a.port}"],
+            "b drops an advert it can no longer recognise",
+        )

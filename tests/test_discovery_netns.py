@@ -111,8 +111,12 @@ class Watch:
 
     def wait(self, seconds: float, since: float | None = None) -> float:
         """The monotonic time the line showed; fails after ``seconds`` from ``since``."""
-        wait_for(lambda: self.at is not None,
-                 f"'{self.line}' in the output of {self.host.ns}", seconds, since)
+        wait_for(
+            lambda: self.at is not None,
+            f"'{self.line}' in the output of {self.host.ns}",
+            seconds,
+            since,
+        )
         assert self.at is not None
         return self.at
 
@@ -158,20 +162,27 @@ def test_two_nodes_of_a_group_find_each_other_by_mdns_and_converge(lab: Lab) -> 
     up = max(w.wait(30, since=h.started) for w, h in zip(listening, (a, b), strict=True))
     try:
         synced = max(w.wait(CONVERGE_SECONDS, since=up) for w in caught_up)
-        wait_for(lambda: digest(a.data_dir) == digest(b.data_dir), "a and b have one digest",
-                 CONVERGE_SECONDS, since=up)
+        wait_for(
+            lambda: digest(a.data_dir) == digest(b.data_dir),
+            "a and b have one digest",
+            CONVERGE_SECONDS,
+            since=up,
+        )
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; serve output:\n" + "\n".join(
-            f"--- {h.ns}\n{h.output()}" for h in lab.hosts)) from None
+        raise AssertionError(
+            f"{exc}; serve output:\n" + "\n".join(f"--- {h.ns}\n{h.output()}" for h in lab.hosts)
+        ) from None
     confirmed = time.monotonic()
     found_at = [w.wait(1.0) for w in found]
     start_up = [w.wait(0) - h.started for w, h in zip(listening, (a, b), strict=True)]
-    print(f"\nstart-up (serve started -> listening): a {start_up[0]:.2f} s, "
-          f"b {start_up[1]:.2f} s"
-          f"\nmDNS discovery (both listening -> 'discovered'): "
-          f"a->b {found_at[0] - up:.2f} s, b->a {found_at[1] - up:.2f} s"
-          f"\nsame events ('caught up'): {synced - up:.2f} s; same digest read back at "
-          f"{confirmed - up:.2f} s")
+    print(
+        f"\nstart-up (serve started -> listening): a {start_up[0]:.2f} s, "
+        f"b {start_up[1]:.2f} s"
+        f"\nmDNS discovery (both listening -> 'discovered'): "
+        f"a->b {found_at[0] - up:.2f} s, b->a {found_at[1] - up:.2f} s"
+        f"\nsame events ('caught up'): {synced - up:.2f} s; same digest read back at "
+        f"{confirmed - up:.2f} s"
+    )
 
     # Both members know the other as found by mDNS, dialed at its own address.
     for me, other in ((a, b), (b, a)):
@@ -188,8 +199,15 @@ def test_two_nodes_of_a_group_find_each_other_by_mdns_and_converge(lab: Lab) -> 
         assert advert["port"] == PORT
         assert set(advert["txt"]) == {"v", "h"} and advert["txt"]["v"] == "1"
         everything = json.dumps(advert).lower()
-        for secret_thing in ["westside", "pantry", "ana", "bo", "cy", *group_ids,
-                             *(g[:16] for g in group_ids)]:
+        for secret_thing in [
+            "westside",
+            "pantry",
+            "ana",
+            "bo",
+            "cy",
+            *group_ids,
+            *(g[:16] for g in group_ids),
+        ]:
             assert secret_thing not in everything, (secret_thing, advert)
     hints = [s["txt"]["h"] for s in seen]
     assert len(set(hints)) == 3  # not even the two members' hints are equal
@@ -215,8 +233,9 @@ def test_no_discovery_means_no_advert_and_no_dial(lab: Lab) -> None:
     a, b, _c = make_nodes(lab)
     a.serve("--no-discovery")
     b.serve("--no-discovery")
-    wait_for(lambda: "listening on" in a.output() and "listening on" in b.output(),
-             "both listen", 10.0)
+    wait_for(
+        lambda: "listening on" in a.output() and "listening on" in b.output(), "both listen", 10.0
+    )
     seen = json.loads(a.run(*POTLUCK[:1], "-c", OBSERVER, a.address, "3").stdout)
     assert seen == []
     assert digest(a.data_dir) != digest(b.data_dir)
@@ -227,8 +246,12 @@ def test_a_node_that_changes_address_is_found_again_at_the_new_one(lab: Lab) -> 
     a, b, _c = make_nodes(lab)
     a.serve()
     b.serve()
-    wait_for(lambda: digest(a.data_dir) == digest(b.data_dir), "a and b converge",
-             CONVERGE_SECONDS, since=min(a.started, b.started))
+    wait_for(
+        lambda: digest(a.data_dir) == digest(b.data_dir),
+        "a and b converge",
+        CONVERGE_SECONDS,
+        since=min(a.started, b.started),
+    )
     # a's Wi-Fi drops and is rejoined, with another address from the DHCP server.
     moved = f"{SUBNET}.11"
     a.run("ip", "addr", "del", f"{a.address}/24", "dev", "eth0")
@@ -236,14 +259,19 @@ def test_a_node_that_changes_address_is_found_again_at_the_new_one(lab: Lab) -> 
     a.run("ip", "addr", "add", f"{moved}/24", "dev", "eth0")
     swapped = time.monotonic()
     # a polls its addresses every 10 s; then it re-announces and b dials the new one.
-    took = wait_for(lambda: found_line(moved) in b.output(), "b finds a at its new address",
-                    20.0, since=swapped)
+    took = wait_for(
+        lambda: found_line(moved) in b.output(), "b finds a at its new address", 20.0, since=swapped
+    )
     print(f"\nafter an address change, found again at the new address in {took:.2f} s")
     assert lost_line(a) in b.output()
     potluck(a.data_dir, "offer", "post", "Candles")
-    wait_for(lambda: digest(a.data_dir) == digest(b.data_dir),
-             "a's new offer reaches b through the new address", 15.0)
+    wait_for(
+        lambda: digest(a.data_dir) == digest(b.data_dir),
+        "a's new offer reaches b through the new address",
+        15.0,
+    )
     rows = peers(b.data_dir)
     assert any(r["address"] == f"{moved}:{PORT}" and r["found"] == "mdns" for r in rows), rows
-    assert re.search(rf"peer connected: Ana \(\w+\) at {re.escape(moved)}:{PORT}",
-                     b.output()), b.output()
+    assert re.search(rf"peer connected: Ana \(\w+\) at {re.escape(moved)}:{PORT}", b.output()), (
+        b.output()
+    )

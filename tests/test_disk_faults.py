@@ -63,8 +63,7 @@ def small_disk(where: Path, size: str) -> Iterator[Path]:
     if reason:
         pytest.skip(reason)
     where.mkdir(parents=True, exist_ok=True)
-    mounted = _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
-                   str(where))
+    mounted = _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where))
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs at {where}: {mounted.stderr.strip()}")
     try:
@@ -89,8 +88,14 @@ def fill(disk: Path, leave: int) -> Path:
 
 def potluck(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "POTLUCK_HOME"}
-    return subprocess.run([*POTLUCK, "--data-dir", str(data_dir), *args], capture_output=True,
-                          text=True, timeout=60, env=env, check=False)
+    return subprocess.run(
+        [*POTLUCK, "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *expected: str) -> None:
@@ -128,8 +133,9 @@ async def hashes(node: Node) -> set[bytes]:
 
 
 async def define_stock(node: Node) -> None:
-    await node.post(b.ItemDefined(slug="rice", name="Rice", unit="kg", category="food",
-                                  storage="ambient"))
+    await node.post(
+        b.ItemDefined(slug="rice", name="Rice", unit="kg", category="food", storage="ambient")
+    )
     await node.post(b.LocationDefined(slug="pantry", name="Pantry", kind="pantry"))
 
 
@@ -149,7 +155,8 @@ async def ana_on_small_disk(tmp_path: Path, group: Group) -> AsyncIterator[Node]
 
 
 async def test_appends_on_a_full_disk_fail_naming_it_and_lose_nothing_acknowledged(
-        ana_on_small_disk: Node) -> None:
+    ana_on_small_disk: Node,
+) -> None:
     ana = ana_on_small_disk
     disk = ana.data_dir.parent
     filler = fill(disk, 256 << 10)
@@ -157,8 +164,9 @@ async def test_appends_on_a_full_disk_fail_naming_it_and_lose_nothing_acknowledg
     error: StorageError | None = None
     for i in range(5000):
         try:
-            acked.append(await ana.post(b.OfferPosted(title=f"offer {i} " + "x" * 150,
-                                                      quantity=i + 1)))
+            acked.append(
+                await ana.post(b.OfferPosted(title=f"offer {i} " + "x" * 150, quantity=i + 1))
+            )
         except StorageError as exc:
             error = exc
             break
@@ -169,14 +177,16 @@ async def test_appends_on_a_full_disk_fail_naming_it_and_lose_nothing_acknowledg
         with pytest.raises(StorageError, match=FULL):
             await ana.post(b.OfferPosted(title="one more"))
         with pytest.raises(StorageError, match=FULL):
-            await ana.post(b.StockAdjusted(item="rice", location="pantry", delta=1,
-                                           reason="donation"))
+            await ana.post(
+                b.StockAdjusted(item="rice", location="pantry", delta=1, reason="donation")
+            )
 
     # reads are served while full: exactly the acknowledged posts are on the board
     board = await ana.store.read(views.board)
     assert {o["id"] for o in board["offers"]} == {e.hash.hex() for e in acked}
     assert (await ana.store.read(lambda db: views.inventory(db, datetime.date.today())))[
-        "rows"] == []
+        "rows"
+    ] == []
     # and through the CLI, by another process: reads work, a write says why it failed
     shown = potluck(ana.data_dir, "board", "--json")
     assert shown.returncode == 0, shown.stderr
@@ -196,8 +206,7 @@ async def test_appends_on_a_full_disk_fail_naming_it_and_lose_nothing_acknowledg
         await reopened.close()
 
 
-async def test_a_node_whose_disk_is_full_opens_and_serves_reads(
-        ana_on_small_disk: Node) -> None:
+async def test_a_node_whose_disk_is_full_opens_and_serves_reads(ana_on_small_disk: Node) -> None:
     ana = ana_on_small_disk
     offer = await ana.post(b.OfferPosted(title="soup"))
     filler = fill(ana.data_dir.parent, 0)
@@ -221,7 +230,8 @@ CATCH_UP = 6000  # stock events of Ana's: a catch-up of several 1 MiB batches
 
 
 async def test_a_sync_that_fills_the_disk_stops_naming_it_keeps_what_it_stored_and_resumes(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     with small_disk(tmp_path / "disk", "10m") as disk:
         [ana] = await new_nodes(tmp_path, group, "Ana")
         bo = await within(Node.init(disk / "bo", "Bo", group))
@@ -240,7 +250,8 @@ async def test_a_sync_that_fills_the_disk_stops_naming_it_keeps_what_it_stored_a
             count = await bo.store.count()
             assert count == 1 + have
             rows = (await bo.store.read(lambda db: views.inventory(db, datetime.date.today())))[
-                "rows"]
+                "rows"
+            ]
             on_hand = sum(range(1, have - 3 + 1))  # seq 4.. carry deltas 1, 2, 3, ...
             assert [r["on_hand"] for r in rows] == ([on_hand] if have > 3 else [])
             ana_chain = CATCH_UP + 3  # member.joined, item, location, the adjustments
@@ -266,7 +277,8 @@ async def test_a_sync_that_fills_the_disk_stops_naming_it_keeps_what_it_stored_a
 
 
 async def test_a_large_batch_that_does_not_fit_is_refused_whole_and_fits_later(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     with small_disk(tmp_path / "disk", "4m") as disk:
         [ana] = await new_nodes(tmp_path, group, "Ana")
         bo = await within(Node.init(disk / "bo", "Bo", group))
@@ -302,16 +314,16 @@ WRITES = [
 async def _state(home: Path) -> tuple[str, int, list[tuple[str]]]:
     node = await Node.open(home)
     try:
-        check = await node.store.read(
-            lambda db: db.execute("PRAGMA integrity_check").fetchall())
+        check = await node.store.read(lambda db: db.execute("PRAGMA integrity_check").fetchall())
         return await digest(node), await node.store.count(), check
     finally:
         await node.close()
 
 
 @pytest.fixture
-async def node_on_read_only_disk(tmp_path: Path, group: Group
-                                 ) -> AsyncIterator[tuple[Path, tuple[str, int, object]]]:
+async def node_on_read_only_disk(
+    tmp_path: Path, group: Group
+) -> AsyncIterator[tuple[Path, tuple[str, int, object]]]:
     """A node (closed, as between two CLI commands) whose tmpfs is then remounted
     read-only; yields its data dir and (digest, event count, integrity) from before."""
     with small_disk(tmp_path / "disk", "8m") as disk:
@@ -326,7 +338,8 @@ async def node_on_read_only_disk(tmp_path: Path, group: Group
 
 
 async def test_writes_on_a_read_only_disk_fail_with_one_line_and_change_nothing(
-        node_on_read_only_disk: tuple[Path, tuple[str, int, object]]) -> None:
+    node_on_read_only_disk: tuple[Path, tuple[str, int, object]],
+) -> None:
     home, before = node_on_read_only_disk
     for args in WRITES:
         assert_one_line_error(potluck(home, *args))
@@ -340,6 +353,7 @@ async def test_writes_on_a_read_only_disk_fail_with_one_line_and_change_nothing(
 
 
 async def test_a_write_on_a_read_only_disk_names_the_cause(
-        node_on_read_only_disk: tuple[Path, tuple[str, int, object]]) -> None:
+    node_on_read_only_disk: tuple[Path, tuple[str, int, object]],
+) -> None:
     home = node_on_read_only_disk[0]
     assert_one_line_error(potluck(home, *WRITES[0]), "read-only")

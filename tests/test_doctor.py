@@ -70,14 +70,20 @@ async def build(root: Path) -> Template:
 
     try:
         await ana.post(b.LocationDefined(slug="pantry", name="Church pantry", kind="pantry"))
-        await ana.post(b.ItemDefined(slug="beans", name="Beans", unit="can",
-                                     category="food", storage="ambient"))
+        await ana.post(
+            b.ItemDefined(
+                slug="beans", name="Beans", unit="can", category="food", storage="ambient"
+            )
+        )
         await mesh()
         offers = []
         for round_ in range(4):
             offers.append(await bo.post(b.OfferPosted(title=f"Soup {round_}", quantity=5)))
-            await cy.post(b.StockAdjusted(item="beans", location="pantry", delta=3 + round_,
-                                          reason="donation"))
+            await cy.post(
+                b.StockAdjusted(
+                    item="beans", location="pantry", delta=3 + round_, reason="donation"
+                )
+            )
             await ana.post(b.NeedPosted(title=f"Nappies {round_}", quantity=2))
             await mesh()
             await cy.post(b.ClaimMade(target=offers[-1].hash, quantity=1))
@@ -125,12 +131,14 @@ def query(data_dir: Path, sql: str, params: tuple[object, ...] = ()) -> list[tup
 
 
 def flip_byte(data_dir: Path, author: bytes, seq: int, at: Callable[[bytes], int]) -> None:
-    [(raw,)] = query(data_dir, "SELECT raw FROM events WHERE author = ? AND seq = ?",
-                     (author, seq))
+    [(raw,)] = query(data_dir, "SELECT raw FROM events WHERE author = ? AND seq = ?", (author, seq))
     assert isinstance(raw, bytes)
     i = at(raw)
-    edit(data_dir, "UPDATE events SET raw = ? WHERE author = ? AND seq = ?",
-         (raw[:i] + bytes([raw[i] ^ 0x01]) + raw[i + 1:], author, seq))
+    edit(
+        data_dir,
+        "UPDATE events SET raw = ? WHERE author = ? AND seq = ?",
+        (raw[:i] + bytes([raw[i] ^ 0x01]) + raw[i + 1 :], author, seq),
+    )
 
 
 def in_type(raw: bytes) -> int:
@@ -140,11 +148,13 @@ def in_type(raw: bytes) -> int:
 
 def state(data_dir: Path) -> tuple[object, ...]:
     """What examine must not change: events, heads, pending, tables."""
-    return (query(data_dir, "SELECT id, hash, raw FROM events ORDER BY id"),
-            query(data_dir, "SELECT * FROM heads ORDER BY author"),
-            query(data_dir, "SELECT * FROM pending ORDER BY hash"),
-            query(data_dir, "SELECT name FROM sqlite_master ORDER BY name"),
-            query(data_dir, "SELECT * FROM board_entries ORDER BY id"))
+    return (
+        query(data_dir, "SELECT id, hash, raw FROM events ORDER BY id"),
+        query(data_dir, "SELECT * FROM heads ORDER BY author"),
+        query(data_dir, "SELECT * FROM pending ORDER BY hash"),
+        query(data_dir, "SELECT name FROM sqlite_master ORDER BY name"),
+        query(data_dir, "SELECT * FROM board_entries ORDER BY id"),
+    )
 
 
 def examine(data_dir: Path) -> doctor.Report:
@@ -189,15 +199,21 @@ def digest_of(data_dir: Path) -> str:
 def potluck(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "POTLUCK_HOME"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    return subprocess.run([*POTLUCK, "--data-dir", str(data_dir), *args], capture_output=True,
-                          text=True, timeout=60, env=env)
+    return subprocess.run(
+        [*POTLUCK, "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 # -- healthy ------------------------------------------------------------------------
 
 
 def test_a_healthy_node_passes_every_check_and_examine_changes_nothing(
-        ana: Path, template: Template) -> None:
+    ana: Path, template: Template
+) -> None:
     before = state(ana)
     report = examine(ana)
     assert report.healthy and report.exit_code == 0, report.findings
@@ -208,7 +224,8 @@ def test_a_healthy_node_passes_every_check_and_examine_changes_nothing(
 
 
 def test_repair_of_a_healthy_node_keeps_every_event_and_the_digest(
-        ana: Path, template: Template) -> None:
+    ana: Path, template: Template
+) -> None:
     report = repair(ana)
     assert report.healthy
     assert not [f for f in report.found if f.severity == "error"]
@@ -220,7 +237,8 @@ def test_repair_of_a_healthy_node_keeps_every_event_and_the_digest(
 
 
 def test_an_altered_event_is_named_and_repair_quarantines_only_it_until_a_neighbour_resends(
-        ana: Path, template: Template) -> None:
+    ana: Path, template: Template
+) -> None:
     bo = template.members["bo"]
     flip_byte(ana, bo.author, 3, in_type)
     before = state(ana)
@@ -243,8 +261,7 @@ def test_an_altered_event_is_named_and_repair_quarantines_only_it_until_a_neighb
     quarantined = query(ana, "SELECT author, seq, source, reason FROM quarantine")
     assert [(q[0], q[1], q[2]) for q in quarantined] == [(bo.author, 3, "events")]
     assert "signature" in str(quarantined[0][3])
-    held = query(ana, "SELECT author, seq FROM pending WHERE author = ? ORDER BY seq",
-                 (bo.author,))
+    held = query(ana, "SELECT author, seq FROM pending WHERE author = ? ORDER BY seq", (bo.author,))
     assert [s for _, s in held] == list(range(4, bo.events + 1))
     kept = log_hashes(ana)
     assert len(kept) + len(query(ana, "SELECT hash FROM pending")) + 1 == len(template.hashes)
@@ -262,8 +279,11 @@ def test_an_altered_event_is_named_and_repair_quarantines_only_it_until_a_neighb
 
 def test_an_unreadable_event_row_is_named_by_its_columns(ana: Path, template: Template) -> None:
     cy = template.members["cy"]
-    edit(ana, "UPDATE events SET raw = ? WHERE author = ? AND seq = ?",
-         (b"\x00garbage", cy.author, cy.events))
+    edit(
+        ana,
+        "UPDATE events SET raw = ? WHERE author = ? AND seq = ?",
+        (b"\x00garbage", cy.author, cy.events),
+    )
     report = examine(ana)
     [found] = [f for f in errors(report) if f.code == "damaged-event"]
     assert (found.author, found.seq) == (cy.author, cy.events)
@@ -274,14 +294,18 @@ def test_an_unreadable_event_row_is_named_by_its_columns(ana: Path, template: Te
 
 
 def _hash_of(template: Template, name: str, seq: int) -> bytes:
-    [(hash_,)] = query(template.root / name, "SELECT hash FROM events WHERE author = ? AND "
-                       "seq = ?", (template.members[name].author, seq))
+    [(hash_,)] = query(
+        template.root / name,
+        "SELECT hash FROM events WHERE author = ? AND seq = ?",
+        (template.members[name].author, seq),
+    )
     assert isinstance(hash_, bytes)
     return hash_
 
 
 def test_own_damaged_event_stays_a_problem_until_a_neighbour_sends_it_back(
-        ana: Path, template: Template) -> None:
+    ana: Path, template: Template
+) -> None:
     me = template.members["ana"]
     sig_start = lambda raw: raw.index(b"\xa3sig\xc4\x40") + 10  # noqa: E731
     flip_byte(ana, me.author, me.events - 1, sig_start)
@@ -295,19 +319,25 @@ def test_own_damaged_event_stays_a_problem_until_a_neighbour_sends_it_back(
 
 
 def test_reading_a_damaged_event_gives_one_line_pointing_to_doctor(
-        ana: Path, template: Template) -> None:
-    edit(ana, "UPDATE events SET raw = ? WHERE author = ? AND seq = 3",
-         (b"\x93garbage", template.members["bo"].author))
+    ana: Path, template: Template
+) -> None:
+    edit(
+        ana,
+        "UPDATE events SET raw = ? WHERE author = ? AND seq = 3",
+        (b"\x93garbage", template.members["bo"].author),
+    )
     assert_one_line_pointing_to_doctor(potluck(ana, "log"))
 
 
 def test_event_columns_that_disagree_with_a_verified_event_are_rewritten(
-        ana: Path, template: Template) -> None:
+    ana: Path, template: Template
+) -> None:
     bo = template.members["bo"]
     edit(ana, "UPDATE events SET seq = 99, hlc = 5 WHERE author = ? AND seq = 2", (bo.author,))
     report = examine(ana)
     assert [(f.author, f.seq) for f in errors(report) if f.code == "row-mismatch"] == [
-        (bo.author, 2)]
+        (bo.author, 2)
+    ]
     fixed = repair(ana)
     assert fixed.healthy and "held" not in {f.code for f in fixed.found}
     assert log_hashes(ana) == template.hashes
@@ -315,15 +345,20 @@ def test_event_columns_that_disagree_with_a_verified_event_are_rewritten(
 
 
 def test_a_damaged_held_event_is_set_aside_and_a_fork_is_reported_not_changed(
-        ana: Path, template: Template) -> None:
+    ana: Path, template: Template
+) -> None:
     bo = template.members["bo"]
-    edit(ana, "INSERT INTO pending VALUES (?, ?, ?, NULL, ?, NULL)",
-         (bytes(32), bo.author, bo.events + 5, b"\x8anot an event"))
+    edit(
+        ana,
+        "INSERT INTO pending VALUES (?, ?, ?, NULL, ?, NULL)",
+        (bytes(32), bo.author, bo.events + 5, b"\x8anot an event"),
+    )
     [(raw,)] = query(ana, "SELECT raw FROM events WHERE author = ? AND seq = 2", (bo.author,))
     edit(ana, "INSERT INTO forks VALUES (?, 2, ?, ?)", (bo.author, bytes(range(32)), raw))
     report = examine(ana)
     assert [(f.author, f.seq) for f in errors(report) if f.code == "damaged-pending"] == [
-        (bo.author, bo.events + 5)]
+        (bo.author, bo.events + 5)
+    ]
     [fork] = [f for f in report.findings if f.code == "fork"]
     assert fork.severity == "warning" and "Bo" in fork.message and "#2" in fork.message
     fixed = repair(ana)
@@ -337,7 +372,8 @@ def test_a_damaged_held_event_is_set_aside_and_a_fork_is_reported_not_changed(
 
 
 def test_tampered_projection_rows_are_found_and_repair_rebuilds_them(
-        ana: Path, template: Template) -> None:
+    ana: Path, template: Template
+) -> None:
     edit(ana, "UPDATE board_entries SET title = 'Free caviar' WHERE title = 'Soup 1'")
     report = examine(ana)
     assert "projections" in report.codes("error")
@@ -348,13 +384,20 @@ def test_tampered_projection_rows_are_found_and_repair_rebuilds_them(
 
 
 def test_tampered_fold_state_is_found_even_when_the_rows_are_right(
-        ana: Path, template: Template) -> None:
-    [(entity, state_)] = query(ana, "SELECT s.entity, s.state FROM proj_state s JOIN "
-                               "proj_entities e ON e.id = s.entity WHERE e.name LIKE "
-                               "'stock:%' LIMIT 1")
+    ana: Path, template: Template
+) -> None:
+    [(entity, state_)] = query(
+        ana,
+        "SELECT s.entity, s.state FROM proj_state s JOIN "
+        "proj_entities e ON e.id = s.entity WHERE e.name LIKE "
+        "'stock:%' LIMIT 1",
+    )
     assert isinstance(state_, bytes)
-    edit(ana, "UPDATE proj_state SET state = ? WHERE entity = ?",
-         (msgpack.packb({"junk": 1}), entity))
+    edit(
+        ana,
+        "UPDATE proj_state SET state = ? WHERE entity = ?",
+        (msgpack.packb({"junk": 1}), entity),
+    )
     report = examine(ana)
     assert "projection-state" in report.codes("error")
     assert repair(ana).healthy
@@ -375,7 +418,8 @@ def test_a_wrong_heads_table_is_found_and_recomputed(ana: Path, template: Templa
 
 
 def test_a_missing_dep_holds_its_dependants_until_it_comes_back(
-        ana: Path, template: Template) -> None:
+    ana: Path, template: Template
+) -> None:
     # delete Bo's #2 outright (not damaged: gone); Bo's later events and every event
     # that depended on one of them leave the log for pending, then come back
     bo = template.members["bo"]
@@ -402,7 +446,7 @@ def overwrite_pages(path: Path, pages: list[int], seed: int = 7) -> None:
     with path.open("r+b") as f:
         for i, page in enumerate(pages):
             f.seek((page - 1) * size)
-            f.write(rng_bytes[i * size:(i + 1) * size])
+            f.write(rng_bytes[i * size : (i + 1) * size])
 
 
 def intact_events(template: Template, damaged: bytes) -> set[bytes]:
@@ -420,7 +464,8 @@ def assert_one_line_pointing_to_doctor(proc: subprocess.CompletedProcess[str]) -
 
 
 def test_a_file_whose_first_page_is_garbage_is_salvaged_whole_by_scanning_its_pages(
-        ana: Path, template: Template) -> None:
+    ana: Path, template: Template
+) -> None:
     overwrite_pages(ana / LOG_FILE, [1])
     for command in (("board",), ("log",), ("offer", "post", "Rice")):
         assert_one_line_pointing_to_doctor(potluck(ana, *command))
@@ -438,11 +483,13 @@ def test_a_file_whose_first_page_is_garbage_is_salvaged_whole_by_scanning_its_pa
 
 
 def test_a_file_with_garbage_pages_and_a_cut_tail_keeps_every_intact_verified_event(
-        ana: Path, template: Template) -> None:
+    ana: Path, template: Template
+) -> None:
     path = ana / LOG_FILE
     pages = path.stat().st_size // 4096
-    [(leaves,)] = query(ana, "SELECT group_concat(pageno) FROM dbstat "
-                        "WHERE name = 'events' AND pagetype = 'leaf'")
+    [(leaves,)] = query(
+        ana, "SELECT group_concat(pageno) FROM dbstat WHERE name = 'events' AND pagetype = 'leaf'"
+    )
     first, *_, last = sorted(int(p) for p in str(leaves).split(","))
     # garbage over the first page of events and pages of other tables, and the file
     # cut just before the last page of events, so some events stay whole between
@@ -455,12 +502,15 @@ def test_a_file_with_garbage_pages_and_a_cut_tail_keeps_every_intact_verified_ev
     assert_one_line_pointing_to_doctor(potluck(ana, "log"))
 
     fixed = repair(ana)
-    saved = log_hashes(ana) | {bytes(r[0]) for r in query(  # type: ignore[arg-type]
-        ana, "SELECT hash FROM pending")}
+    saved = log_hashes(ana) | {
+        bytes(r[0])
+        for r in query(  # type: ignore[arg-type]
+            ana, "SELECT hash FROM pending"
+        )
+    }
     assert saved == expected  # every intact event, nothing else
     assert query(ana, "PRAGMA integrity_check") == [("ok",)]
-    assert not (errors(fixed) and {f.code for f in errors(fixed)} - {"own-chain"}), \
-        fixed.findings
+    assert not (errors(fixed) and {f.code for f in errors(fixed)} - {"own-chain"}), fixed.findings
     [kept] = ana.glob(LOG_FILE + ".damaged-*")
     assert kept.read_bytes() == damaged  # byte for byte, as it was found
     # a neighbour's sync brings back the rest
@@ -475,8 +525,9 @@ def test_examine_of_a_directory_without_a_log_says_to_run_init(tmp_path: Path) -
     assert report.exit_code == 1 and report.codes("error") >= {"no-log"}
 
 
-def test_doctor_command_prints_plain_findings_and_exits_1_then_0(ana: Path,
-                                                                template: Template) -> None:
+def test_doctor_command_prints_plain_findings_and_exits_1_then_0(
+    ana: Path, template: Template
+) -> None:
     from node import cli
 
     if "doctor" not in cli.cli.commands:

@@ -26,8 +26,14 @@ DEADLINE = 30.0
 
 
 def potluck(data_dir: Path, *args: str) -> str:
-    proc = subprocess.run([*CLI, "--data-dir", str(data_dir), *args], capture_output=True,
-                          text=True, timeout=60, env=ENV, check=False)
+    proc = subprocess.run(
+        [*CLI, "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+        check=False,
+    )
     assert proc.returncode == 0, f"potluck {' '.join(args)}: {proc.stderr}"
     return proc.stdout
 
@@ -40,12 +46,12 @@ class Server:
     """A `potluck serve` subprocess; knows its port from its 'listening on' line."""
 
     def __init__(self, data_dir: Path, *peers: str) -> None:
-        args = [*CLI, "--data-dir", str(data_dir), "serve", "--listen", "127.0.0.1:0",
-                "--no-ui"]
+        args = [*CLI, "--data-dir", str(data_dir), "serve", "--listen", "127.0.0.1:0", "--no-ui"]
         for peer in peers:
             args += ["--peer", peer]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=ENV)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
+        )
         self.lines: list[str] = []
         self.address = self._wait_for(r"listening on (\S+)")
 
@@ -105,7 +111,8 @@ def digest(data_dir: Path) -> str:
 
 
 def test_three_nodes_apart_over_claim_then_agree_and_a_fourth_joins(
-        tmp_path: Path, servers: list[Server]) -> None:
+    tmp_path: Path, servers: list[Server]
+) -> None:
     ana, bo, cy, di = (tmp_path / n for n in ("ana", "bo", "cy", "di"))
     potluck(ana, "init", "--name", "Ana", "--new-group", "Eastside Mutual Aid")
     code = last_line(potluck(ana, "invite", "--address", "127.0.0.1:9"))
@@ -116,8 +123,9 @@ def test_three_nodes_apart_over_claim_then_agree_and_a_fourth_joins(
     servers.append(a := Server(ana))
     servers.append(b := Server(bo, a.address))
     offer = last_line(potluck(ana, "offer", "post", "Canned beans", "--quantity", "10"))
-    eventually(lambda: any(o["id"] == offer for o in board(bo)["offers"]),
-               "Ana's offer to reach Bo live")
+    eventually(
+        lambda: any(o["id"] == offer for o in board(bo)["offers"]), "Ana's offer to reach Bo live"
+    )
 
     # The Wi-Fi goes: Bo's node stops. Each promises 6 of the 10 cans.
     b.stop()
@@ -148,7 +156,6 @@ def test_three_nodes_apart_over_claim_then_agree_and_a_fourth_joins(
     potluck(di, "init", "--name", "Di", "--join", code)
     report = json.loads(potluck(di, "sync", a.address, "--json"))
     assert report["received"] >= 5
-    eventually(lambda: len({digest(n) for n in (*nodes, di)}) == 1,
-               "Di to reach the same digest")
+    eventually(lambda: len({digest(n) for n in (*nodes, di)}) == 1, "Di to reach the same digest")
     peers = json.loads(potluck(di, "peers", "--json"))["peers"]
     assert [p["found"] for p in peers] == ["invite"]

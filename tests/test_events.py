@@ -37,31 +37,50 @@ FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN_KEY = SigningKey(bytes(range(32)))
 GOLDEN_AUTHOR = bytes(GOLDEN_KEY.verify_key)
 GOLDEN_GROUP = Group(bytes(range(100, 132)), bytes(range(200, 232)), "Golden group")
-GOLDEN_PROOF = bytes.fromhex(
-    "75c9f3da062e16222d984b2e6a3349706d13e0e5d7ea33996200060daca0c4ee")
+GOLDEN_PROOF = bytes.fromhex("75c9f3da062e16222d984b2e6a3349706d13e0e5d7ea33996200060daca0c4ee")
 GOLDEN_DEPS = sorted([events.blake2b256(b"golden dep a"), events.blake2b256(b"golden dep b")])
 
 
 def golden_inputs() -> list[dict[str, object]]:
     """The inputs the golden events were made from (prev of seq 2 is seq 1's hash)."""
     return [
-        {"seq": 1, "deps": [], "hlc": pack_hlc(1_700_000_000_000, 0), "type": "member.joined",
-         "body": {"name": "Ada", "languages": ["en", "fr"], "proof": GOLDEN_PROOF}},
-        {"seq": 2, "deps": GOLDEN_DEPS, "hlc": pack_hlc(1_700_000_000_123, 7),
-         "type": "offer.posted",
-         "body": {"title": "Fresh bread", "category": "food", "quantity": 3,
-                  "until": "2025-03-01"}},
+        {
+            "seq": 1,
+            "deps": [],
+            "hlc": pack_hlc(1_700_000_000_000, 0),
+            "type": "member.joined",
+            "body": {"name": "Ada", "languages": ["en", "fr"], "proof": GOLDEN_PROOF},
+        },
+        {
+            "seq": 2,
+            "deps": GOLDEN_DEPS,
+            "hlc": pack_hlc(1_700_000_000_123, 7),
+            "type": "offer.posted",
+            "body": {
+                "title": "Fresh bread",
+                "category": "food",
+                "quantity": 3,
+                "until": "2025-03-01",
+            },
+        },
     ]
 
 
 def make_golden() -> list[Envelope]:
     made: list[Envelope] = []
     for spec in golden_inputs():
-        made.append(events.create(
-            GOLDEN_KEY, group=GOLDEN_GROUP.id, seq=spec["seq"],  # type: ignore[arg-type]
-            prev=made[-1].hash if made else None, deps=spec["deps"],  # type: ignore[arg-type]
-            hlc=spec["hlc"], type=spec["type"], body=spec["body"],  # type: ignore[arg-type]
-        ))
+        made.append(
+            events.create(
+                GOLDEN_KEY,
+                group=GOLDEN_GROUP.id,
+                seq=spec["seq"],  # type: ignore[arg-type]
+                prev=made[-1].hash if made else None,
+                deps=spec["deps"],  # type: ignore[arg-type]
+                hlc=spec["hlc"],
+                type=spec["type"],
+                body=spec["body"],  # type: ignore[arg-type]
+            )
+        )
     return made
 
 
@@ -76,11 +95,25 @@ KEY = SigningKey(bytes(range(1, 33)))
 GROUP_ID = bytes(range(32))
 
 
-def make(seq: int = 1, prev: bytes | None = None, deps: list[bytes] | None = None,
-         hlc: int = 1000, type_: str = "offer.posted",
-         body: dict[str, object] | None = None, key: SigningKey = KEY) -> Envelope:
-    return events.create(key, group=GROUP_ID, seq=seq, prev=prev, deps=deps or [], hlc=hlc,
-                         type=type_, body=body if body is not None else {"title": "Soup"})
+def make(
+    seq: int = 1,
+    prev: bytes | None = None,
+    deps: list[bytes] | None = None,
+    hlc: int = 1000,
+    type_: str = "offer.posted",
+    body: dict[str, object] | None = None,
+    key: SigningKey = KEY,
+) -> Envelope:
+    return events.create(
+        key,
+        group=GROUP_ID,
+        seq=seq,
+        prev=prev,
+        deps=deps or [],
+        hlc=hlc,
+        type=type_,
+        body=body if body is not None else {"title": "Soup"},
+    )
 
 
 def full_map(env: Envelope) -> dict[str, object]:
@@ -97,8 +130,9 @@ def forge(edit: Callable[[dict[str, object]], None], env: Envelope | None = None
 def chain(n: int, key: SigningKey = KEY, start_hlc: int = 1000) -> list[Envelope]:
     made: list[Envelope] = []
     for i in range(n):
-        made.append(make(seq=i + 1, prev=made[-1].hash if made else None,
-                         hlc=start_hlc + i, key=key))
+        made.append(
+            make(seq=i + 1, prev=made[-1].hash if made else None, hlc=start_hlc + i, key=key)
+        )
     return made
 
 
@@ -112,8 +146,13 @@ def resign(fields: dict[str, object], key: SigningKey = KEY) -> Envelope:
 
 
 def test_decode_returns_the_created_envelope() -> None:
-    env = make(seq=3, prev=bytes(range(32)), deps=[b"\x02" * 32, b"\x01" * 32], hlc=99,
-               body={"title": "Rice", "quantity": 5, "nested": {"b": [1, b"x"], "a": None}})
+    env = make(
+        seq=3,
+        prev=bytes(range(32)),
+        deps=[b"\x02" * 32, b"\x01" * 32],
+        hlc=99,
+        body={"title": "Rice", "quantity": 5, "nested": {"b": [1, b"x"], "a": None}},
+    )
     decoded = events.decode(env.raw)
     assert decoded == env
     assert decoded.raw == env.raw
@@ -189,8 +228,7 @@ def test_decode_then_verify_raises_bad_signature_when_a_body_bit_flips() -> None
 def test_verify_raises_bad_signature_when_the_sig_is_from_another_key() -> None:
     env = make()
     other = SigningKey(bytes(32))
-    raw = forge(lambda f: f.update(sig=other.sign(events.pack(env.signed_fields())).signature),
-                env)
+    raw = forge(lambda f: f.update(sig=other.sign(events.pack(env.signed_fields())).signature), env)
     with pytest.raises(BadSignature):
         events.verify_signature(events.decode(raw))
 
@@ -209,13 +247,17 @@ def test_decode_raises_malformed_when_body_keys_are_not_sorted() -> None:
         events.decode(msgpack.packb(fields, use_bin_type=True))
 
 
-@pytest.mark.parametrize(("before", "after"), [
-    (b"\xa3seq\x02", b"\xa3seq\xcf" + (2).to_bytes(8, "big")),   # seq as uint64
-    (b"\xa8quantity\x03", b"\xa8quantity\xcc\x03"),             # body int as uint8
-    (b"\xa5title\xa4Soup", b"\xa5title\xd9\x04Soup"),           # fixstr as str8
-])
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (b"\xa3seq\x02", b"\xa3seq\xcf" + (2).to_bytes(8, "big")),  # seq as uint64
+        (b"\xa8quantity\x03", b"\xa8quantity\xcc\x03"),  # body int as uint8
+        (b"\xa5title\xa4Soup", b"\xa5title\xd9\x04Soup"),  # fixstr as str8
+    ],
+)
 def test_decode_raises_malformed_when_a_value_is_encoded_wider_than_needed(
-        before: bytes, after: bytes) -> None:
+    before: bytes, after: bytes
+) -> None:
     env = make(seq=2, prev=bytes(32), body={"title": "Soup", "quantity": 3})
     assert env.raw.count(before) == 1
     raw = env.raw.replace(before, after)
@@ -248,8 +290,9 @@ def test_check_group_raises_unknown_group_for_another_group() -> None:
         events.check_group(env, bytes(32))
 
 
-@pytest.mark.parametrize("name", ["v", "group", "author", "seq", "deps", "hlc", "type",
-                                  "body", "sig", "prev"])
+@pytest.mark.parametrize(
+    "name", ["v", "group", "author", "seq", "deps", "hlc", "type", "body", "sig", "prev"]
+)
 def test_decode_raises_malformed_naming_a_missing_field(name: str) -> None:
     raw = forge(lambda f: f.pop(name))
     with pytest.raises(MalformedEvent, match=name):
@@ -261,12 +304,28 @@ def test_decode_raises_malformed_for_an_unknown_field() -> None:
         events.decode(forge(lambda f: f.update(extra=1)))
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("v", 2), ("v", True), ("group", bytes(31)), ("author", "a" * 32), ("seq", 0),
-    ("seq", -1), ("seq", True), ("prev", bytes(33)), ("deps", bytes(32)),
-    ("deps", [bytes(31)]), ("hlc", 0), ("hlc", -5), ("type", ""), ("type", "x" * 65),
-    ("type", 7), ("body", []), ("sig", bytes(63)),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("v", 2),
+        ("v", True),
+        ("group", bytes(31)),
+        ("author", "a" * 32),
+        ("seq", 0),
+        ("seq", -1),
+        ("seq", True),
+        ("prev", bytes(33)),
+        ("deps", bytes(32)),
+        ("deps", [bytes(31)]),
+        ("hlc", 0),
+        ("hlc", -5),
+        ("type", ""),
+        ("type", "x" * 65),
+        ("type", 7),
+        ("body", []),
+        ("sig", bytes(63)),
+    ],
+)
 def test_decode_raises_malformed_for_a_bad_field_value(name: str, value: object) -> None:
     with pytest.raises(MalformedEvent):
         events.decode(forge(lambda f: f.update({name: value})))
@@ -275,6 +334,7 @@ def test_decode_raises_malformed_for_a_bad_field_value(name: str, value: object)
 def test_decode_raises_malformed_when_prev_is_present_at_seq_1() -> None:
     def edit(f: dict[str, object]) -> None:
         f["seq"] = 1
+
     with pytest.raises(MalformedEvent, match="prev"):
         events.decode(forge(edit))
 
@@ -289,8 +349,7 @@ def test_decode_raises_malformed_when_deps_are_unsorted_or_repeated() -> None:
 
 
 def test_decode_raises_malformed_for_too_many_deps() -> None:
-    deps = sorted(events.blake2b256(bytes([i % 256, i // 256])) for i in
-                  range(events.MAX_DEPS + 1))
+    deps = sorted(events.blake2b256(bytes([i % 256, i // 256])) for i in range(events.MAX_DEPS + 1))
     with pytest.raises(MalformedEvent, match="deps"):
         events.decode(forge(lambda f: f.update(deps=deps)))
 
@@ -312,8 +371,9 @@ def test_decode_raises_only_malformed_for_mixed_str_and_bytes_body_keys() -> Non
 def test_decode_raises_malformed_for_bytes_body_keys() -> None:
     """Body keys are text: create refuses others, so decode must too."""
     with pytest.raises(MalformedEvent):
-        events.create(KEY, group=GROUP_ID, seq=1, prev=None, deps=[], hlc=1,
-                      type="t", body={b"b": 2})  # type: ignore[dict-item]
+        events.create(
+            KEY, group=GROUP_ID, seq=1, prev=None, deps=[], hlc=1, type="t", body={b"b": 2}
+        )  # type: ignore[dict-item]
     fields = full_map(make())
     fields["body"] = {b"b": 2}
     raw = msgpack.packb(fields, use_bin_type=True)
@@ -335,8 +395,9 @@ def test_verify_chain_checks_only_the_last_signature(monkeypatch: pytest.MonkeyP
     made = chain(3)
     checked: list[int] = []
     real = events.verify_signature
-    monkeypatch.setattr(events, "verify_signature",
-                        lambda env: (checked.append(env.seq), real(env))[1])
+    monkeypatch.setattr(
+        events, "verify_signature", lambda env: (checked.append(env.seq), real(env))[1]
+    )
     events.verify_chain(made, None)
     assert checked == [3]
 
@@ -394,21 +455,35 @@ def test_verify_chain_raises_malformed_when_authors_mix() -> None:
 INT64 = st.integers(min_value=-(1 << 63), max_value=(1 << 64) - 1)
 VALUES = st.recursive(
     st.none() | st.booleans() | INT64 | st.text(max_size=20) | st.binary(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 BODIES = st.dictionaries(st.text(max_size=8), VALUES, max_size=6)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(body=BODIES, seq=st.integers(1, (1 << 63) - 1), hlc=st.integers(1, (1 << 63) - 1),
-       deps=st.lists(st.binary(min_size=32, max_size=32), max_size=4),
-       type_=st.text(min_size=1, max_size=64))
+@given(
+    body=BODIES,
+    seq=st.integers(1, (1 << 63) - 1),
+    hlc=st.integers(1, (1 << 63) - 1),
+    deps=st.lists(st.binary(min_size=32, max_size=32), max_size=4),
+    type_=st.text(min_size=1, max_size=64),
+)
 def test_decode_of_created_raw_gives_the_created_envelope(
-        body: dict[str, object], seq: int, hlc: int, deps: list[bytes], type_: str) -> None:
-    env = events.create(KEY, group=GROUP_ID, seq=seq, prev=None if seq == 1 else bytes(32),
-                        deps=deps, hlc=hlc, type=type_, body=body)
+    body: dict[str, object], seq: int, hlc: int, deps: list[bytes], type_: str
+) -> None:
+    env = events.create(
+        KEY,
+        group=GROUP_ID,
+        seq=seq,
+        prev=None if seq == 1 else bytes(32),
+        deps=deps,
+        hlc=hlc,
+        type=type_,
+        body=body,
+    )
     decoded = events.decode(env.raw)
     assert decoded == env
     assert decoded.raw == env.raw and decoded.hash == env.hash
@@ -423,12 +498,16 @@ def test_decode_of_random_bytes_raises_only_invalid_event(raw: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1,
-                max_size=4))
-def test_decode_of_a_mutated_event_raises_only_invalid_event(
-        edits: list[tuple[int, int]]) -> None:
-    raw = bytearray(make(seq=2, prev=bytes(32), deps=[bytes(32)],
-                         body={"title": "Soup", "n": [1, -2, None, True, b"z"]}).raw)
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4))
+def test_decode_of_a_mutated_event_raises_only_invalid_event(edits: list[tuple[int, int]]) -> None:
+    raw = bytearray(
+        make(
+            seq=2,
+            prev=bytes(32),
+            deps=[bytes(32)],
+            body={"title": "Soup", "n": [1, -2, None, True, b"z"]},
+        ).raw
+    )
     for at, byte in edits:
         raw[at % len(raw)] = byte
     with contextlib.suppress(InvalidEvent):
@@ -436,15 +515,17 @@ def test_decode_of_a_mutated_event_raises_only_invalid_event(
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
-@given(type_=st.text(min_size=1, max_size=events.MAX_TYPE_CHARS),
-       first=st.booleans(),
-       body=st.dictionaries(st.text(max_size=8), st.integers(-(2**63), 2**64 - 1)))
+@given(
+    type_=st.text(min_size=1, max_size=events.MAX_TYPE_CHARS),
+    first=st.booleans(),
+    body=st.dictionaries(st.text(max_size=8), st.integers(-(2**63), 2**64 - 1)),
+)
 def test_create_splices_the_signature_where_packing_the_whole_map_puts_it(
-        type_: str, first: bool, body: dict[str, object]) -> None:
+    type_: str, first: bool, body: dict[str, object]
+) -> None:
     """``create`` packs the signed map once and splices ``sig`` in: the result must be
     the canonical packing of the full map for every length and script of type name."""
-    env = make(seq=1 if first else 2, prev=None if first else bytes(32), type_=type_,
-               body=body)
+    env = make(seq=1 if first else 2, prev=None if first else bytes(32), type_=type_, body=body)
     assert env.raw == events.pack(full_map(env))
     assert events.decode(env.raw) == env
     events.verify_signature(env)

@@ -57,8 +57,12 @@ def _load_harness() -> ModuleType:
 fuzz = _load_harness()
 
 DEADLINE = timedelta(seconds=2)  # per example, generous for a loaded CI machine
-FUZZ = settings(max_examples=300, deadline=DEADLINE, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=300,
+    deadline=DEADLINE,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 MEMORY_BOUND = 16 << 20  # bytes one frame may make the core allocate (frames are <= 1.1 MiB)
 
 
@@ -86,8 +90,7 @@ def test_decode_of_envelope_shaped_maps_raises_only_invalid_event(data: bytes) -
     fuzz.check_decode(data)
 
 
-def test_the_seed_events_decode_and_verify_so_the_mutations_start_from_valid_events(
-) -> None:
+def test_the_seed_events_decode_and_verify_so_the_mutations_start_from_valid_events() -> None:
     for env in fuzz.seed_events():
         decoded = events.decode(env.raw)
         events.verify_signature(decoded)
@@ -107,7 +110,8 @@ def test_decode_refuses_an_oversized_event_before_parsing_it() -> None:
 @settings(FUZZ, max_examples=400)
 @given(fuzz.body_inputs())
 def test_body_parse_gives_none_invalid_body_or_a_value_that_survives_the_wire(
-        pair: tuple[str, object]) -> None:
+    pair: tuple[str, object],
+) -> None:
     """Known types with near-valid and hostile fields, unknown types, non-maps."""
     fuzz.check_body(*pair)
 
@@ -129,19 +133,23 @@ DAY_MS = 24 * 3600 * 1000
 _hlcs = st.one_of(
     st.integers(-365 * DAY_MS, 2 * DAY_MS).map(lambda d: hlc_pack(NOW_MS + d, 0)),
     st.integers(1, (1 << 63) - 1),
-    st.sampled_from([1, (1 << 63) - 1, hlc_pack(NOW_MS + DAY_MS, 0),
-                     hlc_pack(NOW_MS + DAY_MS + 1, 0)]),
+    st.sampled_from(
+        [1, (1 << 63) - 1, hlc_pack(NOW_MS + DAY_MS, 0), hlc_pack(NOW_MS + DAY_MS + 1, 0)]
+    ),
 )
-_event_specs = st.lists(st.tuples(
-    st.integers(0, 2),  # author: member, member, outsider
-    # seq: small, or large; >= 2^63 is a known bug (test_store_refuses_a_seq_beyond_...)
-    st.one_of(st.integers(1, 6), st.integers(7, (1 << 63) - 1)),
-    st.integers(0, 3),  # prev: real, other event's, random, none
-    st.lists(st.integers(0, 40), max_size=3),  # deps: indexes of earlier events, 40=random
-    _hlcs,
-    fuzz.body_inputs(),
-    st.integers(0, 5).map(bool),  # this group (5 in 6), or another
-), max_size=14)
+_event_specs = st.lists(
+    st.tuples(
+        st.integers(0, 2),  # author: member, member, outsider
+        # seq: small, or large; >= 2^63 is a known bug (test_store_refuses_a_seq_beyond_...)
+        st.one_of(st.integers(1, 6), st.integers(7, (1 << 63) - 1)),
+        st.integers(0, 3),  # prev: real, other event's, random, none
+        st.lists(st.integers(0, 40), max_size=3),  # deps: indexes of earlier events, 40=random
+        _hlcs,
+        fuzz.body_inputs(),
+        st.integers(0, 5).map(bool),  # this group (5 in 6), or another
+    ),
+    max_size=14,
+)
 
 
 Spec = tuple[int, int, int, list[int], int, tuple[str, object], bool]
@@ -155,9 +163,15 @@ def _hostile_events(group: Group, specs: Sequence[Spec]) -> list[Envelope]:
     heads: dict[bytes, Envelope] = {}
     for key in MEMBERS:  # both members joined validly first
         joined = events.create(
-            key, group=group.id, seq=1, prev=None, deps=[], hlc=hlc_pack(NOW_MS - DAY_MS, 0),
+            key,
+            group=group.id,
+            seq=1,
+            prev=None,
+            deps=[],
+            hlc=hlc_pack(NOW_MS - DAY_MS, 0),
             type="member.joined",
-            body={"name": "M", "proof": membership_proof(group, bytes(key.verify_key))})
+            body={"name": "M", "proof": membership_proof(group, bytes(key.verify_key))},
+        )
         made.append(joined)
         heads[joined.author] = joined
     for who, seq, prev_kind, dep_picks, hlc, (type_, body), same_group in specs:
@@ -176,8 +190,16 @@ def _hostile_events(group: Group, specs: Sequence[Spec]) -> list[Envelope]:
         deps = sorted({made[i].hash if i < len(made) else bytes([i]) * 32 for i in dep_picks})
         body_map = body if isinstance(body, dict) else {"value": body}
         try:
-            env = events.create(key, group=group.id if same_group else bytes(32), seq=seq,
-                                prev=prev, deps=deps, hlc=hlc, type=type_, body=body_map)
+            env = events.create(
+                key,
+                group=group.id if same_group else bytes(32),
+                seq=seq,
+                prev=prev,
+                deps=deps,
+                hlc=hlc,
+                type=type_,
+                body=body_map,
+            )
         except (InvalidEvent, TypeError, ValueError, OverflowError):
             continue  # the body cannot be encoded (e.g. NaN keys): no peer can send it
         made.append(env)
@@ -230,7 +252,8 @@ async def _assert_log_is_valid(store: Store, group: Group) -> None:
 @settings(FUZZ, max_examples=60, deadline=timedelta(seconds=5))
 @given(_event_specs, st.randoms(use_true_random=False))
 def test_the_store_keeps_only_valid_chains_whatever_signed_events_arrive(
-        specs: list[Spec], rng: random.Random) -> None:
+    specs: list[Spec], rng: random.Random
+) -> None:
     """Signed events with every validity rule broken in turn, delivered in random
     batches and orders: receive never raises, rejects with InvalidEvent only, the log
     holds only valid chains of members, and projections equal a rebuild."""
@@ -249,25 +272,49 @@ def test_a_seq_or_hlc_beyond_what_sqlite_can_hold_is_malformed(field: str) -> No
     group = Group.from_secret(SECRET, "fuzz")
     key = MEMBERS[0]
     fields: dict[str, object] = {"seq": 2, "hlc": hlc_pack(NOW_MS, 0)}
-    fine = events.create(key, group=group.id, prev=bytes(32), deps=[],
-                         type="offer.posted", body={"title": "x"}, **fields)  # type: ignore[arg-type]
+    fine = events.create(
+        key,
+        group=group.id,
+        prev=bytes(32),
+        deps=[],
+        type="offer.posted",
+        body={"title": "x"},
+        **fields,
+    )  # type: ignore[arg-type]
     wire = msgpack.unpackb(fine.raw, raw=False)
     wire[field] = 1 << 63
     with pytest.raises(MalformedEvent, match=f"^{field}:"):
         events.decode(msgpack.packb(wire, use_bin_type=True))
     fields[field] = 1 << 63
     with pytest.raises(MalformedEvent, match=f"^{field}:"):
-        events.create(key, group=group.id, prev=bytes(32), deps=[], type="offer.posted",
-                      body={"title": "x"}, **fields)  # type: ignore[arg-type]
+        events.create(
+            key,
+            group=group.id,
+            prev=bytes(32),
+            deps=[],
+            type="offer.posted",
+            body={"title": "x"},
+            **fields,
+        )  # type: ignore[arg-type]
 
 
 # -- the sync protocol state machine -----------------------------------------------------
 
 EXPECTED_SCENARIOS = {
-    "responder-hello", "responder-await_message_1", "responder-await_message_3",
-    "responder-open", "responder-open_synced", "responder-peer_done", "responder-closed",
-    "responder-failed", "initiator-hello", "initiator-await_message_2", "initiator-open",
-    "initiator-open_synced", "initiator-local_done", "initiator-closed",
+    "responder-hello",
+    "responder-await_message_1",
+    "responder-await_message_3",
+    "responder-open",
+    "responder-open_synced",
+    "responder-peer_done",
+    "responder-closed",
+    "responder-failed",
+    "initiator-hello",
+    "initiator-await_message_2",
+    "initiator-open",
+    "initiator-open_synced",
+    "initiator-local_done",
+    "initiator-closed",
 }
 SCENARIOS = [s.name for s in fuzz.scenarios()]
 
@@ -291,9 +338,18 @@ def _garbage(side_has_session: bool) -> list[tuple[str, fuzz.Frame, set[str]]]:
     """(name, frame, error codes that may end the connection) for frames no honest peer
     sends. Before the handshake the core refuses them as frames; after it, a raw frame
     fails the AEAD and a sealed one reaches the message checks."""
-    raw_codes = {"decrypt-failed"} if side_has_session else {
-        "malformed-frame", "unknown-message", "unexpected-message", "version-mismatch",
-        "handshake-failed", "frame-too-large"}
+    raw_codes = (
+        {"decrypt-failed"}
+        if side_has_session
+        else {
+            "malformed-frame",
+            "unknown-message",
+            "unexpected-message",
+            "version-mismatch",
+            "handshake-failed",
+            "frame-too-large",
+        }
+    )
     sealed = {"malformed-frame", "unknown-message", "unexpected-message"}
     if not side_has_session:
         sealed |= raw_codes
@@ -302,8 +358,7 @@ def _garbage(side_has_session: bool) -> list[tuple[str, fuzz.Frame, set[str]]]:
         ("one zero byte", (0, b"\x00"), raw_codes),
         ("never-used msgpack byte", (0, b"\xc1"), raw_codes),
         ("random bytes", (0, bytes(range(256)) * 2), raw_codes),
-        ("oversized frame", (0, b"\x00" * (MAX_FRAME_BYTES + 1)),
-         {"frame-too-large"}),
+        ("oversized frame", (0, b"\x00" * (MAX_FRAME_BYTES + 1)), {"frame-too-large"}),
         ("sealed nothing", (1, b""), sealed),
         ("sealed list", (1, b"\x92\x01\x02"), sealed),
         ("sealed map without t", (1, b"\x81\xa1x\x01"), sealed),
@@ -345,14 +400,16 @@ def test_every_real_frame_replayed_or_mutated_fails_the_connection(index: int) -
         honest = [(3, b"\x00")] * i
         fuzz.run_protocol(index, [*honest, (3, b"\x02"), (3, b"\x00")])  # replayed
         for pos in (0, len(sc.script[i]) // 2, len(sc.script[i]) - 1):
-            fuzz.run_protocol(index, [*honest, (3, bytes([1]) + pos.to_bytes(2, "big")
-                                                + b"\x00\xee")])
+            fuzz.run_protocol(
+                index, [*honest, (3, bytes([1]) + pos.to_bytes(2, "big") + b"\x00\xee")]
+            )
 
 
 @settings(FUZZ, max_examples=400)
 @given(fuzz.protocol_inputs)
 def test_receive_data_never_raises_in_any_state_whatever_the_frames(
-        data: tuple[int, list[fuzz.Frame]]) -> None:
+    data: tuple[int, list[fuzz.Frame]],
+) -> None:
     """Raw garbage, sealed messages with odd fields and mutated events, mutated
     templates of every message, and the honest script replayed, mutated or cut."""
     longest = fuzz.run_protocol(*data)
@@ -384,10 +441,21 @@ def test_the_largest_frames_keep_memory_bounded() -> None:
     cases = {
         "raw frame at the limit": [(0, b"\x00" * MAX_FRAME_BYTES)],
         "sealed garbage at the limit": [(1, b"\xc1" * size)],
-        "events of MAX_BATCH_BYTES": [(1, _sealed_events([bad_event] *
-                                                          (MAX_BATCH_BYTES // 1003)))],
-        "have of 8192 entries": [(1, fuzz._pack({"t": "have", "end": True, "vector": [
-            [bytes([i % 256, i // 256]) * 16, 1, bytes(32)] for i in range(8192)]}))],
+        "events of MAX_BATCH_BYTES": [(1, _sealed_events([bad_event] * (MAX_BATCH_BYTES // 1003)))],
+        "have of 8192 entries": [
+            (
+                1,
+                fuzz._pack(
+                    {
+                        "t": "have",
+                        "end": True,
+                        "vector": [
+                            [bytes([i % 256, i // 256]) * 16, 1, bytes(32)] for i in range(8192)
+                        ],
+                    }
+                ),
+            )
+        ],
     }
     for name, frames in cases.items():
         peak = _peak_of(index, frames)
@@ -396,8 +464,7 @@ def test_the_largest_frames_keep_memory_bounded() -> None:
 
 def test_repeated_hostile_sessions_do_not_leak() -> None:
     """500 sessions fed garbage: memory after them equals memory before (± 1 MiB)."""
-    rounds = [(i % len(SCENARIOS), [(i % 4, bytes([i % 256]) * (i % 97))] * 3)
-              for i in range(500)]
+    rounds = [(i % len(SCENARIOS), [(i % 4, bytes([i % 256]) * (i % 97))] * 3) for i in range(500)]
     for scenario, frames in rounds[:50]:  # warm caches
         fuzz.run_protocol(scenario, frames)
     gc.collect()

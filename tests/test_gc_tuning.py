@@ -30,8 +30,7 @@ def test_tune_makes_the_youngest_generation_wait_longer(default_thresholds: None
     assert gc.get_threshold() == (gc_tuning.GENERATION_0, 10, 10)
 
 
-def test_tune_leaves_a_process_that_collects_less_often_alone(
-        default_thresholds: None) -> None:
+def test_tune_leaves_a_process_that_collects_less_often_alone(default_thresholds: None) -> None:
     gc.set_threshold(gc_tuning.GENERATION_0 * 2, 5, 7)
     gc_tuning.tune()
     assert gc.get_threshold() == (gc_tuning.GENERATION_0 * 2, 5, 7)
@@ -74,7 +73,8 @@ def test_the_collector_still_frees_cycles_after_tune(default_thresholds: None) -
 
 
 async def test_a_node_process_is_tuned_when_a_node_opens(
-        tmp_path: Path, default_thresholds: None) -> None:
+    tmp_path: Path, default_thresholds: None
+) -> None:
     node = await Node.init(tmp_path / "node", "Ana", Group.new("Street pantry"))
     try:
         assert gc.get_threshold()[0] == gc_tuning.GENERATION_0

@@ -16,47 +16,76 @@ PROLOGUE = b"hello-i hello-r"
 # as ours, plus psk1..3, so it checks every step Potluck's handshake takes.
 V_NAME = b"Noise_XXpsk0+psk1+psk2+psk3_25519_ChaChaPoly_BLAKE2b"
 V_PATTERN = (("psk", "e", "psk"), ("e", "ee", "s", "es", "psk"), ("s", "se", "psk"))
-V_PROLOGUE = ("5468657265206973206e6f20726967687420616e642077726f6e672e205468657265"
-              "2773206f6e6c792066756e20616e6420626f72696e672e")
-V_PSKS = ["c920e3475b8796f40cae28e04f4d5ef5b53ffb069fe1c154c37620b0dd10e65c",
-          "f0658a53ace887cef0414551a0c238e4f6fdd00ca9849e8ac24783f4a1e33f01",
-          "99853dbc4f0c81f4a5793995f87a6e0831133c47ea2fc654587c595c1c11b0d3",
-          "bfdaf54333da3d48f2a8ca04a91b922f1e916b30780d5684c5c408c7c7e28664"]
+V_PROLOGUE = (
+    "5468657265206973206e6f20726967687420616e642077726f6e672e205468657265"
+    "2773206f6e6c792066756e20616e6420626f72696e672e"
+)
+V_PSKS = [
+    "c920e3475b8796f40cae28e04f4d5ef5b53ffb069fe1c154c37620b0dd10e65c",
+    "f0658a53ace887cef0414551a0c238e4f6fdd00ca9849e8ac24783f4a1e33f01",
+    "99853dbc4f0c81f4a5793995f87a6e0831133c47ea2fc654587c595c1c11b0d3",
+    "bfdaf54333da3d48f2a8ca04a91b922f1e916b30780d5684c5c408c7c7e28664",
+]
 V_INIT_STATIC = "88e345952de60adbdf136155184aad057814a7459c9bc266c6c67048cae8b65b"
 V_INIT_EPHEMERAL = "43b28303b8d579959f64f69c3066c92f61d2fa5c04f33bc0f20f4bcf9f7d4548"
 V_RESP_STATIC = "d78263f5c670b63918d42ffb7b66907f86df2854a3e9a61d1199a9329f47cecf"
 V_RESP_EPHEMERAL = "2f959bfe7f093fc18181dd0066dd0535b0272800a39f6a1962bef664bee373cb"
 V_MESSAGES = [  # (payload, ciphertext); three handshake messages, then transport
-    ("7892c7e5bd999a111a327eef8bc1cee18d94085d3abcfade30237978f3c429d3",
-     ("8c8248dbaee325b29aacd2e7b3dc2b984021ed61a9d4a74341486e6aa1ddf8544d6ef3e45ad6f6a5"
-      "4b03e5aa883f684f8859295bf15bb53f243cde9c0672f11ccdff162f6ff47b5b50bd9325cad4dd4d")),
-    ("85806d7aec9f3ccd2b37acebef885d31333e62afeac2071bb180db953d44be62",
-     ("1e9299fe00fe7cd0d3fc0cc5eb75ca1aa8c3b740122a0010493d9516a517972d922925f2f1c0d6d2"
-      "7a378b3972922b52c1914d41891db4dc3e9a664d8177ba896efb3807a01bb993bde4f05a8031e9a6"
-      "a847fbc4f650a46508d29e3d69fc770267698c625a7c559ce0519853eb1775c6e5d096192363de55"
-      "47c6e0844e0ab6b2")),
-    ("10ec396f7833a1b353056f7d2bfbedf8709e4bb08707fc1c5cd457d91476be15",
-     ("62802109a09aef83b2c72b79043cf4209d72d09ad305885beb3686dabe721e43b5d46212160a747f"
-      "273408d25ea8ad4598f61f80c9014473bbce785f38d4dd41deb7b6cdba80f8865cd29acdc179eeec"
-      "da234485aa07d2fbb2e99468df840d00")),
-    ("ebb97bcf7f31ec5b6de10344d530a9a5035a45702e09708480fd2562f61dc668",
-     ("1462943efb0d2eeaee4910647f376368d7fb81b875deb554a7dd5dfa9ebe22d539bb4342060899d0"
-      "5399f9253a368e70")),
-    ("2f798482b591fa0411892e3065035c8b89abf294b15f3cf2c49ffdce57d49688",
-     ("755615221793fca9eab630a378c497e4f0f7274221dc874c8cebd6c79efb14e75729f380f2c5fe15"
-      "44d2e3e30b56e7c6")),
+    (
+        "7892c7e5bd999a111a327eef8bc1cee18d94085d3abcfade30237978f3c429d3",
+        (
+            "8c8248dbaee325b29aacd2e7b3dc2b984021ed61a9d4a74341486e6aa1ddf8544d6ef3e45ad6f6a5"
+            "4b03e5aa883f684f8859295bf15bb53f243cde9c0672f11ccdff162f6ff47b5b50bd9325cad4dd4d"
+        ),
+    ),
+    (
+        "85806d7aec9f3ccd2b37acebef885d31333e62afeac2071bb180db953d44be62",
+        (
+            "1e9299fe00fe7cd0d3fc0cc5eb75ca1aa8c3b740122a0010493d9516a517972d922925f2f1c0d6d2"
+            "7a378b3972922b52c1914d41891db4dc3e9a664d8177ba896efb3807a01bb993bde4f05a8031e9a6"
+            "a847fbc4f650a46508d29e3d69fc770267698c625a7c559ce0519853eb1775c6e5d096192363de55"
+            "47c6e0844e0ab6b2"
+        ),
+    ),
+    (
+        "10ec396f7833a1b353056f7d2bfbedf8709e4bb08707fc1c5cd457d91476be15",
+        (
+            "62802109a09aef83b2c72b79043cf4209d72d09ad305885beb3686dabe721e43b5d46212160a747f"
+            "273408d25ea8ad4598f61f80c9014473bbce785f38d4dd41deb7b6cdba80f8865cd29acdc179eeec"
+            "da234485aa07d2fbb2e99468df840d00"
+        ),
+    ),
+    (
+        "ebb97bcf7f31ec5b6de10344d530a9a5035a45702e09708480fd2562f61dc668",
+        (
+            "1462943efb0d2eeaee4910647f376368d7fb81b875deb554a7dd5dfa9ebe22d539bb4342060899d0"
+            "5399f9253a368e70"
+        ),
+    ),
+    (
+        "2f798482b591fa0411892e3065035c8b89abf294b15f3cf2c49ffdce57d49688",
+        (
+            "755615221793fca9eab630a378c497e4f0f7274221dc874c8cebd6c79efb14e75729f380f2c5fe15"
+            "44d2e3e30b56e7c6"
+        ),
+    ),
 ]
 
 
 def pair(
-    *, secret_i: bytes = SECRET, secret_r: bytes = SECRET, prologue_i: bytes = PROLOGUE,
+    *,
+    secret_i: bytes = SECRET,
+    secret_r: bytes = SECRET,
+    prologue_i: bytes = PROLOGUE,
     prologue_r: bytes = PROLOGUE,
 ) -> tuple[Handshake, Handshake, SigningKey, SigningKey]:
     key_i, key_r = SigningKey.generate(), SigningKey.generate()
-    initiator = Handshake(initiator=True, device_key=key_i, group_secret=secret_i,
-                          prologue=prologue_i)
-    responder = Handshake(initiator=False, device_key=key_r, group_secret=secret_r,
-                          prologue=prologue_r)
+    initiator = Handshake(
+        initiator=True, device_key=key_i, group_secret=secret_i, prologue=prologue_i
+    )
+    responder = Handshake(
+        initiator=False, device_key=key_r, group_secret=secret_r, prologue=prologue_r
+    )
     return initiator, responder, key_i, key_r
 
 
@@ -71,18 +100,30 @@ def run(initiator: Handshake, responder: Handshake) -> tuple[Session, Session]:
 
 
 def flip(data: bytes, index: int) -> bytes:
-    return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1:]
+    return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1 :]
 
 
 def test_noise_engine_matches_published_test_vector() -> None:
     h = bytes.fromhex
     psks = [h(psk) for psk in V_PSKS]
-    initiator = NoiseState(name=V_NAME, pattern=V_PATTERN, initiator=True,
-                           prologue=h(V_PROLOGUE), static=h(V_INIT_STATIC), psks=psks,
-                           ephemeral=h(V_INIT_EPHEMERAL))
-    responder = NoiseState(name=V_NAME, pattern=V_PATTERN, initiator=False,
-                           prologue=h(V_PROLOGUE), static=h(V_RESP_STATIC), psks=psks,
-                           ephemeral=h(V_RESP_EPHEMERAL))
+    initiator = NoiseState(
+        name=V_NAME,
+        pattern=V_PATTERN,
+        initiator=True,
+        prologue=h(V_PROLOGUE),
+        static=h(V_INIT_STATIC),
+        psks=psks,
+        ephemeral=h(V_INIT_EPHEMERAL),
+    )
+    responder = NoiseState(
+        name=V_NAME,
+        pattern=V_PATTERN,
+        initiator=False,
+        prologue=h(V_PROLOGUE),
+        static=h(V_RESP_STATIC),
+        psks=psks,
+        ephemeral=h(V_RESP_EPHEMERAL),
+    )
     messages = [(h(payload), h(ciphertext)) for payload, ciphertext in V_MESSAGES]
     for index, (payload, ciphertext) in enumerate(messages[:3]):
         sender, reader = (initiator, responder) if index % 2 == 0 else (responder, initiator)
@@ -195,8 +236,9 @@ def test_handshake_steps_out_of_order_are_local_errors() -> None:
     with pytest.raises(LocalProtocolError):
         initiator.receive(bytes(MESSAGE_BYTES[1]))
     with pytest.raises(LocalProtocolError):
-        Handshake(initiator=True, device_key=SigningKey.generate(), group_secret=b"short",
-                  prologue=b"")
+        Handshake(
+            initiator=True, device_key=SigningKey.generate(), group_secret=b"short", prologue=b""
+        )
 
 
 def test_frame_cipher_refuses_replayed_reordered_and_altered_frames() -> None:

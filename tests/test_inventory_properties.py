@@ -117,13 +117,19 @@ class Clocks:
 # (kind, author, a, b): write a delta (a picks it, b an expiry) or a count of a, or learn
 # what author a's event number b had seen, and that event (a sync of part of a log).
 Step = tuple[str, int, int, int]
-steps = st.lists(st.tuples(st.sampled_from(("delta", "delta", "delta", "count", "learn", "learn")),
-                           st.integers(0, 3), st.integers(0, 30), st.integers(0, 30)),
-                 min_size=1, max_size=60)
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(("delta", "delta", "delta", "count", "learn", "learn")),
+        st.integers(0, 3),
+        st.integers(0, 30),
+        st.integers(0, 30),
+    ),
+    min_size=1,
+    max_size=60,
+)
 
 
-def write(n_authors: int, skews: Sequence[int], plan: Sequence[Step]
-          ) -> tuple[list[Event], Clocks]:
+def write(n_authors: int, skews: Sequence[int], plan: Sequence[Step]) -> tuple[list[Event], Clocks]:
     """The events ``plan`` makes, each with an hlc above everything its author had seen."""
     clocks = Clocks()
     knows: list[dict[bytes, int]] = [{} for _ in range(n_authors)]
@@ -138,8 +144,10 @@ def write(n_authors: int, skews: Sequence[int], plan: Sequence[Step]
             if other == i or not mine[other]:
                 continue
             event = mine[other][x % len(mine[other])]
-            for author, seq in [*clocks.vc[(event.author, event.seq)].items(),
-                                (event.author, event.seq)]:
+            for author, seq in [
+                *clocks.vc[(event.author, event.seq)].items(),
+                (event.author, event.seq),
+            ]:
                 knows[i][author] = max(knows[i].get(author, 0), seq)
                 top[i] = max(top[i], hlc_of[(author, seq)])
             continue
@@ -150,9 +158,13 @@ def write(n_authors: int, skews: Sequence[int], plan: Sequence[Step]
         if kind == "delta":
             delta = DELTAS[a % len(DELTAS)]
             expires = f"2026-12-{1 + x % 5:02d}" if delta > 0 and x % 3 else None
-            body = b.StockAdjusted(item="rice", location="pantry", delta=delta,
-                                   reason="donation" if delta > 0 else "distribution",
-                                   expires=expires)
+            body = b.StockAdjusted(
+                item="rice",
+                location="pantry",
+                delta=delta,
+                reason="donation" if delta > 0 else "distribution",
+                expires=expires,
+            )
         else:
             body = b.StockCounted(item="rice", location="pantry", count=a)
         event = Event(bytes([i + 1, seq]) * 16, author, seq, hlc, body)
@@ -180,10 +192,12 @@ def causal_order(written: Sequence[Event], clocks: Clocks, rng: random.Random) -
     an event until then: decision 0004)."""
     waiting, done, order = list(written), set[tuple[bytes, int]](), []
     while waiting:
-        ready = [e for e in waiting
-                 if (e.seq == 2 or (e.author, e.seq - 1) in done)
-                 and all(top < 2 or (a, top) in done
-                         for a, top in clocks.vc[(e.author, e.seq)].items())]
+        ready = [
+            e
+            for e in waiting
+            if (e.seq == 2 or (e.author, e.seq - 1) in done)
+            and all(top < 2 or (a, top) in done for a, top in clocks.vc[(e.author, e.seq)].items())
+        ]
         event = rng.choice(ready)
         waiting.remove(event)
         done.add((event.author, event.seq))
@@ -208,8 +222,7 @@ def deliver(batches: Sequence[Sequence[Event]], clocks: Clocks) -> tuple[State |
     last: Key | None = None
     refolds = 0
     for batch in batches:
-        new = sorted({e.key: e for e in batch if e.key not in held}.values(),
-                     key=lambda e: e.key)
+        new = sorted({e.key: e for e in batch if e.key not in held}.values(), key=lambda e: e.key)
         late = False
         for event in new:
             held[event.key] = event
@@ -251,10 +264,16 @@ def chunks(events: Sequence[Event], rng: random.Random, dups: int) -> list[list[
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n=st.integers(2, 4), skews=st.lists(st.integers(-60, 60), min_size=4, max_size=4),
-       plan=steps, rng=st.randoms(use_true_random=False), dups=st.integers(0, 5))
+@given(
+    n=st.integers(2, 4),
+    skews=st.lists(st.integers(-60, 60), min_size=4, max_size=4),
+    plan=steps,
+    rng=st.randoms(use_true_random=False),
+    dups=st.integers(0, 5),
+)
 def test_in_any_causal_delivery_the_state_is_the_fold_of_the_set_and_follows_the_rule(
-        n: int, skews: list[int], plan: list[Step], rng: random.Random, dups: int) -> None:
+    n: int, skews: list[int], plan: list[Step], rng: random.Random, dups: int
+) -> None:
     written, clocks = write(n, skews, plan)
     if not written:
         return
@@ -284,13 +303,16 @@ def test_a_re_fold_finds_exactly_the_deltas_a_count_had_seen() -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(plan=st.lists(st.tuples(st.booleans(), st.integers(0, 30), st.integers(0, 30)),
-                     min_size=1, max_size=60))
+@given(
+    plan=st.lists(
+        st.tuples(st.booleans(), st.integers(0, 30), st.integers(0, 30)), min_size=1, max_size=60
+    )
+)
 def test_one_person_adjusting_and_counting_in_turn_never_re_folds(
-        plan: list[tuple[bool, int, int]]) -> None:
+    plan: list[tuple[bool, int, int]],
+) -> None:
     """The common path stays incremental and its state does not grow."""
-    written, clocks = write(1, [0], [("count" if c else "delta", 0, a, x)
-                                     for c, a, x in plan])
+    written, clocks = write(1, [0], [("count" if c else "delta", 0, a, x) for c, a, x in plan])
     state, refolds = deliver([[e] for e in written], clocks)
     assert refolds == 0
     assert state is not None and len(state["since"]) <= 1  # type: ignore[arg-type]
@@ -301,11 +323,19 @@ def test_one_person_adjusting_and_counting_in_turn_never_re_folds(
 # -- on real nodes: eventgen authors adjusting, counting and syncing -----------------------
 
 RICE = st.integers(0, 333).map(lambda i: 3 * i)  # eventgen: item = ITEMS[x % 3] = rice
-stock_ops = st.lists(st.one_of(
-    st.tuples(st.sampled_from(("adjust", "adjust", "count", "burst")), st.integers(0, 3),
-              RICE, st.integers(0, 999)),
-    st.tuples(st.just("sync"), st.integers(0, 3), st.integers(0, 3), st.integers(0, 999)),
-), min_size=8, max_size=45)
+stock_ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.sampled_from(("adjust", "adjust", "count", "burst")),
+            st.integers(0, 3),
+            RICE,
+            st.integers(0, 999),
+        ),
+        st.tuples(st.just("sync"), st.integers(0, 3), st.integers(0, 3), st.integers(0, 999)),
+    ),
+    min_size=8,
+    max_size=45,
+)
 
 
 def stocks_from_envelopes(union: Sequence[Envelope]) -> dict[str, list[Stock]]:
@@ -315,8 +345,7 @@ def stocks_from_envelopes(union: Sequence[Envelope]) -> dict[str, list[Stock]]:
     past: dict[bytes, frozenset[tuple[bytes, int]]] = {}
     for env in union:  # canonical order: what an event names comes before it
         parents = [by_hash[h] for h in (*env.deps, *([env.prev] if env.prev else []))]
-        past[env.hash] = frozenset().union(
-            *(past[p.hash] | {(p.author, p.seq)} for p in parents))
+        past[env.hash] = frozenset().union(*(past[p.hash] | {(p.author, p.seq)} for p in parents))
     out: dict[str, list[Stock]] = {}
     for env in union:
         body = b.parse(env.type, env.body) if env.type.startswith("stock.") else None
@@ -330,12 +359,20 @@ def stocks_from_envelopes(union: Sequence[Envelope]) -> dict[str, list[Stock]]:
     return out
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(n=st.integers(2, 4), skew=st.lists(st.integers(-200, 200), min_size=4, max_size=4),
-       operations=stock_ops, rng=st.randoms(use_true_random=False))
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    n=st.integers(2, 4),
+    skew=st.lists(st.integers(-200, 200), min_size=4, max_size=4),
+    operations=stock_ops,
+    rng=st.randoms(use_true_random=False),
+)
 def test_nodes_show_the_count_rule_in_any_delivery_order(
-        n: int, skew: list[int], operations: list[Op], rng: random.Random) -> None:
+    n: int, skew: list[int], operations: list[Op], rng: random.Random
+) -> None:
     async def check() -> None:
         async with network(n, skew, operations) as net:
             for peer in net.peers:  # each partial set, folded as it arrived
@@ -355,10 +392,13 @@ def test_nodes_show_the_count_rule_in_any_delivery_order(
             for peer in net.peers:
                 await assert_same_projections(peer.node, reference, peer.name)
 
-            rows = {r["entity"]: (r["on_hand"], r["expires"], r["flags"])
-                    for r in await reference.rows("inventory")}
-            want = {entity: expected(stocks)
-                    for entity, stocks in stocks_from_envelopes(union).items()}
+            rows = {
+                r["entity"]: (r["on_hand"], r["expires"], r["flags"])
+                for r in await reference.rows("inventory")
+            }
+            want = {
+                entity: expected(stocks) for entity, stocks in stocks_from_envelopes(union).items()
+            }
             assert rows == want
 
     asyncio.run(check())

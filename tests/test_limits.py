@@ -47,15 +47,24 @@ class FakeClock:
 
 def only_events(rate: Rate, *, grace: float = 10.0, max_pause: float = 1e9) -> Limits:
     """Limits where only the events bucket binds."""
-    return Limits(frames=HUGE, events=rate, frame_bytes=HUGE, other_bytes=HUGE,
-                  grace=grace, max_pause=max_pause)
+    return Limits(
+        frames=HUGE,
+        events=rate,
+        frame_bytes=HUGE,
+        other_bytes=HUGE,
+        grace=grace,
+        max_pause=max_pause,
+    )
 
 
 def test_codes_are_the_error_classes_codes() -> None:
     classes = (RateLimited.code, CreditTimeout.code, HandshakeTimeout.code)
     assert classes == (RATE_LIMIT, CREDIT_TIMEOUT, HANDSHAKE_TIMEOUT)
     assert (RATE_LIMIT, CREDIT_TIMEOUT, HANDSHAKE_TIMEOUT) == (
-        "rate-limit", "credit-timeout", "handshake-timeout")
+        "rate-limit",
+        "credit-timeout",
+        "handshake-timeout",
+    )
 
 
 def test_limits_refuse_nonsense() -> None:
@@ -78,16 +87,21 @@ conforming_peers = st.tuples(
     st.floats(1, 10_000),  # rate per second
     st.floats(1, 10_000),  # burst
     st.lists(st.floats(0.01, 1), min_size=1, max_size=200),  # shares of the burst
-).flatmap(lambda t: st.tuples(
-    st.just(t[0]), st.just(t[1]),
-    st.lists(st.tuples(st.floats(0, 1), st.floats(1, 100)), max_size=200),  # cost, slack
-    st.just(t[2])))
+).flatmap(
+    lambda t: st.tuples(
+        st.just(t[0]),
+        st.just(t[1]),
+        st.lists(st.tuples(st.floats(0, 1), st.floats(1, 100)), max_size=200),  # cost, slack
+        st.just(t[2]),
+    )
+)
 
 
 @given(conforming_peers)
 @settings(max_examples=300, deadline=None)
 def test_a_peer_within_its_rate_and_burst_is_never_throttled(
-        peer: tuple[float, float, list[tuple[float, float]], list[float]]) -> None:
+    peer: tuple[float, float, list[tuple[float, float]], list[float]],
+) -> None:
     """A burst at once, then every frame at least cost/rate after the previous one."""
     rate, burst, later, first = peer
     clock = FakeClock()
@@ -130,13 +144,17 @@ class Flood:
         raise AssertionError(f"no cut in {max_frames} frames")
 
 
-@given(rate=st.floats(10, 5_000), burst_seconds=st.floats(0.01, 2),
-       factor=st.floats(1.5, 1_000), grace=st.floats(0.1, 3),
-       per_frame=st.floats(0.0005, 0.2))
+@given(
+    rate=st.floats(10, 5_000),
+    burst_seconds=st.floats(0.01, 2),
+    factor=st.floats(1.5, 1_000),
+    grace=st.floats(0.1, 3),
+    per_frame=st.floats(0.0005, 0.2),
+)
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 def test_a_flood_is_throttled_to_the_rate_then_cut_after_the_grace(
-        rate: float, burst_seconds: float, factor: float, grace: float,
-        per_frame: float) -> None:
+    rate: float, burst_seconds: float, factor: float, grace: float, per_frame: float
+) -> None:
     burst = rate * burst_seconds
     cost = max(1, math.floor(rate * per_frame))  # events per frame
     assume(cost <= burst)
@@ -161,11 +179,11 @@ def test_a_flood_is_throttled_to_the_rate_then_cut_after_the_grace(
     assert accepted <= burst + rate * cut_at + cost + 1e-6
 
 
-@given(rate=st.floats(10, 1_000), factor=st.floats(0.05, 0.95),
-       flood_for=st.floats(0.5, 5))
+@given(rate=st.floats(10, 1_000), factor=st.floats(0.05, 0.95), flood_for=st.floats(0.5, 5))
 @settings(max_examples=60, deadline=None)
 def test_a_peer_that_slows_below_its_rate_after_a_flood_is_never_cut(
-        rate: float, factor: float, flood_for: float) -> None:
+    rate: float, factor: float, flood_for: float
+) -> None:
     clock = FakeClock()
     grace = 2 * flood_for + 0.5
     limiter = RateLimiter(only_events(Rate(rate, rate), grace=grace), clock)
@@ -185,8 +203,10 @@ def test_a_peer_that_slows_below_its_rate_after_a_flood_is_never_cut(
 
 def test_short_pauses_are_carried_as_debt_and_the_average_rate_holds() -> None:
     clock = FakeClock()
-    limiter = RateLimiter(Limits(frames=Rate(1_000, 10), events=HUGE, frame_bytes=HUGE,
-                                 other_bytes=HUGE, grace=1e9), clock)
+    limiter = RateLimiter(
+        Limits(frames=Rate(1_000, 10), events=HUGE, frame_bytes=HUGE, other_bytes=HUGE, grace=1e9),
+        clock,
+    )
     pauses = []
     for _ in range(10_010):  # frames as fast as the reader allows
         verdict = limiter.account(1)
@@ -214,10 +234,13 @@ def test_one_frame_far_over_the_limit_is_cut_at_once() -> None:
 @pytest.mark.parametrize("which", ["frames", "events", "frame bytes", "non-event bytes"])
 def test_each_bucket_binds_and_its_name_is_in_the_reason(which: str) -> None:
     small = Rate(10, 10)
-    limits = Limits(frames=small if which == "frames" else HUGE,
-                    events=small if which == "events" else HUGE,
-                    frame_bytes=small if which == "frame bytes" else HUGE,
-                    other_bytes=small if which == "non-event bytes" else HUGE, grace=1.0)
+    limits = Limits(
+        frames=small if which == "frames" else HUGE,
+        events=small if which == "events" else HUGE,
+        frame_bytes=small if which == "frame bytes" else HUGE,
+        other_bytes=small if which == "non-event bytes" else HUGE,
+        grace=1.0,
+    )
     clock = FakeClock()
     limiter = RateLimiter(limits, clock)
     events = 0 if which == "non-event bytes" else 1
@@ -304,11 +327,15 @@ def test_an_emptied_backlog_ends_the_wait() -> None:
     assert watch.check(100) == GO_ON
 
 
-@given(timeout=st.floats(1, 120), grants=st.lists(st.floats(0.0, 0.99), max_size=300),
-       tick=st.floats(0.01, 1.0))
+@given(
+    timeout=st.floats(1, 120),
+    grants=st.lists(st.floats(0.0, 0.99), max_size=300),
+    tick=st.floats(0.01, 1.0),
+)
 @settings(max_examples=200, deadline=None)
 def test_a_slow_peer_that_grants_credit_in_small_amounts_is_never_cut(
-        timeout: float, grants: list[float], tick: float) -> None:
+    timeout: float, grants: list[float], tick: float
+) -> None:
     """Each grant lets a frame out (progress) before ``timeout`` has passed since the
     last one, however slowly; the backlog never empties."""
     clock = FakeClock()
@@ -326,8 +353,7 @@ def test_a_slow_peer_that_grants_credit_in_small_amounts_is_never_cut(
 
 @given(timeout=st.floats(0.5, 100), dribbles=st.integers(1, 500))
 @settings(max_examples=100, deadline=None)
-def test_grants_too_small_to_let_an_event_out_do_not_count(timeout: float,
-                                                           dribbles: int) -> None:
+def test_grants_too_small_to_let_an_event_out_do_not_count(timeout: float, dribbles: int) -> None:
     """A peer granting 1 byte now and then (no frame goes out: no ``progress``) is cut
     at the timeout all the same."""
     clock = FakeClock()
@@ -403,11 +429,15 @@ def test_address_keys() -> None:
     assert address_key("unknown") == "unknown"
 
 
-@given(st.lists(st.tuples(st.booleans(), st.integers(0, 5)), max_size=300),
-       st.integers(1, 4), st.integers(1, 10))
+@given(
+    st.lists(st.tuples(st.booleans(), st.integers(0, 5)), max_size=300),
+    st.integers(1, 4),
+    st.integers(1, 10),
+)
 @settings(max_examples=200, deadline=None)
-def test_connection_counts_follow_a_model(ops: list[tuple[bool, int]], per: int,
-                                          total: int) -> None:
+def test_connection_counts_follow_a_model(
+    ops: list[tuple[bool, int]], per: int, total: int
+) -> None:
     limits = ConnectionLimits(per_address=per, total=total, clock=FakeClock())
     model: dict[str, int] = {}
     for opening, n in ops:

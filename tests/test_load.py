@@ -43,9 +43,18 @@ RSS_BOUND_MB = 200.0  # a node holds ~40 MB here; only a runaway would cross thi
 
 
 def test_six_nodes_writing_converge_without_fd_or_task_leaks(tmp_path: Path) -> None:
-    config = load.Config(nodes=6, seconds=20.0, rate=2.0, seed=6, topology="chords",
-                         sample=1.0, warmup=5.0, settle=2.0, converge_timeout=60.0,
-                         base=tmp_path)
+    config = load.Config(
+        nodes=6,
+        seconds=20.0,
+        rate=2.0,
+        seed=6,
+        topology="chords",
+        sample=1.0,
+        warmup=5.0,
+        settle=2.0,
+        converge_timeout=60.0,
+        base=tmp_path,
+    )
     result = load.run(config)
     for line in load.report(result):
         print(line)
@@ -57,14 +66,16 @@ def test_six_nodes_writing_converge_without_fd_or_task_leaks(tmp_path: Path) -> 
     assert result.delta("fds") <= load.FD_SLACK, (result.before, result.after)
     assert result.delta("tasks") <= load.TASK_SLACK, (result.before, result.after)
     assert result.delta("threads") == 0
-    assert all(s["sessions"] == b["sessions"] for b, s in zip(result.before, result.after,
-                                                              strict=True))
+    assert all(
+        s["sessions"] == b["sessions"] for b, s in zip(result.before, result.after, strict=True)
+    )
     assert result.peak_rss < RSS_BOUND_MB
     assert result.clean_exits == config.nodes
 
 
 async def test_a_status_pass_does_not_resurrect_a_session_that_ended_meanwhile(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Seen in the 5-minute run: 'peer lost: X at ADDR' then, 0.3-0.4 s later and with no
     new connection, 'peer connected: X at ADDR' (3 of 8 session ends). ``_status`` walks a
     snapshot of the sessions and awaits ``_record`` for each; a session that ends during
@@ -85,8 +96,9 @@ async def test_a_status_pass_does_not_resurrect_a_session_that_ended_meanwhile(
         record = server._record
         armed = [True]
 
-        async def end_it_meanwhile(address: str, key: bytes | None, *, connected: bool,
-                                   **fields: Any) -> None:
+        async def end_it_meanwhile(
+            address: str, key: bytes | None, *, connected: bool, **fields: Any
+        ) -> None:
             if armed[0] and connected:  # the status pass, awaiting the store
                 armed[0] = False
                 await client.stop()  # the peer goes away during the await
@@ -99,7 +111,7 @@ async def test_a_status_pass_does_not_resurrect_a_session_that_ended_meanwhile(
         lost = max(i for i, s in enumerate(said) if s.startswith("peer lost"))
         rows = {r.address: r for r in await a.store.read(known_peers)}
         assert session not in server.sessions
-        assert said[lost + 1:] == [], said
+        assert said[lost + 1 :] == [], said
         assert not rows[f"inbound:{bytes(b.key.verify_key).hex()}"].connected
         assert session not in server._announced and session not in server._caught_up
     finally:

@@ -53,17 +53,22 @@ def test_five_nodes_writing_through_loss_delay_and_cuts_converge(tmp_path: Path)
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert report.prefix not in left, f"namespaces left behind: {left}"
 
-    delay = (f"{report.delay['mean_ms']} ms mean ({report.delay['min_ms']}–"
-             f"{report.delay['max_ms']}) over {report.delay['chunks']} chunks"
-             if report.delay else "netem")
+    delay = (
+        f"{report.delay['mean_ms']} ms mean ({report.delay['min_ms']}–"
+        f"{report.delay['max_ms']}) over {report.delay['chunks']} chunks"
+        if report.delay
+        else "netem"
+    )
     converged = f"{report.converged_s:.2f} s" if report.converged_s is not None else "never"
-    print(f"\n{report.mode}: {report.written} writes in {report.window_s:.1f} s of faults "
-          f"(the last {report.last_write_s:.1f} s in); "
-          f"loss {report.loss_measured:.1f} % of {report.packets_sent} packets; delay "
-          f"{delay}; {len(report.cuts)} cuts, {report.cut_total_s:.1f} s of links down"
-          f"\nevents missing per node when the faults stopped: {report.missing_at_stop}; "
-          f"same log on all {PLAN.nodes} after {converged}; digests read back at "
-          f"{report.confirmed_s:.1f} s")
+    print(
+        f"\n{report.mode}: {report.written} writes in {report.window_s:.1f} s of faults "
+        f"(the last {report.last_write_s:.1f} s in); "
+        f"loss {report.loss_measured:.1f} % of {report.packets_sent} packets; delay "
+        f"{delay}; {len(report.cuts)} cuts, {report.cut_total_s:.1f} s of links down"
+        f"\nevents missing per node when the faults stopped: {report.missing_at_stop}; "
+        f"same log on all {PLAN.nodes} after {converged}; digests read back at "
+        f"{report.confirmed_s:.1f} s"
+    )
     # Every local write is acknowledged whatever the network does.
     assert report.failed_writes == []
     assert report.written == PLAN.nodes * PLAN.writes

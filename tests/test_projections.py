@@ -57,8 +57,9 @@ class World:
         self.people = 0
 
     async def node(self, skew_ms: int = 0) -> Node:
-        node = await Node.open(self.root / f"node{len(self.nodes)}.db", self.group,
-                               clock=self.wall.reader(skew_ms))
+        node = await Node.open(
+            self.root / f"node{len(self.nodes)}.db", self.group, clock=self.wall.reader(skew_ms)
+        )
         self.nodes.append(node)
         return node
 
@@ -112,8 +113,11 @@ async def assert_rice_everywhere(nodes: Sequence[Node], on_hand: int, flags: str
 
 
 async def claims_of(node: Node, target: Envelope) -> dict[bytes, Row]:
-    return {r["id"]: r for r in await node.rows("board_claims")  # type: ignore[misc]
-            if r["target"] == target.hash}
+    return {
+        r["id"]: r
+        for r in await node.rows("board_claims")  # type: ignore[misc]
+        if r["target"] == target.hash
+    }
 
 
 async def assert_rebuild_agrees(node: Node) -> None:
@@ -132,7 +136,8 @@ def offer(title: str = "Apples", **extra: object) -> dict[str, object]:
 
 
 async def test_two_claims_beyond_the_quantity_over_claim_the_offer(
-        world: World, kiosk: Node) -> None:
+    world: World, kiosk: Node
+) -> None:
     ann, bo, cy = [await world.person(n, kiosk) for n in ("Ann", "Bo", "Cy")]
     apples = await ann.does("offer.posted", **offer(quantity=10))
     first = await bo.does("claim.made", target=apples.hash, quantity=6)
@@ -161,7 +166,8 @@ async def test_claims_within_the_quantity_are_not_flagged(world: World, kiosk: N
 
 
 async def test_the_holder_confirming_the_later_claim_ranks_it_first(
-        world: World, kiosk: Node) -> None:
+    world: World, kiosk: Node
+) -> None:
     ann, bo, cy = [await world.person(n, kiosk) for n in ("Ann", "Bo", "Cy")]
     apples = await ann.does("offer.posted", **offer(quantity=10))
     first = await bo.does("claim.made", target=apples.hash, quantity=6)
@@ -185,7 +191,8 @@ async def test_the_holder_confirming_the_later_claim_ranks_it_first(
 
 
 async def test_a_decline_or_confirm_by_someone_other_than_the_holder_is_ignored(
-        world: World, kiosk: Node) -> None:
+    world: World, kiosk: Node
+) -> None:
     ann, bo, cy = [await world.person(n, kiosk) for n in ("Ann", "Bo", "Cy")]
     apples = await ann.does("offer.posted", **offer(quantity=10))
     claim = await bo.does("claim.made", target=apples.hash, quantity=4)
@@ -199,7 +206,8 @@ async def test_a_decline_or_confirm_by_someone_other_than_the_holder_is_ignored(
 
 
 async def test_the_claimant_releases_their_claim_and_only_they_can(
-        world: World, kiosk: Node) -> None:
+    world: World, kiosk: Node
+) -> None:
     ann, bo, cy = [await world.person(n, kiosk) for n in ("Ann", "Bo", "Cy")]
     apples = await ann.does("offer.posted", **offer(quantity=10))
     claim = await bo.does("claim.made", target=apples.hash, quantity=4)
@@ -232,15 +240,17 @@ async def test_a_fulfilled_claim_stays_claimed_and_is_final(world: World, kiosk:
 
 async def test_the_claimant_may_mark_their_claim_fulfilled(world: World, kiosk: Node) -> None:
     ann, bo = await world.person("Ann", kiosk), await world.person("Bo", kiosk)
-    need = await ann.does("need.posted", title="Nappies", category="baby", quantity=2,
-                          urgency="urgent")
+    need = await ann.does(
+        "need.posted", title="Nappies", category="baby", quantity=2, urgency="urgent"
+    )
     claim = await bo.does("claim.made", target=need.hash, quantity=2)
     await bo.does("claim.fulfilled", claim=claim.hash)
     assert (await claims_of(kiosk, need))[claim.hash]["status"] == "fulfilled"
 
 
 async def test_a_withdrawn_offer_shows_withdrawn_and_only_its_author_withdraws_it(
-        world: World, kiosk: Node) -> None:
+    world: World, kiosk: Node
+) -> None:
     ann, bo = await world.person("Ann", kiosk), await world.person("Bo", kiosk)
     apples = await ann.does("offer.posted", **offer(quantity=10))
     await bo.does("offer.withdrawn", offer=apples.hash)
@@ -253,25 +263,45 @@ async def test_a_withdrawn_offer_shows_withdrawn_and_only_its_author_withdraws_i
 
 async def test_a_need_shows_its_urgency_quantity_and_date(world: World, kiosk: Node) -> None:
     ann = await world.person("Ann", kiosk)
-    need = await ann.does("need.posted", title="Baby formula", category="baby", quantity=3,
-                          urgency="urgent", location="hub", by="2026-12-01")
+    need = await ann.does(
+        "need.posted",
+        title="Baby formula",
+        category="baby",
+        quantity=3,
+        urgency="urgent",
+        location="hub",
+        by="2026-12-01",
+    )
     entry = await one(kiosk, "board_entries", id=need.hash)
     assert entry == {
-        "id": need.hash, "kind": "need", "author": ann.author, "hlc": need.hlc,
-        "title": "Baby formula", "category": "baby", "item": None, "quantity": 3,
-        "location": "hub", "until": "2026-12-01", "urgency": "urgent", "status": "open",
-        "claimed": 0, "remaining": 3, "flags": "",
+        "id": need.hash,
+        "kind": "need",
+        "author": ann.author,
+        "hlc": need.hlc,
+        "title": "Baby formula",
+        "category": "baby",
+        "item": None,
+        "quantity": 3,
+        "location": "hub",
+        "until": "2026-12-01",
+        "urgency": "urgent",
+        "status": "open",
+        "claimed": 0,
+        "remaining": 3,
+        "flags": "",
     }
-    withdrawn = await ann.does("need.posted", title="Blankets", category="home",
-                               urgency="low")
+    withdrawn = await ann.does("need.posted", title="Blankets", category="home", urgency="low")
     await ann.does("need.withdrawn", need=withdrawn.hash)
     row = await one(kiosk, "board_entries", id=withdrawn.hash)
     assert (row["urgency"], row["quantity"], row["remaining"], row["status"]) == (
-        "low", None, None, "withdrawn")
+        "low",
+        None,
+        None,
+        "withdrawn",
+    )
 
 
-async def test_an_offer_without_a_quantity_is_never_over_claimed(
-        world: World, kiosk: Node) -> None:
+async def test_an_offer_without_a_quantity_is_never_over_claimed(world: World, kiosk: Node) -> None:
     ann, bo, cy = [await world.person(n, kiosk) for n in ("Ann", "Bo", "Cy")]
     lifts = await ann.does("offer.posted", title="Lifts to the clinic", category="transport")
     await bo.does("claim.made", target=lifts.hash, quantity=5)
@@ -282,7 +312,8 @@ async def test_an_offer_without_a_quantity_is_never_over_claimed(
 
 
 async def test_a_claim_on_a_target_never_posted_is_refused_and_writes_nothing(
-        world: World, kiosk: Node) -> None:
+    world: World, kiosk: Node
+) -> None:
     """An id names the event that created the entity: a node cannot name what it lacks."""
     bo = await world.person("Bo", kiosk)
     before = await kiosk.digest()
@@ -316,9 +347,16 @@ async def forged(person: Person, after: Envelope, type_: str, **body: object) ->
     implementation could send without checking that it has what the body names
     (stamped after ``after``, as the validity rule asks of what an event names)."""
     head = (await person.node.store.heads())[person.author]
-    return events.create(person.key, group=person.node.store.group.id, seq=head.seq + 1,
-                         prev=head.hash, deps=[], hlc=max(head.hlc, after.hlc) + 1,
-                         type=type_, body=body)
+    return events.create(
+        person.key,
+        group=person.node.store.group.id,
+        seq=head.seq + 1,
+        prev=head.hash,
+        deps=[],
+        hlc=max(head.hlc, after.hlc) + 1,
+        type=type_,
+        body=body,
+    )
 
 
 async def test_a_claim_step_received_before_its_claim_waits_for_it(world: World) -> None:
@@ -343,8 +381,9 @@ async def test_a_claim_step_received_before_its_claim_waits_for_it(world: World)
 # -- inventory ----------------------------------------------------------------------
 
 
-def adjust(item: str, location: str, delta: int, reason: str = "donation",
-           **extra: object) -> dict[str, object]:
+def adjust(
+    item: str, location: str, delta: int, reason: str = "donation", **extra: object
+) -> dict[str, object]:
     return {"item": item, "location": location, "delta": delta, "reason": reason, **extra}
 
 
@@ -356,10 +395,15 @@ async def test_deltas_add_up_per_item_and_location(world: World, kiosk: Node) ->
     await bo.does("stock.adjusted", **adjust("rice", "hub", 4))
     await bo.does("stock.adjusted", **adjust("beans", "pantry", 2))
 
-    rows = {(r["item"], r["location"]): (r["on_hand"], r["flags"])
-            for r in await kiosk.rows("inventory")}
-    assert rows == {("rice", "pantry"): (6, ""), ("rice", "hub"): (4, ""),
-                    ("beans", "pantry"): (2, "")}
+    rows = {
+        (r["item"], r["location"]): (r["on_hand"], r["flags"])
+        for r in await kiosk.rows("inventory")
+    }
+    assert rows == {
+        ("rice", "pantry"): (6, ""),
+        ("rice", "hub"): (4, ""),
+        ("beans", "pantry"): (2, ""),
+    }
     await assert_rebuild_agrees(kiosk)
 
 
@@ -376,7 +420,8 @@ async def test_stock_below_zero_is_flagged_negative(world: World, kiosk: Node) -
 
 
 async def test_a_count_replaces_what_it_saw_and_later_deltas_add_to_it(
-        world: World, kiosk: Node) -> None:
+    world: World, kiosk: Node
+) -> None:
     ann = await world.person("Ann", kiosk)
     await ann.does("stock.adjusted", **adjust("rice", "pantry", 5))
     await ann.does("stock.counted", item="rice", location="pantry", count=10)
@@ -394,8 +439,7 @@ async def test_a_count_of_zero_on_a_new_item_makes_a_row(world: World, kiosk: No
     assert (row["on_hand"], row["expires"], row["flags"]) == (0, None, "")
 
 
-async def test_a_delta_made_apart_from_a_count_is_added_and_flags_a_recount(
-        world: World) -> None:
+async def test_a_delta_made_apart_from_a_count_is_added_and_flags_a_recount(world: World) -> None:
     ann = await world.person("Ann")
     bo = await world.person("Bo")
     await world.meet(ann.node, bo.node)
@@ -422,7 +466,8 @@ async def test_a_delta_made_apart_from_a_count_is_added_and_flags_a_recount(
 
 
 async def test_a_late_delta_that_sorts_before_the_count_is_still_added_with_a_recount(
-        world: World) -> None:
+    world: World,
+) -> None:
     ann = await world.person("Ann")
     bo = await world.person("Bo", await world.node(skew_ms=-60_000))  # clock a minute slow
     await world.meet(ann.node, bo.node)
@@ -446,8 +491,7 @@ async def test_two_counts_made_apart_flag_a_recount(world: World) -> None:
         assert (row["on_hand"], row["flags"]) == (winner, "recount")
 
 
-async def test_a_second_count_by_the_same_counter_keeps_the_concurrent_delta(
-        world: World) -> None:
+async def test_a_second_count_by_the_same_counter_keeps_the_concurrent_delta(world: World) -> None:
     ann = await world.person("Ann")
     bo = await world.person("Bo", await world.node(skew_ms=-60_000))  # sorts first
     await world.meet(ann.node, bo.node)
@@ -461,7 +505,8 @@ async def test_a_second_count_by_the_same_counter_keeps_the_concurrent_delta(
 
 
 async def test_a_count_that_saw_the_last_count_but_not_the_delta_still_adds_it(
-        world: World) -> None:
+    world: World,
+) -> None:
     ann = await world.person("Ann")
     bo = await world.person("Bo", await world.node(skew_ms=-60_000))  # sorts first
     cy = await world.person("Cy")
@@ -475,7 +520,8 @@ async def test_a_count_that_saw_the_last_count_but_not_the_delta_still_adds_it(
 
 
 async def test_a_delta_inside_one_count_is_added_to_a_concurrent_count_that_wins(
-        world: World) -> None:
+    world: World,
+) -> None:
     ann = await world.person("Ann")
     bo = await world.person("Bo")
     cy = await world.person("Cy", await world.node(skew_ms=60_000))  # his count sorts last
@@ -503,7 +549,8 @@ async def test_a_count_that_saw_part_of_someones_deltas_adds_the_rest(world: Wor
 
 
 async def test_two_concurrent_counts_with_their_own_deltas_then_a_count_that_saw_all(
-        world: World) -> None:
+    world: World,
+) -> None:
     ann = await world.person("Ann")
     bo = await world.person("Bo", await world.node(skew_ms=60_000))  # his count sorts last
     await world.meet(ann.node, bo.node)
@@ -527,13 +574,15 @@ async def test_two_concurrent_counts_with_their_own_deltas_then_a_count_that_saw
 
 
 async def test_adjusting_and_counting_in_turn_never_re_folds(
-        world: World, kiosk: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    world: World, kiosk: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The common path, on one node or after syncing, stays incremental."""
     refolds: list[str] = []
     fold = Inventory.fold
 
-    def counting_fold(self: Inventory, entity: str, events: Sequence[Event],
-                      causality: Causality) -> State | None:
+    def counting_fold(
+        self: Inventory, entity: str, events: Sequence[Event], causality: Causality
+    ) -> State | None:
         refolds.append(entity)
         return fold(self, entity, events, causality)
 
@@ -542,8 +591,9 @@ async def test_adjusting_and_counting_in_turn_never_re_folds(
     for n in range(1, 6):
         await ann.does("stock.adjusted", **adjust("rice", "pantry", n))
         await bo.does("stock.adjusted", **adjust("rice", "pantry", -1, "distribution"))
-        await (ann if n % 2 else bo).does("stock.counted", item="rice", location="pantry",
-                                          count=10 * n)
+        await (ann if n % 2 else bo).does(
+            "stock.counted", item="rice", location="pantry", count=10 * n
+        )
         await ann.does("stock.adjusted", **adjust("rice", "pantry", 2))
     row = await one(kiosk, "inventory", item="rice", location="pantry")
     assert (row["on_hand"], row["flags"]) == (52, "")
@@ -568,7 +618,8 @@ async def test_stock_leaves_first_expired_first_out(world: World, kiosk: Node) -
 
 
 async def test_a_count_below_the_lots_trims_them_first_expired_first(
-        world: World, kiosk: Node) -> None:
+    world: World, kiosk: Node
+) -> None:
     ann = await world.person("Ann", kiosk)
     await ann.does("stock.adjusted", **adjust("milk", "fridge", 5, expires="2026-12-01"))
     await ann.does("stock.adjusted", **adjust("milk", "fridge", 5, expires="2026-12-10"))
@@ -580,13 +631,15 @@ async def test_a_count_below_the_lots_trims_them_first_expired_first(
 # -- roster -------------------------------------------------------------------------
 
 
-def shift(slots: int = 1, start: str = "2026-11-27T09:00", end: str = "2026-11-27T12:00",
-          ) -> dict[str, object]:
+def shift(
+    slots: int = 1,
+    start: str = "2026-11-27T09:00",
+    end: str = "2026-11-27T12:00",
+) -> dict[str, object]:
     return {"role": "driver", "location": "hub", "start": start, "end": end, "slots": slots}
 
 
-async def test_two_volunteers_taking_the_last_slot_apart_over_fill_the_shift(
-        world: World) -> None:
+async def test_two_volunteers_taking_the_last_slot_apart_over_fill_the_shift(world: World) -> None:
     ann = await world.person("Ann")
     bo = await world.person("Bo")
     run = await ann.does("shift.scheduled", **shift(slots=1))
@@ -598,8 +651,7 @@ async def test_two_volunteers_taking_the_last_slot_apart_over_fill_the_shift(
     first, second = sorted([mine, his], key=lambda e: (e.hlc, e.author))
     for node in (ann.node, bo.node):
         row = await one(node, "roster_shifts", id=run.hash)
-        assert (row["slots"], row["filled"], row["open"], row["flags"]) == (
-            1, 2, 0, "over-filled")
+        assert (row["slots"], row["filled"], row["open"], row["flags"]) == (1, 2, 0, "over-filled")
         signups = {r["member"]: r for r in await node.rows("roster_signups")}
         assert (signups[first.author]["rank"], signups[first.author]["flags"]) == (1, "")
         assert (signups[second.author]["rank"], signups[second.author]["flags"]) == (2, "over")
@@ -613,12 +665,12 @@ async def test_two_volunteers_taking_the_last_slot_apart_over_fill_the_shift(
         row = await one(node, "roster_shifts", id=run.hash)
         assert (row["filled"], row["open"], row["flags"]) == (1, 0, "")
         signup = await one(node, "roster_signups", shift=run.hash)
-        assert (signup["member"], signup["rank"], signup["flags"]) == (
-            second.author, 1, "")
+        assert (signup["member"], signup["rank"], signup["flags"]) == (second.author, 1, "")
 
 
 async def test_withdrawing_frees_the_slot_and_signing_up_again_goes_to_the_back(
-        world: World, kiosk: Node) -> None:
+    world: World, kiosk: Node
+) -> None:
     ann, bo = await world.person("Ann", kiosk), await world.person("Bo", kiosk)
     run = await ann.does("shift.scheduled", **shift(slots=2))
     await ann.does("shift.signed_up", shift=run.hash)
@@ -635,7 +687,8 @@ async def test_withdrawing_frees_the_slot_and_signing_up_again_goes_to_the_back(
 
 
 async def test_a_second_sign_up_by_the_same_member_takes_one_slot(
-        world: World, kiosk: Node) -> None:
+    world: World, kiosk: Node
+) -> None:
     ann = await world.person("Ann", kiosk)
     run = await ann.does("shift.scheduled", **shift(slots=1))
     await ann.does("shift.signed_up", shift=run.hash)
@@ -645,25 +698,29 @@ async def test_a_second_sign_up_by_the_same_member_takes_one_slot(
 
 
 async def test_completed_hours_are_booked_to_the_iso_week_of_the_shift_start(
-        world: World, kiosk: Node) -> None:
+    world: World, kiosk: Node
+) -> None:
     ann, bo = await world.person("Ann", kiosk), await world.person("Bo", kiosk)
     friday = await ann.does("shift.scheduled", **shift(slots=2))
-    new_year = await ann.does("shift.scheduled", **shift(
-        start="2027-01-01T08:00", end="2027-01-01T10:00"))
+    new_year = await ann.does(
+        "shift.scheduled", **shift(start="2027-01-01T08:00", end="2027-01-01T10:00")
+    )
     await bo.does("shift.signed_up", shift=friday.hash)
     await bo.does("shift.completed", shift=friday.hash, hours=2)
     await bo.does("shift.completed", shift=friday.hash, hours=3.5)  # the last report counts
     await ann.does("shift.completed", shift=new_year.hash, hours=2)
 
-    hours = {(r["shift"], r["member"]): (r["week"], r["hours"])
-             for r in await kiosk.rows("roster_hours")}
-    assert hours == {(friday.hash, bo.author): ("2026-W48", 3.5),
-                     (new_year.hash, ann.author): ("2026-W53", 2.0)}
+    hours = {
+        (r["shift"], r["member"]): (r["week"], r["hours"]) for r in await kiosk.rows("roster_hours")
+    }
+    assert hours == {
+        (friday.hash, bo.author): ("2026-W48", 3.5),
+        (new_year.hash, ann.author): ("2026-W53", 2.0),
+    }
     await assert_rebuild_agrees(kiosk)
 
 
-async def test_a_sign_up_for_a_shift_not_yet_received_waits_for_the_shift(
-        world: World) -> None:
+async def test_a_sign_up_for_a_shift_not_yet_received_waits_for_the_shift(world: World) -> None:
     ann = await world.person("Ann")
     bo = await world.person("Bo")
     run = await ann.does("shift.scheduled", **shift(slots=3))
@@ -679,19 +736,30 @@ async def test_a_sign_up_for_a_shift_not_yet_received_waits_for_the_shift(
 
 
 async def test_a_role_is_defined_and_assigned_and_the_last_word_wins(
-        world: World, kiosk: Node) -> None:
+    world: World, kiosk: Node
+) -> None:
     ann, bo = await world.person("Ann", kiosk), await world.person("Bo", kiosk)
-    await ann.does("role.defined", slug="driver", name="Driver",
-                   description="Picks up donations", weekly_hours=4)
+    await ann.does(
+        "role.defined",
+        slug="driver",
+        name="Driver",
+        description="Picks up donations",
+        weekly_hours=4,
+    )
     await ann.does("role.assigned", role="driver", member=bo.author, until="2027-01-31")
-    assert await kiosk.rows("roles") == [{"slug": "driver", "name": "Driver",
-                                          "description": "Picks up donations",
-                                          "weekly_hours": 4.0}]
+    assert await kiosk.rows("roles") == [
+        {
+            "slug": "driver",
+            "name": "Driver",
+            "description": "Picks up donations",
+            "weekly_hours": 4.0,
+        }
+    ]
     assert await kiosk.rows("role_assignments") == [
-        {"role": "driver", "member": bo.author, "until": "2027-01-31"}]
+        {"role": "driver", "member": bo.author, "until": "2027-01-31"}
+    ]
 
-    await bo.does("role.defined", slug="driver", name="Van driver", description="",
-                  weekly_hours=6)
+    await bo.does("role.defined", slug="driver", name="Van driver", description="", weekly_hours=6)
     await ann.does("role.assigned", role="driver", member=bo.author)
     await ann.does("role.assigned", role="driver", member=ann.author, until="2026-12-31")
     assert (await one(kiosk, "roles", slug="driver"))["name"] == "Van driver"
@@ -700,54 +768,81 @@ async def test_a_role_is_defined_and_assigned_and_the_last_word_wins(
     await assert_rebuild_agrees(kiosk)
 
 
-async def test_an_assignment_to_a_role_not_defined_yet_is_listed(
-        world: World, kiosk: Node) -> None:
+async def test_an_assignment_to_a_role_not_defined_yet_is_listed(world: World, kiosk: Node) -> None:
     ann = await world.person("Ann", kiosk)
     await ann.does("role.assigned", role="cook", member=ann.author)
     assert await kiosk.rows("roles") == []
     assert await kiosk.rows("role_assignments") == [
-        {"role": "cook", "member": ann.author, "until": None}]
+        {"role": "cook", "member": ann.author, "until": None}
+    ]
 
 
 # -- catalog ------------------------------------------------------------------------
 
 
-async def test_members_are_listed_with_the_name_they_joined_with(
-        world: World, kiosk: Node) -> None:
+async def test_members_are_listed_with_the_name_they_joined_with(world: World, kiosk: Node) -> None:
     ann = await world.person("Ann", kiosk)
     (joined,) = await kiosk.events()
     assert await kiosk.rows("members") == [
-        {"author": ann.author, "name": "Ann", "languages": "", "joined": joined.hlc}]
+        {"author": ann.author, "name": "Ann", "languages": "", "joined": joined.hlc}
+    ]
 
 
 async def test_item_and_location_definitions_are_last_writer_wins(
-        world: World, kiosk: Node) -> None:
+    world: World, kiosk: Node
+) -> None:
     ann, bo = await world.person("Ann", kiosk), await world.person("Bo", kiosk)
-    await ann.does("item.defined", slug="rice", name="Rice", unit="kg", category="food",
-                   storage="ambient")
-    await bo.does("item.defined", slug="rice", name="Brown rice", unit="bag",
-                  category="grains", storage="ambient")
+    await ann.does(
+        "item.defined", slug="rice", name="Rice", unit="kg", category="food", storage="ambient"
+    )
+    await bo.does(
+        "item.defined",
+        slug="rice",
+        name="Brown rice",
+        unit="bag",
+        category="grains",
+        storage="ambient",
+    )
     await ann.does("location.defined", slug="hub", name="Community hub", kind="hub")
     await bo.does("location.defined", slug="hub", name="Church hall", kind="kitchen")
     await bo.does("location.defined", slug="fridge", name="Street fridge", kind="fridge")
 
-    assert await kiosk.rows("items") == [{"slug": "rice", "name": "Brown rice", "unit": "bag",
-                                          "category": "grains", "storage": "ambient"}]
+    assert await kiosk.rows("items") == [
+        {
+            "slug": "rice",
+            "name": "Brown rice",
+            "unit": "bag",
+            "category": "grains",
+            "storage": "ambient",
+        }
+    ]
     locations = {r["slug"]: (r["name"], r["kind"]) for r in await kiosk.rows("locations")}
-    assert locations == {"hub": ("Church hall", "kitchen"),
-                         "fridge": ("Street fridge", "fridge")}
+    assert locations == {"hub": ("Church hall", "kitchen"), "fridge": ("Street fridge", "fridge")}
     await assert_rebuild_agrees(kiosk)
 
 
 async def test_a_slug_defined_apart_on_two_nodes_ends_as_the_later_definition_everywhere(
-        world: World) -> None:
+    world: World,
+) -> None:
     ann = await world.person("Ann")
     bo = await world.person("Bo", await world.node(skew_ms=5_000))  # his clock runs ahead
     await world.meet(ann.node, bo.node)
-    bos = await bo.does("item.defined", slug="beans", name="Beans (tins)", unit="tin",
-                        category="food", storage="ambient")
-    anns = await ann.does("item.defined", slug="beans", name="Dried beans", unit="kg",
-                          category="food", storage="ambient")
+    bos = await bo.does(
+        "item.defined",
+        slug="beans",
+        name="Beans (tins)",
+        unit="tin",
+        category="food",
+        storage="ambient",
+    )
+    anns = await ann.does(
+        "item.defined",
+        slug="beans",
+        name="Dried beans",
+        unit="kg",
+        category="food",
+        storage="ambient",
+    )
     assert bos.key > anns.key  # written first, but later in the canonical order
     await world.meet(ann.node, bo.node)
     for node in (ann.node, bo.node):
@@ -759,7 +854,8 @@ async def test_a_slug_defined_apart_on_two_nodes_ends_as_the_later_definition_ev
 
 
 async def test_unknown_types_and_invalid_bodies_are_stored_but_change_no_projection(
-        world: World, kiosk: Node) -> None:
+    world: World, kiosk: Node
+) -> None:
     ann, bo = await world.person("Ann", kiosk), await world.person("Bo", kiosk)
     apples = await ann.does("offer.posted", **offer(quantity=10))
     await bo.does("claim.made", target=apples.hash, quantity=2)
@@ -768,19 +864,27 @@ async def test_unknown_types_and_invalid_bodies_are_stored_but_change_no_project
     before, digest, count = await kiosk.dump(), await kiosk.digest(), await kiosk.store.count()
 
     skipped: list[Draft] = [
-        ("note.pinned", {"text": "Bring bags"}),                      # a type from the future
-        ("offer.posted", {"title": "   ", "category": "food"}),       # empty title
+        ("note.pinned", {"text": "Bring bags"}),  # a type from the future
+        ("offer.posted", {"title": "   ", "category": "food"}),  # empty title
         ("offer.posted", {"title": "Pears", "category": "food", "quantity": 0}),
-        ("stock.adjusted", adjust("rice", "pantry", 0)),               # zero delta
-        ("stock.adjusted", adjust("rice", "pantry", 2, "gift")),       # unknown reason
+        ("stock.adjusted", adjust("rice", "pantry", 0)),  # zero delta
+        ("stock.adjusted", adjust("rice", "pantry", 2, "gift")),  # unknown reason
         ("stock.counted", {"item": "rice", "location": "pantry", "count": -1}),
-        ("claim.made", {"target": apples.hash}),                       # no quantity
+        ("claim.made", {"target": apples.hash}),  # no quantity
         ("claim.made", {"target": b"short", "quantity": 1}),
         ("claim.confirmed", {"claim": "not bytes"}),
-        ("shift.signed_up", {"shift": run.hash, "_v": 99}),            # a newer version
-        ("shift.scheduled", {**shift(), "end": "2026-11-27T08:00"}),   # ends before start
-        ("item.defined", {"slug": "Rice!", "name": "Rice", "unit": "kg",
-                          "category": "food", "storage": "ambient"}),
+        ("shift.signed_up", {"shift": run.hash, "_v": 99}),  # a newer version
+        ("shift.scheduled", {**shift(), "end": "2026-11-27T08:00"}),  # ends before start
+        (
+            "item.defined",
+            {
+                "slug": "Rice!",
+                "name": "Rice",
+                "unit": "kg",
+                "category": "food",
+                "storage": "ambient",
+            },
+        ),
         ("role.defined", {"slug": "driver"}),
         ("member.joined", {"name": ""}),
     ]
@@ -794,7 +898,8 @@ async def test_unknown_types_and_invalid_bodies_are_stored_but_change_no_project
 
 
 async def test_a_node_receiving_skipped_events_from_a_peer_shows_the_same_rows(
-        world: World) -> None:
+    world: World,
+) -> None:
     ann = await world.person("Ann")
     bo = await world.person("Bo")
     await ann.does("offer.posted", **offer(quantity=3))

@@ -58,6 +58,7 @@ async def assert_folded_as_a_rebuild(node: Node) -> None:
 async def projector_up(node: Node) -> None:
     async def ready() -> bool:
         return node._projector_ready()
+
     await eventually(ready, "the projector started", 30)
 
 
@@ -75,7 +76,8 @@ async def received_while_frozen(bo: Node, everything: list[Envelope]) -> subproc
 
 
 async def test_a_large_receive_is_folded_by_the_projector_process(
-        pair: tuple[Node, Node, list[Envelope]]) -> None:
+    pair: tuple[Node, Node, list[Envelope]],
+) -> None:
     _, bo, everything = pair
     async with bo.folding_behind():
         frozen = await received_while_frozen(bo, everything)
@@ -85,13 +87,15 @@ async def test_a_large_receive_is_folded_by_the_projector_process(
 
         async def folded() -> bool:
             return await behind(bo) == 0
+
         await eventually(folded, "the projector folded the backlog", 30)
         assert await bo.store.read(page.last_id) == EVENTS + 2
         await assert_folded_as_a_rebuild(bo)
 
 
 async def test_what_a_killed_projector_left_is_folded_when_the_node_stops_folding_behind(
-        pair: tuple[Node, Node, list[Envelope]]) -> None:
+    pair: tuple[Node, Node, list[Envelope]],
+) -> None:
     ana, bo, everything = pair
     async with bo.folding_behind():
         frozen = await received_while_frozen(bo, everything)
@@ -107,7 +111,8 @@ async def test_what_a_killed_projector_left_is_folded_when_the_node_stops_foldin
 
 
 async def test_leaving_folding_behind_folds_the_rest(
-        pair: tuple[Node, Node, list[Envelope]]) -> None:
+    pair: tuple[Node, Node, list[Envelope]],
+) -> None:
     _, bo, everything = pair
     async with bo.folding_behind():
         frozen = await received_while_frozen(bo, everything)
@@ -116,7 +121,8 @@ async def test_leaving_folding_behind_folds_the_rest(
 
 
 async def test_a_node_stopped_with_a_backlog_folds_it_when_it_opens(
-        pair: tuple[Node, Node, list[Envelope]]) -> None:
+    pair: tuple[Node, Node, list[Envelope]],
+) -> None:
     _, bo, everything = pair
     bo.store.fold_behind(lambda: True)  # as if a projector ran, and then nothing did
     await within(bo.store.receive(everything))
@@ -130,7 +136,8 @@ async def test_a_node_stopped_with_a_backlog_folds_it_when_it_opens(
 
 
 async def test_a_fork_stored_behind_the_log_is_left_out_when_the_node_opens(
-        pair: tuple[Node, Node, list[Envelope]]) -> None:
+    pair: tuple[Node, Node, list[Envelope]],
+) -> None:
     """A large receive that also records a fork, stopped before anything folded: the
     node that opens again must rebuild without the forked events, not just fold the
     backlog (the fork points it reads then are already the new ones)."""
@@ -138,9 +145,16 @@ async def test_a_fork_stored_behind_the_log_is_left_out_when_the_node_opens(
     await within(bo.store.receive(everything[:50]))  # folded in place
     kept = everything[5]
     assert kept.author == ana.author
-    twin = events.create(ana.key, group=ana.group.id, seq=kept.seq, prev=kept.prev,
-                         deps=kept.deps, hlc=kept.hlc, type="offer.posted",
-                         body={"title": "the same seq, told differently"})
+    twin = events.create(
+        ana.key,
+        group=ana.group.id,
+        seq=kept.seq,
+        prev=kept.prev,
+        deps=kept.deps,
+        hlc=kept.hlc,
+        type="offer.posted",
+        body={"title": "the same seq, told differently"},
+    )
     bo.store.fold_behind(lambda: True)
     result = await within(bo.store.receive([twin, *everything[50:]]))
     assert result.forks == [(ana.author, kept.seq)]
@@ -149,18 +163,21 @@ async def test_a_fork_stored_behind_the_log_is_left_out_when_the_node_opens(
     again = await within(Node.open(bo.data_dir))
     try:
         await assert_folded_as_a_rebuild(again)
-        rows = await again.store.read(lambda db: db.execute(
-            "SELECT count(*) FROM inventory").fetchone()[0])
+        rows = await again.store.read(
+            lambda db: db.execute("SELECT count(*) FROM inventory").fetchone()[0]
+        )
         assert rows == 1
-        on_hand = await again.store.read(lambda db: db.execute(
-            "SELECT on_hand FROM inventory").fetchone()[0])
+        on_hand = await again.store.read(
+            lambda db: db.execute("SELECT on_hand FROM inventory").fetchone()[0]
+        )
         assert on_hand == sum(range(1, kept.seq - 1))  # Ana's stock before her fork only
     finally:
         await again.close()
 
 
 async def test_doctor_compares_the_projections_of_a_node_with_a_backlog_as_folded(
-        pair: tuple[Node, Node, list[Envelope]]) -> None:
+    pair: tuple[Node, Node, list[Envelope]],
+) -> None:
     _, bo, everything = pair
     bo.store.fold_behind(lambda: True)
     await within(bo.store.receive(everything))
@@ -175,7 +192,8 @@ async def test_doctor_compares_the_projections_of_a_node_with_a_backlog_as_folde
 
 
 async def test_a_sync_of_a_large_log_ends_with_the_projections_caught_up(
-        pair: tuple[Node, Node, list[Envelope]]) -> None:
+    pair: tuple[Node, Node, list[Envelope]],
+) -> None:
     ana, bo, _ = pair
     serving = await Serving(ana).start()
     try:

@@ -42,10 +42,8 @@ ALICE, BOB, CAROL = SigningKey(b"a" * 32), SigningKey(b"b" * 32), SigningKey(b"c
 # -- helpers ------------------------------------------------------------------------
 
 
-def make(role: Role, key: SigningKey, *, secret: bytes = SECRET,
-         **options: object) -> SyncProtocol:
-    return SyncProtocol(role, device_key=key, group_secret=secret, group=GROUP,
-                        **options)  # type: ignore[arg-type]
+def make(role: Role, key: SigningKey, *, secret: bytes = SECRET, **options: object) -> SyncProtocol:
+    return SyncProtocol(role, device_key=key, group_secret=secret, group=GROUP, **options)  # type: ignore[arg-type]
 
 
 def deliver(src: SyncProtocol, dst: SyncProtocol) -> list[bytes]:
@@ -72,15 +70,23 @@ def connect(**options: object) -> tuple[SyncProtocol, SyncProtocol]:
     return a, b
 
 
-def chain(key: SigningKey, n: int, *, after: Envelope | None = None, pad: int = 0,
-          group: bytes = GROUP) -> list[Envelope]:
+def chain(
+    key: SigningKey, n: int, *, after: Envelope | None = None, pad: int = 0, group: bytes = GROUP
+) -> list[Envelope]:
     events: list[Envelope] = []
     prev = after
     for _ in range(n):
         seq = prev.seq + 1 if prev else 1
-        event = create(key, group=group, seq=seq, prev=prev.hash if prev else None, deps=[],
-                       hlc=1000 + seq, type="offer.posted",
-                       body={"item": "rice", "pad": b"x" * pad})
+        event = create(
+            key,
+            group=group,
+            seq=seq,
+            prev=prev.hash if prev else None,
+            deps=[],
+            hlc=1000 + seq,
+            type="offer.posted",
+            body={"item": "rice", "pad": b"x" * pad},
+        )
         events.append(event)
         prev = event
     return events
@@ -118,8 +124,12 @@ def received(side: SyncProtocol) -> list[Envelope]:
     return [e for batch in side.events_received() for e in batch.envelopes]
 
 
-def sync_vectors(a: SyncProtocol, b: SyncProtocol, va: dict[bytes, tuple[int, bytes]],
-                 vb: dict[bytes, tuple[int, bytes]]) -> None:
+def sync_vectors(
+    a: SyncProtocol,
+    b: SyncProtocol,
+    va: dict[bytes, tuple[int, bytes]],
+    vb: dict[bytes, tuple[int, bytes]],
+) -> None:
     a.send_have(va)
     b.send_have(vb)
     pump(a, b)
@@ -157,8 +167,9 @@ def test_stranger_without_the_group_secret_fails_on_both_sides_and_gets_nothing(
     pump(stranger, member)
     # Message 1 does not authenticate at the responder, whichever side that is; it
     # closes, and the initiator sees the stream end.
-    responder, initiator = ((member, stranger) if stranger_role is Role.INITIATOR
-                            else (stranger, member))
+    responder, initiator = (
+        (member, stranger) if stranger_role is Role.INITIATOR else (stranger, member)
+    )
     assert code_of(responder) == "handshake-failed" and responder.close_expected()
     initiator.receive_eof()
     assert code_of(initiator) == "connection-lost" and initiator.close_expected()
@@ -195,8 +206,8 @@ def test_hello_of_another_protocol_is_a_version_mismatch() -> None:
     our_hello = msgpack.packb({"t": "hello", "protocol": "potluck-sync", "versions": [1, 2]})
     assert b.data_to_send() == [our_hello]  # and nothing else: no error before the handshake
     assert our_hello.hex() == (  # the example of docs/protocol.md §messages, 43 bytes
-        "83a174a568656c6c6fa870726f746f636f6cac706f746c75636b2d73796e63"
-        "a876657273696f6e73920102")
+        "83a174a568656c6c6fa870726f746f636f6cac706f746c75636b2d73796e63a876657273696f6e73920102"
+    )
 
 
 def test_hello_altered_in_flight_fails_the_handshake() -> None:
@@ -226,8 +237,7 @@ def test_have_exchange_yields_events_wanted_for_what_the_peer_lacks() -> None:
 
 def test_wants_wait_for_the_last_have_message_of_a_large_vector() -> None:
     a, b = connect()
-    many = {bytes([i % 256, i // 256]) * 16: (1, b"h" * 32)
-            for i in range(MAX_HAVE_ENTRIES + 10)}
+    many = {bytes([i % 256, i // 256]) * 16: (1, b"h" * 32) for i in range(MAX_HAVE_ENTRIES + 10)}
     zs = chain(CAROL, 1)
     b.send_have(heads(zs))
     deliver(b, a)
@@ -258,7 +268,7 @@ def test_events_flow_and_are_received_with_their_author() -> None:
     xs = chain(ALICE, 5)
     sync_vectors(a, b, heads(xs), {})
     (want,) = a.requests()
-    a.send_events(raws(xs[want.from_seq - 1:]))
+    a.send_events(raws(xs[want.from_seq - 1 :]))
     pump(a, b)
     (batch,) = b.events_received()
     assert isinstance(batch, Received)
@@ -313,8 +323,18 @@ def test_same_seq_with_different_heads_sends_the_fork_evidence() -> None:
     a, b = connect()
     common = chain(ALICE, 2)
     ours = chain(ALICE, 1, after=common[-1])
-    theirs = [create(ALICE, group=GROUP, seq=3, prev=common[-1].hash, deps=[], hlc=2000,
-                     type="offer.posted", body={"item": "beans"})]
+    theirs = [
+        create(
+            ALICE,
+            group=GROUP,
+            seq=3,
+            prev=common[-1].hash,
+            deps=[],
+            hlc=2000,
+            type="offer.posted",
+            body={"item": "beans"},
+        )
+    ]
     sync_vectors(a, b, heads(ours), heads(theirs))
     author = bytes(ALICE.verify_key)
     assert a.requests() == [EventsWanted(author, 3, 3, theirs[0].hash)]
@@ -329,19 +349,34 @@ def test_same_seq_with_different_heads_sends_the_fork_evidence() -> None:
 # -- fork evidence (version 2) --------------------------------------------------------
 
 
-def fork(key: SigningKey = ALICE, seq: int = 2, group: bytes = GROUP,
-         ) -> tuple[Envelope, Envelope]:
+def fork(
+    key: SigningKey = ALICE,
+    seq: int = 2,
+    group: bytes = GROUP,
+) -> tuple[Envelope, Envelope]:
     """Two versions of ``key``'s event ``seq``: the same prev, different bodies."""
     before = chain(key, seq - 1, group=group)[-1] if seq > 1 else None
-    left, right = (create(key, group=group, seq=seq, prev=before.hash if before else None,
-                          deps=[], hlc=5000 + seq, type="offer.posted", body={"item": item})
-                   for item in ("left", "right"))
+    left, right = (
+        create(
+            key,
+            group=group,
+            seq=seq,
+            prev=before.hash if before else None,
+            deps=[],
+            hlc=5000 + seq,
+            type="offer.posted",
+            body={"item": item},
+        )
+        for item in ("left", "right")
+    )
     return left, right
 
 
 def evidence(left: Envelope | bytes, right: Envelope | bytes) -> dict[str, object]:
-    return {"t": "evidence", "events": [x.raw if isinstance(x, Envelope) else x
-                                        for x in (left, right)]}
+    return {
+        "t": "evidence",
+        "events": [x.raw if isinstance(x, Envelope) else x for x in (left, right)],
+    }
 
 
 def plain(side: SyncProtocol, frame: bytes) -> dict[str, object]:
@@ -441,8 +476,7 @@ def test_crossing_evidence_settles_on_the_lower_point_and_goes_quiet() -> None:
     assert a.data_to_send() == b.data_to_send() == []
 
 
-def test_evidence_that_arrives_before_the_peer_vector_is_compared_with_ours_after_it(
-) -> None:
+def test_evidence_that_arrives_before_the_peer_vector_is_compared_with_ours_after_it() -> None:
     """A peer may send evidence before its have; our lower point still reaches it."""
     a, b = connect()
     low, other = fork(seq=2)
@@ -515,8 +549,9 @@ def test_evidence_on_a_version_one_connection_is_an_unknown_message() -> None:
 
 def test_fork_points_sent_to_a_version_one_node_are_ignored() -> None:
     a, b = connect(versions=(1,))
-    b.receive_data(seal(a, {"t": "have", "vector": [], "end": True,
-                            "forks": "not even a list"}))  # an unknown key in version 1
+    b.receive_data(
+        seal(a, {"t": "have", "vector": [], "end": True, "forks": "not even a list"})
+    )  # an unknown key in version 1
     assert b.error is None and b.peer_vector_complete and b.peer_forks == {}
 
 
@@ -607,8 +642,10 @@ def _oversized() -> dict[str, object]:
 
 BAD_EVIDENCE: dict[str, tuple[Callable[[], dict[str, object]], str]] = {
     "one version": (lambda: {"t": "evidence", "events": [fork()[0].raw]}, "malformed-frame"),
-    "three versions": (lambda: {"t": "evidence", "events": [*raws(list(fork())), b"x"]},
-                       "malformed-frame"),
+    "three versions": (
+        lambda: {"t": "evidence", "events": [*raws(list(fork())), b"x"]},
+        "malformed-frame",
+    ),
     "no list": (lambda: {"t": "evidence", "events": b"xy"}, "malformed-frame"),
     "missing": (lambda: {"t": "evidence"}, "malformed-frame"),
     "text": (lambda: {"t": "evidence", "events": ["a", "b"]}, "malformed-frame"),
@@ -644,10 +681,17 @@ def test_evidence_by_an_author_the_validate_hook_refuses_takes_the_hooks_code() 
     assert_refused(b, a, "not-a-member")
 
 
-@pytest.mark.parametrize("forks", [
-    "xy", [[b"a" * 32]], [[b"a" * 31, 2]], [[b"a" * 32, 0]], [[b"a" * 32, True]],
-    [[b"a" * 32, 2]] * (MAX_HAVE_ENTRIES + 1),
-])
+@pytest.mark.parametrize(
+    "forks",
+    [
+        "xy",
+        [[b"a" * 32]],
+        [[b"a" * 31, 2]],
+        [[b"a" * 32, 0]],
+        [[b"a" * 32, True]],
+        [[b"a" * 32, 2]] * (MAX_HAVE_ENTRIES + 1),
+    ],
+)
 def test_have_with_bad_fork_points_is_malformed_frame(forks: object) -> None:
     a, b = connect()
     b.receive_data(seal(a, {"t": "have", "vector": [], "end": True, "forks": forks}))
@@ -658,8 +702,12 @@ def test_send_evidence_takes_two_versions_of_one_event() -> None:
     a, b = connect()
     sync_vectors(a, b, {}, {})
     left, right = fork()
-    for first, second in ((left.raw, left.raw), (left.raw, fork(BOB)[1].raw),
-                          (left.raw, fork(seq=3)[1].raw), (left.raw, b"not an event")):
+    for first, second in (
+        (left.raw, left.raw),
+        (left.raw, fork(BOB)[1].raw),
+        (left.raw, fork(seq=3)[1].raw),
+        (left.raw, b"not an event"),
+    ):
         with pytest.raises(LocalProtocolError):
             a.send_evidence(first, second)
     with pytest.raises(LocalProtocolError):
@@ -741,7 +789,7 @@ def test_receiver_refuses_events_beyond_its_credit() -> None:
 
 
 def flip(frame: bytes, index: int) -> bytes:
-    return frame[:index] + bytes([frame[index] ^ 0x80]) + frame[index + 1:]
+    return frame[:index] + bytes([frame[index] ^ 0x80]) + frame[index + 1 :]
 
 
 def test_flipped_ciphertext_bit_is_decrypt_failed() -> None:
@@ -778,15 +826,18 @@ def test_malformed_plaintext_is_malformed_frame(plaintext: bytes) -> None:
     assert_refused(b, a, "malformed-frame")
 
 
-@pytest.mark.parametrize("message", [
-    {"t": "have", "vector": [[b"x", 1, b"h" * 32]], "end": True},
-    {"t": "have", "vector": [], "end": "yes"},
-    {"t": "events", "author": b"a" * 32, "events": []},
-    {"t": "events", "author": b"a" * 32, "events": ["text"]},
-    {"t": "credit", "bytes": 0},
-    {"t": "credit", "bytes": True},
-    {"t": "error", "code": "Not A Code", "reason": ""},
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"t": "have", "vector": [[b"x", 1, b"h" * 32]], "end": True},
+        {"t": "have", "vector": [], "end": "yes"},
+        {"t": "events", "author": b"a" * 32, "events": []},
+        {"t": "events", "author": b"a" * 32, "events": ["text"]},
+        {"t": "credit", "bytes": 0},
+        {"t": "credit", "bytes": True},
+        {"t": "error", "code": "Not A Code", "reason": ""},
+    ],
+)
 def test_message_with_a_bad_field_is_malformed_frame(message: dict[str, object]) -> None:
     a, b = connect()
     b.receive_data(seal(a, message))
@@ -832,8 +883,9 @@ def test_forged_signature_on_the_last_event_is_bad_signature() -> None:
     fields = msgpack.unpackb(xs[-1].raw, raw=False)
     signed = pack({k: v for k, v in fields.items() if k != "sig"})
     forged = pack({**fields, "sig": CAROL.sign(signed).signature})
-    b.receive_data(seal(a, {"t": "events", "author": xs[0].author,
-                            "events": [*raws(xs[:2]), forged]}))
+    b.receive_data(
+        seal(a, {"t": "events", "author": xs[0].author, "events": [*raws(xs[:2]), forged]})
+    )
     assert_refused(b, a, "bad-signature")
     assert b.events_received() == []
 
@@ -842,16 +894,16 @@ def test_broken_chain_is_prev_mismatch() -> None:
     a, b = connect()
     xs = chain(ALICE, 2)
     stray = chain(ALICE, 1, after=chain(ALICE, 2, pad=1)[-1])  # seq 3 after another seq 2
-    b.receive_data(seal(a, {"t": "events", "author": xs[0].author,
-                            "events": raws(xs + stray)}))
+    b.receive_data(seal(a, {"t": "events", "author": xs[0].author, "events": raws(xs + stray)}))
     assert_refused(b, a, "prev-mismatch")
 
 
 def test_batch_with_a_seq_gap_is_seq_gap() -> None:
     a, b = connect()
     xs = chain(ALICE, 4)
-    b.receive_data(seal(a, {"t": "events", "author": xs[0].author,
-                            "events": raws([xs[0], xs[1], xs[3]])}))
+    b.receive_data(
+        seal(a, {"t": "events", "author": xs[0].author, "events": raws([xs[0], xs[1], xs[3]])})
+    )
     assert_refused(b, a, "seq-gap")
 
 
@@ -865,8 +917,7 @@ def test_event_of_another_group_is_unknown_group() -> None:
 def test_event_whose_author_is_not_the_batch_author_is_malformed_event() -> None:
     a, b = connect()
     xs = chain(ALICE, 1)
-    b.receive_data(seal(a, {"t": "events", "author": bytes(BOB.verify_key),
-                            "events": raws(xs)}))
+    b.receive_data(seal(a, {"t": "events", "author": bytes(BOB.verify_key), "events": raws(xs)}))
     assert_refused(b, a, "malformed-event")
 
 
@@ -992,13 +1043,11 @@ def in_state(role: Role, state: State) -> tuple[SyncProtocol, SyncProtocol]:
         State.HELLO: lambda: None,
         State.AWAIT_MESSAGE_1: lambda: deliver(peer, me),
         State.AWAIT_MESSAGE_2: lambda: deliver(peer, me),
-        State.AWAIT_MESSAGE_3: lambda: (deliver(peer, me), deliver(me, peer),
-                                        deliver(peer, me)),
+        State.AWAIT_MESSAGE_3: lambda: (deliver(peer, me), deliver(me, peer), deliver(peer, me)),
         State.OPEN: lambda: pump(me, peer),
         State.LOCAL_DONE: lambda: (pump(me, peer), me.send_bye(), pump(me, peer)),
         State.PEER_DONE: lambda: (pump(me, peer), peer.send_bye(), pump(me, peer)),
-        State.CLOSED: lambda: (pump(me, peer), peer.send_bye(), me.send_bye(),
-                               pump(me, peer)),
+        State.CLOSED: lambda: (pump(me, peer), peer.send_bye(), me.send_bye(), pump(me, peer)),
     }
     steps[state]()
     assert me.state is state, (me.state, state)
@@ -1016,13 +1065,16 @@ SAMPLES: dict[str, dict[str, object]] = {
     "error": {"t": "error", "code": "x", "reason": "x"},
     "bye": {"t": "bye"},
 }
-REACHABLE = [(role, state) for role in Role for state in TRANSITIONS[role]
-             if state is not State.FAILED]
+REACHABLE = [
+    (role, state) for role in Role for state in TRANSITIONS[role] if state is not State.FAILED
+]
 
 
 @pytest.mark.parametrize(("role", "state"), REACHABLE)
-def test_every_state_refuses_messages_the_table_does_not_allow(role: Role, state: State,
-                                                               ) -> None:
+def test_every_state_refuses_messages_the_table_does_not_allow(
+    role: Role,
+    state: State,
+) -> None:
     for kind in sorted(MESSAGE_TYPES - set(TRANSITIONS[role][state])):
         me, peer = in_state(role, state)
         me.receive_data(seal(peer, SAMPLES[kind]))
@@ -1034,10 +1086,13 @@ def test_every_state_refuses_messages_the_table_does_not_allow(role: Role, state
 
 
 @settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
-@given(place=st.sampled_from(REACHABLE),
-       frames=st.lists(st.binary(max_size=300), min_size=1, max_size=4))
+@given(
+    place=st.sampled_from(REACHABLE),
+    frames=st.lists(st.binary(max_size=300), min_size=1, max_size=4),
+)
 def test_random_bytes_in_any_state_end_in_a_protocol_error_at_worst(
-    place: tuple[Role, State], frames: list[bytes],
+    place: tuple[Role, State],
+    frames: list[bytes],
 ) -> None:
     me, _ = in_state(*place)
     for frame in frames:
@@ -1048,22 +1103,42 @@ def test_random_bytes_in_any_state_end_in_a_protocol_error_at_worst(
 
 
 _values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.binary(max_size=40)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.binary(max_size=40)
     | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
-    max_leaves=12)
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 _messages = st.fixed_dictionaries(
     {"t": st.sampled_from(sorted(MESSAGE_TYPES))},
-    optional={name: _values for name in ("protocol", "versions", "noise", "vector", "end",
-                                         "forks", "author", "events", "bytes", "code",
-                                         "reason")})
+    optional={
+        name: _values
+        for name in (
+            "protocol",
+            "versions",
+            "noise",
+            "vector",
+            "end",
+            "forks",
+            "author",
+            "events",
+            "bytes",
+            "code",
+            "reason",
+        )
+    },
+)
 
 
 @settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(place=st.sampled_from(REACHABLE), messages=st.lists(_messages, min_size=1, max_size=3))
 def test_well_sealed_nonsense_in_any_state_ends_in_a_protocol_error_at_worst(
-    place: tuple[Role, State], messages: list[dict[str, object]],
+    place: tuple[Role, State],
+    messages: list[dict[str, object]],
 ) -> None:
     me, peer = in_state(*place)
     for message in messages:

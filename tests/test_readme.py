@@ -14,8 +14,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def readme_commands() -> list[str]:
     blocks = re.findall(r"```\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
-    return [line.strip() for block in blocks for line in block.splitlines()
-            if line.startswith("python3 -m venv")]
+    return [
+        line.strip()
+        for block in blocks
+        for line in block.splitlines()
+        if line.startswith("python3 -m venv")
+    ]
 
 
 def test_ci_runs_the_readme_test_command_verbatim() -> None:
@@ -28,9 +32,20 @@ def test_readme_demo_command_shows_the_over_claim_on_both_nodes(tmp_path: Path) 
     demo = next(c for c in readme_commands() if c.endswith("demo"))
     assert "potluck --data-dir ./potluck-demo demo" in demo
     proc = subprocess.run(
-        [sys.executable, "-c", "from node.cli import main; main()",
-         "--data-dir", str(tmp_path / "potluck-demo"), "demo", "--json"],
-        capture_output=True, text=True, timeout=120, check=False)
+        [
+            sys.executable,
+            "-c",
+            "from node.cli import main; main()",
+            "--data-dir",
+            str(tmp_path / "potluck-demo"),
+            "demo",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     offer = report["board"]["offers"][0]

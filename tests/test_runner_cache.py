@@ -25,8 +25,9 @@ from projections.runner import INDEX_BUCKET, _unpack_event
 
 
 async def on_hand(node: Node) -> int:
-    rows = (await node.store.read(
-        lambda db: views.inventory(db, datetime.date(2026, 11, 27))))["rows"]
+    rows = (await node.store.read(lambda db: views.inventory(db, datetime.date(2026, 11, 27))))[
+        "rows"
+    ]
     return sum(int(row["on_hand"]) for row in rows)  # type: ignore[call-overload]
 
 
@@ -39,10 +40,10 @@ async def equals_a_rebuild(node: Node) -> bool:
 async def stocked(path: Path) -> Node:
     node = await Node.init(path, "Ana", Group.new("Cache group"))
     await node.post(b.LocationDefined(slug="pantry", name="Pantry", kind="pantry"))
-    await node.post(b.ItemDefined(slug="rice", name="Rice", unit="kg", category="food",
-                                  storage="ambient"))
-    await node.post(b.StockAdjusted(item="rice", location="pantry", delta=5,
-                                    reason="donation"))
+    await node.post(
+        b.ItemDefined(slug="rice", name="Rice", unit="kg", category="food", storage="ambient")
+    )
+    await node.post(b.StockAdjusted(item="rice", location="pantry", delta=5, reason="donation"))
     return node
 
 
@@ -51,7 +52,8 @@ def adjust(delta: int) -> b.StockAdjusted:
 
 
 async def test_stock_written_by_another_connection_is_folded_into_the_next_batch(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     serving = await stocked(tmp_path / "node")
     try:
         beside = await Node.open(tmp_path / "node")  # a second process's connection
@@ -92,8 +94,11 @@ async def test_a_damaged_stored_event_met_by_a_refold_names_doctor(tmp_path: Pat
     node = await stocked(tmp_path / "node")
     try:
         first = await node.post(adjust(1))
-        await node.store.write(lambda db: db.execute(
-            "UPDATE events SET raw = ? WHERE hash = ?", (b"\xc1garbage", first.hash)))
+        await node.store.write(
+            lambda db: db.execute(
+                "UPDATE events SET raw = ? WHERE hash = ?", (b"\xc1garbage", first.hash)
+            )
+        )
         await node.post(adjust(2))  # incremental: no re-fold, no read of the damage
         with pytest.raises(StorageError, match="damaged: run 'potluck doctor --repair'"):
             await node.store.write(node.runner.rebuild)
@@ -126,16 +131,19 @@ async def test_an_event_folded_twice_at_other_arrivals_counts_once(tmp_path: Pat
     keyed by entity alone did, rather than count the delivery twice."""
     node = await stocked(tmp_path / "node")
     try:
+
         def fold_again(db: sqlite3.Connection) -> None:
             raw, hash_ = db.execute(
-                "SELECT raw, hash FROM events WHERE type = 'stock.adjusted'").fetchone()
+                "SELECT raw, hash FROM events WHERE type = 'stock.adjusted'"
+            ).fetchone()
             event = _unpack_event(raw, hash_)
             assert event is not None
             node.runner.apply(db, [event], arrival=7 * INDEX_BUCKET)
 
         await node.store.write(fold_again)
-        buckets = await node.store.read(lambda db: db.execute(
-            "SELECT count(DISTINCT bucket) FROM proj_index").fetchone()[0])
+        buckets = await node.store.read(
+            lambda db: db.execute("SELECT count(DISTINCT bucket) FROM proj_index").fetchone()[0]
+        )
         assert buckets == 2  # the second fold did add a row, in bucket 7
         assert await on_hand(node) == 5
         assert await equals_a_rebuild(node)

@@ -27,10 +27,10 @@ async def filled(data_dir: Path) -> str:
     node = await Node.init(data_dir, "Ana", Group.new("Street pantry"))
     try:
         await node.post(b.LocationDefined(slug="hall", name="Church hall", kind="pantry"))
-        await node.post(b.ItemDefined(slug="rice", name="Rice", unit="kg", category="food",
-                                      storage="ambient"))
-        await node.post(b.StockAdjusted(item="rice", location="hall", delta=5,
-                                        reason="donation"))
+        await node.post(
+            b.ItemDefined(slug="rice", name="Rice", unit="kg", category="food", storage="ambient")
+        )
+        await node.post(b.StockAdjusted(item="rice", location="hall", delta=5, reason="donation"))
         soup = await node.post(b.OfferPosted(title="Soup", quantity=4))
         await node.post(b.ClaimMade(target=soup.hash, quantity=1))
         return await node.store.read(node.runner.digest)
@@ -44,14 +44,22 @@ def offer_id(db: sqlite3.Connection) -> bytes:
 
 
 def key_indexes(db: sqlite3.Connection) -> set[str]:
-    return {row[0] for row in db.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE '%_by_key'")}
+    return {
+        row[0]
+        for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE '%_by_key'"
+        )
+    }
 
 
 def index_rows(db: sqlite3.Connection) -> list[tuple[object, ...]]:
     """``proj_index`` by entity name, in any layout (numbers and buckets aside)."""
-    return sorted(db.execute("SELECT e.name, i.hlc, i.author, i.seq FROM proj_index i "
-                             "JOIN proj_entities e ON e.id = i.entity").fetchall())
+    return sorted(
+        db.execute(
+            "SELECT e.name, i.hlc, i.author, i.seq FROM proj_index i "
+            "JOIN proj_entities e ON e.id = i.entity"
+        ).fetchall()
+    )
 
 
 def reshape(db: sqlite3.Connection, table: str, create: str, columns: str) -> None:
@@ -67,20 +75,28 @@ def as_written_by_layout(path: Path, layout: int) -> None:
     entity alone, without buckets; 3 also had a unique index on each projection
     table's key."""
     with sqlite3.connect(path) as db:
-        reshape(db, "proj_entities", "CREATE TABLE proj_entities (id INTEGER PRIMARY KEY, "
-                "name TEXT NOT NULL UNIQUE)", "id, name")
+        reshape(
+            db,
+            "proj_entities",
+            "CREATE TABLE proj_entities (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+            "id, name",
+        )
         if layout <= 4:
-            reshape(db, "proj_index", "CREATE TABLE proj_index (entity INTEGER NOT NULL, "
-                    "hlc INTEGER NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL, "
-                    "PRIMARY KEY (entity, hlc, author, seq)) WITHOUT ROWID",
-                    "entity, hlc, author, seq")
+            reshape(
+                db,
+                "proj_index",
+                "CREATE TABLE proj_index (entity INTEGER NOT NULL, "
+                "hlc INTEGER NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL, "
+                "PRIMARY KEY (entity, hlc, author, seq)) WITHOUT ROWID",
+                "entity, hlc, author, seq",
+            )
         for projection in Runner().projections if layout == 3 else ():
             for table in projection.TABLES:
                 key = ", ".join(f'"{k}"' for k in table.key)
-                db.execute(f'CREATE UNIQUE INDEX "{table.name}_by_key" ON "{table.name}" '
-                           f"({key})")
-        db.executemany("INSERT OR REPLACE INTO proj_meta VALUES (?, ?)",
-                       [(LAYOUT_KEY, layout), (PROBE, 1)])
+                db.execute(f'CREATE UNIQUE INDEX "{table.name}_by_key" ON "{table.name}" ({key})')
+        db.executemany(
+            "INSERT OR REPLACE INTO proj_meta VALUES (?, ?)", [(LAYOUT_KEY, layout), (PROBE, 1)]
+        )
     db.close()
 
 
@@ -99,25 +115,42 @@ async def reopened(data_dir: Path) -> Reopened:
     try:
         read = node.store.read
         return Reopened(
-            await read(node.runner.digest), await read(key_indexes),
-            dict(await read(lambda db: db.execute(
-                "SELECT name, version FROM proj_meta").fetchall())),
+            await read(node.runner.digest),
+            await read(key_indexes),
+            dict(
+                await read(lambda db: db.execute("SELECT name, version FROM proj_meta").fetchall())
+            ),
             await read(index_rows),
-            [row[0] for row in await read(lambda db: db.execute(
-                "SELECT DISTINCT bucket FROM proj_index").fetchall())],
-            await read(lambda db: db.execute(
-                "SELECT name, key FROM proj_entities INDEXED BY proj_entities_key "
-                "ORDER BY name").fetchall()),
-            await read(lambda db: views.board_entry(db, offer_id(db)) is not None))
+            [
+                row[0]
+                for row in await read(
+                    lambda db: db.execute("SELECT DISTINCT bucket FROM proj_index").fetchall()
+                )
+            ],
+            await read(
+                lambda db: db.execute(
+                    "SELECT name, key FROM proj_entities INDEXED BY proj_entities_key ORDER BY name"
+                ).fetchall()
+            ),
+            await read(lambda db: views.board_entry(db, offer_id(db)) is not None),
+        )
     finally:
         await node.close()
 
 
-@pytest.mark.parametrize(("layout", "migrated"), [(5, True), (4, True), (3, True), (2, False)],
-                         ids=["layout 5 changes in place", "layout 4 changes in place",
-                              "layout 3 changes in place", "layout 2 is rebuilt"])
+@pytest.mark.parametrize(
+    ("layout", "migrated"),
+    [(5, True), (4, True), (3, True), (2, False)],
+    ids=[
+        "layout 5 changes in place",
+        "layout 4 changes in place",
+        "layout 3 changes in place",
+        "layout 2 is rebuilt",
+    ],
+)
 async def test_an_older_layout_ends_in_the_current_one_with_the_same_rows(
-        tmp_path: Path, layout: int, migrated: bool) -> None:
+    tmp_path: Path, layout: int, migrated: bool
+) -> None:
     """Layout 5 only lacks the keys of ``proj_entities``: they are computed in place.
     Layout 4 also lacks the buckets of ``proj_index``: its rows move to bucket 0. Layout
     3 also had key indexes too many: they are dropped. Anything older is rebuilt. Each
@@ -145,8 +178,7 @@ async def test_an_older_layout_ends_in_the_current_one_with_the_same_rows(
     assert after.digest == digest
 
 
-async def test_board_states_of_version_1_are_rebuilt_into_the_compact_ones(
-        tmp_path: Path) -> None:
+async def test_board_states_of_version_1_are_rebuilt_into_the_compact_ones(tmp_path: Path) -> None:
     """Board 2 keeps its states as lists; a node whose board was folded by version 1
     (maps of field names, claims keyed by hex) rebuilds it when it opens, rather than
     read those states as lists."""
@@ -155,16 +187,22 @@ async def test_board_states_of_version_1_are_rebuilt_into_the_compact_ones(
     with sqlite3.connect(data_dir / LOG_FILE) as db:
         [(entity, packed)] = db.execute(
             "SELECT s.entity, s.state FROM proj_state s JOIN proj_entities e "
-            "ON e.id = s.entity WHERE e.name LIKE 'board:%'").fetchall()
+            "ON e.id = s.entity WHERE e.name LIKE 'board:%'"
+        ).fetchall()
         state = msgpack.unpackb(packed, raw=False)
         assert isinstance(state["post"], list)
-        old = {"post": {"kind": "offer", "title": "Soup"}, "withdrawn": False,
-               "claims": {bytes(claim_id).hex(): {"status": "pending"}
-                          for claim_id in state["claims"]}}
-        db.execute("UPDATE proj_state SET state = ? WHERE entity = ?",
-                   (msgpack.packb(old, use_bin_type=True), entity))
-        db.executemany("INSERT OR REPLACE INTO proj_meta VALUES (?, ?)",
-                       [("board", 1), (PROBE, 1)])
+        old = {
+            "post": {"kind": "offer", "title": "Soup"},
+            "withdrawn": False,
+            "claims": {
+                bytes(claim_id).hex(): {"status": "pending"} for claim_id in state["claims"]
+            },
+        }
+        db.execute(
+            "UPDATE proj_state SET state = ? WHERE entity = ?",
+            (msgpack.packb(old, use_bin_type=True), entity),
+        )
+        db.executemany("INSERT OR REPLACE INTO proj_meta VALUES (?, ?)", [("board", 1), (PROBE, 1)])
     db.close()
 
     after = await reopened(data_dir)
@@ -175,6 +213,7 @@ async def test_board_states_of_version_1_are_rebuilt_into_the_compact_ones(
     with sqlite3.connect(data_dir / LOG_FILE) as db:
         [(packed,)] = db.execute(
             "SELECT s.state FROM proj_state s JOIN proj_entities e ON e.id = s.entity "
-            "WHERE e.name LIKE 'board:%'").fetchall()
+            "WHERE e.name LIKE 'board:%'"
+        ).fetchall()
     db.close()
     assert isinstance(msgpack.unpackb(packed, raw=False)["post"], list)

@@ -40,25 +40,38 @@ def wait_ready(signer: Signer) -> None:
 
 def drafts(n: int, start: int = 0) -> list[b.BaseBody]:
     """A mix of bodies: stock changes, offers and a count, with non-ASCII text."""
-    out: list[b.BaseBody] = [b.ItemDefined(slug="rice", name="Rice", unit="kg",
-                                           category="food", storage="ambient"),
-                             b.LocationDefined(slug="hall", name="Salle des fêtes",
-                                               kind="hub")]
+    out: list[b.BaseBody] = [
+        b.ItemDefined(slug="rice", name="Rice", unit="kg", category="food", storage="ambient"),
+        b.LocationDefined(slug="hall", name="Salle des fêtes", kind="hub"),
+    ]
     for i in range(start, start + n - 2):
         if i % 7 == 0:
-            out.append(b.OfferPosted(title=f"Soupe n°{i}", category="food", quantity=i % 9 + 1,
-                                     item=None, location="hall", until=None))
+            out.append(
+                b.OfferPosted(
+                    title=f"Soupe n°{i}",
+                    category="food",
+                    quantity=i % 9 + 1,
+                    item=None,
+                    location="hall",
+                    until=None,
+                )
+            )
         elif i % 11 == 0:
             out.append(b.StockCounted(item="rice", location="hall", count=i))
         else:
-            out.append(b.StockAdjusted(item="rice", location="hall", delta=i % 13 + 1,
-                                       reason="donation", expires=None))
+            out.append(
+                b.StockAdjusted(
+                    item="rice", location="hall", delta=i % 13 + 1, reason="donation", expires=None
+                )
+            )
     return out
 
 
 def run_of(n: int, *, first_seq: int = 2) -> list[Unsigned]:
-    return [events.unsigned(first_seq + i, 1_000 + i, body.TYPE, body.to_body())
-            for i, body in enumerate(drafts(n))]
+    return [
+        events.unsigned(first_seq + i, 1_000 + i, body.TYPE, body.to_body())
+        for i, body in enumerate(drafts(n))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -85,19 +98,37 @@ def test_the_process_signs_byte_for_byte_what_signing_in_place_makes(signer: Sig
 
 
 @settings(max_examples=25, deadline=None)
-@given(bodies=st.lists(st.dictionaries(
-    st.text(min_size=1, max_size=8),
-    st.one_of(st.integers(-2**63, 2**63 - 1), st.text(max_size=20), st.binary(max_size=40),
-              st.floats(allow_nan=False), st.none(), st.booleans(),
-              st.lists(st.integers(0, 9), max_size=3)),
-    max_size=5), min_size=1, max_size=40), with_prev=st.booleans())
-def test_any_bodies_sign_the_same_there_and_here(signer: Signer, bodies: list[dict[str, object]],
-                                                 with_prev: bool) -> None:
+@given(
+    bodies=st.lists(
+        st.dictionaries(
+            st.text(min_size=1, max_size=8),
+            st.one_of(
+                st.integers(-(2**63), 2**63 - 1),
+                st.text(max_size=20),
+                st.binary(max_size=40),
+                st.floats(allow_nan=False),
+                st.none(),
+                st.booleans(),
+                st.lists(st.integers(0, 9), max_size=3),
+            ),
+            max_size=5,
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    with_prev=st.booleans(),
+)
+def test_any_bodies_sign_the_same_there_and_here(
+    signer: Signer, bodies: list[dict[str, object]], with_prev: bool
+) -> None:
     prev = bytes(32) if with_prev else None
-    run = [events.unsigned(i + (2 if with_prev else 1), 5_000 + i, "x.custom", body)
-           for i, body in enumerate(bodies)]
+    run = [
+        events.unsigned(i + (2 if with_prev else 1), 5_000 + i, "x.custom", body)
+        for i, body in enumerate(bodies)
+    ]
     assert [e.raw for e in signed_by(signer, prev, run)] == [
-        e.raw for e in events.seal_run(KEY, GROUP.id, prev, run)]
+        e.raw for e in events.seal_run(KEY, GROUP.id, prev, run)
+    ]
 
 
 def test_a_process_signing_with_another_key_is_caught() -> None:
@@ -161,8 +192,7 @@ async def appended_with_the_helper(node: Node, n: int) -> list[Envelope]:
 
 
 @asynccontextmanager
-async def node_with_helper(path: Path, *others: SigningKey) -> AsyncIterator[
-        tuple[Node, Signer]]:
+async def node_with_helper(path: Path, *others: SigningKey) -> AsyncIterator[tuple[Node, Signer]]:
     """A node where Ana (and ``others``) joined and Ana's helper signed a long run."""
     async with node_at(path) as node:
         await node.join(KEY, "Ana")
@@ -237,12 +267,12 @@ async def test_an_append_whose_helper_died_signs_in_place(tmp_path: Path) -> Non
 
 @pytest.mark.asyncio
 async def test_a_long_run_of_another_key_is_signed_in_place_beside_the_helper(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     other = make_key(71)
     async with node_with_helper(tmp_path / "log.db", other) as (node, helper):
         written = await node.store.append(other, drafts(400, start=8_000))
-        assert len(written) == 400 and {e.author for e in written} == {
-            bytes(other.verify_key)}
+        assert len(written) == 400 and {e.author for e in written} == {bytes(other.verify_key)}
         assert helper_of(node.store) is helper and helper is not None and helper.alive
         for env in written[-2:]:
             events.verify_signature(events.decode(env.raw))
@@ -272,7 +302,8 @@ async def test_closing_the_store_ends_the_helper(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_an_append_whose_helper_stops_answering_signs_in_place_after_a_while(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A helper frozen mid-run (SIGSTOP) must not hold the log's write lock for ever."""
     monkeypatch.setattr(signer_module, "ANSWER_SECONDS", 0.5)
     async with node_with_helper(tmp_path / "log.db") as (node, helper):
@@ -288,7 +319,8 @@ async def test_an_append_whose_helper_stops_answering_signs_in_place_after_a_whi
 
 @pytest.mark.asyncio
 async def test_a_helper_that_cannot_start_is_not_tried_at_every_append(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
     async with node_at(tmp_path / "log.db") as node:
         await node.join(KEY, "Ana")
@@ -301,7 +333,8 @@ async def test_a_helper_that_cannot_start_is_not_tried_at_every_append(
 
 
 def test_the_helper_starts_from_a_directory_holding_another_node_package(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``potluck`` run from a project folder with its own ``node`` package: the helper
     must still import Potluck's (it runs with -P: not from the current directory)."""
     decoy = tmp_path / "node"
@@ -313,6 +346,7 @@ def test_the_helper_starts_from_a_directory_holding_another_node_package(
         wait_ready(helper)
         run = run_of(300)
         assert [e.raw for e in signed_by(helper, bytes(32), run)] == [
-            e.raw for e in events.seal_run(KEY, GROUP.id, bytes(32), run)]
+            e.raw for e in events.seal_run(KEY, GROUP.id, bytes(32), run)
+        ]
     finally:
         helper.close()

@@ -86,8 +86,11 @@ def causal_order(envs: list[Envelope], rng: random.Random) -> list[Envelope]:
     left = list(envs)
     out: list[Envelope] = []
     while left:
-        ready = [env for env in left
-                 if (env.prev is None or env.prev in done) and all(d in done for d in env.deps)]
+        ready = [
+            env
+            for env in left
+            if (env.prev is None or env.prev in done) and all(d in done for d in env.deps)
+        ]
         env = rng.choice(ready)
         left.remove(env)
         done.add(env.hash)
@@ -118,8 +121,13 @@ def next_event(history: History, key: SigningKey, **changes: object) -> Envelope
     author = bytes(key.verify_key)
     head = history.heads[author]
     fields: dict[str, object] = {
-        "group": history.group.id, "seq": head.seq + 1, "prev": head.hash, "deps": [],
-        "hlc": head.hlc + 10, "type": "offer.posted", "body": {"title": "Forged"},
+        "group": history.group.id,
+        "seq": head.seq + 1,
+        "prev": head.hash,
+        "deps": [],
+        "hlc": head.hlc + 10,
+        "type": "offer.posted",
+        "body": {"title": "Forged"},
     }
     fields.update(changes)
     return events.create(key, **fields)  # type: ignore[arg-type]
@@ -137,8 +145,7 @@ async def test_append_gives_seq_1_to_n_chained(tmp_path: Path, group: Group) -> 
     key = make_key(1)
     author = bytes(key.verify_key)
     async with opened(tmp_path / "log.db", group) as store:
-        first = await store.append(key, [("member.joined",
-                                          store.first_event_body("Ada", author))])
+        first = await store.append(key, [("member.joined", store.first_event_body("Ada", author))])
         rest = await store.append(key, [OFFER] * 4)
         more = await store.append(key, [OFFER] * 2)
         chain = first + rest + more
@@ -172,7 +179,8 @@ async def test_append_is_durable_across_close_and_reopen(tmp_path: Path, group: 
 
 @pytest.mark.asyncio
 async def test_append_deps_name_other_authors_heads_and_hlc_exceeds_them(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     history = build_history(group, 2, 6, seed=1)
     key = make_key(3)
     async with opened(tmp_path / "log.db", group) as store:
@@ -186,7 +194,8 @@ async def test_append_deps_name_other_authors_heads_and_hlc_exceeds_them(
 
 @pytest.mark.asyncio
 async def test_append_raises_not_a_member_when_the_first_event_is_not_member_joined(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     key = make_key(1)
     async with opened(tmp_path / "log.db", group) as store:
         with pytest.raises(NotAMember):
@@ -198,7 +207,8 @@ async def test_append_raises_not_a_member_when_the_first_event_is_not_member_joi
 
 @pytest.mark.asyncio
 async def test_open_raises_storage_error_for_a_log_of_another_group(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     async with opened(tmp_path / "log.db", group):
         pass
     with pytest.raises(StorageError):
@@ -207,7 +217,8 @@ async def test_open_raises_storage_error_for_a_log_of_another_group(
 
 @pytest.mark.asyncio
 async def test_hook_sees_added_events_and_a_failing_hook_rolls_back(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     key = make_key(1)
     seen: list[list[int]] = []
     async with opened(tmp_path / "log.db", group) as store:
@@ -230,7 +241,8 @@ async def test_hook_sees_added_events_and_a_failing_hook_rolls_back(
 
 @pytest.mark.asyncio
 async def test_receive_stores_another_nodes_events_and_is_idempotent(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     history = build_history(group, 3, 25, seed=2)
     async with opened(tmp_path / "log.db", group) as store:
         first = await deliver(store, history.events)
@@ -247,11 +259,15 @@ async def test_receive_stores_another_nodes_events_and_is_idempotent(
         assert await hashes(store) == {env.hash for env in history.events}
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(data=st.data(), seed=st.integers(0, 3), indexed=st.booleans())
 def test_receive_in_any_order_with_duplicates_ends_in_the_same_log(
-        data: st.DataObject, seed: int, indexed: bool) -> None:
+    data: st.DataObject, seed: int, indexed: bool
+) -> None:
     """``indexed``: held events indexed in memory, or (beyond PENDING_IN_MEMORY held
     events) looked up in SQLite: the same log either way."""
     history = HISTORIES[seed]
@@ -261,8 +277,7 @@ def test_receive_in_any_order_with_duplicates_ends_in_the_same_log(
     delivery = [envs[i] for i in order]
     for i in extra:
         delivery.insert(data.draw(st.integers(0, len(delivery))), envs[i])
-    cuts = sorted(data.draw(st.sets(st.integers(1, len(delivery) - 1), max_size=8),
-                            label="cuts"))
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(delivery) - 1), max_size=8), label="cuts"))
     chunks = [delivery[a:b] for a, b in zip([0, *cuts], [*cuts, len(delivery)], strict=True)]
 
     async def run() -> tuple[int, dict[bytes, tuple[int, bytes]], int, set[bytes]]:
@@ -291,7 +306,8 @@ HISTORIES = [build_history(Group.new(f"Group {seed}"), 4, 30, seed) for seed in 
 
 @pytest.mark.asyncio
 async def test_receive_of_a_whole_history_in_one_batch_stores_every_event(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     history = build_history(group, 3, 25, seed=2)
     async with opened(tmp_path / "log.db", group) as store:
         result = await store.receive(history.events)
@@ -323,7 +339,8 @@ async def test_event_is_held_until_its_dep_arrives(tmp_path: Path, group: Group)
 @pytest.mark.usefixtures("held_index")
 @pytest.mark.asyncio
 async def test_event_is_held_across_a_seq_gap_and_released_in_order(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     history = History(group, [make_key(1)])
     key = history.keys[0]
     chain = [history.write(key) for _ in range(5)]
@@ -343,7 +360,8 @@ async def test_event_is_held_across_a_seq_gap_and_released_in_order(
 @pytest.mark.usefixtures("held_index")
 @pytest.mark.asyncio
 async def test_event_waiting_for_two_deps_is_released_when_both_arrive(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     history = History(group, [make_key(1), make_key(2), make_key(3)])
     a, b, c = history.keys
     a1, b1, c1 = history.write(a), history.write(b), history.write(c)
@@ -362,7 +380,8 @@ async def test_event_waiting_for_two_deps_is_released_when_both_arrive(
 @pytest.mark.usefixtures("held_index")
 @pytest.mark.asyncio
 async def test_event_held_for_a_seq_gap_then_a_dep_is_released_when_the_dep_arrives(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     history = History(group, [make_key(1), make_key(2)])
     a, b = history.keys
     a1, b1 = history.write(a), history.write(b)
@@ -371,8 +390,8 @@ async def test_event_held_for_a_seq_gap_then_a_dep_is_released_when_the_dep_arri
     b3 = history.write(b, deps=[a2])
     async with opened(tmp_path / "log.db", group) as store:
         await store.receive([a1, b1])
-        assert (await store.receive([b3])).held == 1   # waits for b2
-        assert (await store.receive([b2])).held == 1   # b3 now waits for a2
+        assert (await store.receive([b3])).held == 1  # waits for b2
+        assert (await store.receive([b2])).held == 1  # b3 now waits for a2
         await store.receive([a2])
         assert await store.get(b3.hash) == b3
         assert await store.pending_count() == 0
@@ -404,26 +423,60 @@ def tamper_cases(history: History) -> dict[str, tuple[Envelope, type[InvalidEven
         "flipped body bit": (events.decode(bytes(raw)), BadSignature),
         "signature by another key": (
             with_sig(good, outsider.sign(events.pack(good.signed_fields())).signature),
-            BadSignature),
+            BadSignature,
+        ),
         "zeroed signature": (with_sig(good, bytes(64)), BadSignature),
         "broken prev": (next_event(history, a, prev=events.blake2b256(b"x")), PrevMismatch),
         "prev of an older event": (next_event(history, a, prev=a_head.prev), PrevMismatch),
         "hlc not above prev": (next_event(history, a, hlc=a_head.hlc), HlcRegression),
-        "hlc below a dep": (next_event(history, a, deps=[b_head.hash], hlc=b_head.hlc - 1),
-                            HlcRegression),
-        "hlc equal to a dep": (next_event(history, a, deps=[b_head.hash], hlc=b_head.hlc),
-                               HlcRegression),
+        "hlc below a dep": (
+            next_event(history, a, deps=[b_head.hash], hlc=b_head.hlc - 1),
+            HlcRegression,
+        ),
+        "hlc equal to a dep": (
+            next_event(history, a, deps=[b_head.hash], hlc=b_head.hlc),
+            HlcRegression,
+        ),
         "unknown group": (next_event(history, a, group=other_group.id), UnknownGroup),
         "first event not member.joined": (
-            events.create(outsider, group=history.group.id, seq=1, prev=None, deps=[],
-                          hlc=5, type="offer.posted", body={"title": "Spam"}), NotAMember),
+            events.create(
+                outsider,
+                group=history.group.id,
+                seq=1,
+                prev=None,
+                deps=[],
+                hlc=5,
+                type="offer.posted",
+                body={"title": "Spam"},
+            ),
+            NotAMember,
+        ),
         "member.joined with a proof for another group": (
-            events.create(outsider, group=history.group.id, seq=1, prev=None, deps=[],
-                          hlc=5, type="member.joined",
-                          body=joined_body(other_group, outsider)), NotAMember),
+            events.create(
+                outsider,
+                group=history.group.id,
+                seq=1,
+                prev=None,
+                deps=[],
+                hlc=5,
+                type="member.joined",
+                body=joined_body(other_group, outsider),
+            ),
+            NotAMember,
+        ),
         "member.joined without proof": (
-            events.create(outsider, group=history.group.id, seq=1, prev=None, deps=[],
-                          hlc=5, type="member.joined", body={"name": "Eve"}), NotAMember),
+            events.create(
+                outsider,
+                group=history.group.id,
+                seq=1,
+                prev=None,
+                deps=[],
+                hlc=5,
+                type="member.joined",
+                body={"name": "Eve"},
+            ),
+            NotAMember,
+        ),
     }
 
 
@@ -440,7 +493,8 @@ def tamper_history(group: Group) -> History:
 @pytest.mark.asyncio
 @pytest.mark.parametrize("case", list(tamper_cases(tamper_history(Group.new("x")))))
 async def test_receive_rejects_an_invalid_event_and_stores_nothing(
-        tmp_path: Path, group: Group, case: str) -> None:
+    tmp_path: Path, group: Group, case: str
+) -> None:
     history = tamper_history(group)
     env, error = tamper_cases(history)[case]
     async with opened(tmp_path / "log.db", group) as store:
@@ -451,22 +505,23 @@ async def test_receive_rejects_an_invalid_event_and_stores_nothing(
 
 @pytest.mark.asyncio
 async def test_receive_rejects_an_invalid_event_in_a_batch_and_keeps_the_valid_ones(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     history = tamper_history(group)
     a = history.keys[0]
     bad = next_event(history, a, prev=events.blake2b256(b"x"))
     async with opened(tmp_path / "log.db", group) as store:
         result = await store.receive([*history.events, bad])
         assert len(result.stored) == len(history.events)
-        assert [(env.hash, type(exc)) for env, exc in result.rejected] == [
-            (bad.hash, PrevMismatch)]
+        assert [(env.hash, type(exc)) for env, exc in result.rejected] == [(bad.hash, PrevMismatch)]
         assert await hashes(store) == {env.hash for env in history.events}
 
 
 @pytest.mark.usefixtures("held_index")
 @pytest.mark.asyncio
 async def test_receive_never_stores_a_seq_that_skips_its_predecessor(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     """seq head+2 naming the head as prev can never chain: it must not enter the log."""
     history = tamper_history(group)
     a = history.keys[0]
@@ -497,15 +552,15 @@ async def receive_held_then_invalid(store: Store, group: Group) -> Envelope:
     assert (await store.receive([bad])).held == 1
     result = await store.receive([a2])
     assert [env.hash for env in result.stored] == [a2.hash]
-    assert [(env.hash, type(exc)) for env, exc in result.rejected] == [
-        (bad.hash, HlcRegression)]
+    assert [(env.hash, type(exc)) for env, exc in result.rejected] == [(bad.hash, HlcRegression)]
     return bad
 
 
 @pytest.mark.usefixtures("held_index")
 @pytest.mark.asyncio
 async def test_held_event_found_invalid_on_release_is_rejected_and_not_stored(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     async with opened(tmp_path / "log.db", group) as store:
         bad = await receive_held_then_invalid(store, group)
         assert await store.get(bad.hash) is None
@@ -515,7 +570,8 @@ async def test_held_event_found_invalid_on_release_is_rejected_and_not_stored(
 @pytest.mark.usefixtures("held_index")
 @pytest.mark.asyncio
 async def test_held_event_found_invalid_on_release_leaves_nothing_pending(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     async with opened(tmp_path / "log.db", group) as store:
         await receive_held_then_invalid(store, group)
         assert await store.pending_count() == 0
@@ -523,20 +579,48 @@ async def test_held_event_found_invalid_on_release_leaves_nothing_pending(
 
 def test_decode_raises_oversized_so_an_oversized_event_never_reaches_the_store() -> None:
     fields = events._with_sig(
-        events._signed_fields(1, bytes(32), bytes(32), 1, None, [], 1, "offer.posted",
-                              {"title": "x" * events.MAX_EVENT_BYTES}), bytes(64))
+        events._signed_fields(
+            1,
+            bytes(32),
+            bytes(32),
+            1,
+            None,
+            [],
+            1,
+            "offer.posted",
+            {"title": "x" * events.MAX_EVENT_BYTES},
+        ),
+        bytes(64),
+    )
     with pytest.raises(OversizedEvent):
         events.decode(events.pack(fields))
 
 
 @pytest.mark.asyncio
 async def test_events_of_an_author_who_never_joined_are_not_stored(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     outsider = make_key(99)
-    spam = events.create(outsider, group=group.id, seq=1, prev=None, deps=[], hlc=5,
-                         type="offer.posted", body={"title": "Spam"})
-    more = events.create(outsider, group=group.id, seq=2, prev=spam.hash, deps=[], hlc=6,
-                         type="offer.posted", body={"title": "More"})
+    spam = events.create(
+        outsider,
+        group=group.id,
+        seq=1,
+        prev=None,
+        deps=[],
+        hlc=5,
+        type="offer.posted",
+        body={"title": "Spam"},
+    )
+    more = events.create(
+        outsider,
+        group=group.id,
+        seq=2,
+        prev=spam.hash,
+        deps=[],
+        hlc=6,
+        type="offer.posted",
+        body={"title": "More"},
+    )
     async with opened(tmp_path / "log.db", group) as store:
         result = await store.receive([spam, more])
         assert [type(exc) for _, exc in result.rejected] == [NotAMember]
@@ -562,7 +646,8 @@ async def test_every_stored_event_verifies_on_its_own(tmp_path: Path, group: Gro
 
 @pytest.mark.asyncio
 async def test_equivocation_is_recorded_as_a_fork_and_the_log_keeps_the_first(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     history = tamper_history(group)
     a = history.keys[0]
     a_author = bytes(a.verify_key)
@@ -586,7 +671,8 @@ async def test_equivocation_is_recorded_as_a_fork_and_the_log_keeps_the_first(
 
 @pytest.mark.asyncio
 async def test_equivocation_inside_one_batch_keeps_one_and_records_the_other(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     history = tamper_history(group)
     a = history.keys[0]
     one = next_event(history, a, body={"title": "One"})
@@ -615,23 +701,33 @@ def grind_shared_prefix(history: History) -> tuple[Envelope, Envelope]:
     def candidate(key: SigningKey, n: int) -> Envelope:
         author = bytes(key.verify_key)
         head = history.heads[author]
-        return events.create(key, group=history.group.id, seq=head.seq + 1,
-                              prev=head.hash, deps=[], hlc=head.hlc + 10,
-                              type="offer.posted", body={"title": f"Offer {n}"})
+        return events.create(
+            key,
+            group=history.group.id,
+            seq=head.seq + 1,
+            prev=head.hash,
+            deps=[],
+            hlc=head.hlc + 10,
+            type="offer.posted",
+            body={"title": f"Offer {n}"},
+        )
 
     for n in range(8192):
         seen.setdefault(candidate(a, n).hash.hex()[:6], n)
     for m in range(1_000_000):
         match = seen.get(candidate(b, m).hash.hex()[:6])
         if match is not None:
-            return (next_event(history, a, body={"title": f"Offer {match}"}),
-                    next_event(history, b, body={"title": f"Offer {m}"}))
+            return (
+                next_event(history, a, body={"title": f"Offer {match}"}),
+                next_event(history, b, body={"title": f"Offer {m}"}),
+            )
     raise AssertionError("no shared prefix found")
 
 
 @pytest.mark.asyncio
 async def test_resolve_finds_an_event_by_a_hex_prefix_of_6_or_more(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     history = build_history(group, 3, 40, seed=5)
     async with opened(tmp_path / "log.db", group) as store:
         await deliver(store, history.events)
@@ -643,8 +739,9 @@ async def test_resolve_finds_an_event_by_a_hex_prefix_of_6_or_more(
             with pytest.raises(NotFound):
                 await store.resolve(hex_[:8], ["need.posted"])
         joined = history.events[0]
-        assert await store.resolve(joined.hash.hex()[:10],
-                                   ["offer.posted", "member.joined"]) == joined
+        assert (
+            await store.resolve(joined.hash.hex()[:10], ["offer.posted", "member.joined"]) == joined
+        )
         present = {env.hash.hex()[:6] for env in history.events}
         absent = next(p for p in (f"{i:06x}" for i in range(1 << 24)) if p not in present)
         with pytest.raises(NotFound):
@@ -653,7 +750,8 @@ async def test_resolve_finds_an_event_by_a_hex_prefix_of_6_or_more(
 
 @pytest.mark.asyncio
 async def test_resolve_raises_ambiguous_id_when_two_events_share_the_prefix(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     history = tamper_history(group)
     one, two = grind_shared_prefix(history)
     prefix = one.hash.hex()[:6]
@@ -669,7 +767,8 @@ async def test_resolve_raises_ambiguous_id_when_two_events_share_the_prefix(
 @pytest.mark.asyncio
 @pytest.mark.parametrize("prefix", ["", "abcde", "zzzzzz", "12 456", "0" * 65])
 async def test_resolve_raises_usage_error_for_a_prefix_that_is_not_an_id(
-        tmp_path: Path, group: Group, prefix: str) -> None:
+    tmp_path: Path, group: Group, prefix: str
+) -> None:
     async with opened(tmp_path / "log.db", group) as store:
         with pytest.raises(UsageError) as caught:
             await store.resolve(prefix, ["offer.posted"])
@@ -677,11 +776,9 @@ async def test_resolve_raises_usage_error_for_a_prefix_that_is_not_an_id(
 
 
 @pytest.mark.asyncio
-async def test_read_since_streams_exactly_what_a_peer_lacks(
-        tmp_path: Path, group: Group) -> None:
+async def test_read_since_streams_exactly_what_a_peer_lacks(tmp_path: Path, group: Group) -> None:
     history = build_history(group, 3, 40, seed=6)
-    async with opened(tmp_path / "a.db", group) as store, \
-            opened(tmp_path / "b.db", group) as peer:
+    async with opened(tmp_path / "a.db", group) as store, opened(tmp_path / "b.db", group) as peer:
         await deliver(store, history.events)
         known = history.events[:15]  # a causally closed prefix
         await deliver(peer, known)
@@ -690,23 +787,28 @@ async def test_read_since_streams_exactly_what_a_peer_lacks(
         async for batch in store.read_since(peer_vector, chunk=3):
             assert 1 <= len(batch) <= 3
             assert len({env.author for env in batch}) == 1
-            events.verify_chain(batch, None if batch[0].seq == 1 else
-                                await store.get(batch[0].prev or b""))
+            events.verify_chain(
+                batch, None if batch[0].seq == 1 else await store.get(batch[0].prev or b"")
+            )
             sent.extend(batch)
         assert {env.hash for env in sent} == {env.hash for env in history.events} - {
-            env.hash for env in known}
+            env.hash for env in known
+        }
         assert len(sent) == len({env.hash for env in sent})
         position = {env.hash: i for i, env in enumerate(history.events)}
         await deliver(peer, sorted(sent, key=lambda env: position[env.hash]))
         assert await peer.pending_count() == 0
         assert await peer.vector() == await store.vector()
-        assert [b async for b in store.read_since(
-            {a: s for a, (s, _) in (await store.vector()).items()})] == []
+        assert [
+            b
+            async for b in store.read_since({a: s for a, (s, _) in (await store.vector()).items()})
+        ] == []
 
 
 @pytest.mark.asyncio
 async def test_iter_events_yields_every_event_in_hlc_author_seq_order(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     history = build_history(group, 4, 45, seed=7)
     async with opened(tmp_path / "log.db", group) as store:
         await deliver(store, causal_order(history.events, random.Random(7)))
@@ -719,12 +821,12 @@ async def test_iter_events_yields_every_event_in_hlc_author_seq_order(
         assert [env.hash for env in by_author] == [e.hash for e in expected if e.author == a]
         joins = [env async for env in store.iter_events(type_="member.joined", chunk=1)]
         assert [env.hash for env in joins] == [
-            e.hash for e in expected if e.type == "member.joined"]
+            e.hash for e in expected if e.type == "member.joined"
+        ]
 
 
 @pytest.mark.asyncio
-async def test_read_raw_returns_an_authors_events_from_a_seq(
-        tmp_path: Path, group: Group) -> None:
+async def test_read_raw_returns_an_authors_events_from_a_seq(tmp_path: Path, group: Group) -> None:
     history = History(group, [make_key(1)])
     chain = [history.write(history.keys[0]) for _ in range(7)]
     async with opened(tmp_path / "log.db", group) as store:
@@ -739,8 +841,13 @@ async def test_read_raw_returns_an_authors_events_from_a_seq(
 
 def test_receive_result_starts_empty() -> None:
     result = ReceiveResult()
-    assert (result.stored, result.duplicates, result.held, result.rejected,
-            result.forks) == ([], 0, 0, [], [])
+    assert (result.stored, result.duplicates, result.held, result.rejected, result.forks) == (
+        [],
+        0,
+        0,
+        [],
+        [],
+    )
 
 
 def test_history_helper_builds_valid_chains() -> None:
@@ -756,7 +863,6 @@ def test_history_helper_builds_valid_chains() -> None:
     assert any(len(env.deps) >= 2 for env in history.events)
 
 
-
 # -- opening an existing log -----------------------------------------------------------
 
 
@@ -769,7 +875,8 @@ async def test_a_log_of_another_group_is_refused_at_open(tmp_path: Path, group: 
 
 
 async def test_a_log_of_another_schema_version_is_refused_at_open(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     path = tmp_path / "log.db"
     async with opened(path, group):
         pass
@@ -798,7 +905,8 @@ async def test_opening_a_log_does_not_wait_for_a_writer(tmp_path: Path, group: G
 
 @pytest.mark.asyncio
 async def test_read_arrivals_gives_wanted_events_in_arrival_order_at_a_cost_of_the_slice(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     """A cold sync reads the log in slices; each slice must cost what it returns, not
     what the log holds (a plan through the (author, seq) index sorted every event of
     the wanted authors for every slice)."""
@@ -824,11 +932,16 @@ async def test_read_arrivals_gives_wanted_events_in_arrival_order_at_a_cost_of_t
             stored = [env async for env in store.iter_events()]
             wants = {bytes(k.verify_key): 2 for k in history.keys[:2]}
             _, rows = await store.read_arrivals(wants, 0, 1_000_000)
-            order = await store.read(lambda db: [tuple(r) for r in db.execute(
-                "SELECT author, seq FROM events ORDER BY id")])
+            order = await store.read(
+                lambda db: [
+                    tuple(r) for r in db.execute("SELECT author, seq FROM events ORDER BY id")
+                ]
+            )
             assert [(a, s) for a, s, _ in rows] == [
-                (a, s) for a, s in order if a in wants and s >= wants[a]]
+                (a, s) for a, s in order if a in wants and s >= wants[a]
+            ]
             assert {raw for _, _, raw in rows} == {
-                env.raw for env in stored if env.author in wants and env.seq >= 2}
+                env.raw for env in stored if env.author in wants and env.seq >= 2
+            }
             costs.append(await steps_for_a_slice(store, wants))
     assert costs[1] < 2 * costs[0], costs

@@ -78,9 +78,16 @@ async def append_notes(node: Node, n: int) -> None:
     """``n`` events of ~50 KB (a type projections skip): ~6 MB for 120, more than the
     4 MiB credit window, so the sender must wait for credit mid-stream."""
     for start in range(0, n, 20):
-        await within(node.store.append(node.key, [
-            ("note.pinned", {"text": f"{i:05d}" + "x" * 50_000})
-            for i in range(start, min(n, start + 20))]), 30)
+        await within(
+            node.store.append(
+                node.key,
+                [
+                    ("note.pinned", {"text": f"{i:05d}" + "x" * 50_000})
+                    for i in range(start, min(n, start + 20))
+                ],
+            ),
+            30,
+        )
 
 
 async def own_bytes(node: Node, author: bytes, from_seq: int) -> int:
@@ -97,8 +104,7 @@ def wire(moved: dict[str, object]) -> int:
 # -- one-shot --------------------------------------------------------------------------
 
 
-async def test_one_shot_sync_moves_events_both_ways_and_the_digests_agree(
-        two: list[Node]) -> None:
+async def test_one_shot_sync_moves_events_both_ways_and_the_digests_agree(two: list[Node]) -> None:
     ana, bo = two
     await append_stock(ana, 20)
     await append_stock(bo, 15, first=100)
@@ -148,8 +154,9 @@ async def test_an_interrupted_catch_up_resumes_without_resending(two: list[Node]
                 cut.append(session)
                 session.ws.transport.abort()  # a cable pulled out mid-stream
 
-        session = await within(connect_session(serving.address, bo.key, bo.store,
-                                               one_shot=True, on_stored=stored))
+        session = await within(
+            connect_session(serving.address, bo.key, bo.store, one_shot=True, on_stored=stored)
+        )
         await within(session.run(), 20)
         assert session.protocol.state is State.FAILED
         got_first = session.stats.events_in
@@ -167,7 +174,8 @@ async def test_an_interrupted_catch_up_resumes_without_resending(two: list[Node]
 
 
 async def test_an_event_appended_on_a_node_reaches_a_connected_peer_within_two_seconds(
-        two: list[Node]) -> None:
+    two: list[Node],
+) -> None:
     ana, bo = two
     a = await Serving(ana).start()
     b = await Serving(bo, listen=None, peers=[a.address]).start()
@@ -176,8 +184,9 @@ async def test_an_event_appended_on_a_node_reaches_a_connected_peer_within_two_s
         await a.wait_line("caught up with")
         for node, other in ((ana, bo), (bo, ana), (ana, bo)):
             [env] = await node.store.append(node.key, stock(1))
-            took = await eventually(partial(has_seq, other, env.author, env.seq),
-                                    "live push", seconds=10)
+            took = await eventually(
+                partial(has_seq, other, env.author, env.seq), "live push", seconds=10
+            )
             assert took < LIVE_SECONDS, f"live push took {took:.2f} s"
         assert await same_vectors(ana, bo)
         assert await digest(ana) == await digest(bo)
@@ -187,7 +196,8 @@ async def test_an_event_appended_on_a_node_reaches_a_connected_peer_within_two_s
 
 
 async def test_a_node_in_the_middle_relays_between_two_nodes_that_never_meet(
-        three: list[Node]) -> None:
+    three: list[Node],
+) -> None:
     ana, bo, cy = three
     middle = await Serving(bo).start()
     a = await Serving(ana, listen=None, peers=[middle.address]).start()
@@ -211,7 +221,8 @@ async def test_a_node_in_the_middle_relays_between_two_nodes_that_never_meet(
 
 
 async def test_in_a_triangle_nothing_is_echoed_back_and_no_event_crosses_a_link_twice_one_way(
-        three: list[Node]) -> None:
+    three: list[Node],
+) -> None:
     """Every link goes through a byte-counting relay. Ana's events reach Bo and Cy
     directly and through each other: what flows back towards Ana is credit only (no
     echo), and each direction of each link carries each event at most once (no storm)."""
@@ -240,10 +251,11 @@ async def test_in_a_triangle_nothing_is_echoed_back_and_no_event_crosses_a_link_
         await eventually(lambda: same_vectors(ana, bo, cy), "Ana's events spread", 20)
         await asyncio.sleep(0.3)  # the last credits
         size = await own_bytes(ana, ana.author, 2)
-        moved = [(p.up - up, p.down - down) for p, (up, down) in zip(proxies, before,
-                                                                       strict=True)]
-        print(f"triangle, {size} event bytes; per link (dialler->listener, back): "
-              + ", ".join(f"x{u / size:.2f}/x{d / size:.2f}" for u, d in moved))
+        moved = [(p.up - up, p.down - down) for p, (up, down) in zip(proxies, before, strict=True)]
+        print(
+            f"triangle, {size} event bytes; per link (dialler->listener, back): "
+            + ", ".join(f"x{u / size:.2f}/x{d / size:.2f}" for u, d in moved)
+        )
         (bo_back, _), (cy_back, _), _ = moved
         assert bo_back < 0.25 * size and cy_back < 0.25 * size  # credit, not events
         for up, down in moved:
@@ -256,7 +268,8 @@ async def test_in_a_triangle_nothing_is_echoed_back_and_no_event_crosses_a_link_
 
 
 async def test_a_peer_catches_up_after_a_disconnect_with_only_what_it_missed(
-        two: list[Node]) -> None:
+    two: list[Node],
+) -> None:
     ana, bo = two
     a = await Serving(ana).start()
     b = await Serving(bo, listen=None, peers=[a.address]).start()
@@ -278,8 +291,7 @@ async def test_a_peer_catches_up_after_a_disconnect_with_only_what_it_missed(
         await stop_all([b, a])
 
 
-async def test_sync_reports_as_sent_only_the_events_that_crossed_the_wire(
-        two: list[Node]) -> None:
+async def test_sync_reports_as_sent_only_the_events_that_crossed_the_wire(two: list[Node]) -> None:
     ana, bo = two
     serving = await Serving(ana).start()
     try:
@@ -294,7 +306,8 @@ async def test_sync_reports_as_sent_only_the_events_that_crossed_the_wire(
 
 
 async def test_a_dialling_node_reconnects_by_itself_when_its_peer_comes_back(
-        two: list[Node]) -> None:
+    two: list[Node],
+) -> None:
     ana, bo = two
     a = await Serving(ana).start()
     port = a.port
@@ -315,7 +328,8 @@ async def test_a_dialling_node_reconnects_by_itself_when_its_peer_comes_back(
 
 
 async def test_stopping_a_node_during_a_catch_up_is_clean_and_the_catch_up_resumes(
-        two: list[Node]) -> None:
+    two: list[Node],
+) -> None:
     ana, bo = two
     await append_notes(ana, NOTES)
     a = await Serving(ana).start()
@@ -340,7 +354,8 @@ async def test_stopping_a_node_during_a_catch_up_is_clean_and_the_catch_up_resum
 
 
 async def test_a_node_offline_during_ten_thousand_events_catches_up_within_the_wire_budget(
-        two: list[Node]) -> None:
+    two: list[Node],
+) -> None:
     ana, bo = two
     serving = await Serving(ana).start()
     try:
@@ -357,9 +372,11 @@ async def test_a_node_offline_during_ten_thousand_events_catches_up_within_the_w
             await proxy.stop()
         assert moved["received"] == 10_000 and moved["sent"] == 0
         frames = wire(moved)  # Bo's session: frames as written and read
-        print(f"catch-up of 10,000 events: {lacked} event bytes; {frames} bytes of frames "
-              f"(x{frames / lacked:.4f}), {proxy.total} bytes of TCP payload "
-              f"(x{proxy.total / lacked:.4f}); budget {budget:.0f}")
+        print(
+            f"catch-up of 10,000 events: {lacked} event bytes; {frames} bytes of frames "
+            f"(x{frames / lacked:.4f}), {proxy.total} bytes of TCP payload "
+            f"(x{proxy.total / lacked:.4f}); budget {budget:.0f}"
+        )
         assert frames <= budget, (frames, lacked, budget)
         assert proxy.total <= budget, (proxy.total, lacked, budget)  # framing, upgrade too
         assert proxy.total >= frames
@@ -374,12 +391,12 @@ async def write_as_many_members(node: Node, members: int, each: int) -> None:
     for n in range(members):
         key = SigningKey.generate()
         joined = node.store.first_event_body(f"Member {n}", bytes(key.verify_key))
-        await within(node.store.append(key, [("member.joined", joined),
-                                             *stock(each, first=1 + n)]))
+        await within(node.store.append(key, [("member.joined", joined), *stock(each, first=1 + n)]))
 
 
 async def test_a_catch_up_of_many_authors_stays_within_the_per_author_constant(
-        two: list[Node]) -> None:
+    two: list[Node],
+) -> None:
     """Fourteen members' devices wrote on Ana's node: short runs per author, so the
     per-author part of the budget (have entries, one events frame each) matters.
     """
@@ -395,8 +412,10 @@ async def test_a_catch_up_of_many_authors_stays_within_the_per_author_constant(
         moved = await within(bo.sync_once(proxy.address), 30)
         assert moved["received"] == 1 + 14 * 9
         budget = WIRE_FACTOR * lacked + WIRE_PER_AUTHOR * (len(vector) + 1) + WIRE_FIXED
-        print(f"catch-up of {len(vector)} authors: {lacked} event bytes; "
-              f"{proxy.total} bytes of TCP payload (x{proxy.total / lacked:.4f})")
+        print(
+            f"catch-up of {len(vector)} authors: {lacked} event bytes; "
+            f"{proxy.total} bytes of TCP payload (x{proxy.total / lacked:.4f})"
+        )
         assert wire(moved) <= proxy.total <= budget, (proxy.total, lacked, budget)
         assert await same_vectors(ana, bo)
         assert await digest(ana) == await digest(bo)
@@ -406,7 +425,8 @@ async def test_a_catch_up_of_many_authors_stays_within_the_per_author_constant(
 
 
 async def test_a_one_shot_sync_of_many_small_batches_does_not_wait_for_the_close_timeout(
-        two: list[Node]) -> None:
+    two: list[Node],
+) -> None:
     ana, bo = two
     await write_as_many_members(ana, 40, 25)  # 41 batches, each held until the last
     serving = await Serving(ana).start()

@@ -77,8 +77,9 @@ class Net:
     async def raw_peer(self, key: SigningKey | None = None) -> RawPeer:
         """A hand-driven peer that holds the group secret, after the handshake."""
         group = self.ana.group
-        peer = await RawPeer.connect(self.port, key or SigningKey.generate(),
-                                     secret=group.secret, group=group.id)
+        peer = await RawPeer.connect(
+            self.port, key or SigningKey.generate(), secret=group.secret, group=group.id
+        )
         await peer.handshake()
         return peer
 
@@ -102,8 +103,13 @@ async def net(tmp_path: Path, group: Group) -> AsyncIterator[Net]:
 async def snapshot(node: Node) -> tuple[object, ...]:
     """Everything an invalid event could have left behind."""
     store = node.store
-    return (await store.count(), await store.vector(), await store.pending_count(),
-            await store.forks(), await digest(node))
+    return (
+        await store.count(),
+        await store.vector(),
+        await store.pending_count(),
+        await store.forks(),
+        await digest(node),
+    )
 
 
 async def still_serving(net: Net) -> None:
@@ -121,12 +127,14 @@ async def still_serving(net: Net) -> None:
 # -- a stranger ------------------------------------------------------------------------
 
 
-async def test_a_stranger_without_the_group_secret_cannot_complete_the_handshake(
-        net: Net) -> None:
+async def test_a_stranger_without_the_group_secret_cannot_complete_the_handshake(net: Net) -> None:
     before = await snapshot(net.ana)
-    stranger = await RawPeer.connect(net.port, SigningKey.generate(),
-                                     secret=secrets.token_bytes(32),
-                                     group=secrets.token_bytes(32))
+    stranger = await RawPeer.connect(
+        net.port,
+        SigningKey.generate(),
+        secret=secrets.token_bytes(32),
+        group=secrets.token_bytes(32),
+    )
     try:
         await stranger.flush()  # our hello
         hello = await stranger.read()
@@ -245,17 +253,32 @@ def oversized_event(peer: RawPeer, group: Group, mal: Author) -> list[Frame]:
 def prev_mismatch(peer: RawPeer, group: Group, mal: Author) -> list[Frame]:
     """Mal's seq 2, signed, but linked to something that is not his seq 1."""
     assert mal.head is not None
-    bad = events.create(mal.key, group=group.id, seq=2, prev=secrets.token_bytes(32),
-                        deps=[], hlc=mal.head.hlc + 1, type="offer.posted",
-                        body=offer("Soup"))
+    bad = events.create(
+        mal.key,
+        group=group.id,
+        seq=2,
+        prev=secrets.token_bytes(32),
+        deps=[],
+        hlc=mal.head.hlc + 1,
+        type="offer.posted",
+        body=offer("Soup"),
+    )
     return [peer.message(events_message(mal.author, [bad.raw]))]
 
 
 def hlc_regression(peer: RawPeer, group: Group, mal: Author) -> list[Frame]:
     """Mal's seq 2, stamped before his seq 1."""
     assert mal.head is not None
-    bad = events.create(mal.key, group=group.id, seq=2, prev=mal.head.hash, deps=[],
-                        hlc=mal.head.hlc - 1, type="offer.posted", body=offer("Soup"))
+    bad = events.create(
+        mal.key,
+        group=group.id,
+        seq=2,
+        prev=mal.head.hash,
+        deps=[],
+        hlc=mal.head.hlc - 1,
+        type="offer.posted",
+        body=offer("Soup"),
+    )
     return [peer.message(events_message(mal.author, [bad.raw]))]
 
 
@@ -286,7 +309,8 @@ ATTACKS: dict[str, tuple[Attack, str]] = {
 
 @pytest.mark.parametrize("name", list(ATTACKS))
 async def test_the_node_refuses_a_bad_frame_with_its_own_code_and_keeps_serving(
-        net: Net, name: str) -> None:
+    net: Net, name: str
+) -> None:
     attack, code = ATTACKS[name]
     mal = Author(net.ana.group)  # a member whose first event both nodes hold
     await net.ana.store.receive([mal.joined()])
@@ -305,7 +329,8 @@ async def test_the_node_refuses_a_bad_frame_with_its_own_code_and_keeps_serving(
 
 
 async def test_a_frame_over_the_limit_is_refused_by_the_websocket_before_it_is_buffered(
-        net: Net) -> None:
+    net: Net,
+) -> None:
     before = await snapshot(net.ana)
     peer = await net.raw_peer()
     try:
@@ -320,8 +345,9 @@ async def test_a_frame_over_the_limit_is_refused_by_the_websocket_before_it_is_b
 
 async def test_an_unproven_peer_cannot_send_a_large_cleartext_frame(net: Net) -> None:
     """Before the handshake the limit is 4096 bytes: the node closes without a word."""
-    peer = await RawPeer.connect(net.port, SigningKey.generate(),
-                                 secret=net.ana.group.secret, group=net.ana.group.id)
+    peer = await RawPeer.connect(
+        net.port, SigningKey.generate(), secret=net.ana.group.secret, group=net.ana.group.id
+    )
     try:
         await within(peer.send(bytes(MAX_CLEAR_FRAME_BYTES + 1)))
         refused, _close = await peer.outcome()
@@ -336,7 +362,8 @@ async def test_an_unproven_peer_cannot_send_a_large_cleartext_frame(net: Net) ->
 
 
 async def test_a_fork_is_kept_as_evidence_and_the_forked_author_leaves_the_projections(
-        net: Net) -> None:
+    net: Net,
+) -> None:
     ana = net.ana
     mal = Author(ana.group)
     joined = mal.joined()
@@ -347,8 +374,7 @@ async def test_a_fork_is_kept_as_evidence_and_the_forked_author_leaves_the_proje
 
     peer = await net.raw_peer()
     try:
-        await within(peer.send(peer.message(events_message(mal.author,
-                                                           [joined.raw, posted.raw]))))
+        await within(peer.send(peer.message(events_message(mal.author, [joined.raw, posted.raw]))))
         await eventually(lambda: has_seq(ana, mal.author, 2), "Ana stores Mal's chain")
         assert await ana.store.read(lambda db: views.board_entry(db, posted.hash)) is not None
         count = await ana.store.count()
@@ -383,8 +409,9 @@ async def test_a_fork_is_kept_as_evidence_and_the_forked_author_leaves_the_proje
     await still_serving(net)
 
 
-async def branches_apart(tmp_path: Path, group: Group) -> tuple[Node, Node, Author, Envelope,
-                                                              Envelope, list[Serving]]:
+async def branches_apart(
+    tmp_path: Path, group: Group
+) -> tuple[Node, Node, Author, Envelope, Envelope, list[Serving]]:
     """Ana and Bo each listening, apart; Mal gives Ana his left branch at seq 2 and Bo
     his right one. Then Bo comes back dialling Ana."""
     ana, bo = await new_nodes(tmp_path, group, "Ana", "Bo")
@@ -396,13 +423,12 @@ async def branches_apart(tmp_path: Path, group: Group) -> tuple[Node, Node, Auth
     right = mal.after(joined, "offer.posted", offer("Right"))
     for serving, branch in ((a, left), (b, right)):
         assert serving.port is not None
-        peer = await RawPeer.connect(serving.port, SigningKey.generate(),
-                                     secret=group.secret, group=group.id)
+        peer = await RawPeer.connect(
+            serving.port, SigningKey.generate(), secret=group.secret, group=group.id
+        )
         await peer.handshake()
-        await within(peer.send(peer.message(events_message(
-            mal.author, [joined.raw, branch.raw]))))
-        await eventually(partial(has_seq, serving.node, mal.author, 2),
-                         "the branch is stored")
+        await within(peer.send(peer.message(events_message(mal.author, [joined.raw, branch.raw]))))
+        await eventually(partial(has_seq, serving.node, mal.author, 2), "the branch is stored")
         await peer.close()
     assert await ana.store.forks() == await bo.store.forks() == []
     await b.stop()
@@ -411,13 +437,15 @@ async def branches_apart(tmp_path: Path, group: Group) -> tuple[Node, Node, Auth
 
 
 async def test_nodes_holding_two_branches_of_a_fork_exchange_the_evidence_once_and_agree(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     """When they meet, each sends the other its version (evidence), both flag Mal, both
     show the same projections, and the session stays up and quiet: no loop, no
     reconnect storm."""
     ana, bo, mal, left, right, servings = await branches_apart(tmp_path, group)
     b, a = servings
     try:
+
         async def both_flagged() -> bool:
             expected = [(mal.author, 2, 2)]
             return await ana.store.forks() == expected == await bo.store.forks()
@@ -433,8 +461,9 @@ async def test_nodes_holding_two_branches_of_a_fork_exchange_the_evidence_once_a
         # Mal goes on writing on the left branch, through Ana: Bo records it as
         # evidence of the fork, not as a protocol error
         assert a.port is not None
-        peer = await RawPeer.connect(a.port, SigningKey.generate(),
-                                     secret=group.secret, group=group.id)
+        peer = await RawPeer.connect(
+            a.port, SigningKey.generate(), secret=group.secret, group=group.id
+        )
         await peer.handshake()
         more = mal.write("offer.posted", offer("Left again"))
         await within(peer.send(peer.message(events_message(mal.author, [more.raw]))))
@@ -462,9 +491,11 @@ async def test_nodes_holding_two_branches_of_a_fork_exchange_the_evidence_once_a
 
 
 async def test_honest_events_still_flow_between_nodes_holding_two_branches_of_a_fork(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     ana, bo, _mal, _left, _right, servings = await branches_apart(tmp_path, group)
     try:
+
         async def both_flagged() -> bool:
             return bool(await ana.store.forks()) and bool(await bo.store.forks())
 
@@ -473,8 +504,11 @@ async def test_honest_events_still_flow_between_nodes_holding_two_branches_of_a_
         await eventually(lambda: has_seq(ana, bo.author, 1), "Bo's join reaches Ana")
         for node, other in ((ana, bo), (bo, ana)):
             [env] = await node.store.append(node.key, stock(1))
-            await eventually(partial(has_seq, other, env.author, env.seq),
-                             "an honest event after the fork", seconds=2)
+            await eventually(
+                partial(has_seq, other, env.author, env.seq),
+                "an honest event after the fork",
+                seconds=2,
+            )
         assert await ana.store.pending_count() == await bo.store.pending_count() == 0
         assert await digest(ana) == await digest(bo)
     finally:
@@ -483,7 +517,8 @@ async def test_honest_events_still_flow_between_nodes_holding_two_branches_of_a_
 
 
 async def test_fork_evidence_found_by_one_node_reaches_a_peer_with_the_same_head(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     """Ana and Bo are connected; Mal's chain reaches both through Ana; then Mal hands Bo
     a second version of his seq 2. Bo flags Mal and leaves him out of his projections;
     Ana, who holds the very same events, must learn of the fork too, or the two nodes
@@ -501,8 +536,9 @@ async def test_fork_evidence_found_by_one_node_reaches_a_peer_with_the_same_head
         right = mal.after(joined, "offer.posted", offer("Right"))
         for serving, raws in ((a, [joined.raw, left.raw]), (b, [right.raw])):
             assert serving.port is not None
-            peer = await RawPeer.connect(serving.port, SigningKey.generate(),
-                                         secret=group.secret, group=group.id)
+            peer = await RawPeer.connect(
+                serving.port, SigningKey.generate(), secret=group.secret, group=group.id
+            )
             await peer.handshake()
             await within(peer.send(peer.message(events_message(mal.author, raws))))
             if serving is a:
@@ -537,8 +573,9 @@ async def hand_over(serving: Serving, author: bytes, raws: list[bytes]) -> None:
     """A peer with the group secret gives ``serving`` these events, then leaves."""
     assert serving.port is not None
     group = serving.node.group
-    peer = await RawPeer.connect(serving.port, SigningKey.generate(), secret=group.secret,
-                                 group=group.id)
+    peer = await RawPeer.connect(
+        serving.port, SigningKey.generate(), secret=group.secret, group=group.id
+    )
     try:
         await peer.handshake()
         await within(peer.send(peer.message(events_message(author, raws))))
@@ -552,8 +589,12 @@ async def flagged(node: Node, author: bytes, seq: int = 2) -> bool:
 
 
 def sessions_of(*servings: Serving) -> list[Session]:
-    return [s for serving in servings if serving.node.peer_manager is not None
-            for s in serving.node.peer_manager.sessions]
+    return [
+        s
+        for serving in servings
+        if serving.node.peer_manager is not None
+        for s in serving.node.peer_manager.sessions
+    ]
 
 
 def count_recordings(node: Node) -> list[bool]:
@@ -571,7 +612,8 @@ def count_recordings(node: Node) -> list[bool]:
 
 
 async def test_fork_evidence_reaches_a_peer_with_the_same_head_when_they_meet(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     """At the start of a session, each side learns the other's forks, whichever side
     holds them: a one-shot ``potluck sync`` dialling a node that knows of a fork, and
     a one-shot sync bringing a fork to the node it dials. Each then says bye only once
@@ -604,7 +646,8 @@ async def test_fork_evidence_reaches_a_peer_with_the_same_head_when_they_meet(
 
 
 async def test_known_evidence_is_neither_recorded_nor_relayed_again_and_all_goes_quiet(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     """Three nodes connected in a triangle: a fork found by one reaches the other two,
     each session carries the evidence at most once each way, then nothing more moves.
     The same evidence sent again and again changes nothing and goes nowhere."""
@@ -621,8 +664,9 @@ async def test_known_evidence_is_neither_recorded_nor_relayed_again_and_all_goes
         await hand_over(a, mal.author, [joined.raw, left.raw])
         for node in (ana, bo, cy):
             await eventually(partial(has_seq, node, mal.author, 2), "Mal's chain everywhere")
-        recorded = {name: count_recordings(node)
-                    for name, node in (("Ana", ana), ("Bo", bo), ("Cy", cy))}
+        recorded = {
+            name: count_recordings(node) for name, node in (("Ana", ana), ("Bo", bo), ("Cy", cy))
+        }
         await hand_over(b, mal.author, [right.raw])  # Bo finds the fork
 
         async def everywhere() -> bool:
@@ -633,8 +677,10 @@ async def test_known_evidence_is_neither_recorded_nor_relayed_again_and_all_goes
 
         def totals() -> tuple[int, int]:
             sessions = sessions_of(a, b, c)
-            return (sum(s.stats.evidence_out for s in sessions),
-                    sum(s.stats.evidence_in for s in sessions))
+            return (
+                sum(s.stats.evidence_out for s in sessions),
+                sum(s.stats.evidence_in for s in sessions),
+            )
 
         await asyncio.sleep(0.5)  # let any late relay happen
         sent, received = totals()
@@ -648,14 +694,16 @@ async def test_known_evidence_is_neither_recorded_nor_relayed_again_and_all_goes
         # the same evidence, again and again: recorded once, relayed never
         before = await snapshot(ana)
         calls = len(recorded["Ana"])
-        peer = await RawPeer.connect(a.port or 0, SigningKey.generate(),
-                                     secret=group.secret, group=group.id)
+        peer = await RawPeer.connect(
+            a.port or 0, SigningKey.generate(), secret=group.secret, group=group.id
+        )
         try:
             await peer.handshake()
             assert peer.protocol.peer_forks == {mal.author: 2}  # Ana's have said so
             for _ in range(5):
-                await within(peer.send(peer.message(
-                    {"t": "evidence", "events": [left.raw, right.raw]})))
+                await within(
+                    peer.send(peer.message({"t": "evidence", "events": [left.raw, right.raw]}))
+                )
             during = await peer.frames_during(0.5)
             assert during is not None and peer.protocol.error is None
             assert peer.protocol.state is State.OPEN
@@ -672,7 +720,8 @@ async def test_known_evidence_is_neither_recorded_nor_relayed_again_and_all_goes
 
 
 async def test_a_version_one_peer_is_served_without_fork_points_or_evidence(
-        net: Net, group: Group) -> None:
+    net: Net, group: Group
+) -> None:
     """A node of protocol version 1 does not know the evidence message: a node holding
     fork evidence syncs with it as before and never sends it one. A version 2 peer in
     the same position gets the evidence at the start of its session."""
@@ -681,11 +730,19 @@ async def test_a_version_one_peer_is_served_without_fork_points_or_evidence(
     await hand_over(net.a, mal.author, [right.raw])
     await eventually(lambda: flagged(net.ana, mal.author), "Ana flags Mal")
     for versions in ((1,), (1, 2)):
-        ws_peer = await RawPeer.connect(net.port, SigningKey.generate(),
-                                        secret=group.secret, group=group.id)
-        peer = RawPeer(ws_peer.ws, SyncProtocol(
-            Role.INITIATOR, device_key=SigningKey.generate(), group_secret=group.secret,
-            group=group.id, versions=versions))
+        ws_peer = await RawPeer.connect(
+            net.port, SigningKey.generate(), secret=group.secret, group=group.id
+        )
+        peer = RawPeer(
+            ws_peer.ws,
+            SyncProtocol(
+                Role.INITIATOR,
+                device_key=SigningKey.generate(),
+                group_secret=group.secret,
+                group=group.id,
+                versions=versions,
+            ),
+        )
         try:
             await peer.handshake()
             assert peer.protocol.version == max(versions)
@@ -707,14 +764,16 @@ async def test_a_version_one_peer_is_served_without_fork_points_or_evidence(
 
 
 async def test_fork_evidence_from_a_bundle_import_is_relayed_to_connected_peers(
-        net: Net, group: Group, tmp_path: Path) -> None:
+    net: Net, group: Group, tmp_path: Path
+) -> None:
     mal, joined, left, right = forked_mal(group)
     await hand_over(net.a, mal.author, [joined.raw, left.raw])
     await eventually(lambda: has_seq(net.bo, mal.author, 2), "relayed to Bo")
     sealer = BundleSealer(group.secret)
     path = tmp_path / "right.potluck"
-    path.write_bytes(sealer.header + sealer.events_chunk(mal.author, [right.raw])
-                     + sealer.end_chunk())
+    path.write_bytes(
+        sealer.header + sealer.events_chunk(mal.author, [right.raw]) + sealer.end_chunk()
+    )
     imported = await within(import_bundle(net.bo.store, path))
     assert imported.forks == [(mal.author, 2)]
     await eventually(lambda: flagged(net.ana, mal.author), "Ana learns of it", seconds=2)
@@ -722,7 +781,8 @@ async def test_fork_evidence_from_a_bundle_import_is_relayed_to_connected_peers(
 
 
 async def test_fork_evidence_carried_by_a_bundle_is_relayed_to_connected_peers(
-        net: Net, group: Group, tmp_path: Path) -> None:
+    net: Net, group: Group, tmp_path: Path
+) -> None:
     """The bundle holds no event Bo lacks, only the proof (format 2): Bo keeps it and
     hands it on to Ana, who holds the same first version as Bo."""
     mal, joined, left, right = forked_mal(group)
@@ -730,8 +790,9 @@ async def test_fork_evidence_carried_by_a_bundle_is_relayed_to_connected_peers(
     await eventually(lambda: has_seq(net.bo, mal.author, 2), "relayed to Bo")
     sealer = BundleSealer(group.secret, version=2)
     path = tmp_path / "proof.potluck"
-    path.write_bytes(sealer.header + sealer.evidence_chunk(left.raw, right.raw)
-                     + sealer.end_chunk())
+    path.write_bytes(
+        sealer.header + sealer.evidence_chunk(left.raw, right.raw) + sealer.end_chunk()
+    )
     imported = await within(import_bundle(net.bo.store, path))
     assert (imported.stored, imported.evidence, imported.forks) == (0, 1, [(mal.author, 2)])
     await eventually(lambda: flagged(net.ana, mal.author), "Ana learns of it", seconds=2)

@@ -83,9 +83,10 @@ class NodesSyncingOverWebsockets(RuleBasedStateMachine):
 
     # -- setup ---------------------------------------------------------------------------
 
-    @initialize(n=st.integers(3, MAX_NODES), skews=st.lists(st.integers(-200, 200),
-                                                            min_size=MAX_NODES,
-                                                            max_size=MAX_NODES))
+    @initialize(
+        n=st.integers(3, MAX_NODES),
+        skews=st.lists(st.integers(-200, 200), min_size=MAX_NODES, max_size=MAX_NODES),
+    )
     def start(self, n: int, skews: list[int]) -> None:
         self.net = self.run(Network(Path(self.tmp.name), n, skews=skews[:n]).start())
         for peer in self.net.peers:
@@ -95,15 +96,21 @@ class NodesSyncingOverWebsockets(RuleBasedStateMachine):
         async def on_session(session: Session) -> None:
             await session.run()
 
-        server = await listen(LOCAL, 0, peer.key, peer.node.store, on_session,
-                              on_stored=remember(peer))
+        server = await listen(
+            LOCAL, 0, peer.key, peer.node.store, on_session, on_stored=remember(peer)
+        )
         self.servers.append(server)
         self.ports.append(server.sockets[0].getsockname()[1])
 
     # -- rules ---------------------------------------------------------------------------
 
-    @rule(ops=st.lists(st.tuples(st.sampled_from(WORK), index, st.integers(0, 999),
-                                 st.integers(0, 999)), min_size=1, max_size=12))
+    @rule(
+        ops=st.lists(
+            st.tuples(st.sampled_from(WORK), index, st.integers(0, 999), st.integers(0, 999)),
+            min_size=1,
+            max_size=12,
+        )
+    )
     def work(self, ops: list[tuple[str, int, int, int]]) -> None:
         """A few members each do something on their own node (offers, claims, stock,
         shifts...), with what their node knows."""
@@ -121,9 +128,13 @@ class NodesSyncingOverWebsockets(RuleBasedStateMachine):
         """One real one-shot session from node ``a`` to node ``b``'s listener. When it
         ran ``alone``, the two nodes then hold the same events."""
         initiator, responder = self.peer(a), self.peer(b)
-        session = await connect_session(f"{LOCAL}:{self.ports[b]}", initiator.key,
-                                        initiator.node.store, one_shot=True,
-                                        on_stored=remember(initiator))
+        session = await connect_session(
+            f"{LOCAL}:{self.ports[b]}",
+            initiator.key,
+            initiator.node.store,
+            one_shot=True,
+            on_stored=remember(initiator),
+        )
         await session.run()
         self.syncs += 1
         assert session.protocol.state is State.CLOSED, f"sync {a} -> {b}: {session.error}"
@@ -191,7 +202,9 @@ class NodesSyncingOverWebsockets(RuleBasedStateMachine):
 
 
 NodesSyncingOverWebsockets.TestCase.settings = settings(
-    max_examples=20, stateful_step_count=20, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-test_nodes_syncing_over_websockets_converge_after_partitions = (
-    NodesSyncingOverWebsockets.TestCase)
+    max_examples=20,
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+test_nodes_syncing_over_websockets_converge_after_partitions = NodesSyncingOverWebsockets.TestCase

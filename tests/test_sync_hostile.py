@@ -83,8 +83,9 @@ class Hub:
         return f"{LOCAL}:{self.port}"
 
     async def start(self) -> Hub:
-        self.manager = PeerManager(self.node.store, self.node.key, say=self.lines.append,
-                                   limits=self.limits)
+        self.manager = PeerManager(
+            self.node.store, self.node.key, say=self.lines.append, limits=self.limits
+        )
         port = await within(self.manager.start(LOCAL, 0))
         assert port is not None
         self.port = port
@@ -100,15 +101,28 @@ class Hub:
         [session] = [s for s in self.manager.sessions if s.peer_key == key]
         return session
 
-    async def raw_peer(self, *, window: int | None = None,
-                       handshake: bool = True) -> RawPeer:
+    async def raw_peer(self, *, window: int | None = None, handshake: bool = True) -> RawPeer:
         """A hand-driven peer with the group secret (and a fresh device key)."""
         group = self.node.group
-        ws = await within(connect(f"ws://{self.address}/potluck", compression=None,
-                                  max_size=None, open_timeout=5, close_timeout=2))
-        peer = RawPeer(ws, SyncProtocol(Role.INITIATOR, device_key=SigningKey.generate(),
-                                        group_secret=group.secret, group=group.id,
-                                        window=window or DEFAULT_WINDOW))
+        ws = await within(
+            connect(
+                f"ws://{self.address}/potluck",
+                compression=None,
+                max_size=None,
+                open_timeout=5,
+                close_timeout=2,
+            )
+        )
+        peer = RawPeer(
+            ws,
+            SyncProtocol(
+                Role.INITIATOR,
+                device_key=SigningKey.generate(),
+                group_secret=group.secret,
+                group=group.id,
+                window=window or DEFAULT_WINDOW,
+            ),
+        )
         if handshake:
             await peer.handshake()
         return peer
@@ -153,8 +167,9 @@ async def flood(peer: RawPeer, *, seconds: float = FLOOD_SECONDS) -> tuple[int, 
     return sent, loop.time() - began
 
 
-async def honest_catch_up(tmp_path: Path, group: Group, ana: Hub, name: str,
-                          own: int) -> tuple[float, Node, Serving]:
+async def honest_catch_up(
+    tmp_path: Path, group: Group, ana: Hub, name: str, own: int
+) -> tuple[float, Node, Serving]:
     """A fresh honest node that writes ``own`` events and dials Ana: seconds until both
     hold each other's everything (same vectors, same projections). Both nodes run in
     this process: its CPU seconds meanwhile are printed beside the wall time."""
@@ -167,13 +182,16 @@ async def honest_catch_up(tmp_path: Path, group: Group, ana: Hub, name: str,
 
     async def converged() -> bool:
         ours = await bo.store.vector()
-        return (all(ours.get(a, (0, b""))[0] >= seq for a, (seq, _) in want.items())
-                and await has_seq(ana.node, bo.author, own + 1))
+        return all(
+            ours.get(a, (0, b""))[0] >= seq for a, (seq, _) in want.items()
+        ) and await has_seq(ana.node, bo.author, own + 1)
 
     await eventually(converged, f"{name} and Ana converge", seconds=30)
     took = time.monotonic() - began
-    print(f"\n{name}: {took:.2f} s, {time.process_time() - cpu:.2f} CPU s in this process, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"\n{name}: {took:.2f} s, {time.process_time() - cpu:.2f} CPU s in this process, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     await eventually(lambda: digests_equal(ana.node, bo), "same projections", seconds=10)
     return took, bo, serving
 
@@ -190,7 +208,8 @@ def offer(title: str) -> dict[str, object]:
 
 
 async def test_a_peer_flooding_frames_is_throttled_then_cut_with_rate_limit(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     limits = Limits(frames=FRAMES, grace=1.0)
     async with hub(tmp_path, group, limits) as ana:
         peer = await ana.raw_peer()
@@ -201,14 +220,17 @@ async def test_a_peer_flooding_frames_is_throttled_then_cut_with_rate_limit(
         finally:
             await peer.close()
         stats = session.guard.rates.stats
-        print(f"\nframe flood: the peer wrote {sent} frames in {seconds:.2f} s "
-              f"({sent / seconds:.0f}/s, most of them into socket buffers); the node read "
-              f"{stats.frames} frames ({stats.throttled} throttled stretch, {stats.pauses} "
-              f"pauses, {stats.paused:.2f} s paused) and cut it after {stats.over:.2f} s "
-              f"over {FRAMES.per_second:.0f}/s: {session.error}")
+        print(
+            f"\nframe flood: the peer wrote {sent} frames in {seconds:.2f} s "
+            f"({sent / seconds:.0f}/s, most of them into socket buffers); the node read "
+            f"{stats.frames} frames ({stats.throttled} throttled stretch, {stats.pauses} "
+            f"pauses, {stats.paused:.2f} s paused) and cut it after {stats.over:.2f} s "
+            f"over {FRAMES.per_second:.0f}/s: {session.error}"
+        )
         assert code == RATE_LIMIT, (code, peer.protocol.error, session.error)
-        assert session.error is not None and session.error.startswith("rate-limit: over 300 "
-                                                                        "frames/s")
+        assert session.error is not None and session.error.startswith(
+            "rate-limit: over 300 frames/s"
+        )
         assert stats.throttled >= 1 and stats.pauses >= 1 and stats.paused > 0.5
         assert seconds < FLOOD_SECONDS, "the node never cut the flood"
         # read at the limit: the burst, then 300/s (and a frame's debt)
@@ -237,15 +259,17 @@ async def _logged_twice(ana: Hub, text: str) -> bool:
 
 
 async def test_a_peer_flooding_events_is_throttled_then_cut_with_rate_limit(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     """Mal writes a valid chain of 4,000 events (within the credit window) and sends
     it in frames of 100 as fast as he can; the node takes 400 events/s after a burst
     of 800 and cuts him after a second over the limit."""
     limits = Limits(events=EVENTS, grace=1.0)
     async with hub(tmp_path, group, limits) as ana:
         mal = Author(group)
-        chain = [mal.joined()] + [mal.write("offer.posted", offer(f"Soup {i}"))
-                                  for i in range(3_999)]
+        chain = [mal.joined()] + [
+            mal.write("offer.posted", offer(f"Soup {i}")) for i in range(3_999)
+        ]
         assert sum(len(e.raw) for e in chain) < 4 << 20  # no credit needed
         peer = await ana.raw_peer()
         session = ana.session_of(key_of(peer))
@@ -255,8 +279,13 @@ async def test_a_peer_flooding_events_is_throttled_then_cut_with_rate_limit(
         try:
             for i in range(0, len(chain), 100):
                 try:
-                    await within(peer.send(peer.message(events_message(
-                        mal.author, [e.raw for e in chain[i:i + 100]]))))
+                    await within(
+                        peer.send(
+                            peer.message(
+                                events_message(mal.author, [e.raw for e in chain[i : i + 100]])
+                            )
+                        )
+                    )
                 except ConnectionClosed:
                     break
                 sent += 100
@@ -266,9 +295,11 @@ async def test_a_peer_flooding_events_is_throttled_then_cut_with_rate_limit(
         took = loop.time() - began
         stored = await seq_of(ana.node, mal.author)
         stats = session.guard.rates.stats
-        print(f"\nevents flood: {sent} events written in {took:.2f} s; the node read "
-              f"{stats.events}, stored {stored}, paused {stats.paused:.2f} s, cut after "
-              f"{stats.over:.2f} s over {EVENTS.per_second:.0f}/s: {session.error}")
+        print(
+            f"\nevents flood: {sent} events written in {took:.2f} s; the node read "
+            f"{stats.events}, stored {stored}, paused {stats.paused:.2f} s, cut after "
+            f"{stats.over:.2f} s over {EVENTS.per_second:.0f}/s: {session.error}"
+        )
         assert code == RATE_LIMIT, (code, peer.protocol.error, session.error)
         assert session.error is not None and "events/s" in session.error
         assert stats.throttled >= 1 and stats.paused > 0.5
@@ -279,20 +310,34 @@ async def test_a_peer_flooding_events_is_throttled_then_cut_with_rate_limit(
 # -- memory: large frames --------------------------------------------------------------
 
 
-def have_flood(port: int, secret: bytes, group_id: bytes, seconds: float,
-               out: Queue[tuple[int, str | None]]) -> None:
+def have_flood(
+    port: int, secret: bytes, group_id: bytes, seconds: float, out: Queue[tuple[int, str | None]]
+) -> None:
     """In a process of its own: send ``have`` frames of 8,192 entries (573 KB) as fast
     as the socket takes them; report (frames sent, the node's error code)."""
 
     async def run() -> tuple[int, str | None]:
-        ws = await within(connect(f"ws://{LOCAL}:{port}/potluck", compression=None,
-                                  max_size=None, open_timeout=5, close_timeout=2))
-        peer = RawPeer(ws, SyncProtocol(Role.INITIATOR, device_key=SigningKey.generate(),
-                                        group_secret=secret, group=group_id))
+        ws = await within(
+            connect(
+                f"ws://{LOCAL}:{port}/potluck",
+                compression=None,
+                max_size=None,
+                open_timeout=5,
+                close_timeout=2,
+            )
+        )
+        peer = RawPeer(
+            ws,
+            SyncProtocol(
+                Role.INITIATOR,
+                device_key=SigningKey.generate(),
+                group_secret=secret,
+                group=group_id,
+            ),
+        )
         await peer.handshake()
         vector = [[os.urandom(32), 1, os.urandom(32)] for _ in range(8192)]
-        plain = msgpack.packb({"t": "have", "vector": vector, "end": False},
-                              use_bin_type=True)
+        plain = msgpack.packb({"t": "have", "vector": vector, "end": False}, use_bin_type=True)
         loop = asyncio.get_running_loop()
         began, sent = loop.time(), 0
         while loop.time() - began < seconds:
@@ -309,7 +354,8 @@ def have_flood(port: int, secret: bytes, group_id: bytes, seconds: float,
 
 
 async def test_a_flood_of_the_largest_have_frames_is_cut_and_memory_stays_bounded(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     """Have frames are not bounded by credit: they are held to the non-event bytes
     rate (here 1 MiB/s, burst 4 MiB), and while the peer is over it websockets reads
     one frame at a time, so the rest waits in TCP, not in the node's memory."""
@@ -317,8 +363,11 @@ async def test_a_flood_of_the_largest_have_frames_is_cut_and_memory_stays_bounde
     async with hub(tmp_path, group, limits) as ana:
         context = multiprocessing.get_context("spawn")
         out: Queue[tuple[int, str | None]] = context.Queue()
-        attacker = context.Process(target=have_flood, args=(
-            ana.port, group.secret, group.id, FLOOD_SECONDS, out), daemon=True)
+        attacker = context.Process(
+            target=have_flood,
+            args=(ana.port, group.secret, group.id, FLOOD_SECONDS, out),
+            daemon=True,
+        )
         tracemalloc.start()
         try:
             attacker.start()
@@ -327,9 +376,11 @@ async def test_a_flood_of_the_largest_have_frames_is_cut_and_memory_stays_bounde
         finally:
             tracemalloc.stop()
             attacker.join(10)
-        print(f"\nhave flood: {sent} frames of 573 KB written before the cut ({code}); "
-              f"peak traced memory in the node's process {peak / 2**20:.1f} MiB; "
-              f"{ana.said('cut off')}")
+        print(
+            f"\nhave flood: {sent} frames of 573 KB written before the cut ({code}); "
+            f"peak traced memory in the node's process {peak / 2**20:.1f} MiB; "
+            f"{ana.said('cut off')}"
+        )
         assert code == RATE_LIMIT
         # The node logs the cut once its side of the session ends, which can be after
         # the attacker has read the close frame.
@@ -342,8 +393,15 @@ async def test_a_flood_of_the_largest_have_frames_is_cut_and_memory_stays_bounde
 
 
 async def open_ws(port: int, source: str = LOCAL) -> ClientConnection:
-    return await within(connect(f"ws://{LOCAL}:{port}/potluck", compression=None,
-                                open_timeout=5, close_timeout=1, local_addr=(source, 0)))
+    return await within(
+        connect(
+            f"ws://{LOCAL}:{port}/potluck",
+            compression=None,
+            open_timeout=5,
+            close_timeout=1,
+            local_addr=(source, 0),
+        )
+    )
 
 
 async def admitted(ws: ClientConnection) -> bool:
@@ -356,7 +414,8 @@ async def admitted(ws: ClientConnection) -> bool:
 
 
 async def test_too_many_connections_from_one_address_or_in_total_are_refused(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     limits = Limits(per_address=2, inbound=3, handshake_timeout=30.0)
     async with hub(tmp_path, group, limits) as ana:
         opened: list[ClientConnection] = []
@@ -399,7 +458,8 @@ async def test_too_many_connections_from_one_address_or_in_total_are_refused(
 
 
 async def test_a_connection_that_never_finishes_its_handshake_is_cut_and_its_slot_freed(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     limits = Limits(per_address=1, handshake_timeout=1.0)
     async with hub(tmp_path, group, limits) as ana:
         silent = await open_ws(ana.port)  # websocket open, never a hello
@@ -429,7 +489,8 @@ async def test_a_connection_that_never_finishes_its_handshake_is_cut_and_its_slo
 
 
 async def test_a_peer_that_withholds_credit_is_cut_but_a_slow_one_is_not(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     """Ana holds 1,500 events. Three peers with the smallest window (64 KiB) ask for
     them: one never grants more, one grants 1 byte every 0.2 s (never enough for an
     event), one grants back each batch 0.6 s after it arrived. With a 1 s credit
@@ -491,11 +552,14 @@ async def test_a_peer_that_withholds_credit_is_cut_but_a_slow_one_is_not(
 
         began = time.monotonic()
         cut, dribbled, (received, slow_error, slow_state) = await within(
-            asyncio.gather(withholding(), dribbling(), slow()), 40)
+            asyncio.gather(withholding(), dribbling(), slow()), 40
+        )
         took = time.monotonic() - began
-        print(f"\ncredit: withholding peer {cut}, 1-byte dribbler {dribbled}, slow peer "
-              f"received {received}/{total} events in {took:.1f} s ({slow_error}); "
-              f"{ana.said('cut off')}")
+        print(
+            f"\ncredit: withholding peer {cut}, 1-byte dribbler {dribbled}, slow peer "
+            f"received {received}/{total} events in {took:.1f} s ({slow_error}); "
+            f"{ana.said('cut off')}"
+        )
         assert cut == CREDIT_TIMEOUT
         assert dribbled == CREDIT_TIMEOUT
         assert received == total and slow_error is None and slow_state is State.OPEN
@@ -509,8 +573,14 @@ async def test_a_peer_that_withholds_credit_is_cut_but_a_slow_one_is_not(
 ATTACKS = ("flood", "garbage")  # what the attackers' process runs
 
 
-async def _attack(port: int, secret: bytes, group_id: bytes, stop: EventType,
-                  seconds: float, kinds: tuple[str, ...] = ATTACKS) -> dict[str, object]:
+async def _attack(
+    port: int,
+    secret: bytes,
+    group_id: bytes,
+    stop: EventType,
+    seconds: float,
+    kinds: tuple[str, ...] = ATTACKS,
+) -> dict[str, object]:
     """The attackers, in a process of their own: one flooder (reconnecting whenever it
     is cut) and one peer after another sending random bytes, before or after the
     handshake. Until ``stop`` is set or ``seconds`` pass."""
@@ -522,10 +592,24 @@ async def _attack(port: int, secret: bytes, group_id: bytes, stop: EventType,
         return stop.is_set() or loop.time() > deadline
 
     async def peer(handshake: bool = True) -> RawPeer:
-        ws = await within(connect(f"ws://{LOCAL}:{port}/potluck", compression=None,
-                                  max_size=None, open_timeout=5, close_timeout=2))
-        raw = RawPeer(ws, SyncProtocol(Role.INITIATOR, device_key=SigningKey.generate(),
-                                       group_secret=secret, group=group_id))
+        ws = await within(
+            connect(
+                f"ws://{LOCAL}:{port}/potluck",
+                compression=None,
+                max_size=None,
+                open_timeout=5,
+                close_timeout=2,
+            )
+        )
+        raw = RawPeer(
+            ws,
+            SyncProtocol(
+                Role.INITIATOR,
+                device_key=SigningKey.generate(),
+                group_secret=secret,
+                group=group_id,
+            ),
+        )
         if handshake:
             await raw.handshake()
         return raw
@@ -563,14 +647,22 @@ async def _attack(port: int, secret: bytes, group_id: bytes, stop: EventType,
     return dict(result)
 
 
-def attack(port: int, secret: bytes, group_id: bytes, stop: EventType, seconds: float,
-           out: Queue[dict[str, object]], kinds: tuple[str, ...] = ATTACKS) -> None:
+def attack(
+    port: int,
+    secret: bytes,
+    group_id: bytes,
+    stop: EventType,
+    seconds: float,
+    out: Queue[dict[str, object]],
+    kinds: tuple[str, ...] = ATTACKS,
+) -> None:
     """Entry point of the attackers' process."""
     out.put(asyncio.run(_attack(port, secret, group_id, stop, seconds, kinds)))
 
 
 async def test_an_honest_peer_keeps_syncing_while_a_peer_floods_and_others_send_garbage(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     """Bo1 catches up 3,000 events from Ana (and gives her 300) with nobody else on
     the node. Then, while another process floods Ana with frames (reconnecting
     whenever it is cut) and sends her random bytes from peer after peer, before and
@@ -584,8 +676,9 @@ async def test_an_honest_peer_keeps_syncing_while_a_peer_floods_and_others_send_
         context = multiprocessing.get_context("spawn")
         stop = context.Event()
         out: Queue[dict[str, object]] = context.Queue()
-        attackers = context.Process(target=attack, args=(
-            ana.port, group.secret, group.id, stop, 25.0, out), daemon=True)
+        attackers = context.Process(
+            target=attack, args=(ana.port, group.secret, group.id, stop, 25.0, out), daemon=True
+        )
         try:
             alone, bo1, s1 = await honest_catch_up(tmp_path, group, ana, "Bo1", 300)
             honest.append(s1)
@@ -613,12 +706,14 @@ async def test_an_honest_peer_keeps_syncing_while_a_peer_floods_and_others_send_
         flooded = result["flood"]
         garbage = result["garbage"]
         assert isinstance(flooded, list) and isinstance(garbage, list)
-        print(f"\nhonest catch-up of 3,000 events + 300 back: alone {alone:.2f} s "
-              f"({3300 / alone:.0f} events/s), under attack {during:.2f} s "
-              f"({3300 / during:.0f} events/s); flooder cut {len(flooded)} times "
-              f"({sum(n for n, _ in flooded)} frames written), codes "
-              f"{ {c for _, c in flooded} }; {len(garbage)} garbage peers, codes "
-              f"{set(garbage)}; attacker errors {result['errors']}")
+        print(
+            f"\nhonest catch-up of 3,000 events + 300 back: alone {alone:.2f} s "
+            f"({3300 / alone:.0f} events/s), under attack {during:.2f} s "
+            f"({3300 / during:.0f} events/s); flooder cut {len(flooded)} times "
+            f"({sum(n for n, _ in flooded)} frames written), codes "
+            f"{ {c for _, c in flooded} }; {len(garbage)} garbage peers, codes "
+            f"{set(garbage)}; attacker errors {result['errors']}"
+        )
         assert not result["errors"]
         assert flooded and {code for _, code in flooded} == {RATE_LIMIT}
         # before the handshake the node closes without a word; after it, random
@@ -642,7 +737,8 @@ async def _serving(node: Node) -> bool:
 
 
 async def test_honest_catch_up_and_live_push_stay_far_below_the_default_limits(
-        tmp_path: Path, group: Group) -> None:
+    tmp_path: Path, group: Group
+) -> None:
     """Default limits on both sides: a cold catch-up of 10,000 events, then 500 events
     appended one per transaction (one frame each): neither session is ever paused,
     and the busiest second of each stays far below every rate."""
@@ -691,9 +787,11 @@ async def test_honest_catch_up_and_live_push_stay_far_below_the_default_limits(
             await serving.stop()
             await close_all([bo])
         stats = [s.guard.rates.stats for s in sessions.values()]
-        print(f"\ndefaults: catch-up of 10,000 events in {catch_up:.2f} s, 500 single "
-              f"appends pushed in {live:.2f} s; busiest second per session (frames, "
-              f"events, bytes): {[(p, v) for (p, _), v in peaks.items()]}; {stats}")
+        print(
+            f"\ndefaults: catch-up of 10,000 events in {catch_up:.2f} s, 500 single "
+            f"appends pushed in {live:.2f} s; busiest second per session (frames, "
+            f"events, bytes): {[(p, v) for (p, _), v in peaks.items()]}; {stats}"
+        )
         assert len(sessions) == 2
         assert all(s.throttled == 0 and s.pauses == 0 for s in stats)
         for frames, events, nbytes in peaks.values():

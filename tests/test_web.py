@@ -59,47 +59,85 @@ async def seed(root: Path) -> Seeded:
     group = Group.new("Riverside Mutual Aid")
     today = datetime.date.today()
     ana = await Node.init(root / "ana", "Ana", group)
-    for slug, name, kind in (("st-marys", "St Mary's pantry", "pantry"),
-                             ("elm-fridge", "Elm Street fridge", "fridge")):
+    for slug, name, kind in (
+        ("st-marys", "St Mary's pantry", "pantry"),
+        ("elm-fridge", "Elm Street fridge", "fridge"),
+    ):
         await ana.post(b.LocationDefined(slug=slug, name=name, kind=kind))  # type: ignore[arg-type]
-    for slug, name, unit, storage in (("beans", "Tinned beans", "can", "ambient"),
-                                      ("rice", "Rice", "kg", "ambient"),
-                                      ("nappies-4", "Nappies size 4", "pack", "ambient"),
-                                      ("milk", "Milk", "litre", "fridge")):
-        await ana.post(b.ItemDefined(slug=slug, name=name, unit=unit, category="food",
-                                     storage=storage))  # type: ignore[arg-type]
+    for slug, name, unit, storage in (
+        ("beans", "Tinned beans", "can", "ambient"),
+        ("rice", "Rice", "kg", "ambient"),
+        ("nappies-4", "Nappies size 4", "pack", "ambient"),
+        ("milk", "Milk", "litre", "fridge"),
+    ):
+        await ana.post(
+            b.ItemDefined(slug=slug, name=name, unit=unit, category="food", storage=storage)
+        )  # type: ignore[arg-type]
     soon = (today + datetime.timedelta(days=1)).isoformat()
     for item, place, delta, reason, expires in (
-            ("beans", "st-marys", 40, "donation", None),
-            ("beans", "st-marys", -12, "distribution", None),
-            ("rice", "st-marys", 25, "donation", None),
-            ("nappies-4", "st-marys", -3, "distribution", None),
-            ("milk", "elm-fridge", 6, "donation", soon)):
-        await ana.post(b.StockAdjusted(item=item, location=place, delta=delta,
-                                       reason=reason, expires=expires))  # type: ignore[arg-type]
+        ("beans", "st-marys", 40, "donation", None),
+        ("beans", "st-marys", -12, "distribution", None),
+        ("rice", "st-marys", 25, "donation", None),
+        ("nappies-4", "st-marys", -3, "distribution", None),
+        ("milk", "elm-fridge", 6, "donation", soon),
+    ):
+        await ana.post(
+            b.StockAdjusted(item=item, location=place, delta=delta, reason=reason, expires=expires)
+        )  # type: ignore[arg-type]
     for slug, name, hours, text in (
-            ("pantry-lead", "Pantry lead", 6, "Opens the pantry and keeps the stock list."),
-            ("driver", "Driver", 4, "Collects donations and delivers to people at home."),
-            ("cook", "Cook", 3, "Cooks for the Saturday soup kitchen.")):
-        await ana.post(b.RoleDefined(slug=slug, name=name, description=text,
-                                     weekly_hours=hours))
-    offer = await ana.post(b.OfferPosted(title="10 tins of beans", category="food",
-                                         item="beans", quantity=10, location="st-marys"))
-    await ana.post(b.NeedPosted(title="Volunteers for the Saturday soup kitchen",
-                                category="help", quantity=4, urgency="normal"))
+        ("pantry-lead", "Pantry lead", 6, "Opens the pantry and keeps the stock list."),
+        ("driver", "Driver", 4, "Collects donations and delivers to people at home."),
+        ("cook", "Cook", 3, "Cooks for the Saturday soup kitchen."),
+    ):
+        await ana.post(b.RoleDefined(slug=slug, name=name, description=text, weekly_hours=hours))
+    offer = await ana.post(
+        b.OfferPosted(
+            title="10 tins of beans",
+            category="food",
+            item="beans",
+            quantity=10,
+            location="st-marys",
+        )
+    )
+    await ana.post(
+        b.NeedPosted(
+            title="Volunteers for the Saturday soup kitchen",
+            category="help",
+            quantity=4,
+            urgency="normal",
+        )
+    )
     day = today.isoformat()
     tomorrow = (today + datetime.timedelta(days=1)).isoformat()
-    shift_open = await ana.post(b.ShiftScheduled(
-        role="pantry-lead", location="st-marys", start=f"{day}T09:00", end=f"{day}T12:00",
-        slots=2))
+    shift_open = await ana.post(
+        b.ShiftScheduled(
+            role="pantry-lead",
+            location="st-marys",
+            start=f"{day}T09:00",
+            end=f"{day}T12:00",
+            slots=2,
+        )
+    )
     await ana.post(b.ShiftSignedUp(shift=shift_open.hash))
     await ana.post(b.ShiftCompleted(shift=shift_open.hash, hours=3))
-    tight = await ana.post(b.ShiftScheduled(
-        role="driver", location="st-marys", start=f"{tomorrow}T17:00",
-        end=f"{tomorrow}T19:00", slots=1))
-    cook = await ana.post(b.ShiftScheduled(
-        role="cook", location="st-marys", start=f"{tomorrow}T11:00", end=f"{tomorrow}T14:00",
-        slots=3))
+    tight = await ana.post(
+        b.ShiftScheduled(
+            role="driver",
+            location="st-marys",
+            start=f"{tomorrow}T17:00",
+            end=f"{tomorrow}T19:00",
+            slots=1,
+        )
+    )
+    cook = await ana.post(
+        b.ShiftScheduled(
+            role="cook",
+            location="st-marys",
+            start=f"{tomorrow}T11:00",
+            end=f"{tomorrow}T14:00",
+            slots=3,
+        )
+    )
 
     ben = await Node.init(root / "ben", "Ben", group)
     chioma = await Node.init(root / "chioma", "Chioma", group)
@@ -110,13 +148,25 @@ async def seed(root: Path) -> Seeded:
     await ben.post(b.ShiftSignedUp(shift=tight.hash))
     await chioma.post(b.ShiftSignedUp(shift=tight.hash))  # apart: over-filled
     await ben.post(b.ShiftSignedUp(shift=cook.hash))
-    await ben.post(b.NeedPosted(title="Nappies size 4", category="baby", quantity=3,
-                                urgency="urgent", location="st-marys"))
+    await ben.post(
+        b.NeedPosted(
+            title="Nappies size 4",
+            category="baby",
+            quantity=3,
+            urgency="urgent",
+            location="st-marys",
+        )
+    )
     await ben.post(b.OfferPosted(title="Lift to the clinic on Tuesdays", category="transport"))
-    await chioma.post(b.OfferPosted(title="Winter coats, children's sizes", category="clothes",
-                                    quantity=4, location="elm-fridge"))
-    await chioma.post(b.NeedPosted(title="Someone to fix a bike", category="repair",
-                                   urgency="low"))
+    await chioma.post(
+        b.OfferPosted(
+            title="Winter coats, children's sizes",
+            category="clothes",
+            quantity=4,
+            location="elm-fridge",
+        )
+    )
+    await chioma.post(b.NeedPosted(title="Someone to fix a bike", category="repair", urgency="low"))
     for other in (ben, chioma):
         await share(other, ana)
         await other.close()
@@ -142,8 +192,9 @@ class Web:
         assert match, page.text[:500]
         return match.group(1)
 
-    async def post(self, path: str, data: dict[str, str], *, page: str = "/board",
-                   csrf: bool = True) -> httpx.Response:
+    async def post(
+        self, path: str, data: dict[str, str], *, page: str = "/board", csrf: bool = True
+    ) -> httpx.Response:
         form = dict(data)
         if csrf:
             form["csrf"] = await self.csrf(page)
@@ -160,10 +211,12 @@ class Web:
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
     n = await Node.init(tmp_path / "node", "Ana", Group.new("Riverside Mutual Aid"))
     await n.post(b.LocationDefined(slug="st-marys", name="St Mary's pantry", kind="pantry"))
-    await n.post(b.ItemDefined(slug="beans", name="Tinned beans", unit="can",
-                               category="food", storage="ambient"))
-    await n.post(b.RoleDefined(slug="driver", name="Driver", description="",
-                               weekly_hours=4))
+    await n.post(
+        b.ItemDefined(
+            slug="beans", name="Tinned beans", unit="can", category="food", storage="ambient"
+        )
+    )
+    await n.post(b.RoleDefined(slug="driver", name="Driver", description="", weekly_hours=4))
     yield n
     await n.close()
 
@@ -207,30 +260,84 @@ async def seeded(seeded_copy: tuple[Path, str, str], tmp_path: Path) -> AsyncIte
 
 def field_error(html: str, form_field: str) -> str:
     """The message shown beside the field with id ``form_field`` ('' when none)."""
-    match = re.search(rf'<p class="error" id="{re.escape(form_field)}-error">'
-                      rf'<span class="visually-hidden">[^<]*</span>([^<]*)</p>', html)
+    match = re.search(
+        rf'<p class="error" id="{re.escape(form_field)}-error">'
+        rf'<span class="visually-hidden">[^<]*</span>([^<]*)</p>',
+        html,
+    )
     return html_lib.unescape(match.group(1)) if match else ""
 
 
 # -- pages ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("path", "expected"), [
-    ("/board", ["Needs", "Offers", "10 tins of beans", "Nappies size 4", "Urgent",
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (
+            "/board",
+            [
+                "Needs",
+                "Offers",
+                "10 tins of beans",
+                "Nappies size 4",
+                "Urgent",
                 "Over-claimed: 12 claimed but only 10 offered.",
-                "You decide: confirm or decline", "Post an offer", "Post a need"]),
-    ("/inventory", ["St Mary&#39;s pantry", "Tinned beans", "28 can", "below zero",
-                    "expiring soon", "Elm Street fridge", "Stock in or out",
-                    "Record a count"]),
-    ("/roster", ["Pantry lead", "Needs 1 more person", "Over-filled: 2 signed up, 1 needed.",
-                 "Hours in week", "Sign up as extra", "Withdraw", "Schedule a shift"]),
-    ("/people", ["Ana", "Ben", "Chioma", "Driver", "4 h a week", "Held by: Ben",
-                 "Roles: Pantry lead", "3 h this week"]),
-    ("/sync", ["This device", "Riverside Mutual Aid", "No other devices known yet.",
-               "Start &#39;potluck serve&#39; on both devices"]),
-])
-async def test_page_renders_its_key_content(seeded: Web, path: str,
-                                            expected: list[str]) -> None:
+                "You decide: confirm or decline",
+                "Post an offer",
+                "Post a need",
+            ],
+        ),
+        (
+            "/inventory",
+            [
+                "St Mary&#39;s pantry",
+                "Tinned beans",
+                "28 can",
+                "below zero",
+                "expiring soon",
+                "Elm Street fridge",
+                "Stock in or out",
+                "Record a count",
+            ],
+        ),
+        (
+            "/roster",
+            [
+                "Pantry lead",
+                "Needs 1 more person",
+                "Over-filled: 2 signed up, 1 needed.",
+                "Hours in week",
+                "Sign up as extra",
+                "Withdraw",
+                "Schedule a shift",
+            ],
+        ),
+        (
+            "/people",
+            [
+                "Ana",
+                "Ben",
+                "Chioma",
+                "Driver",
+                "4 h a week",
+                "Held by: Ben",
+                "Roles: Pantry lead",
+                "3 h this week",
+            ],
+        ),
+        (
+            "/sync",
+            [
+                "This device",
+                "Riverside Mutual Aid",
+                "No other devices known yet.",
+                "Start &#39;potluck serve&#39; on both devices",
+            ],
+        ),
+    ],
+)
+async def test_page_renders_its_key_content(seeded: Web, path: str, expected: list[str]) -> None:
     page = await seeded.client.get(path)
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
@@ -282,9 +389,17 @@ async def test_static_assets_are_served_from_the_package(web: Web) -> None:
 
 async def test_offer_form_saves_then_says_so(web: Web) -> None:
     before = await web.count()
-    response = await web.post("/board/offer", {"title": "  Soup for 6  ", "quantity": "6",
-                                               "category": "food", "item": "beans",
-                                               "location": "st-marys", "until": ""})
+    response = await web.post(
+        "/board/offer",
+        {
+            "title": "  Soup for 6  ",
+            "quantity": "6",
+            "category": "food",
+            "item": "beans",
+            "location": "st-marys",
+            "until": "",
+        },
+    )
     assert response.status_code == 303
     assert response.headers["location"] == "/board"
     assert await web.count() == before + 1
@@ -298,8 +413,9 @@ async def test_offer_form_saves_then_says_so(web: Web) -> None:
 
 
 async def test_need_form_saves_with_urgency(web: Web) -> None:
-    response = await web.post("/board/need", {"title": "Nappies", "urgency": "urgent",
-                                              "quantity": "", "by": "2030-01-31"})
+    response = await web.post(
+        "/board/need", {"title": "Nappies", "urgency": "urgent", "quantity": "", "by": "2030-01-31"}
+    )
     assert response.status_code == 303
     [need] = (await web.board())["needs"]
     assert need["urgency"] == "urgent" and need["by"] == "2030-01-31"
@@ -326,8 +442,7 @@ async def test_pledge_to_a_need_says_pledge(seeded: Web) -> None:
     assert "Pledge made." in (await seeded.client.get("/board")).text
 
 
-async def test_over_claim_shows_who_decides_and_holder_confirms_and_declines(
-        seeded: Web) -> None:
+async def test_over_claim_shows_who_decides_and_holder_confirms_and_declines(seeded: Web) -> None:
     page = (await seeded.client.get("/board")).text
     assert "Over-claimed: 12 claimed but only 10 offered." in page
     assert page.count("needs a decision") >= 2
@@ -370,21 +485,33 @@ async def test_holder_withdraws_own_offer(web: Web) -> None:
 
 async def test_inventory_adjust_and_count_change_the_stock(web: Web) -> None:
     async def stock() -> dict[str, list[dict[str, object]]]:
-        return await web.node.store.read(lambda db: views.inventory(db,
-                                                                    datetime.date.today()))
+        return await web.node.store.read(lambda db: views.inventory(db, datetime.date.today()))
 
-    ok = await web.post("/inventory/adjust", {"item": "beans", "location": "st-marys",
-                                              "amount": "20", "reason": "donation",
-                                              "expires": "2031-05-01"}, page="/inventory")
+    ok = await web.post(
+        "/inventory/adjust",
+        {
+            "item": "beans",
+            "location": "st-marys",
+            "amount": "20",
+            "reason": "donation",
+            "expires": "2031-05-01",
+        },
+        page="/inventory",
+    )
     assert ok.status_code == 303
-    out = await web.post("/inventory/adjust", {"item": "beans", "location": "st-marys",
-                                               "amount": "5", "reason": "spoilage"},
-                         page="/inventory")
+    out = await web.post(
+        "/inventory/adjust",
+        {"item": "beans", "location": "st-marys", "amount": "5", "reason": "spoilage"},
+        page="/inventory",
+    )
     assert out.status_code == 303
     [row] = (await stock())["rows"]
     assert row["on_hand"] == 15 and row["expires"] == "2031-05-01"
-    counted = await web.post("/inventory/count", {"item": "beans", "location": "st-marys",
-                                                  "count": "9"}, page="/inventory")
+    counted = await web.post(
+        "/inventory/count",
+        {"item": "beans", "location": "st-marys", "count": "9"},
+        page="/inventory",
+    )
     assert counted.status_code == 303
     [row] = (await stock())["rows"]
     assert row["on_hand"] == 9
@@ -393,12 +520,22 @@ async def test_inventory_adjust_and_count_change_the_stock(web: Web) -> None:
 
 
 async def test_item_and_location_forms_define_them(web: Web) -> None:
-    item = await web.post("/inventory/item", {"name": "Oat milk", "slug": "oat-milk",
-                                              "unit": "carton", "category": "",
-                                              "storage": "ambient"}, page="/inventory")
-    place = await web.post("/inventory/location", {"name": "Elm Street fridge",
-                                                   "slug": "elm-fridge", "kind": "fridge"},
-                           page="/inventory")
+    item = await web.post(
+        "/inventory/item",
+        {
+            "name": "Oat milk",
+            "slug": "oat-milk",
+            "unit": "carton",
+            "category": "",
+            "storage": "ambient",
+        },
+        page="/inventory",
+    )
+    place = await web.post(
+        "/inventory/location",
+        {"name": "Elm Street fridge", "slug": "elm-fridge", "kind": "fridge"},
+        page="/inventory",
+    )
     assert item.status_code == place.status_code == 303
     known = await web.node.store.read(views.known_slugs)
     assert "oat-milk" in known["items"] and "elm-fridge" in known["locations"]
@@ -407,10 +544,19 @@ async def test_item_and_location_forms_define_them(web: Web) -> None:
 async def test_roster_forms_schedule_sign_up_record_hours_and_withdraw(web: Web) -> None:
     today = datetime.date.today()
     week = iso_week(today.isoformat() + "T00:00")
-    scheduled = await web.post("/roster/shift", {
-        "role": "driver", "location": "st-marys", "date": today.isoformat(),
-        "start_time": "09:00", "end_time": "12:30", "slots": "2", "week": week},
-        page="/roster")
+    scheduled = await web.post(
+        "/roster/shift",
+        {
+            "role": "driver",
+            "location": "st-marys",
+            "date": today.isoformat(),
+            "start_time": "09:00",
+            "end_time": "12:30",
+            "slots": "2",
+            "week": week,
+        },
+        page="/roster",
+    )
     assert scheduled.status_code == 303
     assert scheduled.headers["location"] == f"/roster?week={week}"
     [shift] = (await web.node.store.read(lambda db: views.roster(db, None)))["shifts"]
@@ -419,8 +565,9 @@ async def test_roster_forms_schedule_sign_up_record_hours_and_withdraw(web: Web)
     signed = await web.post(f"/roster/{shift_id}/signup", {"week": week}, page="/roster")
     assert signed.status_code == 303
     assert signed.headers["location"] == f"/roster?week={week}#shift-{shift_id}"
-    hours = await web.post(f"/roster/{shift_id}/hours", {"hours": "3.5", "week": week},
-                           page="/roster")
+    hours = await web.post(
+        f"/roster/{shift_id}/hours", {"hours": "3.5", "week": week}, page="/roster"
+    )
     assert hours.status_code == 303
     roster = await web.node.store.read(lambda db: views.roster(db, week))
     assert roster["shifts"][0]["filled"] == 1
@@ -440,13 +587,17 @@ async def test_roster_shows_another_week(web: Web) -> None:
 
 
 async def test_people_forms_define_and_assign_roles(web: Web) -> None:
-    role = await web.post("/people/role", {"name": "Cook", "slug": "cook",
-                                           "weekly_hours": "2,5", "description": "Soup"},
-                          page="/people")
+    role = await web.post(
+        "/people/role",
+        {"name": "Cook", "slug": "cook", "weekly_hours": "2,5", "description": "Soup"},
+        page="/people",
+    )
     assert role.status_code == 303
-    assign = await web.post("/people/assign", {"role": "cook",
-                                               "member": web.node.author.hex(),
-                                               "until": "2031-01-01"}, page="/people")
+    assign = await web.post(
+        "/people/assign",
+        {"role": "cook", "member": web.node.author.hex(), "until": "2031-01-01"},
+        page="/people",
+    )
     assert assign.status_code == 303
     page = (await web.client.get("/people")).text
     assert "2.5 h a week" in page and "Roles: Cook" in page
@@ -457,56 +608,151 @@ async def test_people_forms_define_and_assign_roles(web: Web) -> None:
 
 BAD = [
     # (path, fields, field with the message, words of the message)
-    ("/board/offer", {"title": "Beans", "quantity": "-3"}, "offer-quantity",
-     "Write a whole number of 1 or more."),
-    ("/board/offer", {"title": "Beans", "quantity": "three"}, "offer-quantity",
-     "Write a whole number, like 3."),
-    ("/board/offer", {"title": "x" * 201}, "offer-title",
-     "Too long: at most 200 characters (this has 201)."),
+    (
+        "/board/offer",
+        {"title": "Beans", "quantity": "-3"},
+        "offer-quantity",
+        "Write a whole number of 1 or more.",
+    ),
+    (
+        "/board/offer",
+        {"title": "Beans", "quantity": "three"},
+        "offer-quantity",
+        "Write a whole number, like 3.",
+    ),
+    (
+        "/board/offer",
+        {"title": "x" * 201},
+        "offer-title",
+        "Too long: at most 200 characters (this has 201).",
+    ),
     ("/board/offer", {"title": "   "}, "offer-title", "Fill this in."),
-    ("/board/offer", {"title": "Beans", "item": "caviar"}, "offer-item",
-     "There is no item 'caviar' on this device."),
-    ("/board/offer", {"title": "Beans", "location": "moon"}, "offer-location",
-     "There is no place 'moon' on this device."),
-    ("/board/offer", {"title": "Beans", "until": "2026-02-30"}, "offer-until",
-     "Write a date like 2026-12-01."),
-    ("/board/need", {"title": "Help", "urgency": "panic"}, "need-urgency",
-     "Choose one of the options."),
-    ("/board/need", {"title": "Help", "urgency": "low", "quantity": "0"}, "need-quantity",
-     "Write a whole number of 1 or more."),
-    ("/inventory/adjust", {"item": "caviar", "location": "st-marys", "amount": "3",
-                           "reason": "donation"}, "adjust-item", "no item 'caviar'"),
-    ("/inventory/adjust", {"item": "beans", "location": "st-marys", "amount": "-3",
-                           "reason": "donation"}, "adjust-amount",
-     "Write a whole number of 1 or more."),
-    ("/inventory/adjust", {"item": "beans", "location": "st-marys", "amount": "99999999999",
-                           "reason": "donation"}, "adjust-amount", "That is too many"),
-    ("/inventory/count", {"item": "beans", "location": "st-marys", "count": "-1"},
-     "count-count", "Write a whole number of 0 or more."),
-    ("/inventory/item", {"name": "Oat milk", "slug": "Oat Milk!", "unit": "carton",
-                         "storage": "ambient"}, "item-slug", "Use only small letters"),
-    ("/inventory/location", {"name": "Fridge", "slug": "fridge", "kind": "garage"},
-     "location-kind", "Choose one of the options."),
-    ("/roster/shift", {"role": "driver", "location": "st-marys", "date": "2030-01-07",
-                       "start_time": "12:00", "end_time": "09:00", "slots": "2"},
-     "shift-end_time", "The end must be after the start."),
-    ("/roster/shift", {"role": "cleaner", "location": "st-marys", "date": "2030-01-07",
-                       "start_time": "09:00", "end_time": "10:00", "slots": "2"},
-     "shift-role", "There is no role 'cleaner'"),
-    ("/roster/shift", {"role": "driver", "location": "st-marys", "date": "2030-01-07",
-                       "start_time": "9am", "end_time": "10:00", "slots": "0"},
-     "shift-start_time", "Write a time like 09:00."),
-    ("/people/role", {"name": "Cook", "slug": "cook", "weekly_hours": "200"},
-     "role-weekly_hours", "Write a number of hours above 0 and at most 168."),
-    ("/people/assign", {"role": "driver", "member": "ab" * 32}, "assign-member",
-     "There is no member like that on this device."),
+    (
+        "/board/offer",
+        {"title": "Beans", "item": "caviar"},
+        "offer-item",
+        "There is no item 'caviar' on this device.",
+    ),
+    (
+        "/board/offer",
+        {"title": "Beans", "location": "moon"},
+        "offer-location",
+        "There is no place 'moon' on this device.",
+    ),
+    (
+        "/board/offer",
+        {"title": "Beans", "until": "2026-02-30"},
+        "offer-until",
+        "Write a date like 2026-12-01.",
+    ),
+    (
+        "/board/need",
+        {"title": "Help", "urgency": "panic"},
+        "need-urgency",
+        "Choose one of the options.",
+    ),
+    (
+        "/board/need",
+        {"title": "Help", "urgency": "low", "quantity": "0"},
+        "need-quantity",
+        "Write a whole number of 1 or more.",
+    ),
+    (
+        "/inventory/adjust",
+        {"item": "caviar", "location": "st-marys", "amount": "3", "reason": "donation"},
+        "adjust-item",
+        "no item 'caviar'",
+    ),
+    (
+        "/inventory/adjust",
+        {"item": "beans", "location": "st-marys", "amount": "-3", "reason": "donation"},
+        "adjust-amount",
+        "Write a whole number of 1 or more.",
+    ),
+    (
+        "/inventory/adjust",
+        {"item": "beans", "location": "st-marys", "amount": "99999999999", "reason": "donation"},
+        "adjust-amount",
+        "That is too many",
+    ),
+    (
+        "/inventory/count",
+        {"item": "beans", "location": "st-marys", "count": "-1"},
+        "count-count",
+        "Write a whole number of 0 or more.",
+    ),
+    (
+        "/inventory/item",
+        {"name": "Oat milk", "slug": "Oat Milk!", "unit": "carton", "storage": "ambient"},
+        "item-slug",
+        "Use only small letters",
+    ),
+    (
+        "/inventory/location",
+        {"name": "Fridge", "slug": "fridge", "kind": "garage"},
+        "location-kind",
+        "Choose one of the options.",
+    ),
+    (
+        "/roster/shift",
+        {
+            "role": "driver",
+            "location": "st-marys",
+            "date": "2030-01-07",
+            "start_time": "12:00",
+            "end_time": "09:00",
+            "slots": "2",
+        },
+        "shift-end_time",
+        "The end must be after the start.",
+    ),
+    (
+        "/roster/shift",
+        {
+            "role": "cleaner",
+            "location": "st-marys",
+            "date": "2030-01-07",
+            "start_time": "09:00",
+            "end_time": "10:00",
+            "slots": "2",
+        },
+        "shift-role",
+        "There is no role 'cleaner'",
+    ),
+    (
+        "/roster/shift",
+        {
+            "role": "driver",
+            "location": "st-marys",
+            "date": "2030-01-07",
+            "start_time": "9am",
+            "end_time": "10:00",
+            "slots": "0",
+        },
+        "shift-start_time",
+        "Write a time like 09:00.",
+    ),
+    (
+        "/people/role",
+        {"name": "Cook", "slug": "cook", "weekly_hours": "200"},
+        "role-weekly_hours",
+        "Write a number of hours above 0 and at most 168.",
+    ),
+    (
+        "/people/assign",
+        {"role": "driver", "member": "ab" * 32},
+        "assign-member",
+        "There is no member like that on this device.",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("path", "fields", "field", "message"), BAD,
-                         ids=[f"{p}:{f}" for p, _, f, _ in BAD])
+@pytest.mark.parametrize(
+    ("path", "fields", "field", "message"), BAD, ids=[f"{p}:{f}" for p, _, f, _ in BAD]
+)
 async def test_bad_input_is_refused_beside_the_field_and_writes_nothing(
-        web: Web, path: str, fields: dict[str, str], field: str, message: str) -> None:
+    web: Web, path: str, fields: dict[str, str], field: str, message: str
+) -> None:
     page = "/" + path.split("/")[1]
     before = await web.count()
     response = await web.post(path, fields, page=page)
@@ -514,18 +760,26 @@ async def test_bad_input_is_refused_beside_the_field_and_writes_nothing(
     assert await web.count() == before
     assert message in field_error(response.text, field), response.text[-3000:]
     assert f'id="{field}"' in response.text
-    assert 'aria-invalid="true"' in response.text or "<fieldset class=\"field has-error\"" \
-        in response.text  # a radio group marks its fieldset
+    assert (
+        'aria-invalid="true"' in response.text
+        or '<fieldset class="field has-error"' in response.text
+    )  # a radio group marks its fieldset
     assert "Nothing was saved." in response.text  # the summary at the top
     assert f'href="#{field}"' in response.text
     assert "Saved on this device" not in response.text
     assert f'data-url="{page}' in response.text  # live updates re-fetch the page, not the POST
     for name, value in fields.items():  # what was typed is kept
-        if value.strip() and len(value) < 100 and name not in ("urgency", "reason",
-                                                               "storage", "kind"):
-            assert f'value="{value}"' in response.text or f">{value}<" in response.text or \
-                f'value="{value}" selected' in response.text or name in ("item", "location",
-                                                                          "role", "member")
+        if (
+            value.strip()
+            and len(value) < 100
+            and name not in ("urgency", "reason", "storage", "kind")
+        ):
+            assert (
+                f'value="{value}"' in response.text
+                or f">{value}<" in response.text
+                or f'value="{value}" selected' in response.text
+                or name in ("item", "location", "role", "member")
+            )
 
 
 async def test_claim_with_negative_quantity_is_refused_on_its_card(seeded: Web) -> None:
@@ -535,8 +789,10 @@ async def test_claim_with_negative_quantity_is_refused_on_its_card(seeded: Web) 
     response = await seeded.post(f"/board/{coats['id']}/claim", {"quantity": "-2"})
     assert response.status_code == 400
     assert await seeded.count() == before
-    assert field_error(response.text, f"claim-{coats['id']}-quantity") == \
-        "Write a whole number of 1 or more."
+    assert (
+        field_error(response.text, f"claim-{coats['id']}-quantity")
+        == "Write a whole number of 1 or more."
+    )
 
 
 async def test_holder_cannot_confirm_twice(seeded: Web) -> None:
@@ -580,8 +836,9 @@ async def test_form_from_another_session_is_refused(web: Web) -> None:
     assert response.status_code == 403
 
 
-async def test_storage_failure_is_shown_not_hidden(web: Web,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_storage_failure_is_shown_not_hidden(
+    web: Web, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def full(body: b.BaseBody) -> None:
         raise StorageError("the disk is full: free some space")
 
@@ -623,10 +880,12 @@ async def test_token_is_required_when_set(node: Node) -> None:
         posted = await browser.post("/board/offer", data={"title": "Soup", "csrf": csrf})
         assert posted.status_code == 303
     async with client_for(app) as api:
-        assert (await api.get("/board", headers={
-            "Authorization": "Bearer s3cret-token"})).status_code == 200
-        assert (await api.get("/board", headers={
-            "Authorization": "Bearer nope"})).status_code == 401
+        assert (
+            await api.get("/board", headers={"Authorization": "Bearer s3cret-token"})
+        ).status_code == 200
+        assert (
+            await api.get("/board", headers={"Authorization": "Bearer nope"})
+        ).status_code == 401
     async with client_for(app, base_url="http://192.168.1.20:7718") as lan:
         assert (await lan.get("/board?token=s3cret-token")).status_code == 303
 
@@ -642,15 +901,13 @@ async def test_without_token_only_this_machine_names_are_answered(node: Node) ->
         assert "Riverside" not in response.text
 
 
-async def test_cookies_are_named_per_node_so_two_nodes_on_one_host_do_not_mix(
-        web: Web) -> None:
+async def test_cookies_are_named_per_node_so_two_nodes_on_one_host_do_not_mix(web: Web) -> None:
     await web.client.get("/board")
     names = list(web.client.cookies.keys())
     assert names == [f"potluck_{web.node.author.hex()[:8]}_session"]
 
 
-async def test_the_code_in_docs_web_md_serves_the_page(node: Node,
-                                                      unused_tcp_port: int) -> None:
+async def test_the_code_in_docs_web_md_serves_the_page(node: Node, unused_tcp_port: int) -> None:
     docs = (Path(__file__).parent.parent / "docs" / "web.md").read_text()
     [code] = re.findall(r"```python\n(.*?)```", docs, re.S)
     scope: dict[str, object] = {}
@@ -687,8 +944,15 @@ def test_server_refuses_the_lan_without_a_token() -> None:
 async def test_language_switch_gives_spanish_and_is_remembered(seeded: Web) -> None:
     page = await seeded.client.get("/board?lang=es")
     assert '<html lang="es">' in page.text
-    for text in ("Tablón", "Necesidades", "Ofertas", "Publicar una oferta", "Urgente",
-                 "Pedido de más: 12 pedidos pero solo se ofrecen 10.", "Decides tú"):
+    for text in (
+        "Tablón",
+        "Necesidades",
+        "Ofertas",
+        "Publicar una oferta",
+        "Urgente",
+        "Pedido de más: 12 pedidos pero solo se ofrecen 10.",
+        "Decides tú",
+    ):
         assert text in page.text, text
     again = await seeded.client.get("/inventory")  # no ?lang: the cookie remembers
     assert '<html lang="es">' in again.text and "Inventario" in again.text
@@ -707,8 +971,7 @@ async def test_spanish_form_errors_are_spanish(web: Web) -> None:
     await web.client.get("/board?lang=es")
     response = await web.post("/board/offer", {"title": "Alubias", "quantity": "-1"})
     assert response.status_code == 400
-    assert field_error(response.text, "offer-quantity") == \
-        "Escribe un número entero de 1 o más."
+    assert field_error(response.text, "offer-quantity") == "Escribe un número entero de 1 o más."
     assert "No se guardó nada." in response.text
     assert "Cuántos: Escribe un número entero de 1 o más.</a>" in response.text  # summary
 
@@ -789,14 +1052,14 @@ async def test_change_feed_heartbeats_and_closes() -> None:
 
 
 async def test_events_stream_a_change_within_a_second_and_server_shuts_down(
-        node: Node, unused_tcp_port: int) -> None:
+    node: Node, unused_tcp_port: int
+) -> None:
     server = create_server(node, "127.0.0.1", unused_tcp_port)
     serving = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
     url = f"http://127.0.0.1:{unused_tcp_port}"
-    async with httpx.AsyncClient(base_url=url) as client, \
-            client.stream("GET", "/events") as stream:
+    async with httpx.AsyncClient(base_url=url) as client, client.stream("GET", "/events") as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
         lines = stream.aiter_lines()
         first = await _next_change(lines)
@@ -819,8 +1082,12 @@ async def _next_change(lines: AsyncIterator[str], after: int = -1) -> int:
 
 
 async def test_events_see_a_write_from_another_process(node: Node, tmp_path: Path) -> None:
-    feed = ChangeFeed(lambda: node.store.read(lambda db: int(
-        db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])), interval=0.05)
+    feed = ChangeFeed(
+        lambda: node.store.read(
+            lambda db: int(db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
+        ),
+        interval=0.05,
+    )
     stream = feed.listen()
     first = await anext(stream)
     # Another process (the CLI) appends: simulate with a second connection's commit.

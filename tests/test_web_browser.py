@@ -31,9 +31,15 @@ from eventlog import body as b
 from node.app import Node
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ROOT = Path(__file__).parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "web"
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
@@ -49,10 +55,13 @@ except ImportError:  # pragma: no cover - the skip says what to install
     sync_playwright = None  # type: ignore[assignment]
 
 pytestmark = [
-    pytest.mark.skipif(sync_playwright is None,
-                       reason="Playwright for Python is not installed: pip install playwright"),
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason="no /usr/bin/chromium: apt-get install -y chromium"),
+    pytest.mark.skipif(
+        sync_playwright is None,
+        reason="Playwright for Python is not installed: pip install playwright",
+    ),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install -y chromium"
+    ),
 ]
 
 T = TypeVar("T")
@@ -65,8 +74,7 @@ class LiveNode:
         self.data_dir = data_dir
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="potluck-web-test",
-                                       daemon=True)
+        self.thread = threading.Thread(target=self._run, name="potluck-web-test", daemon=True)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -151,8 +159,13 @@ def page(browser: Browser) -> Iterator[Page]:
 
 def potluck(data_dir: Path, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if k != "POTLUCK_HOME"}
-    proc = subprocess.run([*POTLUCK, "--data-dir", str(data_dir), *args], capture_output=True,
-                          text=True, timeout=60, env=env)
+    proc = subprocess.run(
+        [*POTLUCK, "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -194,13 +207,17 @@ def test_bad_input_in_the_page_is_shown_beside_the_field(live: LiveNode, page: P
     before = live.call(live.node.store.count())
     form.get_by_role("button", name="Record the change").click()
     expect(page.locator("#adjust-amount-error")).to_contain_text(
-        "Write a whole number of 1 or more.")
+        "Write a whole number of 1 or more."
+    )
     expect(page.locator("#adjust-amount")).to_be_focused()
     expect(page.locator(".error-summary")).to_contain_text("Nothing was saved.")
     assert live.call(live.node.store.count()) == before
     # The refused page (its address is the form's) still updates live.
-    live.call(live.node.post(b.StockAdjusted(item="rice", location="elm-fridge", delta=2,
-                                             reason="donation")))
+    live.call(
+        live.node.post(
+            b.StockAdjusted(item="rice", location="elm-fridge", delta=2, reason="donation")
+        )
+    )
     expect(page.locator("#live")).to_contain_text("Elm Street fridge", timeout=2000)
     expect(page.locator("#stock-rice-elm-fridge")).to_contain_text("2 kg", timeout=2000)
     expect(page.locator("#adjust-amount")).to_have_value("-4")
@@ -210,10 +227,17 @@ def test_an_event_from_the_cli_appears_without_a_reload(live: LiveNode, page: Pa
     page.goto(f"{live.url}/board")
     expect(page.locator("#live-status")).to_have_class("live-status connected")
     page.evaluate("window.notReloaded = true")
-    potluck(live.data_dir, "need", "post", "Warm blankets for the shelter",
-            "--urgency", "urgent", "--quantity", "12")
-    expect(page.locator("#live")).to_contain_text("Warm blankets for the shelter",
-                                                  timeout=2000)
+    potluck(
+        live.data_dir,
+        "need",
+        "post",
+        "Warm blankets for the shelter",
+        "--urgency",
+        "urgent",
+        "--quantity",
+        "12",
+    )
+    expect(page.locator("#live")).to_contain_text("Warm blankets for the shelter", timeout=2000)
     assert page.evaluate("window.notReloaded") is True
     # And from this process: the node's own post wakes the feed at once.
     live.call(live.node.post(b.OfferPosted(title="Soup pots to lend", category="kitchen")))
@@ -257,8 +281,9 @@ def test_spanish_page_in_the_browser(live: LiveNode, page: Page) -> None:
 
 
 @pytest.mark.parametrize("name", PAGES)
-def test_page_has_no_serious_accessibility_violations(live: LiveNode, browser: Browser,
-                                                      name: str) -> None:
+def test_page_has_no_serious_accessibility_violations(
+    live: LiveNode, browser: Browser, name: str
+) -> None:
     # axe is injected as an inline script, which the page's own CSP forbids.
     context = browser.new_context(viewport={"width": 390, "height": 844}, bypass_csp=True)
     tab = context.new_page()
@@ -269,18 +294,22 @@ def test_page_has_no_serious_accessibility_violations(live: LiveNode, browser: B
             for panel in tab.locator("details.panel").all():
                 panel.evaluate("d => d.open = true")  # check the forms too
             tab.add_script_tag(content=AXE.read_text())
-            result = tab.evaluate("async () => await axe.run(document, "
-                                  "{resultTypes: ['violations']})")
-            bad = [f"{v['id']} ({v['impact']}): {v['help']} -> "
-                   f"{[n['target'] for n in v['nodes']][:3]}"
-                   for v in result["violations"] if v["impact"] in ("serious", "critical")]
+            result = tab.evaluate(
+                "async () => await axe.run(document, {resultTypes: ['violations']})"
+            )
+            bad = [
+                f"{v['id']} ({v['impact']}): {v['help']} -> {[n['target'] for n in v['nodes']][:3]}"
+                for v in result["violations"]
+                if v["impact"] in ("serious", "critical")
+            ]
             assert not bad, f"/{name}{query}: " + "\n".join(bad)
     finally:
         context.close()
 
 
-def test_screenshots_of_every_page_at_phone_and_desktop_size(live: LiveNode,
-                                                             browser: Browser) -> None:
+def test_screenshots_of_every_page_at_phone_and_desktop_size(
+    live: LiveNode, browser: Browser
+) -> None:
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
     ARTIFACTS.mkdir(parents=True)

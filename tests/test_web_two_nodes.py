@@ -42,14 +42,19 @@ from node.web.feed import ShareWatch, merged
 
 BASE = "http://127.0.0.1"
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts" / "web"
 SIZES = {"phone": (390, 844), "desktop": (1280, 800)}
 POTLUCK = [sys.executable, "-c", "from node.cli import main; main()"]
-ENV = {**{k: v for k, v in os.environ.items() if k != "POTLUCK_HOME"},
-       "PYTHONUNBUFFERED": "1"}
+ENV = {**{k: v for k, v in os.environ.items() if k != "POTLUCK_HOME"}, "PYTHONUNBUFFERED": "1"}
 START_DEADLINE = 30.0
 LIVE_MS = 5000  # the issue: without a reload, within a few seconds (we allow 5 s)
 
@@ -59,10 +64,11 @@ except ImportError:  # pragma: no cover - the skip says what to install
     sync_playwright = None  # type: ignore[assignment]
 
 needs_playwright = pytest.mark.skipif(
-    sync_playwright is None,
-    reason="Playwright for Python is not installed: pip install playwright")
+    sync_playwright is None, reason="Playwright for Python is not installed: pip install playwright"
+)
 needs_chromium = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install -y chromium")
+    not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install -y chromium"
+)
 
 Vector = dict[bytes, tuple[int, bytes]]
 
@@ -85,23 +91,29 @@ class FakePeers:
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
     n = await Node.init(tmp_path / "node", "Ana", Group.new("Riverside Mutual Aid"))
-    await n.post(b.ItemDefined(slug="beans", name="Tinned beans", unit="can",
-                               category="food", storage="ambient"))
+    await n.post(
+        b.ItemDefined(
+            slug="beans", name="Tinned beans", unit="can", category="food", storage="ambient"
+        )
+    )
     yield n
     await n.close()
 
 
 def client_for(app: object) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
-                             base_url=BASE)
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
+        base_url=BASE,
+    )
 
 
 async def post_offer(client: httpx.AsyncClient, title: str, *, lang: str = "en") -> None:
     page = await client.get(f"/board?lang={lang}")
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
     assert csrf, page.text[:300]
-    response = await client.post("/board/offer", data={"csrf": csrf.group(1), "title": title,
-                                                       "quantity": "10"})
+    response = await client.post(
+        "/board/offer", data={"csrf": csrf.group(1), "title": title, "quantity": "10"}
+    )
     assert response.status_code == 303, response.text[:500]
 
 
@@ -115,8 +127,7 @@ def flash(html: str) -> str:
     return re.sub(r"<[^>]+>", "", match.group(1)) if match else ""
 
 
-async def test_saved_form_says_shared_only_with_the_peers_that_have_the_event(
-        node: Node) -> None:
+async def test_saved_form_says_shared_only_with_the_peers_that_have_the_event(node: Node) -> None:
     peers = FakePeers()
     async with client_for(create_app(node, peer_vectors=peers)) as client:
         # Nobody connected: saved here, and the page says it is nowhere else yet.
@@ -128,9 +139,9 @@ async def test_saved_form_says_shared_only_with_the_peers_that_have_the_event(
         await post_offer(client, "Bread")
         seq, digest = await head(node)
         peers.vectors = [
-            {node.author: (seq, digest)},              # has the offer
-            {node.author: (seq - 1, b"\0" * 32)},      # has everything before it only
-            {},                                         # has nothing of ours
+            {node.author: (seq, digest)},  # has the offer
+            {node.author: (seq - 1, b"\0" * 32)},  # has everything before it only
+            {},  # has nothing of ours
         ]
         page = (await client.get("/board")).text
         assert flash(page) == "Offer posted. Saved on this device. Shared with 1 peer."
@@ -147,8 +158,9 @@ async def test_saved_form_says_shared_only_with_the_peers_that_have_the_event(
         seq, digest = await head(node)
         peers.vectors = [{node.author: (seq, digest)}] * 2
         page = (await client.get("/board")).text
-        assert flash(page) == ("Oferta publicada. Guardado en este dispositivo. "
-                               "Compartido con 2 dispositivos.")
+        assert flash(page) == (
+            "Oferta publicada. Guardado en este dispositivo. Compartido con 2 dispositivos."
+        )
 
 
 async def test_claim_saved_in_the_page_is_counted_too(node: Node) -> None:
@@ -163,8 +175,9 @@ async def test_claim_saved_in_the_page_is_counted_too(node: Node) -> None:
         page = await client.get("/board")
         csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
         assert csrf
-        response = await client.post(f"/board/{offer.hash.hex()}/claim",
-                                     data={"csrf": csrf.group(1), "quantity": "3"})
+        response = await client.post(
+            f"/board/{offer.hash.hex()}/claim", data={"csrf": csrf.group(1), "quantity": "3"}
+        )
         assert response.status_code == 303
         peers.vectors = [{node.author: await head(node)}]
         page = await client.get("/board")
@@ -186,8 +199,9 @@ async def test_refused_form_says_neither_saved_nor_shared(node: Node) -> None:
         csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
         assert csrf
         before = await node.store.count()
-        response = await client.post("/board/offer", data={"csrf": csrf.group(1),
-                                                           "title": "Soup", "quantity": "-2"})
+        response = await client.post(
+            "/board/offer", data={"csrf": csrf.group(1), "title": "Soup", "quantity": "-2"}
+        )
         assert response.status_code == 400
         assert "Nothing was saved." in response.text
         assert "Saved on this device" not in response.text
@@ -201,9 +215,12 @@ async def test_a_forged_flash_cookie_claims_nothing(node: Node) -> None:
     app = create_app(node, peer_vectors=peers)
     name = app.state.web.cookies.flash
     async with client_for(app) as client:
-        for value, shown in (("offer_posted.x1", "Offer posted. Saved on this device."),
-                             ("offer_posted.0", "Offer posted. Saved on this device."),
-                             ("share.one.1", ""), ("saved.1", "")):
+        for value, shown in (
+            ("offer_posted.x1", "Offer posted. Saved on this device."),
+            ("offer_posted.0", "Offer posted. Saved on this device."),
+            ("share.one.1", ""),
+            ("saved.1", ""),
+        ):
             client.cookies.set(name, value)
             page = (await client.get("/board")).text
             assert flash(page) == shown, value
@@ -268,16 +285,20 @@ async def test_merged_ends_with_the_first_source_and_closes_the_others() -> None
 
 
 async def test_events_stream_says_live_when_a_peer_gets_the_saved_event(
-        node: Node, unused_tcp_port: int) -> None:
+    node: Node, unused_tcp_port: int
+) -> None:
     peers = FakePeers()
     server = create_server(node, "127.0.0.1", unused_tcp_port, peer_vectors=peers)
     serving = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
     saved = await node.post(b.OfferPosted(title="Soup", quantity=10))
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{unused_tcp_port}") as client, \
-            client.stream("GET", f"/events?seq={saved.seq}",
-                          headers={"Accept-Language": "es"}) as stream:
+    async with (
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{unused_tcp_port}") as client,
+        client.stream(
+            "GET", f"/events?seq={saved.seq}", headers={"Accept-Language": "es"}
+        ) as stream,
+    ):
         lines = stream.aiter_lines()
         first = await asyncio.wait_for(next_shared(lines), 2)
         assert first == {"peers": 0, "text": "Todavía no está en ningún otro dispositivo."}
@@ -315,8 +336,7 @@ def test_page_says_shared_by_itself_once_a_peer_has_the_event(tmp_path: Path) ->
         async def _serve(self) -> None:
             self.node = await Node.open(self.data_dir)
             try:
-                self.server = create_server(self.node, "127.0.0.1", self.port,
-                                            peer_vectors=peers)
+                self.server = create_server(self.node, "127.0.0.1", self.port, peer_vectors=peers)
                 self.ready.set()
                 await self.server.serve(sockets=[self.sock])
             finally:
@@ -333,8 +353,7 @@ def test_page_says_shared_by_itself_once_a_peer_has_the_event(tmp_path: Path) ->
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             try:
-                tab = browser.new_page(viewport={"width": 390, "height": 844},
-                                       locale="en-GB")
+                tab = browser.new_page(viewport={"width": 390, "height": 844}, locale="en-GB")
                 tab.set_default_timeout(LIVE_MS)
                 tab.goto(f"{live.url}/board")
                 tab.get_by_text("Post an offer").click()
@@ -346,8 +365,7 @@ def test_page_says_shared_by_itself_once_a_peer_has_the_event(tmp_path: Path) ->
                 tab.evaluate("window.notReloaded = true")
                 seq, digest = live.call(head(live.node))
                 peers.vectors = [{live.node.author: (seq, digest)}]
-                expect(tab.locator("#shared")).to_have_text("Shared with 1 peer.",
-                                                            timeout=2000)
+                expect(tab.locator("#shared")).to_have_text("Shared with 1 peer.", timeout=2000)
                 peers.vectors = []  # the peer leaves; it still has the offer
                 tab.wait_for_timeout(600)
                 expect(tab.locator("#shared")).to_have_text("Shared with 1 peer.")
@@ -359,8 +377,14 @@ def test_page_says_shared_by_itself_once_a_peer_has_the_event(tmp_path: Path) ->
 
 
 def potluck(data_dir: Path, *args: str) -> str:
-    proc = subprocess.run([*POTLUCK, "--data-dir", str(data_dir), *args], capture_output=True,
-                          text=True, timeout=60, env=ENV, check=False)
+    proc = subprocess.run(
+        [*POTLUCK, "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+        check=False,
+    )
     assert proc.returncode == 0, f"potluck {' '.join(args)}: {proc.stderr}"
     return proc.stdout
 
@@ -378,12 +402,21 @@ class Serve:
 
     def __init__(self, data_dir: Path, *peers: str) -> None:
         self.name = data_dir.name
-        args = [*POTLUCK, "--data-dir", str(data_dir), "serve", "--listen", "127.0.0.1:0",
-                "--ui", f"127.0.0.1:{free_port()}"]
+        args = [
+            *POTLUCK,
+            "--data-dir",
+            str(data_dir),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ui",
+            f"127.0.0.1:{free_port()}",
+        ]
         for peer in peers:
             args += ["--peer", peer]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=ENV)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
+        )
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -411,8 +444,10 @@ class Serve:
     def _wait_for_page(self) -> None:
         end = time.monotonic() + START_DEADLINE
         while time.monotonic() < end:
-            with contextlib.suppress(OSError, urllib.error.URLError), \
-                    urllib.request.urlopen(f"{self.url}/board", timeout=2) as response:
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(f"{self.url}/board", timeout=2) as response,
+            ):
                 if response.status == 200:
                     return
             time.sleep(0.1)
@@ -443,7 +478,8 @@ def serves() -> Iterator[list[Serve]]:
 @needs_playwright
 @needs_chromium
 def test_offer_and_claim_travel_live_between_two_nodes_pages(
-        tmp_path: Path, serves: list[Serve]) -> None:
+    tmp_path: Path, serves: list[Serve]
+) -> None:
     ana, bo = tmp_path / "ana", tmp_path / "bo"
     potluck(ana, "init", "--name", "Ana", "--new-group", "Eastside Mutual Aid")
     code = potluck(ana, "invite", "--address", "127.0.0.1:1").strip().splitlines()[-1]
@@ -461,8 +497,9 @@ def test_offer_and_claim_travel_live_between_two_nodes_pages(
             width, height = SIZES["phone"]
             pages: dict[str, Page] = {}
             for who, serve in (("ana", a), ("bo", b_)):
-                context = browser.new_context(viewport={"width": width, "height": height},
-                                              locale="en-GB")
+                context = browser.new_context(
+                    viewport={"width": width, "height": height}, locale="en-GB"
+                )
                 tab = context.new_page()
                 tab.set_default_timeout(LIVE_MS)
                 tab.goto(f"{serve.url}/board")
@@ -477,7 +514,8 @@ def test_offer_and_claim_travel_live_between_two_nodes_pages(
             ana_page.locator("#offer-quantity").fill("10")
             ana_page.get_by_role("button", name="Post the offer").click()
             expect(ana_page.locator(".flash")).to_contain_text(
-                "Offer posted. Saved on this device.")
+                "Offer posted. Saved on this device."
+            )
 
             # It appears in Bo's open page, without a reload.
             offer = bo_page.locator("article", has_text="Tins of tomatoes")
@@ -487,17 +525,16 @@ def test_offer_and_claim_travel_live_between_two_nodes_pages(
             # Bo has it: Ana's page says so, by itself.
             assert ana_page.locator("#shared").count() == 1, (
                 "Ana's page says nothing about sharing: `potluck serve` does not pass "
-                "peer_vectors to create_server (docs/web.md, 'Forms never lie')")
-            expect(ana_page.locator("#shared")).to_have_text(
-                "Shared with 1 peer.", timeout=LIVE_MS)
+                "peer_vectors to create_server (docs/web.md, 'Forms never lie')"
+            )
+            expect(ana_page.locator("#shared")).to_have_text("Shared with 1 peer.", timeout=LIVE_MS)
             ana_page.evaluate("window.notReloaded = true")
 
             # Bo claims 3 in his page.
             offer.locator("input[name=quantity]").fill("3")
             offer.get_by_role("button", name=re.compile(r"^Claim\b")).click()
             expect(bo_page.locator(".flash")).to_contain_text("Claim made. Saved on this device.")
-            expect(bo_page.locator("#shared")).to_have_text("Shared with 1 peer.",
-                                                            timeout=LIVE_MS)
+            expect(bo_page.locator("#shared")).to_have_text("Shared with 1 peer.", timeout=LIVE_MS)
 
             # Ana's page shows 3 claimed, without a reload.
             mine = ana_page.locator("article", has_text="Tins of tomatoes")
@@ -509,8 +546,9 @@ def test_offer_and_claim_travel_live_between_two_nodes_pages(
             for size, (width, height) in SIZES.items():
                 for who, tab in pages.items():
                     tab.set_viewport_size({"width": width, "height": height})
-                    tab.screenshot(path=str(ARTIFACTS / f"two-nodes-{who}-board-{size}.png"),
-                                   full_page=True)
+                    tab.screenshot(
+                        path=str(ARTIFACTS / f"two-nodes-{who}-board-{size}.png"), full_page=True
+                    )
             for who in pages:
                 for size in SIZES:
                     assert (ARTIFACTS / f"two-nodes-{who}-board-{size}.png").stat().st_size

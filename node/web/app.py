@@ -57,14 +57,19 @@ HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 PAGES = ("board", "inventory", "roster", "people", "sync")
-FLASHES = frozenset(key.split(".", 1)[1] for key in CATALOG["en"]
-                    if key.startswith("flash.") and key != "flash.saved")
+FLASHES = frozenset(
+    key.split(".", 1)[1]
+    for key in CATALOG["en"]
+    if key.startswith("flash.") and key != "flash.saved"
+)
 LANGUAGE_MAX_AGE = 400 * 24 * 3600
 TARGET_TYPES = ("offer.posted", "need.posted")
 SHIFT_TYPES = ("shift.scheduled",)
 CLAIM_STEPS: dict[str, type[b.ClaimStep]] = {
-    "confirm": b.ClaimConfirmed, "decline": b.ClaimDeclined,
-    "release": b.ClaimReleased, "fulfil": b.ClaimFulfilled,
+    "confirm": b.ClaimConfirmed,
+    "decline": b.ClaimDeclined,
+    "release": b.ClaimReleased,
+    "fulfil": b.ClaimFulfilled,
 }
 
 Build = Callable[[f.Fields, f.Known], Awaitable[b.BaseBody]]
@@ -74,9 +79,13 @@ Flash = str | Callable[[], str]
 """The flash key a saved form shows: a key, or a function called once it is saved."""
 
 
-def create_app(node: Node, *, token: str | None = None,
-               peer_vectors: PeerVectors | None = None,
-               allowed_hosts: frozenset[str] | None = None) -> Starlette:
+def create_app(
+    node: Node,
+    *,
+    token: str | None = None,
+    peer_vectors: PeerVectors | None = None,
+    allowed_hosts: frozenset[str] | None = None,
+) -> Starlette:
     """The web UI of ``node``.
 
     Without ``token`` the page answers only requests addressed to this machine's own
@@ -124,8 +133,15 @@ def create_app(node: Node, *, token: str | None = None,
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(Guard, cookies=web.cookies, token=token,
-                               error_page=web.error_page, allowed_hosts=allowed_hosts)],
+        middleware=[
+            Middleware(
+                Guard,
+                cookies=web.cookies,
+                token=token,
+                error_page=web.error_page,
+                allowed_hosts=allowed_hosts,
+            )
+        ],
         exception_handlers={HTTPException: web.http_error, CsrfRejected: web.csrf_error},
         lifespan=lifespan,
     )
@@ -141,8 +157,9 @@ class Web:
         self.node = node
         # CSRF tokens derive from the node's key, so a form opened before a restart of
         # `potluck serve` still posts after it (old laptops restart often).
-        secret = hashlib.blake2b(b"potluck web csrf v1", key=bytes(node.key),
-                                 digest_size=32).digest()
+        secret = hashlib.blake2b(
+            b"potluck web csrf v1", key=bytes(node.key), digest_size=32
+        ).digest()
         self.cookies = Cookies(node.author.hex(), secret)
         self.templates = Jinja2Templates(env=_environment())
         self.feed = ChangeFeed(lambda: node.store.read(page.last_id))
@@ -176,11 +193,19 @@ class Web:
             params = [(k, v) for k, v in request.query_params.multi_items() if k != "lang"]
             return f"{request.url.path}?{urlencode([*params, ('lang', code)])}"
 
-        return {"_": t, "t": t, "lang": t.language, "languages": LANGUAGE_NAMES,
-                "lang_url": lang_url, "current": current, "options": _options}
+        return {
+            "_": t,
+            "t": t,
+            "lang": t.language,
+            "languages": LANGUAGE_NAMES,
+            "lang_url": lang_url,
+            "current": current,
+            "options": _options,
+        }
 
-    async def show(self, request: Request, name: str, *, status: int = 200,
-                   form: FormState | None = None) -> Response:
+    async def show(
+        self, request: Request, name: str, *, status: int = 200, form: FormState | None = None
+    ) -> Response:
         """Render page ``name``: the whole page, or only its live part for htmx."""
         t, remember = self.translator(request)
         now = datetime.datetime.now(datetime.UTC)
@@ -190,8 +215,10 @@ class Web:
         elif name == "inventory":
             data = await page.inventory_view(self.node, t, today)
         elif name == "roster":
-            week = page.parse_week(request.query_params.get("week")
-                                   or (form.values.get("week") if form else None), today)
+            week = page.parse_week(
+                request.query_params.get("week") or (form.values.get("week") if form else None),
+                today,
+            )
             data = await page.roster_view(self.node, t, week, today)
         elif name == "people":
             data = await page.people_view(self.node, t, today)
@@ -199,8 +226,11 @@ class Web:
             data = await page.sync_view(self.node, t, now)
         session = request.state.session
         forms = {form.name: form} if form else {}
-        live_only = (request.headers.get("hx-request") == "true" and status == 200
-                     and "hx-boosted" not in request.headers)
+        live_only = (
+            request.headers.get("hx-request") == "true"
+            and status == 200
+            and "hx-boosted" not in request.headers
+        )
         flash = shared = None
         flash_cookie = request.cookies.get(self.cookies.flash)
         flash_key, seq = _flash_of(flash_cookie)
@@ -210,7 +240,8 @@ class Web:
                 peers = self.shares.count(seq)
                 shared = {"seq": seq, "peers": peers, "text": _shared_text(t, peers)}
         context = {
-            **self._frame(request, t, name), **data,
+            **self._frame(request, t, name),
+            **data,
             "csrf": self.cookies.csrf_token(session),
             "form": lambda form_name: forms.get(form_name) or FormState(form_name),
             "failed": form,
@@ -225,12 +256,16 @@ class Web:
             "live_url": f"/{name}" + (f"?week={data['week']}" if name == "roster" else ""),
         }
         template = f"{name}_live.html" if live_only else f"{name}.html"
-        response = self.templates.TemplateResponse(request, template, context,
-                                                   status_code=status)
+        response = self.templates.TemplateResponse(request, template, context, status_code=status)
         response.headers["Cache-Control"] = "no-store"
         if remember:
-            response.set_cookie(self.cookies.language, remember, max_age=LANGUAGE_MAX_AGE,
-                                httponly=True, samesite="lax")
+            response.set_cookie(
+                self.cookies.language,
+                remember,
+                max_age=LANGUAGE_MAX_AGE,
+                httponly=True,
+                samesite="lax",
+            )
         if flash_cookie is not None and not live_only:
             response.delete_cookie(self.cookies.flash, httponly=True, samesite="lax")
         return response
@@ -238,10 +273,15 @@ class Web:
     def error_page(self, request: Request, key: str, status: int) -> Response:
         """A page that says why the request was refused (no data of the group on it)."""
         t, _ = self.translator(request)
-        context = {**self._frame(request, t, ""), "title": t(f"{key}.title"),
-                   "text": t(f"{key}.text"), "show_home": status != 401}
-        response = self.templates.TemplateResponse(request, "error.html", context,
-                                                   status_code=status)
+        context = {
+            **self._frame(request, t, ""),
+            "title": t(f"{key}.title"),
+            "text": t(f"{key}.text"),
+            "show_home": status != 401,
+        }
+        response = self.templates.TemplateResponse(
+            request, "error.html", context, status_code=status
+        )
         response.headers["Cache-Control"] = "no-store"
         return response
 
@@ -260,8 +300,7 @@ class Web:
         event this node just saved, how many peers have it)."""
         response = RedirectResponse(target, status_code=303)
         value = flash if seq is None else f"{flash}.{seq}"
-        response.set_cookie(self.cookies.flash, value, max_age=60, httponly=True,
-                            samesite="lax")
+        response.set_cookie(self.cookies.flash, value, max_age=60, httponly=True, samesite="lax")
         return response
 
     # -- pages -------------------------------------------------------------------
@@ -312,9 +351,11 @@ class Web:
             async for chunk in source:
                 yield chunk
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store",
-                                          "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
     # -- forms -------------------------------------------------------------------
 
@@ -327,8 +368,16 @@ class Web:
         values.pop("csrf", None)
         return values
 
-    async def submit(self, request: Request, *, name: str, form: str, build: Build,
-                     flash: Flash, target: Target | None = None) -> Response:
+    async def submit(
+        self,
+        request: Request,
+        *,
+        name: str,
+        form: str,
+        build: Build,
+        flash: Flash,
+        target: Target | None = None,
+    ) -> Response:
         """Build the body, post it, redirect with ``flash``; or re-render ``name``."""
         values = await self._fields(request)
         fields = f.Fields(values)
@@ -356,15 +405,17 @@ class Web:
         async def build(fields: f.Fields, known: f.Known) -> b.BaseBody:
             return f.offer_body(fields, known)
 
-        return await self.submit(request, name="board", form="offer", build=build,
-                                 flash="offer_posted")
+        return await self.submit(
+            request, name="board", form="offer", build=build, flash="offer_posted"
+        )
 
     async def post_need(self, request: Request) -> Response:
         async def build(fields: f.Fields, known: f.Known) -> b.BaseBody:
             return f.need_body(fields, known)
 
-        return await self.submit(request, name="board", form="need", build=build,
-                                 flash="need_posted")
+        return await self.submit(
+            request, name="board", form="need", build=build, flash="need_posted"
+        )
 
     async def _open_entry(self, hex_id: str) -> Mapping[str, object]:
         id_ = _entity_id(hex_id)
@@ -383,10 +434,14 @@ class Web:
             kind = str(entry["kind"])
             return f.claim_body(fields, bytes.fromhex(hex_id))
 
-        return await self.submit(request, name="board", form=f"claim-{hex_id}",
-                                 build=build,
-                                 flash=lambda: "pledged" if kind == "need" else "claimed",
-                                 target=f"/board#entry-{hex_id}")
+        return await self.submit(
+            request,
+            name="board",
+            form=f"claim-{hex_id}",
+            build=build,
+            flash=lambda: "pledged" if kind == "need" else "claimed",
+            target=f"/board#entry-{hex_id}",
+        )
 
     async def post_withdraw(self, request: Request) -> Response:
         hex_id = request.path_params["entry"]
@@ -396,11 +451,15 @@ class Web:
             if entry["author"] != self.node.author:
                 raise FormInvalid({"": Message("error.not_yours")})
             id_ = bytes.fromhex(hex_id)
-            return b.OfferWithdrawn(offer=id_) if entry["kind"] == "offer" else \
-                b.NeedWithdrawn(need=id_)
+            return (
+                b.OfferWithdrawn(offer=id_)
+                if entry["kind"] == "offer"
+                else b.NeedWithdrawn(need=id_)
+            )
 
-        return await self.submit(request, name="board", form=f"withdraw-{hex_id}",
-                                 build=build, flash="withdrawn")
+        return await self.submit(
+            request, name="board", form=f"withdraw-{hex_id}", build=build, flash="withdrawn"
+        )
 
     async def post_claim_step(self, request: Request) -> Response:
         hex_id = request.path_params["claim"]
@@ -416,43 +475,58 @@ class Web:
             assert step is not None
             return step(claim=id_)
 
-        return await self.submit(request, name="board", form=f"step-{hex_id}", build=build,
-                                 flash=f"claim_{step.TYPE.split('.')[1]}")
+        return await self.submit(
+            request,
+            name="board",
+            form=f"step-{hex_id}",
+            build=build,
+            flash=f"claim_{step.TYPE.split('.')[1]}",
+        )
 
     async def post_adjust(self, request: Request) -> Response:
         async def build(fields: f.Fields, known: f.Known) -> b.BaseBody:
             return f.adjust_body(fields, known)
 
-        return await self.submit(request, name="inventory", form="adjust", build=build,
-                                 flash="stock_adjusted")
+        return await self.submit(
+            request, name="inventory", form="adjust", build=build, flash="stock_adjusted"
+        )
 
     async def post_count(self, request: Request) -> Response:
         async def build(fields: f.Fields, known: f.Known) -> b.BaseBody:
             return f.count_body(fields, known)
 
-        return await self.submit(request, name="inventory", form="count", build=build,
-                                 flash="stock_counted")
+        return await self.submit(
+            request, name="inventory", form="count", build=build, flash="stock_counted"
+        )
 
     async def post_item(self, request: Request) -> Response:
         async def build(fields: f.Fields, known: f.Known) -> b.BaseBody:
             return f.item_body(fields)
 
-        return await self.submit(request, name="inventory", form="item", build=build,
-                                 flash="item_added")
+        return await self.submit(
+            request, name="inventory", form="item", build=build, flash="item_added"
+        )
 
     async def post_location(self, request: Request) -> Response:
         async def build(fields: f.Fields, known: f.Known) -> b.BaseBody:
             return f.location_body(fields)
 
-        return await self.submit(request, name="inventory", form="location", build=build,
-                                 flash="location_added")
+        return await self.submit(
+            request, name="inventory", form="location", build=build, flash="location_added"
+        )
 
     async def post_shift(self, request: Request) -> Response:
         async def build(fields: f.Fields, known: f.Known) -> b.BaseBody:
             return f.shift_body(fields, known)
 
-        return await self.submit(request, name="roster", form="shift", build=build,
-                                 flash="shift_scheduled", target=_roster_target())
+        return await self.submit(
+            request,
+            name="roster",
+            form="shift",
+            build=build,
+            flash="shift_scheduled",
+            target=_roster_target(),
+        )
 
     async def _shift(self, hex_id: str) -> bytes:
         id_ = _entity_id(hex_id)
@@ -467,9 +541,14 @@ class Web:
         async def build(fields: f.Fields, known: f.Known) -> b.BaseBody:
             return b.ShiftSignedUp(shift=await self._shift(hex_id))
 
-        return await self.submit(request, name="roster", form=f"signup-{hex_id}",
-                                 build=build, flash="signed_up",
-                                 target=_roster_target(hex_id))
+        return await self.submit(
+            request,
+            name="roster",
+            form=f"signup-{hex_id}",
+            build=build,
+            flash="signed_up",
+            target=_roster_target(hex_id),
+        )
 
     async def post_shift_withdraw(self, request: Request) -> Response:
         hex_id = request.path_params["shift"]
@@ -477,9 +556,14 @@ class Web:
         async def build(fields: f.Fields, known: f.Known) -> b.BaseBody:
             return b.ShiftWithdrawn(shift=await self._shift(hex_id))
 
-        return await self.submit(request, name="roster", form=f"withdraw-{hex_id}",
-                                 build=build, flash="shift_withdrawn",
-                                 target=_roster_target(hex_id))
+        return await self.submit(
+            request,
+            name="roster",
+            form=f"withdraw-{hex_id}",
+            build=build,
+            flash="shift_withdrawn",
+            target=_roster_target(hex_id),
+        )
 
     async def post_hours(self, request: Request) -> Response:
         hex_id = request.path_params["shift"]
@@ -487,35 +571,47 @@ class Web:
         async def build(fields: f.Fields, known: f.Known) -> b.BaseBody:
             return f.hours_body(fields, await self._shift(hex_id))
 
-        return await self.submit(request, name="roster", form=f"hours-{hex_id}",
-                                 build=build, flash="hours_recorded",
-                                 target=_roster_target(hex_id))
+        return await self.submit(
+            request,
+            name="roster",
+            form=f"hours-{hex_id}",
+            build=build,
+            flash="hours_recorded",
+            target=_roster_target(hex_id),
+        )
 
     async def post_role(self, request: Request) -> Response:
         async def build(fields: f.Fields, known: f.Known) -> b.BaseBody:
             return f.role_body(fields)
 
-        return await self.submit(request, name="people", form="role", build=build,
-                                 flash="role_added")
+        return await self.submit(
+            request, name="people", form="role", build=build, flash="role_added"
+        )
 
     async def post_assign(self, request: Request) -> Response:
         async def build(fields: f.Fields, known: f.Known) -> b.BaseBody:
             return f.assign_body(fields, known)
 
-        return await self.submit(request, name="people", form="assign", build=build,
-                                 flash="role_assigned")
+        return await self.submit(
+            request, name="people", form="assign", build=build, flash="role_assigned"
+        )
 
 
 @functools.cache
 def _environment() -> jinja2.Environment:
     """One Jinja2 environment per process: templates compile once, not once per app."""
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                              undefined=jinja2.StrictUndefined, trim_blocks=True,
-                              lstrip_blocks=True)
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
-def _options(rows: Sequence[Mapping[str, Any]], value: str = "slug",
-             label: str = "name") -> list[tuple[str, str]]:
+def _options(
+    rows: Sequence[Mapping[str, Any]], value: str = "slug", label: str = "name"
+) -> list[tuple[str, str]]:
     """(value, label) pairs of ``rows`` for a select or radio group."""
     return [(str(row[value]), str(row[label])) for row in rows]
 

@@ -44,8 +44,9 @@ T = TypeVar("T")
 class ChangeFeed:
     """Tells listeners the log's arrival counter each time it changes."""
 
-    def __init__(self, last_id: Callable[[], Awaitable[int]], *,
-                 interval: float = INTERVAL) -> None:
+    def __init__(
+        self, last_id: Callable[[], Awaitable[int]], *, interval: float = INTERVAL
+    ) -> None:
         self._last_id = last_id
         self._interval = interval
         self._listeners: set[asyncio.Queue[int]] = set()
@@ -105,8 +106,7 @@ class ChangeFeed:
         if self.running:
             return
         self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._watch(),
-                                                            name="potluck-web-feed")
+        self._task = asyncio.get_running_loop().create_task(self._watch(), name="potluck-web-feed")
 
     def _stop(self) -> None:
         if self._task is not None:
@@ -154,8 +154,7 @@ class ShareWatch:
     while the count of the moment would fall back to 0 when the Wi-Fi drops.
     """
 
-    def __init__(self, vectors: PeerVectors, author: bytes, *,
-                 interval: float = INTERVAL) -> None:
+    def __init__(self, vectors: PeerVectors, author: bytes, *, interval: float = INTERVAL) -> None:
         self._vectors = vectors
         self._author = author
         self._interval = interval
@@ -215,8 +214,9 @@ class ShareWatch:
 
     def _start(self) -> None:
         if not self.running:
-            self._task = asyncio.get_running_loop().create_task(self._poll(),
-                                                                name="potluck-web-shares")
+            self._task = asyncio.get_running_loop().create_task(
+                self._poll(), name="potluck-web-shares"
+            )
 
     def _stop(self) -> None:
         if self._task is not None:

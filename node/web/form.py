@@ -111,8 +111,9 @@ class Fields:
         """A slug (or key) chosen from what this node knows; ``missing`` is the message."""
         return self.optional_reference(name, known, missing, required=True) or ""
 
-    def optional_reference(self, name: str, known: frozenset[str], missing: str, *,
-                           required: bool = False) -> str | None:
+    def optional_reference(
+        self, name: str, known: frozenset[str], missing: str, *, required: bool = False
+    ) -> str | None:
         value = self._present(name, required)
         if value is not None and value not in known:
             self.fail(name, Message(missing, {"slug": value[:40]}))
@@ -166,12 +167,18 @@ def offer_body(form: Fields, known: Known) -> b.OfferPosted:
     category = form.optional("category") or "general"
     item = form.optional_reference("item", known.items, "error.unknown_item")
     quantity = form.optional_integer("quantity")
-    location = form.optional_reference("location", known.locations,
-                                       "error.unknown_location")
+    location = form.optional_reference("location", known.locations, "error.unknown_location")
     until = form.optional_date("until")
-    return form.build(lambda: b.OfferPosted(title=title, category=category, item=item,
-                                            quantity=quantity, location=location,
-                                            until=until))
+    return form.build(
+        lambda: b.OfferPosted(
+            title=title,
+            category=category,
+            item=item,
+            quantity=quantity,
+            location=location,
+            until=until,
+        )
+    )
 
 
 def need_body(form: Fields, known: Known) -> b.NeedPosted:
@@ -179,12 +186,18 @@ def need_body(form: Fields, known: Known) -> b.NeedPosted:
     category = form.optional("category") or "general"
     quantity = form.optional_integer("quantity")
     urgency = cast(b.Urgency, form.choice("urgency", b.URGENCIES))
-    location = form.optional_reference("location", known.locations,
-                                       "error.unknown_location")
+    location = form.optional_reference("location", known.locations, "error.unknown_location")
     by = form.optional_date("by")
-    return form.build(lambda: b.NeedPosted(title=title, category=category,
-                                           quantity=quantity, urgency=urgency,
-                                           location=location, by=by))
+    return form.build(
+        lambda: b.NeedPosted(
+            title=title,
+            category=category,
+            quantity=quantity,
+            urgency=urgency,
+            location=location,
+            by=by,
+        )
+    )
 
 
 def claim_body(form: Fields, target: bytes) -> b.ClaimMade:
@@ -201,9 +214,16 @@ def adjust_body(form: Fields, known: Known) -> b.StockAdjusted:
     reason = cast(b.StockReason, form.choice("reason", ADJUST_REASONS))
     expires = form.optional_date("expires")
     sign = ADJUST_REASONS.get(reason, 1)
-    return form.build(lambda: b.StockAdjusted(
-        item=item, location=location, delta=sign * amount, reason=reason,
-        expires=expires if sign > 0 else None), {"delta": "amount"})
+    return form.build(
+        lambda: b.StockAdjusted(
+            item=item,
+            location=location,
+            delta=sign * amount,
+            reason=reason,
+            expires=expires if sign > 0 else None,
+        ),
+        {"delta": "amount"},
+    )
 
 
 def count_body(form: Fields, known: Known) -> b.StockCounted:
@@ -219,8 +239,9 @@ def item_body(form: Fields) -> b.ItemDefined:
     unit = form.text("unit")
     category = form.optional("category") or "general"
     storage = cast(b.Storage, form.choice("storage", b.STORAGES))
-    return form.build(lambda: b.ItemDefined(slug=slug, name=name, unit=unit,
-                                            category=category, storage=storage))
+    return form.build(
+        lambda: b.ItemDefined(slug=slug, name=name, unit=unit, category=category, storage=storage)
+    )
 
 
 def location_body(form: Fields) -> b.LocationDefined:
@@ -237,10 +258,12 @@ def shift_body(form: Fields, known: Known) -> b.ShiftScheduled:
     start = form.time("start_time")
     end = form.time("end_time")
     slots = form.integer("slots")
-    return form.build(lambda: b.ShiftScheduled(role=role, location=location,
-                                               start=f"{day}T{start}", end=f"{day}T{end}",
-                                               slots=slots),
-                      {"start": "start_time", "end": "end_time"})
+    return form.build(
+        lambda: b.ShiftScheduled(
+            role=role, location=location, start=f"{day}T{start}", end=f"{day}T{end}", slots=slots
+        ),
+        {"start": "start_time", "end": "end_time"},
+    )
 
 
 def hours_body(form: Fields, shift: bytes) -> b.ShiftCompleted:
@@ -253,13 +276,15 @@ def role_body(form: Fields) -> b.RoleDefined:
     name = form.text("name")
     weekly_hours = form.number("weekly_hours")
     description = form.text("description")
-    return form.build(lambda: b.RoleDefined(slug=slug, name=name, description=description,
-                                            weekly_hours=weekly_hours))
+    return form.build(
+        lambda: b.RoleDefined(
+            slug=slug, name=name, description=description, weekly_hours=weekly_hours
+        )
+    )
 
 
 def assign_body(form: Fields, known: Known) -> b.RoleAssigned:
     role = form.reference("role", known.roles, "error.unknown_role")
     member = form.reference("member", known.members, "error.unknown_member")
     until = form.optional_date("until")
-    return form.build(lambda: b.RoleAssigned(role=role, member=bytes.fromhex(member),
-                                             until=until))
+    return form.build(lambda: b.RoleAssigned(role=role, member=bytes.fromhex(member), until=until))

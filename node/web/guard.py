@@ -44,7 +44,8 @@ SECURITY_HEADERS: dict[str, str] = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
-        "form-action 'self'; frame-ancestors 'none'"),
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
@@ -80,16 +81,24 @@ class Cookies:
 class Guard:
     """The ASGI middleware applying the rules of this module's docstring."""
 
-    def __init__(self, app: ASGIApp, *, cookies: Cookies, token: str | None,
-                 error_page: ErrorPage, allowed_hosts: frozenset[str] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        cookies: Cookies,
+        token: str | None,
+        error_page: ErrorPage,
+        allowed_hosts: frozenset[str] | None = None,
+    ) -> None:
         self.app = app
         self.cookies = cookies
         self.token = token
         self.error_page = error_page
         # With a token anyone who has it may come from any address; without one, only
         # this machine's own names are allowed (rule 1).
-        self.allowed_hosts = allowed_hosts if allowed_hosts is not None else (
-            None if token else LOOPBACK_HOSTS)
+        self.allowed_hosts = (
+            allowed_hosts if allowed_hosts is not None else (None if token else LOOPBACK_HOSTS)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,8 +124,9 @@ class Guard:
                 for name, value in SECURITY_HEADERS.items():
                     headers.setdefault(name, value)
                 if new_session is not None:
-                    headers.append("set-cookie", _cookie(self.cookies.session, new_session,
-                                                         SESSION_MAX_AGE))
+                    headers.append(
+                        "set-cookie", _cookie(self.cookies.session, new_session, SESSION_MAX_AGE)
+                    )
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -125,9 +135,12 @@ class Guard:
         host = _host_name(request.headers.get("host", ""))
         if self.allowed_hosts is not None and host not in self.allowed_hosts:
             return self.error_page(request, "page.host", 403)
-        if (self.token and not request.url.path.startswith("/static/")
-                and not self._has_token(request)
-                and not self._token_matches(request.query_params.get("token"))):
+        if (
+            self.token
+            and not request.url.path.startswith("/static/")
+            and not self._has_token(request)
+            and not self._token_matches(request.query_params.get("token"))
+        ):
             return self.error_page(request, "page.auth", 401)
         if request.method == "POST":
             length = request.headers.get("content-length")
@@ -149,13 +162,13 @@ class Guard:
 
     def _accept_token(self, request: Request) -> Response:
         """Remember the token in a cookie and reload the address without it."""
-        query = urlencode([(k, v) for k, v in request.query_params.multi_items()
-                           if k != "token"])
+        query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
         target = URL(path=request.url.path, query=query)
         response = RedirectResponse(str(target), status_code=303)
         assert self.token is not None
-        response.headers.append("set-cookie", _cookie(self.cookies.token, self.token,
-                                                      SESSION_MAX_AGE))
+        response.headers.append(
+            "set-cookie", _cookie(self.cookies.token, self.token, SESSION_MAX_AGE)
+        )
         return response
 
     @staticmethod

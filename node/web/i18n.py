@@ -49,7 +49,7 @@ EN: dict[str, str] = {
     "live.connecting": "Connecting…",
     "live.connected": "Live: changes show up by themselves.",
     "live.offline": "Not connected to Potluck on this device: what you see may be out of "
-                    "date. It updates when the connection is back.",
+    "date. It updates when the connection is back.",
     "live.updated": "Updated with new changes.",
     "form.problem": "There is a problem",
     "form.error_prefix": "Error:",
@@ -88,7 +88,7 @@ EN: dict[str, str] = {
     "error.too_long": "Too long: at most {max} characters (this has {n}).",
     "error.control": "This contains a character that cannot be saved (U+{code}).",
     "error.slug": "Use only small letters a-z, digits and '-', at most 40 characters, "
-                  "starting with a letter or a digit.",
+    "starting with a letter or a digit.",
     "error.whole_number": "Write a whole number, like 3.",
     "error.positive": "Write a whole number of 1 or more.",
     "error.non_negative": "Write a whole number of 0 or more.",
@@ -100,12 +100,10 @@ EN: dict[str, str] = {
     "error.date": "Write a date like 2026-12-01.",
     "error.time": "Write a time like 09:00.",
     "error.end_before_start": "The end must be after the start.",
-    "error.unknown_item": "There is no item '{slug}' on this device. Add it under "
-                          "Inventory first.",
+    "error.unknown_item": "There is no item '{slug}' on this device. Add it under Inventory first.",
     "error.unknown_location": "There is no place '{slug}' on this device. Add it under "
-                              "Inventory first.",
-    "error.unknown_role": "There is no role '{slug}' on this device. Add it under "
-                          "People first.",
+    "Inventory first.",
+    "error.unknown_role": "There is no role '{slug}' on this device. Add it under People first.",
     "error.unknown_member": "There is no member like that on this device.",
     "error.gone_entry": "That offer or need is no longer on the board.",
     "error.gone_claim": "That claim is not on this device's board.",
@@ -114,21 +112,20 @@ EN: dict[str, str] = {
     "error.node": "{text}",
     # -- error pages -------------------------------------------------------------
     "page.csrf.title": "This form is out of date",
-    "page.csrf.text": "Nothing was saved. Go back, reload the page and send the form "
-                      "again.",
+    "page.csrf.text": "Nothing was saved. Go back, reload the page and send the form again.",
     "page.auth.title": "This page needs its access code",
     "page.auth.text": "Open the link with the access code that 'potluck serve' printed "
-                      "on the device that runs Potluck.",
+    "on the device that runs Potluck.",
     "page.host.title": "Wrong address",
     "page.host.text": "Open Potluck at http://127.0.0.1 or http://localhost on the "
-                      "device that runs it.",
+    "device that runs it.",
     "page.not_found.title": "Not found",
     "page.not_found.text": "There is nothing at this address.",
     "page.too_large.title": "Too much to send",
     "page.too_large.text": "That form was too large. Nothing was saved.",
     "page.bad_request.title": "That did not work",
     "page.bad_request.text": "The page sent something this device cannot read. Nothing "
-                             "was saved. Go back and try again.",
+    "was saved. Go back and try again.",
     "page.back": "Back to the board",
     # -- time --------------------------------------------------------------------
     "time.just_now": "just now",
@@ -136,15 +133,29 @@ EN: dict[str, str] = {
     "time.hours_ago": "{n} h ago",
     "time.day": "{weekday} {day} {month}",
     "time.day_year": "{weekday} {day} {month} {year}",
-    "weekday.0": "Mon", "weekday.1": "Tue", "weekday.2": "Wed", "weekday.3": "Thu",
-    "weekday.4": "Fri", "weekday.5": "Sat", "weekday.6": "Sun",
-    "month.1": "Jan", "month.2": "Feb", "month.3": "Mar", "month.4": "Apr",
-    "month.5": "May", "month.6": "Jun", "month.7": "Jul", "month.8": "Aug",
-    "month.9": "Sep", "month.10": "Oct", "month.11": "Nov", "month.12": "Dec",
+    "weekday.0": "Mon",
+    "weekday.1": "Tue",
+    "weekday.2": "Wed",
+    "weekday.3": "Thu",
+    "weekday.4": "Fri",
+    "weekday.5": "Sat",
+    "weekday.6": "Sun",
+    "month.1": "Jan",
+    "month.2": "Feb",
+    "month.3": "Mar",
+    "month.4": "Apr",
+    "month.5": "May",
+    "month.6": "Jun",
+    "month.7": "Jul",
+    "month.8": "Aug",
+    "month.9": "Sep",
+    "month.10": "Oct",
+    "month.11": "Nov",
+    "month.12": "Dec",
     # -- board -------------------------------------------------------------------
     "board.title": "Board",
     "board.intro": "What people in the group offer and need. Needs come most urgent "
-                   "first; within that, newest first.",
+    "first; within that, newest first.",
     "board.needs": "Needs",
     "board.offers": "Offers",
     "board.no_needs": "No open needs.",
@@ -165,8 +176,7 @@ EN: dict[str, str] = {
     "board.no_quantity_need": "No amount given; {claimed} pledged",
     "board.over_offer": "Over-claimed: {claimed} claimed but only {quantity} offered.",
     "board.over_need": "Over-pledged: {claimed} pledged but only {quantity} needed.",
-    "board.decides_you": "You decide: confirm or decline the claims marked "
-                         "“needs a decision”.",
+    "board.decides_you": "You decide: confirm or decline the claims marked “needs a decision”.",
     "board.decides_other": "{name} decides who gets it.",
     "board.claims": "Claims",
     "board.claim_qty": "How many do you want?",
@@ -201,8 +211,7 @@ EN: dict[str, str] = {
     "field.by": "Needed by",
     # -- inventory -----------------------------------------------------------------
     "inventory.title": "Inventory",
-    "inventory.intro": "What is on hand at each place. “Expiring soon” means within "
-                       "{days} days.",
+    "inventory.intro": "What is on hand at each place. “Expiring soon” means within {days} days.",
     "inventory.expiring.one": "{n} item expiring soon",
     "inventory.expiring.other": "{n} items expiring soon",
     "inventory.negative.one": "{n} item below zero: count it again",
@@ -260,7 +269,7 @@ EN: dict[str, str] = {
     "roster.full": "Full",
     "roster.filled": "Places: {filled} of {slots} taken",
     "roster.over_filled": "Over-filled: {filled} signed up, {slots} needed. The last to "
-                          "sign up are marked “extra”: agree together who goes.",
+    "sign up are marked “extra”: agree together who goes.",
     "roster.extra": "extra",
     "roster.nobody": "Nobody yet.",
     "roster.signup": "Sign up",
@@ -311,8 +320,7 @@ EN: dict[str, str] = {
     "sync.peers": "Peers",
     "sync.not_syncing": "Not syncing yet.",
     "sync.start": "Start 'potluck serve' to sync.",
-    "sync.no_peers": "No other devices known yet. Start 'potluck serve' on both devices "
-                     "to sync.",
+    "sync.no_peers": "No other devices known yet. Start 'potluck serve' on both devices to sync.",
     "sync.unknown_peer": "a device not yet known",
     "sync.connected": "connected",
     "sync.not_connected": "not connected",
@@ -343,7 +351,7 @@ ES: dict[str, str] = {
     "live.connecting": "Conectando…",
     "live.connected": "En vivo: los cambios aparecen solos.",
     "live.offline": "Sin conexión con Potluck en este dispositivo: lo que ves puede estar "
-                    "desactualizado. Se actualizará cuando vuelva la conexión.",
+    "desactualizado. Se actualizará cuando vuelva la conexión.",
     "live.updated": "Actualizado con cambios nuevos.",
     "form.problem": "Hay un problema",
     "form.error_prefix": "Error:",
@@ -379,7 +387,7 @@ ES: dict[str, str] = {
     "error.too_long": "Demasiado largo: como máximo {max} caracteres (tiene {n}).",
     "error.control": "Contiene un carácter que no se puede guardar (U+{code}).",
     "error.slug": "Usa solo letras minúsculas a-z, cifras y '-', como máximo 40 "
-                  "caracteres, empezando por una letra o una cifra.",
+    "caracteres, empezando por una letra o una cifra.",
     "error.whole_number": "Escribe un número entero, como 3.",
     "error.positive": "Escribe un número entero de 1 o más.",
     "error.non_negative": "Escribe un número entero de 0 o más.",
@@ -392,11 +400,11 @@ ES: dict[str, str] = {
     "error.time": "Escribe una hora como 09:00.",
     "error.end_before_start": "El final tiene que ser después del comienzo.",
     "error.unknown_item": "No hay ningún artículo '{slug}' en este dispositivo. Añádelo "
-                          "primero en Inventario.",
+    "primero en Inventario.",
     "error.unknown_location": "No hay ningún lugar '{slug}' en este dispositivo. Añádelo "
-                              "primero en Inventario.",
+    "primero en Inventario.",
     "error.unknown_role": "No hay ninguna función '{slug}' en este dispositivo. Añádela "
-                          "primero en Personas.",
+    "primero en Personas.",
     "error.unknown_member": "No hay ningún miembro así en este dispositivo.",
     "error.gone_entry": "Esa oferta o necesidad ya no está en el tablón.",
     "error.gone_claim": "Ese pedido no está en el tablón de este dispositivo.",
@@ -405,34 +413,48 @@ ES: dict[str, str] = {
     "error.node": "{text}",
     "page.csrf.title": "Este formulario está desactualizado",
     "page.csrf.text": "No se guardó nada. Vuelve atrás, recarga la página y envía el "
-                      "formulario de nuevo.",
+    "formulario de nuevo.",
     "page.auth.title": "Esta página necesita su código de acceso",
     "page.auth.text": "Abre el enlace con el código de acceso que 'potluck serve' mostró "
-                      "en el dispositivo donde funciona Potluck.",
+    "en el dispositivo donde funciona Potluck.",
     "page.host.title": "Dirección equivocada",
     "page.host.text": "Abre Potluck en http://127.0.0.1 o http://localhost en el "
-                      "dispositivo donde funciona.",
+    "dispositivo donde funciona.",
     "page.not_found.title": "No encontrado",
     "page.not_found.text": "No hay nada en esta dirección.",
     "page.too_large.title": "Demasiado para enviar",
     "page.too_large.text": "Ese formulario era demasiado grande. No se guardó nada.",
     "page.bad_request.title": "Eso no funcionó",
     "page.bad_request.text": "La página envió algo que este dispositivo no puede leer. No "
-                             "se guardó nada. Vuelve atrás e inténtalo de nuevo.",
+    "se guardó nada. Vuelve atrás e inténtalo de nuevo.",
     "page.back": "Volver al tablón",
     "time.just_now": "ahora mismo",
     "time.minutes_ago": "hace {n} min",
     "time.hours_ago": "hace {n} h",
     "time.day": "{weekday} {day} {month}",
     "time.day_year": "{weekday} {day} {month} {year}",
-    "weekday.0": "lun", "weekday.1": "mar", "weekday.2": "mié", "weekday.3": "jue",
-    "weekday.4": "vie", "weekday.5": "sáb", "weekday.6": "dom",
-    "month.1": "ene", "month.2": "feb", "month.3": "mar", "month.4": "abr",
-    "month.5": "may", "month.6": "jun", "month.7": "jul", "month.8": "ago",
-    "month.9": "sep", "month.10": "oct", "month.11": "nov", "month.12": "dic",
+    "weekday.0": "lun",
+    "weekday.1": "mar",
+    "weekday.2": "mié",
+    "weekday.3": "jue",
+    "weekday.4": "vie",
+    "weekday.5": "sáb",
+    "weekday.6": "dom",
+    "month.1": "ene",
+    "month.2": "feb",
+    "month.3": "mar",
+    "month.4": "abr",
+    "month.5": "may",
+    "month.6": "jun",
+    "month.7": "jul",
+    "month.8": "ago",
+    "month.9": "sep",
+    "month.10": "oct",
+    "month.11": "nov",
+    "month.12": "dic",
     "board.title": "Tablón",
     "board.intro": "Lo que la gente del grupo ofrece y necesita. Las necesidades más "
-                   "urgentes van primero; dentro de eso, las más nuevas.",
+    "urgentes van primero; dentro de eso, las más nuevas.",
     "board.needs": "Necesidades",
     "board.offers": "Ofertas",
     "board.no_needs": "No hay necesidades abiertas.",
@@ -448,16 +470,14 @@ ES: dict[str, str] = {
     "board.until": "hasta el {date}",
     "board.need_by": "para el {date}",
     "board.offer_numbers": "{quantity} ofrecidos, {claimed} pedidos, quedan {remaining}",
-    "board.need_numbers": "{quantity} necesarios, {claimed} comprometidos, faltan "
-                          "{remaining}",
+    "board.need_numbers": "{quantity} necesarios, {claimed} comprometidos, faltan {remaining}",
     "board.no_quantity_offer": "Sin cantidad; {claimed} pedidos",
     "board.no_quantity_need": "Sin cantidad; {claimed} comprometidos",
-    "board.over_offer": "Pedido de más: {claimed} pedidos pero solo se ofrecen "
-                        "{quantity}.",
+    "board.over_offer": "Pedido de más: {claimed} pedidos pero solo se ofrecen {quantity}.",
     "board.over_need": "Comprometido de más: {claimed} comprometidos pero solo se "
-                       "necesitan {quantity}.",
+    "necesitan {quantity}.",
     "board.decides_you": "Decides tú: confirma o rechaza los pedidos marcados "
-                         "«necesita una decisión».",
+    "«necesita una decisión».",
     "board.decides_other": "{name} decide quién lo recibe.",
     "board.claims": "Pedidos",
     "board.claim_qty": "¿Cuántos quieres?",
@@ -482,9 +502,8 @@ ES: dict[str, str] = {
     "claim.fulfil": "Marcar como hecho",
     "field.title": "¿Qué es?",
     "field.title.offer_hint": "Por ejemplo: 10 latas de alubias, llevar a alguien al "
-                              "centro de salud.",
-    "field.title.need_hint": "Por ejemplo: pañales talla 4, alguien que arregle una "
-                             "bici.",
+    "centro de salud.",
+    "field.title.need_hint": "Por ejemplo: pañales talla 4, alguien que arregle una bici.",
     "field.category": "Categoría",
     "field.item": "Artículo del inventario",
     "field.quantity": "Cuántos",
@@ -494,7 +513,7 @@ ES: dict[str, str] = {
     "field.by": "Necesario para",
     "inventory.title": "Inventario",
     "inventory.intro": "Lo que hay en cada lugar. «Caduca pronto» quiere decir en los "
-                       "próximos {days} días.",
+    "próximos {days} días.",
     "inventory.expiring.one": "{n} artículo caduca pronto",
     "inventory.expiring.other": "{n} artículos caducan pronto",
     "inventory.negative.one": "{n} artículo bajo cero: vuelve a contarlo",
@@ -551,8 +570,8 @@ ES: dict[str, str] = {
     "roster.full": "Completo",
     "roster.filled": "Plazas: {filled} de {slots} ocupadas",
     "roster.over_filled": "Demasiada gente: {filled} apuntados, se necesitan {slots}. Los "
-                          "últimos en apuntarse están marcados «de más»: acordad entre "
-                          "vosotros quién va.",
+    "últimos en apuntarse están marcados «de más»: acordad entre "
+    "vosotros quién va.",
     "roster.extra": "de más",
     "roster.nobody": "Nadie todavía.",
     "roster.signup": "Apuntarme",
@@ -602,14 +621,14 @@ ES: dict[str, str] = {
     "sync.not_syncing": "Todavía no se sincroniza.",
     "sync.start": "Inicia 'potluck serve' para sincronizar.",
     "sync.no_peers": "Todavía no se conoce ningún otro dispositivo. Inicia 'potluck "
-                     "serve' en los dos dispositivos para sincronizar.",
+    "serve' en los dos dispositivos para sincronizar.",
     "sync.unknown_peer": "un dispositivo aún desconocido",
     "sync.connected": "conectado",
     "sync.not_connected": "sin conexión",
     "sync.last_seen": "visto por última vez {when}",
     "sync.never_seen": "nunca visto",
     "sync.lag": "{behind} de nuestros eventos aún no están allí; {ahead} de los suyos aún "
-                "no están aquí",
+    "no están aquí",
     "sync.found_label": "Encontrado por",
     "sync.found.manual": "dirección escrita a mano",
     "sync.found.invite": "invitación",
@@ -643,9 +662,13 @@ class Translator:
 
     def day(self, value: datetime.date, *, year: bool = False) -> str:
         """'Mon 24 Nov' (with the year when asked)."""
-        return self("time.day_year" if year else "time.day",
-                    weekday=self(f"weekday.{value.weekday()}"), day=value.day,
-                    month=self(f"month.{value.month}"), year=value.year)
+        return self(
+            "time.day_year" if year else "time.day",
+            weekday=self(f"weekday.{value.weekday()}"),
+            day=value.day,
+            month=self(f"month.{value.month}"),
+            year=value.year,
+        )
 
     def date_text(self, iso: str | None, today: datetime.date) -> str:
         """A stored 'YYYY-MM-DD' as a short day; the year only when it is not this year."""
@@ -694,7 +717,8 @@ def negotiate(accept_language: str | None) -> str:
 # How the problems that eventlog/body.py raises read to a person. The body stays the one
 # place that decides what is valid; this only rewords its English for the page.
 _PROBLEMS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), key) for pattern, key in (
+    (re.compile(pattern), key)
+    for pattern, key in (
         (r"must not be empty|is missing", "error.required"),
         (r"must be at most (?P<max>\d+) characters, got (?P<n>\d+)", "error.too_long"),
         (r"must not contain control character U\+(?P<code>[0-9A-F]+)", "error.control"),
@@ -707,7 +731,8 @@ _PROBLEMS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"must be a date|is not a calendar date", "error.date"),
         (r"must be a datetime|is not a calendar datetime", "error.time"),
         (r"must be after start", "error.end_before_start"),
-    ))
+    )
+)
 
 
 def body_problem(problem: str) -> Message:

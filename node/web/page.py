@@ -70,13 +70,18 @@ def catalog(db: sqlite3.Connection) -> dict[str, list[Row]]:
     Reads the catalog projection's tables directly until projections/views.py offers
     the same (then this becomes a call to it).
     """
-    items = [{"slug": slug, "name": name, "unit": unit, "category": category,
-              "storage": storage}
-             for slug, name, unit, category, storage in db.execute(
-                 "SELECT slug, name, unit, category, storage FROM items ORDER BY name, slug")]
-    locations = [{"slug": slug, "name": name, "kind": kind}
-                 for slug, name, kind in db.execute(
-                     "SELECT slug, name, kind FROM locations ORDER BY name, slug")]
+    items = [
+        {"slug": slug, "name": name, "unit": unit, "category": category, "storage": storage}
+        for slug, name, unit, category, storage in db.execute(
+            "SELECT slug, name, unit, category, storage FROM items ORDER BY name, slug"
+        )
+    ]
+    locations = [
+        {"slug": slug, "name": name, "kind": kind}
+        for slug, name, kind in db.execute(
+            "SELECT slug, name, kind FROM locations ORDER BY name, slug"
+        )
+    ]
     return {"items": items, "locations": locations}
 
 
@@ -92,8 +97,12 @@ async def known(node: Node) -> Known:
     def read(db: sqlite3.Connection) -> Known:
         slugs = views.known_slugs(db)
         members = frozenset(m["key"] for m in views.members(db))
-        return Known(items=frozenset(slugs["items"]), locations=frozenset(slugs["locations"]),
-                     roles=frozenset(slugs["roles"]), members=members)
+        return Known(
+            items=frozenset(slugs["items"]),
+            locations=frozenset(slugs["locations"]),
+            roles=frozenset(slugs["roles"]),
+            members=members,
+        )
 
     return await node.store.read(read)
 
@@ -137,12 +146,24 @@ async def board_view(node: Node, t: Translator, now: datetime.datetime) -> dict[
     today = now.astimezone().date()
     needs = [_entry(t, e, "need", me, places, now, today) for e in data["needs"]]
     offers = [_entry(t, e, "offer", me, places, now, today) for e in data["offers"]]
-    return {"live_id": live_id, "needs": needs, "offers": offers,
-            "items": cat["items"], "locations": cat["locations"]}
+    return {
+        "live_id": live_id,
+        "needs": needs,
+        "offers": offers,
+        "items": cat["items"],
+        "locations": cat["locations"],
+    }
 
 
-def _entry(t: Translator, e: Row, kind: str, me: str, places: dict[str, str],
-           now: datetime.datetime, today: datetime.date) -> Row:
+def _entry(
+    t: Translator,
+    e: Row,
+    kind: str,
+    me: str,
+    places: dict[str, str],
+    now: datetime.datetime,
+    today: datetime.date,
+) -> Row:
     mine = e["author"] == me
     holder = _who(t, e["author"], e["author_name"], me)
     posted = datetime.datetime.fromisoformat(str(e["posted"]).replace("Z", "+00:00"))
@@ -150,24 +171,40 @@ def _entry(t: Translator, e: Row, kind: str, me: str, places: dict[str, str],
     if quantity is None:
         numbers = t(f"board.no_quantity_{kind}", claimed=claimed)
     else:
-        numbers = t(f"board.{kind}_numbers", quantity=quantity, claimed=claimed,
-                    remaining=max(int(remaining), 0))
+        numbers = t(
+            f"board.{kind}_numbers",
+            quantity=quantity,
+            claimed=claimed,
+            remaining=max(int(remaining), 0),
+        )
     over = "over-claimed" in e["flags"]
     date = e.get("until") if kind == "offer" else e.get("by")
     claims = [_claim(t, c, e["author"], me) for c in e["claims"]]
     return {
-        "id": e["id"], "kind": kind, "title": e["title"], "category": e["category"],
-        "urgency": e.get("urgency"), "mine": mine, "holder": holder,
+        "id": e["id"],
+        "kind": kind,
+        "title": e["title"],
+        "category": e["category"],
+        "urgency": e.get("urgency"),
+        "mine": mine,
+        "holder": holder,
         "posted": t("board.posted_by", name=holder, when=t.ago(posted, now)),
         "posted_iso": e["posted"],
         "where": t("board.where", place=places.get(str(e["location"]), e["location"]))
-                 if e["location"] else None,
-        "date": t("board.until" if kind == "offer" else "board.need_by",
-                  date=t.date_text(str(date), today)) if date else None,
-        "numbers": numbers, "remaining": remaining,
+        if e["location"]
+        else None,
+        "date": t(
+            "board.until" if kind == "offer" else "board.need_by",
+            date=t.date_text(str(date), today),
+        )
+        if date
+        else None,
+        "numbers": numbers,
+        "remaining": remaining,
         "over": t(f"board.over_{kind}", claimed=claimed, quantity=quantity) if over else None,
-        "decides": (t("board.decides_you") if mine else
-                    t("board.decides_other", name=holder)) if over else None,
+        "decides": (t("board.decides_you") if mine else t("board.decides_other", name=holder))
+        if over
+        else None,
         "claims": claims,
         "active_claims": [c for c in claims if c["active"]],
         "can_claim": not mine,
@@ -186,8 +223,10 @@ def _claim(t: Translator, c: Row, holder: object, me: str) -> Row:
     if (is_holder or is_claimant) and status == "confirmed":  # pending: decide first
         actions.append("fulfil")
     return {
-        "id": c["id"], "who": _who(t, c["claimant"], c["claimant_name"], me),
-        "quantity": c["quantity"], "status": status,
+        "id": c["id"],
+        "who": _who(t, c["claimant"], c["claimant_name"], me),
+        "quantity": c["quantity"],
+        "status": status,
         "status_label": t(f"claim.status.{status}"),
         "flags": [t(f"claim.flag.{f}") for f in c["flags"]],
         "needs_decision": "needs-decision" in c["flags"],
@@ -216,30 +255,43 @@ async def inventory_view(node: Node, t: Translator, today: datetime.date) -> dic
             elif flag in counts:
                 counts[flag] += 1
         item = items.get(str(row["item"]))
-        groups.setdefault(str(row["location"]), []).append({
-            "item": row["item"], "name": item["name"] if item else row["item"],
-            "on_hand": row["on_hand"],
-            "amount": t("inventory.amount", n=row["on_hand"],
-                        unit=item["unit"] if item else ""),
-            "expires": t.date_text(row["expires"], today) if row["expires"] else "",
-            "flags": [{"flag": f, "label": t(f"flag.{f}")} for f in flags],
-            "warn": bool(flags),
-        })
-    locations: list[Row] = [{"slug": slug, "name": places.get(slug, slug),
-                  "rows": sorted(rows, key=lambda r: str(r["name"]).lower())}
-                 for slug, rows in groups.items()]
+        groups.setdefault(str(row["location"]), []).append(
+            {
+                "item": row["item"],
+                "name": item["name"] if item else row["item"],
+                "on_hand": row["on_hand"],
+                "amount": t(
+                    "inventory.amount", n=row["on_hand"], unit=item["unit"] if item else ""
+                ),
+                "expires": t.date_text(row["expires"], today) if row["expires"] else "",
+                "flags": [{"flag": f, "label": t(f"flag.{f}")} for f in flags],
+                "warn": bool(flags),
+            }
+        )
+    locations: list[Row] = [
+        {
+            "slug": slug,
+            "name": places.get(slug, slug),
+            "rows": sorted(rows, key=lambda r: str(r["name"]).lower()),
+        }
+        for slug, rows in groups.items()
+    ]
     locations.sort(key=lambda loc: str(loc["name"]).lower())
     summary = [t.plural(f"inventory.{key}", n) for key, n in counts.items() if n]
-    return {"live_id": live_id, "locations": locations, "summary": summary,
-            "items": cat["items"], "all_locations": cat["locations"],
-            "expiring_days": views.EXPIRING_DAYS}
+    return {
+        "live_id": live_id,
+        "locations": locations,
+        "summary": summary,
+        "items": cat["items"],
+        "all_locations": cat["locations"],
+        "expiring_days": views.EXPIRING_DAYS,
+    }
 
 
 # -- roster --------------------------------------------------------------------------
 
 
-async def roster_view(node: Node, t: Translator, week: str,
-                      today: datetime.date) -> dict[str, Any]:
+async def roster_view(node: Node, t: Translator, week: str, today: datetime.date) -> dict[str, Any]:
     def read(db: sqlite3.Connection) -> tuple[int, dict[str, list[Row]], dict[str, list[Row]]]:
         return last_id(db), views.roster(db, week), catalog(db)
 
@@ -249,13 +301,20 @@ async def roster_view(node: Node, t: Translator, week: str,
     roles = {str(r["slug"]): str(r["name"]) for r in data["roles"]}
     year, number = (int(part) for part in week.split("-W"))
     monday = datetime.date.fromisocalendar(year, number, 1)
-    days: list[Row] = [{"date": monday + datetime.timedelta(days=i), "shifts": []}
-                       for i in range(7)]
+    days: list[Row] = [
+        {"date": monday + datetime.timedelta(days=i), "shifts": []} for i in range(7)
+    ]
     for s in data["shifts"]:
         start = datetime.datetime.fromisoformat(str(s["start"]))
         end = datetime.datetime.fromisoformat(str(s["end"]))
-        members = [{"name": _who(t, m["key"], m["name"], me), "me": m["key"] == me,
-                    "extra": "over" in m["flags"]} for m in s["members"]]
+        members = [
+            {
+                "name": _who(t, m["key"], m["name"], me),
+                "me": m["key"] == me,
+                "extra": "over" in m["flags"],
+            }
+            for m in s["members"]
+        ]
         signed_up = any(m["me"] for m in members)
         open_ = int(s["open"])
         filled, slots = int(s["filled"]), int(s["slots"])
@@ -263,14 +322,17 @@ async def roster_view(node: Node, t: Translator, week: str,
         if end.date() != start.date():
             end_text = f"{t.day(end.date())} {end_text}"
         shift = {
-            "id": s["id"], "role": roles.get(str(s["role"]), s["role"]),
+            "id": s["id"],
+            "role": roles.get(str(s["role"]), s["role"]),
             "where": places.get(str(s["location"]), s["location"]),
             "time": t("roster.time", start=start.strftime("%H:%M"), end=end_text),
             "filled": t("roster.filled", filled=filled, slots=slots),
             "needs": t.plural("roster.needs", open_) if open_ else None,
             "over": t("roster.over_filled", filled=filled, slots=slots)
-                    if "over-filled" in s["flags"] else None,
-            "members": members, "signed_up": signed_up,
+            if "over-filled" in s["flags"]
+            else None,
+            "members": members,
+            "signed_up": signed_up,
         }
         index = (start.date() - monday).days
         if 0 <= index < 7:
@@ -278,17 +340,30 @@ async def roster_view(node: Node, t: Translator, week: str,
     for day in days:
         day["label"] = t.day(day["date"])
         day["today"] = day["date"] == today
-    hours = sorted(({"name": _who(t, h["member"], h["name"], me), "hours": f"{h['hours']:g}"}
-                    for h in data["hours"]), key=lambda h: str(h["name"]).lower())
+    hours = sorted(
+        (
+            {"name": _who(t, h["member"], h["name"], me), "hours": f"{h['hours']:g}"}
+            for h in data["hours"]
+        ),
+        key=lambda h: str(h["name"]).lower(),
+    )
     return {
-        "live_id": live_id, "week": week, "week_number": number, "days": days,
+        "live_id": live_id,
+        "week": week,
+        "week_number": number,
+        "days": days,
         "hours": hours,
-        "heading": t("roster.week", week=number, start=t.day(monday),
-                     end=t.day(monday + datetime.timedelta(days=6))),
+        "heading": t(
+            "roster.week",
+            week=number,
+            start=t.day(monday),
+            end=t.day(monday + datetime.timedelta(days=6)),
+        ),
         "prev": current_week(monday - datetime.timedelta(days=7)),
         "next": current_week(monday + datetime.timedelta(days=7)),
         "this_week": current_week(today),
-        "roles": data["roles"], "locations": cat["locations"],
+        "roles": data["roles"],
+        "locations": cat["locations"],
         "default_date": (today if current_week(today) == week else monday).isoformat(),
     }
 
@@ -299,8 +374,7 @@ async def roster_view(node: Node, t: Translator, week: str,
 async def people_view(node: Node, t: Translator, today: datetime.date) -> dict[str, Any]:
     week = current_week(today)
 
-    def read(db: sqlite3.Connection) -> tuple[int, list[views.Member],
-                                              dict[str, list[Row]]]:
+    def read(db: sqlite3.Connection) -> tuple[int, list[views.Member], dict[str, list[Row]]]:
         return last_id(db), views.members(db), views.roster(db, week)
 
     live_id, members, roster = await node.store.read(read)
@@ -311,44 +385,64 @@ async def people_view(node: Node, t: Translator, today: datetime.date) -> dict[s
         holders = []
         for m in role["members"]:
             name = _who(t, m["key"], m["name"], me)
-            holders.append(t("people.until", name=name, date=t.date_text(m["until"], today))
-                           if m["until"] else name)
+            holders.append(
+                t("people.until", name=name, date=t.date_text(m["until"], today))
+                if m["until"]
+                else name
+            )
             held.setdefault(str(m["key"]), []).append(str(role["name"]))
-        roles.append({"slug": role["slug"], "name": role["name"],
-                      "description": role["description"],
-                      "weekly": t("people.weekly", hours=f"{role['weekly_hours']:g}"),
-                      "holders": t("people.holders", names=", ".join(holders))
-                                 if holders else t("people.nobody")})
+        roles.append(
+            {
+                "slug": role["slug"],
+                "name": role["name"],
+                "description": role["description"],
+                "weekly": t("people.weekly", hours=f"{role['weekly_hours']:g}"),
+                "holders": t("people.holders", names=", ".join(holders))
+                if holders
+                else t("people.nobody"),
+            }
+        )
     hours = {str(h["member"]): float(h["hours"]) for h in roster["hours"]}
-    people = [{
-        "key": m["key"], "short": m["key"][:8], "name": m["name"], "me": m["key"] == me,
-        "languages": t("people.languages", languages=", ".join(m["languages"]))
-                     if m["languages"] else None,
-        "roles": t("people.holds", roles=", ".join(held[m["key"]]))
-                 if m["key"] in held else None,
-        "hours": t("people.hours_week", hours=f"{hours[m['key']]:g}")
-                 if m["key"] in hours else None,
-    } for m in members]
+    people = [
+        {
+            "key": m["key"],
+            "short": m["key"][:8],
+            "name": m["name"],
+            "me": m["key"] == me,
+            "languages": t("people.languages", languages=", ".join(m["languages"]))
+            if m["languages"]
+            else None,
+            "roles": t("people.holds", roles=", ".join(held[m["key"]]))
+            if m["key"] in held
+            else None,
+            "hours": t("people.hours_week", hours=f"{hours[m['key']]:g}")
+            if m["key"] in hours
+            else None,
+        }
+        for m in members
+    ]
     people.sort(key=lambda p: (not p["me"], str(p["name"]).lower()))
-    return {"live_id": live_id, "members": people, "roles": roles,
-            "role_choices": roster["roles"]}
+    return {"live_id": live_id, "members": people, "roles": roles, "role_choices": roster["roles"]}
 
 
 # -- sync ----------------------------------------------------------------------------
 
 
-async def sync_view(node: Node, t: Translator,
-                    now: datetime.datetime) -> dict[str, Any]:
+async def sync_view(node: Node, t: Translator, now: datetime.datetime) -> dict[str, Any]:
     def read(db: sqlite3.Connection) -> tuple[int, list[views.Member]]:
         return last_id(db), views.members(db)
 
     live_id, members = await node.store.read(read)
     me = next((m for m in members if m["key"] == node.author.hex()), None)
     peers = await peers_of(node)
-    return {"live_id": live_id, "name": me["name"] if me else "",
-            "key": node.author.hex(), "group": node.group.name,
-            "events": await node.store.count(),
-            "peers": None if peers is None else [_peer(t, p, now) for p in peers]}
+    return {
+        "live_id": live_id,
+        "name": me["name"] if me else "",
+        "key": node.author.hex(),
+        "group": node.group.name,
+        "events": await node.store.count(),
+        "peers": None if peers is None else [_peer(t, p, now) for p in peers],
+    }
 
 
 async def peers_of(node: Node) -> list[Mapping[str, object]] | None:
@@ -375,19 +469,22 @@ def _peer(t: Translator, p: Mapping[str, object], now: datetime.datetime) -> Row
     return {
         "name": p.get("name") or (key[:8] if key else t("sync.unknown_peer")),
         "address": p.get("address") or "",
-        "found": t(f"sync.found.{p.get('found')}") if f"sync.found.{p.get('found')}" in
-        _FOUND_KEYS else str(p.get("found") or ""),
+        "found": t(f"sync.found.{p.get('found')}")
+        if f"sync.found.{p.get('found')}" in _FOUND_KEYS
+        else str(p.get("found") or ""),
         "connected": bool(p.get("connected")),
         "state": t("sync.connected") if p.get("connected") else t("sync.not_connected"),
         "last_seen": t("sync.last_seen", when=when) if when else t("sync.never_seen"),
         "lag": t("sync.lag", behind=behind, ahead=ahead)
-               if isinstance(behind, int) and isinstance(ahead, int) else None,
+        if isinstance(behind, int) and isinstance(ahead, int)
+        else None,
         "error": p.get("last_error") or None,
     }
 
 
-_FOUND_KEYS = frozenset(f"sync.found.{how}" for how in
-                        ("manual", "invite", "mdns", "bundle", "inbound"))
+_FOUND_KEYS = frozenset(
+    f"sync.found.{how}" for how in ("manual", "invite", "mdns", "bundle", "inbound")
+)
 
 
 async def me_of(node: Node) -> str:

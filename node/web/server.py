@@ -89,20 +89,34 @@ class UiServer(uvicorn.Server):
         yield
 
 
-def create_server(node: Node, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
-                  token: str | None = None,
-                  peer_vectors: PeerVectors | None = None) -> UiServer:
+def create_server(
+    node: Node,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    token: str | None = None,
+    peer_vectors: PeerVectors | None = None,
+) -> UiServer:
     """A server for ``node``'s web UI on ``host:port``; run it with ``await .serve()``.
 
     ``peer_vectors``: see ``create_app`` (what connected peers have, for "shared with
     N peers"). Raises UsageError when ``host`` is not loopback and there is no ``token``.
     """
     if not is_loopback(host) and not token:
-        raise UsageError(f"showing the web page on {host} lets other devices act as this "
-                         f"member: it needs an access token (see docs/web.md)")
+        raise UsageError(
+            f"showing the web page on {host} lets other devices act as this "
+            f"member: it needs an access token (see docs/web.md)"
+        )
     app = create_app(node, token=token, peer_vectors=peer_vectors)
     config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=False, proxy_headers=False,
-        server_header=False, timeout_graceful_shutdown=int(GRACE_SECONDS), lifespan="on",
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(GRACE_SECONDS),
+        lifespan="on",
     )
     return UiServer(config, app.state.web)
