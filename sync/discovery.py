@@ -7,21 +7,29 @@ instance name, with its port and IPv4 addresses, and a TXT record of exactly two
     h=<48 hex digits>   the blinded group hint: salt (8 bytes) ‖ tag (16 bytes)
 
     tag = first 16 bytes of BLAKE2b(key = group secret,
-                                     "potluck mdns hint v1" ‖ BE64(window) ‖ salt)
+                                     "potluck mdns hint v2" ‖ BE64(window) ‖ salt
+                                     ‖ BE16(port) ‖ count ‖ the IPv4 addresses, sorted)
     window = floor(unix time / 3600)
 
 Only a holder of the group secret can make or recognise a tag, the window makes it
 change every hour, and the salt, fresh at every re-announce, makes two members' adverts
 differ even within one hour, so an observer cannot even tell which adverts belong to
-the same group (decision 0008). A browsing member accepts the windows before and after
-its own (clock skew) and reports every advert whose hint it recognises through
+the same group (decision 0008). The tag also covers the advertised port and addresses:
+a stranger who copies a member's TXT record into an advert of their own address gets
+an advert no member recognises, so members never dial it (docs/discovery.md §binding).
+A browsing member accepts the windows before and after its own (clock skew) and reports
+every advert whose hint it recognises, for the address and port it advertises, through
 ``on_found``; every other advert is ignored and never dialed.
+
+The instance name and the host name are drawn afresh whenever the hint is (every
+window, every change of address), so a passer-by cannot follow a laptop through the
+day by its advert's name: the old name is withdrawn and the new one announced.
 
 The multicast work is python-zeroconf's; this module decides what to advertise and
 whom to report. It polls the machine's addresses (``ifaddr``) every ``poll_seconds``:
 when they change (Wi-Fi rejoined) the sockets and the advert follow, and when the
-window turns the advert is re-announced with a fresh hint. ``stop`` withdraws the
-advert (goodbye packets), so the other members see it go at once.
+window turns the advert is re-announced under a new name with a fresh hint. ``stop``
+withdraws the advert (goodbye packets), so the other members see it go at once.
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ from eventlog.identity import Group
 SERVICE_TYPE = "_potluck._tcp.local."
 PROTOCOL_VERSION = "1"
 WINDOW_SECONDS = 3600
-HINT_CONTEXT = b"potluck mdns hint v1"
+HINT_CONTEXT = b"potluck mdns hint v2"
 SALT_BYTES = 8
 TAG_BYTES = 16
 HINT_HEX_LENGTH = 2 * (SALT_BYTES + TAG_BYTES)
@@ -62,6 +70,9 @@ RESOLVE_MS = 3000
 # others (it raises a shorter PTR TTL to this), so a node that vanished without a
 # goodbye is reported lost after about 19 minutes rather than RFC 6762's 75.
 OTHER_TTL = 1125
+LOST_GRACE = 1.0
+"""Seconds a withdrawn advert's address waits before it is reported lost: a member
+renaming its advert announces the new name first, and resolving it takes a moment."""
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +82,16 @@ def window_of(now: float) -> int:
     return math.floor(now / WINDOW_SECONDS)
 
 
-def hint(secret: bytes, window: int, salt: bytes | None = None) -> str:
-    """The blinded hint of the group with ``secret`` for ``window``, as hex.
+def hint(
+    secret: bytes,
+    window: int,
+    salt: bytes | None = None,
+    *,
+    port: int,
+    addresses: Sequence[str],
+) -> str:
+    """The blinded hint of the group with ``secret`` for ``window``, bound to the advert's
+    ``port`` and IPv4 ``addresses``, as hex.
 
     ``salt`` (8 bytes) is random unless given: each advert carries its own, so equal
     hints never reveal that two adverts come from one group.
@@ -81,36 +100,61 @@ def hint(secret: bytes, window: int, salt: bytes | None = None) -> str:
         salt = secrets.token_bytes(SALT_BYTES)
     if len(salt) != SALT_BYTES:
         raise ValueError(f"a hint salt is {SALT_BYTES} bytes")
-    return (salt + _tag(secret, window, salt)).hex()
+    return (salt + _tag(secret, window, salt, binding(port, addresses))).hex()
 
 
-def _tag(secret: bytes, window: int, salt: bytes) -> bytes:
-    message = HINT_CONTEXT + window.to_bytes(8, "big", signed=True) + salt
+def binding(port: int, addresses: Sequence[str]) -> bytes:
+    """Where an advert says its node listens, as the bytes its tag covers: BE16(port),
+    the number of addresses, then each IPv4 address (4 bytes) in ascending order.
+    Order and duplicates do not matter: an advert's records carry no order."""
+    if not 0 < port < 1 << 16:
+        raise ValueError(f"a port is 1 to 65535, not {port}")
+    unique = sorted({ipaddress.IPv4Address(a) for a in addresses})
+    if len(unique) > 255:
+        raise ValueError("an advert binds at most 255 addresses")
+    return port.to_bytes(2, "big") + bytes([len(unique)]) + b"".join(a.packed for a in unique)
+
+
+def _tag(secret: bytes, window: int, salt: bytes, bound: bytes) -> bytes:
+    message = HINT_CONTEXT + window.to_bytes(8, "big", signed=True) + salt + bound
     return hashlib.blake2b(message, key=secret).digest()[:TAG_BYTES]
 
 
-def matches(secret: bytes, hint: object, now: float) -> bool:
-    """Whether ``hint`` was made with ``secret`` in the window of ``now`` or next to it.
+def matches(
+    secret: bytes, hint: object, now: float, *, port: int, addresses: Sequence[str]
+) -> bool:
+    """Whether ``hint`` was made with ``secret`` in the window of ``now`` or next to it,
+    for an advert of exactly this ``port`` and these ``addresses``.
 
-    Anything that is not a well-formed hint (wrong type, length, not hex) is False.
+    Anything that is not a well-formed hint (wrong type, length, not hex), and any
+    port or address that is not one, is False.
     """
     if not isinstance(hint, str) or len(hint) != HINT_HEX_LENGTH:
         return False
     try:
         raw = bytes.fromhex(hint)
+        bound = binding(port, addresses)
     except ValueError:
         return False
     salt, tag = raw[:SALT_BYTES], raw[SALT_BYTES:]
     current = window_of(now)
     found = False
     for window in (current - 1, current, current + 1):  # no early exit: constant time
-        found |= hmac.compare_digest(tag, _tag(secret, window, salt))
+        found |= hmac.compare_digest(tag, _tag(secret, window, salt, bound))
     return found
 
 
-def txt_record(secret: bytes, now: float, salt: bytes | None = None) -> dict[str, str]:
+def txt_record(
+    secret: bytes,
+    now: float,
+    salt: bytes | None = None,
+    *,
+    port: int,
+    addresses: Sequence[str],
+) -> dict[str, str]:
     """The whole TXT record of our advert: the protocol version and the hint, nothing else."""
-    return {"v": PROTOCOL_VERSION, "h": hint(secret, window_of(now), salt)}
+    hint_ = hint(secret, window_of(now), salt, port=port, addresses=addresses)
+    return {"v": PROTOCOL_VERSION, "h": hint_}
 
 
 def local_addresses() -> list[str]:
@@ -210,6 +254,7 @@ class Discovery:
         self._generation: dict[str, int] = {}  # service name -> count of changes seen
         self._tasks: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
+        self._own: set[str] = set()  # every name we advertised: never a peer
 
     @property
     def name(self) -> str:
@@ -252,11 +297,14 @@ class Discovery:
         return list(self._fixed) if self._fixed is not None else local_addresses()
 
     def _service_info(self) -> ServiceInfo:
+        assert self.port is not None
         return ServiceInfo(
             SERVICE_TYPE,
-            self.name,
+            f"{self.instance}.{SERVICE_TYPE}",
             port=self.port,
-            properties=txt_record(self.group.secret, self.clock()),
+            properties=txt_record(
+                self.group.secret, self.clock(), port=self.port, addresses=self._addresses
+            ),
             server=f"{self.instance}.local.",
             other_ttl=OTHER_TTL,
             parsed_addresses=self._addresses,
@@ -277,6 +325,7 @@ class Discovery:
             return
         for _attempt in range(3):
             self._info = self._service_info()
+            self._own.add(self._info.name)
             try:
                 await zc.async_register_service(self._info)
                 return
@@ -299,11 +348,28 @@ class Discovery:
         self._info = None
 
     async def _reannounce(self) -> None:
-        """Publish the advert again with the current addresses and a fresh hint."""
+        """Publish the advert under a new instance and host name, with the current
+        addresses and a fresh hint, then withdraw the old one: nothing of it stays the
+        same across windows, so it cannot be followed through the day
+        (docs/discovery.md §names). The new name goes out first, so members that see
+        the old one withdrawn already know the address again (``LOST_GRACE``)."""
         if self._zc is None or self._info is None:
             return
-        self._info = self._service_info()
-        await self._zc.async_update_service(self._info)
+        old = self._info
+        for _attempt in range(3):
+            self.instance = secrets.token_hex(8)
+            info = self._service_info()
+            self._own.add(info.name)
+            try:
+                await self._zc.async_register_service(info)
+            except NonUniqueNameException:
+                continue
+            self._info = info
+            break
+        else:
+            log.warning("mDNS: could not register a unique service name; not advertising")
+            self._info = None
+        await self._zc.async_unregister_service(old)
 
     async def _poll(self) -> None:
         """Follow address changes and hint windows until cancelled."""
@@ -342,12 +408,12 @@ class Discovery:
     def _on_change(
         self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
-        if name == self.name or service_type != SERVICE_TYPE:
+        if name == self.name or name in self._own or service_type != SERVICE_TYPE:
             return
         log.debug("mDNS: %s %s", state_change.name, name)
         self._generation[name] = self._generation.get(name, 0) + 1
         if state_change is ServiceStateChange.Removed:
-            self._lose(name)
+            self._spawn(self._lose_later(name, self._generation[name]))
         else:
             self._spawn(self._resolve(zeroconf, name, self._generation[name]))
 
@@ -364,10 +430,21 @@ class Discovery:
         if self._generation.get(name) != generation or zeroconf is not self._zc_core():
             return  # a later change of this advert (or a restart) superseded this one
         properties = info.decoded_properties
-        ours = properties.get("v") == PROTOCOL_VERSION and matches(
-            self.group.secret, properties.get("h"), self.clock()
+        advertised = info.parsed_addresses(IPVersion.V4Only)
+        # the hint must cover the very port and addresses we would dial: a copied TXT
+        # record in a stranger's advert is not ours (docs/discovery.md §binding)
+        ours = (
+            properties.get("v") == PROTOCOL_VERSION
+            and info.port is not None
+            and matches(
+                self.group.secret,
+                properties.get("h"),
+                self.clock(),
+                port=info.port,
+                addresses=advertised,
+            )
         )
-        host = pick_address(info.parsed_addresses(IPVersion.V4Only), self._networks)
+        host = pick_address(advertised, self._networks)
         log.debug(
             "mDNS: %s at %s port %s: %s",
             name,
@@ -385,10 +462,17 @@ class Discovery:
         self._peers[name] = address
         self.on_found(address, name.removesuffix("." + SERVICE_TYPE))
 
+    async def _lose_later(self, name: str, generation: int) -> None:
+        await asyncio.sleep(LOST_GRACE)
+        if self._generation.get(name) == generation:
+            self._lose(name)
+
     def _zc_core(self) -> Zeroconf | None:
         return self._zc.zeroconf if self._zc is not None else None
 
     def _lose(self, name: str) -> None:
+        """Forget advert ``name``; report its address lost unless another advert still
+        offers it (a node that renamed its advert may announce the new name first)."""
         address = self._peers.pop(name, None)
-        if address is not None:
+        if address is not None and address not in self._peers.values():
             self.on_lost(address)

@@ -35,6 +35,8 @@ from sync.discovery import (
 
 NOW = 1_790_000_000.0  # some unix time, in the middle of no window in particular
 SALT = bytes(range(8))
+AT = {"port": 7717, "addresses": ["192.168.1.20"]}
+"""Where the adverts of these tests say their node listens: what a hint is bound to."""
 
 
 def group(name: str = "Westside pantry") -> Group:
@@ -47,7 +49,7 @@ def group(name: str = "Westside pantry") -> Group:
 def test_hint_changes_from_one_window_to_the_next() -> None:
     g = group()
     w = window_of(NOW)
-    hints = {hint(g.secret, w + i, SALT) for i in range(24)}
+    hints = {hint(g.secret, w + i, SALT, **AT) for i in range(24)}
     assert len(hints) == 24
 
 
@@ -60,21 +62,21 @@ def test_hint_windows_are_hours_of_unix_time() -> None:
 
 def test_two_groups_hints_differ_in_the_same_window() -> None:
     w = window_of(NOW)
-    assert hint(group("A").secret, w, SALT) != hint(group("A").secret, w, SALT)
+    assert hint(group("A").secret, w, SALT, **AT) != hint(group("A").secret, w, SALT, **AT)
 
 
 def test_two_adverts_of_one_group_carry_unrelated_hints() -> None:
     # A fresh salt per advert: an observer cannot even group the adverts by equal hints.
     g = group()
     w = window_of(NOW)
-    first, second = hint(g.secret, w), hint(g.secret, w)
+    first, second = hint(g.secret, w, **AT), hint(g.secret, w, **AT)
     assert first != second
     assert first[16:] != second[16:]  # the tags differ too, not only the salts
-    assert matches(g.secret, first, NOW) and matches(g.secret, second, NOW)
+    assert matches(g.secret, first, NOW, **AT) and matches(g.secret, second, NOW, **AT)
 
 
 def test_hint_is_hex_of_salt_and_a_16_byte_tag() -> None:
-    h = hint(group().secret, window_of(NOW), SALT)
+    h = hint(group().secret, window_of(NOW), SALT, **AT)
     assert len(h) == HINT_HEX_LENGTH == 48
     assert bytes.fromhex(h)[:8] == SALT
 
@@ -86,58 +88,63 @@ def test_hint_is_keyed_blake2b_of_the_context_window_and_salt() -> None:
     g = group()
     w = window_of(NOW)
     tag = hashlib.blake2b(
-        b"potluck mdns hint v1" + w.to_bytes(8, "big") + SALT, key=g.secret
+        b"potluck mdns hint v2"
+        + w.to_bytes(8, "big")
+        + SALT
+        + (7717).to_bytes(2, "big")
+        + bytes([1, 192, 168, 1, 20]),
+        key=g.secret,
     ).digest()[:16]
-    assert hint(g.secret, w, SALT) == (SALT + tag).hex()
+    assert hint(g.secret, w, SALT, **AT) == (SALT + tag).hex()
 
 
 def test_a_member_recognises_the_hint() -> None:
     g = group()
-    assert matches(g.secret, hint(g.secret, window_of(NOW)), NOW)
+    assert matches(g.secret, hint(g.secret, window_of(NOW), **AT), NOW, **AT)
 
 
 def test_a_non_member_does_not_recognise_the_hint() -> None:
     g, stranger = group("Westside"), group("Westside")  # same name, other secret
     for offset in (-1, 0, 1):
-        h = hint(g.secret, window_of(NOW) + offset)
-        assert not matches(stranger.secret, h, NOW)
+        h = hint(g.secret, window_of(NOW) + offset, **AT)
+        assert not matches(stranger.secret, h, NOW, **AT)
 
 
 def test_matches_tolerates_one_window_of_clock_skew_and_no_more() -> None:
     g = group()
     w = window_of(NOW)
-    assert matches(g.secret, hint(g.secret, w - 1), NOW)
-    assert matches(g.secret, hint(g.secret, w + 1), NOW)
-    assert not matches(g.secret, hint(g.secret, w - 2), NOW)
-    assert not matches(g.secret, hint(g.secret, w + 2), NOW)
+    assert matches(g.secret, hint(g.secret, w - 1, **AT), NOW, **AT)
+    assert matches(g.secret, hint(g.secret, w + 1, **AT), NOW, **AT)
+    assert not matches(g.secret, hint(g.secret, w - 2, **AT), NOW, **AT)
+    assert not matches(g.secret, hint(g.secret, w + 2, **AT), NOW, **AT)
 
 
 def test_an_advert_made_a_minute_before_the_hour_is_recognised_after_it() -> None:
     g = group()
     boundary = (window_of(NOW) + 1) * WINDOW_SECONDS
-    made = hint(g.secret, window_of(boundary - 60))
-    assert matches(g.secret, made, boundary + 60)
-    assert matches(g.secret, made, boundary + WINDOW_SECONDS - 1)
-    assert not matches(g.secret, made, boundary + WINDOW_SECONDS + 1)
+    made = hint(g.secret, window_of(boundary - 60), **AT)
+    assert matches(g.secret, made, boundary + 60, **AT)
+    assert matches(g.secret, made, boundary + WINDOW_SECONDS - 1, **AT)
+    assert not matches(g.secret, made, boundary + WINDOW_SECONDS + 1, **AT)
 
 
 @pytest.mark.parametrize("bad", [None, "", "zz" * 24, "ab" * 23, "ab" * 25, b"ab" * 24, 7])
 def test_matches_refuses_what_is_not_a_hint(bad: object) -> None:
-    assert not matches(group().secret, bad, NOW)
+    assert not matches(group().secret, bad, NOW, **AT)
 
 
 def test_a_tampered_hint_is_refused() -> None:
     g = group()
-    h = bytearray(bytes.fromhex(hint(g.secret, window_of(NOW))))
+    h = bytearray(bytes.fromhex(hint(g.secret, window_of(NOW), **AT)))
     for i in (0, 8, 23):  # in the salt, at the start and the end of the tag
         changed = bytearray(h)
         changed[i] ^= 1
-        assert not matches(g.secret, changed.hex(), NOW)
+        assert not matches(g.secret, changed.hex(), NOW, **AT)
 
 
 def test_hint_refuses_a_salt_of_the_wrong_length() -> None:
     with pytest.raises(ValueError, match="8 bytes"):
-        hint(group().secret, 1, b"short")
+        hint(group().secret, 1, b"short", **AT)
 
 
 # -- what is advertised ------------------------------------------------------------------
@@ -159,10 +166,10 @@ def _forbidden(g: Group, person: str) -> list[bytes]:
 
 def test_txt_record_holds_only_the_version_and_the_hint() -> None:
     g = group("Eastside tool library")
-    record = txt_record(g.secret, NOW)
+    record = txt_record(g.secret, NOW, **AT)
     assert set(record) == {"v", "h"}
     assert record["v"] == "1"
-    assert matches(g.secret, record["h"], NOW)
+    assert matches(g.secret, record["h"], NOW, **AT)
 
 
 def test_the_advert_carries_no_group_id_name_or_person() -> None:
@@ -355,3 +362,82 @@ async def test_the_advert_rotates_its_hint_with_the_hour_and_stays_recognised() 
             lambda: seen_b.lost == [f"127.0.0.1:{a.port}"],
             "b drops an advert it can no longer recognise",
         )
+
+
+# -- the advert is bound to where it says the node listens (docs/discovery.md §binding) --
+
+
+def test_a_hint_copied_to_another_address_or_port_is_not_recognised() -> None:
+    g = group()
+    made = hint(g.secret, window_of(NOW), port=7717, addresses=["192.168.1.20"])
+    assert matches(g.secret, made, NOW, port=7717, addresses=["192.168.1.20"])
+    assert not matches(g.secret, made, NOW, port=7718, addresses=["192.168.1.20"])
+    assert not matches(g.secret, made, NOW, port=7717, addresses=["192.168.1.66"])
+    assert not matches(g.secret, made, NOW, port=7717, addresses=["192.168.1.20", "192.168.1.66"])
+    assert not matches(g.secret, made, NOW, port=7717, addresses=[])
+
+
+def test_the_binding_ignores_the_order_and_repeats_of_addresses() -> None:
+    g = group()
+    made = hint(g.secret, window_of(NOW), port=7717, addresses=["10.0.0.2", "10.0.0.1"])
+    assert matches(g.secret, made, NOW, port=7717, addresses=["10.0.0.1", "10.0.0.2", "10.0.0.1"])
+
+
+@pytest.mark.parametrize("port", [0, -1, 65536])
+def test_matches_refuses_what_is_not_a_port_or_an_address(port: int) -> None:
+    g = group()
+    made = hint(g.secret, window_of(NOW), **AT)
+    assert not matches(g.secret, made, NOW, port=port, addresses=["192.168.1.20"])
+    assert not matches(g.secret, made, NOW, port=7717, addresses=["not an address"])
+
+
+@pytest.mark.usefixtures("loopback_multicast")
+async def test_a_stranger_re_advertising_a_members_txt_record_is_not_dialled() -> None:
+    from zeroconf import IPVersion, ServiceInfo
+    from zeroconf.asyncio import AsyncZeroconf
+
+    g = group()
+    seen_a, seen_b = Seen(), Seen()
+    a, b = _node(g, 47121, seen_a), _node(g, 47122, seen_b)
+    async with running(a, b):
+        await until(lambda: bool(seen_b.found), "b finds a")
+        assert a._info is not None
+        # the stranger copies a's TXT record, word for word, into its own advert
+        lure = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+        copied = ServiceInfo(
+            SERVICE_TYPE,
+            f"0123456789abcdef.{SERVICE_TYPE}",
+            port=47199,
+            properties=a._info.properties,
+            server="0123456789abcdef.local.",
+            parsed_addresses=["127.0.0.1"],
+        )
+        try:
+            await lure.async_register_service(copied)
+            await asyncio.sleep(2.0)  # time enough for b to have seen and resolved it
+        finally:
+            await lure.async_close()
+    assert [address for address, _ in seen_b.found] == ["127.0.0.1:47121"]
+
+
+@pytest.mark.usefixtures("loopback_multicast")
+async def test_the_advert_changes_its_names_with_the_hint_and_is_not_lost() -> None:
+    g = group()
+    now = [time.time()]
+    seen_a, seen_b = Seen(), Seen()
+    a = _node(g, 47131, seen_a, poll_seconds=0.2, clock=lambda: now[0])
+    b = _node(g, 47132, seen_b)
+    async with running(a, b):
+        await until(lambda: bool(seen_b.found), "b finds a")
+        first = a.instance
+        assert a._info is not None and a._info.server == f"{first}.local."
+        now[0] += WINDOW_SECONDS  # the hint turns, and the names with it
+        await until(lambda: a.instance != first, "a re-announces under a new name")
+        await until(
+            lambda: any(instance == a.instance for _, instance in seen_b.found),
+            "b recognises the new name",
+        )
+        assert a._info is not None and a._info.server == f"{a.instance}.local."
+        await asyncio.sleep(2 * d.LOST_GRACE)  # the old name's goodbye has been handled
+        assert seen_b.lost == []  # the same node, renamed: never reported lost
+        assert set(b.peers) == {f"{a.instance}.{SERVICE_TYPE}"}
