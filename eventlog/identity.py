@@ -131,3 +131,37 @@ def load_group(data_dir: Path) -> Group:
     if len(group.id) != GROUP_ID_BYTES or len(group.secret) != GROUP_SECRET_BYTES:
         raise UsageError(f"{path} is damaged: group id or secret has the wrong length")
     return group
+
+
+def tighten(data_dir: Path) -> list[str]:
+    """Make the data directory and every file in it readable by this user only (0700
+    and 0600); return the names whose mode was loose.
+
+    Why: the log holds the group's events in clear, and the key and group files hold
+    what makes this node a member. A directory made by an older Potluck, restored from
+    a backup or copied by hand can carry a loose mode that ``init`` never saw.
+    A file system without Unix modes (a FAT USB stick) keeps its modes whatever is
+    asked: that is left as it is, there is nothing to tighten. Raises UsageError when
+    the mode is loose and cannot be changed (another user owns the directory).
+    """
+    loosened: list[str] = []
+    try:
+        entries = [data_dir, *(p for p in data_dir.iterdir() if p.is_file())]
+    except OSError as exc:
+        raise UsageError(f"cannot read {data_dir}: {exc.strerror or exc}") from None
+    for path in entries:
+        wanted = 0o700 if path == data_dir else 0o600
+        try:
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                path.chmod(mode & wanted)
+                loosened.append(path.name if path != data_dir else str(data_dir))
+        except FileNotFoundError:  # a -wal or -shm file that SQLite just removed
+            continue
+        except PermissionError:
+            raise UsageError(
+                f"{path} can be read by other users of this computer and Potluck cannot "
+                f"change that (it belongs to another user): as its owner, run "
+                f"'chmod -R go-rwx {data_dir}', or use a data directory of your own"
+            ) from None
+    return loosened

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import sys
 import time
@@ -34,6 +35,7 @@ from eventlog.identity import (
     load_group,
     save_device_key,
     save_group,
+    tighten,
 )
 from eventlog.store import Store
 from projections import projector, views
@@ -49,6 +51,7 @@ from sync.transport import DialError, connect_session, parse_address
 DEFAULT_PORT = 7717
 
 LOG_FILE = "log.db"
+log = logging.getLogger(__name__)
 
 
 def default_data_dir() -> Path:
@@ -88,6 +91,9 @@ class Node:
     async def open(cls, data_dir: Path) -> Node:
         key = load_device_key(data_dir)
         group = load_group(data_dir)
+        loose = tighten(data_dir)  # before the log is opened: it holds the group's events
+        if loose:
+            log.info("made readable by this user only: %s", ", ".join(loose))
         return await cls._start(data_dir, key, group)
 
     @classmethod
