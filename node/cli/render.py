@@ -1,0 +1,192 @@
+"""What the commands print for people (not ``--json``): the tables and multi-line reports.
+
+The one module that knows rich, so that the look of the output is decided in one place and
+the commands only fetch and hand over the same data their ``--json`` prints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from sync.bundle import BundleInfo, ImportResult
+
+_console = Console(highlight=False, soft_wrap=True)
+Rows = list[dict[str, object]]
+
+
+def short(hex_id: str) -> str:
+    """The first 8 hex characters: enough to tell ids apart, and accepted back as a prefix."""
+    return hex_id[:8]
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def _flag_text(flags: object) -> str:
+    return ", ".join(flags) if isinstance(flags, list) else ""
+
+
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
+def whoami(info: dict[str, object]) -> None:
+    click.echo(
+        f"{info['name']} ({short(str(info['key']))}) in group '{info['group']}': "
+        f"{info['members']} members, {info['events']} events"
+    )
+    click.echo(f"data: {info['data_dir']}")
+    forks = info["forks"]
+    assert isinstance(forks, list)
+    for fork in forks:
+        click.echo(
+            f"warning: {fork['name'] or fork['key'][:8]} wrote {fork['versions']} "
+            f"different events as #{fork['seq']}; their events from there on are "
+            "left out of the board until this is sorted out"
+        )
+
+
+def board(data: dict[str, Rows]) -> None:
+    """Offers, then needs, each followed by its claims, indented."""
+    for kind in ("offers", "needs"):
+        table = _table(kind.capitalize(), ("id", "title", "qty", "claimed", "left", "flags"))
+        for entry in data[kind]:
+            table.add_row(
+                short(str(entry["id"])),
+                str(entry["title"]),
+                _text(entry["quantity"]),
+                str(entry["claimed"]),
+                _text(entry["remaining"]),
+                _flag_text(entry["flags"]),
+            )
+            claims = entry["claims"]
+            assert isinstance(claims, list)
+            for c in claims:
+                table.add_row(
+                    "  " + short(c["id"]),
+                    f"  claim by {c['claimant_name']}",
+                    str(c["quantity"]),
+                    c["status"],
+                    "",
+                    _flag_text(c["flags"]),
+                )
+        _console.print(table)
+
+
+def inventory(data: dict[str, Rows]) -> None:
+    table = _table("Inventory", ("location", "item", "on hand", "expires", "flags"))
+    for row in data["rows"]:
+        table.add_row(
+            str(row["location"]),
+            str(row["item"]),
+            str(row["on_hand"]),
+            _text(row["expires"]),
+            _flag_text(row["flags"]),
+        )
+    _console.print(table)
+
+
+def roster(data: dict[str, Rows]) -> None:
+    """The shifts with who fills them, then the hours per person per week."""
+    table = _table("Shifts", ("id", "role", "where", "start", "end", "filled", "people", "flags"))
+    for s in data["shifts"]:
+        members = s["members"]
+        assert isinstance(members, list)
+        table.add_row(
+            short(str(s["id"])),
+            str(s["role"]),
+            str(s["location"]),
+            str(s["start"]),
+            str(s["end"]),
+            f"{s['filled']}/{s['slots']}",
+            ", ".join(str(m["name"]) for m in members),
+            _flag_text(s["flags"]),
+        )
+    _console.print(table)
+    hours = _table("Hours", ("week", "who", "hours"))
+    for h in data["hours"]:
+        hours.add_row(str(h["week"]), str(h["name"]), f"{h['hours']:g}")
+    _console.print(hours)
+
+
+def log(entries: Rows) -> None:
+    """One line per event: time, short id, author#seq, type."""
+    for e in entries:
+        click.echo(
+            f"{e['time']}  {short(str(e['id']))}  {e['author_name']}#{e['seq']}  {e['type']}"
+        )
+
+
+def peers(rows: Rows) -> None:
+    table = _table(
+        "Peers", ("who", "address", "found", "connected", "last seen", "behind", "ahead")
+    )
+    for r in rows:
+        who = r["name"] or (short(str(r["key"])) if r["key"] else "")
+        table.add_row(
+            str(who),
+            str(r["address"]),
+            str(r["found"]),
+            "yes" if r["connected"] else "no",
+            _text(r["last_seen"]),
+            _text(r["behind"]),
+            _text(r["ahead"]),
+        )
+    _console.print(table)
+
+
+def synced(report: dict[str, object]) -> None:
+    """What one ``potluck sync`` exchanged, and what in it needs a person's attention."""
+    who = report["peer_name"] or short(str(report["peer"]))
+    click.echo(
+        f"Synced with {who} at {report['address']}: received {report['received']} "
+        f"events, sent {report['sent']}."
+    )
+    if report["held_future"]:
+        click.echo(
+            f"Held {report['held_future']} events stamped more than 24 hours ahead of "
+            "this computer's clock: they wait for their time, unapplied. Check both "
+            "clocks; 'potluck doctor' lists them."
+        )
+    if report["evidence_in"] or report["evidence_out"]:
+        click.echo(
+            f"Proof that a member wrote two versions of one event: received "
+            f"{report['evidence_in']}, sent {report['evidence_out']}. Their events "
+            "from there on are left out of the board; 'potluck whoami' names them."
+        )
+
+
+def bundle_exported(file: Path, info: BundleInfo) -> None:
+    click.echo(
+        f"Wrote {info.events} events from {info.authors} members to {file} ({info.bytes:,} bytes)."
+    )
+    if info.evidence:
+        click.echo(
+            f"It also carries the proof that {info.evidence} member(s) wrote two "
+            "versions of one event: whoever imports it leaves their later events "
+            "out too."
+        )
+
+
+def bundle_imported(result: ImportResult) -> None:
+    click.echo(
+        f"Imported {result.stored} new events ({result.duplicates} already here"
+        + (f", {result.rejected} refused" if result.rejected else "")
+        + (f", {result.held} waiting for earlier events" if result.held else "")
+        + ")."
+    )
+    if result.evidence:
+        click.echo(
+            f"It proved that {result.evidence} member(s) wrote two versions of one "
+            "event: their events from there on are left out until people sort it out."
+        )
+    for reason in result.reasons:
+        click.echo(f"  refused: {reason}")
