@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from eventlog.errors import InvalidBody, PotluckError, UsageError
-from node.cli import board, membership, peer, roster, stock, upkeep
+from node.cli import board, membership, peer, render, roster, stock, upkeep
 from node.cli.common import EXIT_FAILED, EXIT_USAGE
 
 __all__ = ["cli", "main"]
@@ -53,29 +53,29 @@ def main(argv: Sequence[str] | None = None) -> None:
             standalone_mode=False,
         )
     except click.exceptions.Abort:
-        click.echo("potluck: interrupted", err=True)
+        render.echo("potluck: interrupted", err=True)
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         message = exc.format_message().replace("\n", " ")
-        click.echo(f"potluck: {message}", err=True)
+        render.echo(f"potluck: {message}", err=True)
         sys.exit(exc.exit_code)
     except InvalidBody as exc:
-        click.echo(
+        render.echo(
             f"potluck: {exc.field.replace('_', ' ')}: {str(exc).split(': ', 1)[1]}", err=True
         )
         sys.exit(EXIT_USAGE)
     except UsageError as exc:
-        click.echo(f"potluck: {exc}", err=True)
+        render.echo(f"potluck: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     except PotluckError as exc:
-        click.echo(f"potluck: {exc}", err=True)
+        render.echo(f"potluck: {exc}", err=True)
         sys.exit(EXIT_FAILED)
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
-        click.echo(f"potluck: {exc.strerror or exc}{where}", err=True)
+        render.echo(f"potluck: {exc.strerror or exc}{where}", err=True)
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
-        click.echo("potluck: interrupted", err=True)
+        render.echo("potluck: interrupted", err=True)
         sys.exit(130)

@@ -7,7 +7,6 @@ transaction per write; a created thing's id alone on the last line; ``--json`` a
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -16,6 +15,7 @@ import click
 
 from eventlog import body as b
 from node.app import Node, default_data_dir
+from node.cli import render
 
 T = TypeVar("T")
 EXIT_USAGE = 2
@@ -46,7 +46,7 @@ def with_node(action: Callable[[Node], Awaitable[T]]) -> T:
 
 
 def print_json(data: object) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    render.echo(render.json_text(data))
 
 
 def jsonable(value: object) -> object:
@@ -65,8 +65,8 @@ def created(what: str, id_: str, summary: str, as_json: bool) -> None:
     if as_json:
         print_json({"id": id_, "type": what})
         return
-    click.echo(summary)
-    click.echo(id_)
+    render.echo(summary)
+    render.echo(id_)
 
 
 def post(body: b.BaseBody) -> str:

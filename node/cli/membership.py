@@ -55,14 +55,14 @@ def init(name: str, group_name: str | None, code: str | None, as_json: bool) -> 
         print_json(info)
         return
     if code is not None:
-        click.echo(
+        render.echo(
             f"Joined group '{info['group']}' as {name}. Run 'potluck serve' to catch "
             "up with the group (it dials the addresses in the invite)."
         )
     else:
-        click.echo(f"Created group '{info['group']}' with you, {name}, as its first member.")
-    click.echo(f"Your node lives in {info['data_dir']}.")
-    click.echo(info["key"])
+        render.echo(f"Created group '{info['group']}' with you, {name}, as its first member.")
+    render.echo(f"Your node lives in {info['data_dir']}.")
+    render.echo(info["key"])
 
 
 @click.command()
@@ -115,12 +115,12 @@ def invite(
             }
         )
         return
-    click.echo(
+    render.echo(
         "Anyone with this code can join the group and read everything in it: share it in person."
     )
     if symbol is not None and qr:
         symbol.terminal(compact=True)
-    click.echo(code)
+    render.echo(code)
 
 
 def _duration(text: str) -> float:

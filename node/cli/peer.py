@@ -56,7 +56,7 @@ def serve(listen: str, peers: tuple[str, ...], ui: str, no_ui: bool, no_discover
 
     def say(line: str) -> None:
         stamp = datetime.datetime.now().strftime("%H:%M:%S")
-        click.echo(f"{stamp} {line}")
+        render.echo(f"{stamp} {line}")
 
     async def run(node: Node) -> None:
         stop = asyncio.Event()
@@ -182,7 +182,7 @@ def bundle_import(file: Path, as_json: bool) -> None:
 def bundle_have(file: Path) -> None:
     """Write what this node has (a vector file) for the other side's --since."""
     vector = with_node(lambda node: write_vector_file(node.store, file))
-    click.echo(f"Wrote what this node has ({len(vector)} members' logs) to {file}.")
+    render.echo(f"Wrote what this node has ({len(vector)} members' logs) to {file}.")
 
 
 COMMANDS = (serve, sync_command, peers, bundle)

@@ -6,6 +6,8 @@ the commands only fetch and hand over the same data their ``--json`` prints.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import click
@@ -14,8 +16,44 @@ from rich.table import Table
 
 from sync.bundle import BundleInfo, ImportResult
 
-_console = Console(highlight=False, soft_wrap=True)
+_console = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+"""markup=False: a title such as ``closing [/bold] tag`` is text, not a style to close."""
 Rows = list[dict[str, object]]
+
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+"""Characters a terminal acts on instead of showing: the C0 and C1 controls (ESC starts
+every escape sequence; a newline and a tab stay) and the bidirectional controls that
+reorder what follows (a right-to-left override can make 'exe.txt' read 'txt.exe')."""
+
+
+def plain(value: object) -> str:
+    """``value`` as text a terminal shows as it is: every character of ``_UNSAFE`` is
+    written as its escape (``\\x1b``, ``\\u202e``). Everything printed that came from an
+    event (a title, a name, a reason) passes through here (security review, finding 4)."""
+    text = "" if value is None else str(value)
+    return _UNSAFE.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def echo(text: object = "", *, err: bool = False) -> None:
+    """Print one line of output for people, made ``plain``."""
+    click.echo(plain(text), err=err)
+
+
+def json_text(data: object) -> str:
+    """``data`` as indented JSON whose non-ASCII text stays readable, but with the
+    characters of ``_UNSAFE`` escaped (json escapes the C0 controls itself; the
+    bidirectional controls would still reorder a terminal's line)."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _add(table: Table, *cells: object) -> None:
+    table.add_row(*(plain(cell) for cell in cells))
 
 
 def short(hex_id: str) -> str:
@@ -39,15 +77,15 @@ def _table(title: str, columns: tuple[str, ...]) -> Table:
 
 
 def whoami(info: dict[str, object]) -> None:
-    click.echo(
+    echo(
         f"{info['name']} ({short(str(info['key']))}) in group '{info['group']}': "
         f"{info['members']} members, {info['events']} events"
     )
-    click.echo(f"data: {info['data_dir']}")
+    echo(f"data: {info['data_dir']}")
     forks = info["forks"]
     assert isinstance(forks, list)
     for fork in forks:
-        click.echo(
+        echo(
             f"warning: {fork['name'] or fork['key'][:8]} wrote {fork['versions']} "
             f"different events as #{fork['seq']}; their events from there on are "
             "left out of the board until this is sorted out"
@@ -59,7 +97,8 @@ def board(data: dict[str, Rows]) -> None:
     for kind in ("offers", "needs"):
         table = _table(kind.capitalize(), ("id", "title", "qty", "claimed", "left", "flags"))
         for entry in data[kind]:
-            table.add_row(
+            _add(
+                table,
                 short(str(entry["id"])),
                 str(entry["title"]),
                 _text(entry["quantity"]),
@@ -70,7 +109,8 @@ def board(data: dict[str, Rows]) -> None:
             claims = entry["claims"]
             assert isinstance(claims, list)
             for c in claims:
-                table.add_row(
+                _add(
+                    table,
                     "  " + short(c["id"]),
                     f"  claim by {c['claimant_name']}",
                     str(c["quantity"]),
@@ -84,7 +124,8 @@ def board(data: dict[str, Rows]) -> None:
 def inventory(data: dict[str, Rows]) -> None:
     table = _table("Inventory", ("location", "item", "on hand", "expires", "flags"))
     for row in data["rows"]:
-        table.add_row(
+        _add(
+            table,
             str(row["location"]),
             str(row["item"]),
             str(row["on_hand"]),
@@ -100,7 +141,8 @@ def roster(data: dict[str, Rows]) -> None:
     for s in data["shifts"]:
         members = s["members"]
         assert isinstance(members, list)
-        table.add_row(
+        _add(
+            table,
             short(str(s["id"])),
             str(s["role"]),
             str(s["location"]),
@@ -113,16 +155,14 @@ def roster(data: dict[str, Rows]) -> None:
     _console.print(table)
     hours = _table("Hours", ("week", "who", "hours"))
     for h in data["hours"]:
-        hours.add_row(str(h["week"]), str(h["name"]), f"{h['hours']:g}")
+        _add(hours, str(h["week"]), str(h["name"]), f"{h['hours']:g}")
     _console.print(hours)
 
 
 def log(entries: Rows) -> None:
     """One line per event: time, short id, author#seq, type."""
     for e in entries:
-        click.echo(
-            f"{e['time']}  {short(str(e['id']))}  {e['author_name']}#{e['seq']}  {e['type']}"
-        )
+        echo(f"{e['time']}  {short(str(e['id']))}  {e['author_name']}#{e['seq']}  {e['type']}")
 
 
 def peers(rows: Rows) -> None:
@@ -131,7 +171,8 @@ def peers(rows: Rows) -> None:
     )
     for r in rows:
         who = r["name"] or (short(str(r["key"])) if r["key"] else "")
-        table.add_row(
+        _add(
+            table,
             str(who),
             str(r["address"]),
             str(r["found"]),
@@ -146,18 +187,18 @@ def peers(rows: Rows) -> None:
 def synced(report: dict[str, object]) -> None:
     """What one ``potluck sync`` exchanged, and what in it needs a person's attention."""
     who = report["peer_name"] or short(str(report["peer"]))
-    click.echo(
+    echo(
         f"Synced with {who} at {report['address']}: received {report['received']} "
         f"events, sent {report['sent']}."
     )
     if report["held_future"]:
-        click.echo(
+        echo(
             f"Held {report['held_future']} events stamped more than 24 hours ahead of "
             "this computer's clock: they wait for their time, unapplied. Check both "
             "clocks; 'potluck doctor' lists them."
         )
     if report["evidence_in"] or report["evidence_out"]:
-        click.echo(
+        echo(
             f"Proof that a member wrote two versions of one event: received "
             f"{report['evidence_in']}, sent {report['evidence_out']}. Their events "
             "from there on are left out of the board; 'potluck whoami' names them."
@@ -165,11 +206,11 @@ def synced(report: dict[str, object]) -> None:
 
 
 def bundle_exported(file: Path, info: BundleInfo) -> None:
-    click.echo(
+    echo(
         f"Wrote {info.events} events from {info.authors} members to {file} ({info.bytes:,} bytes)."
     )
     if info.evidence:
-        click.echo(
+        echo(
             f"It also carries the proof that {info.evidence} member(s) wrote two "
             "versions of one event: whoever imports it leaves their later events "
             "out too."
@@ -177,16 +218,16 @@ def bundle_exported(file: Path, info: BundleInfo) -> None:
 
 
 def bundle_imported(result: ImportResult) -> None:
-    click.echo(
+    echo(
         f"Imported {result.stored} new events ({result.duplicates} already here"
         + (f", {result.rejected} refused" if result.rejected else "")
         + (f", {result.held} waiting for earlier events" if result.held else "")
         + ")."
     )
     if result.evidence:
-        click.echo(
+        echo(
             f"It proved that {result.evidence} member(s) wrote two versions of one "
             "event: their events from there on are left out until people sort it out."
         )
     for reason in result.reasons:
-        click.echo(f"  refused: {reason}")
+        echo(f"  refused: {reason}")

@@ -61,8 +61,8 @@ def rebuild(as_json: bool) -> None:
     if as_json:
         print_json({"events": count, "digest": digest})
     else:
-        click.echo(f"Rebuilt projections from {count} events.")
-        click.echo(digest)
+        render.echo(f"Rebuilt projections from {count} events.")
+        render.echo(digest)
 
 
 @click.command("digest")
@@ -70,7 +70,7 @@ def rebuild(as_json: bool) -> None:
 def digest_command(as_json: bool) -> None:
     """The projection digest: equal on every node holding the same events."""
     value = with_node(lambda node: node.store.read(node.runner.digest))
-    print_json({"digest": value}) if as_json else click.echo(value)
+    print_json({"digest": value}) if as_json else render.echo(value)
 
 
 @click.command()
@@ -92,7 +92,7 @@ def doctor(fix: bool, as_json: bool) -> None:
         print_json(report.to_json())
     else:
         for line in checkup.render(report, repaired=fix):
-            click.echo(line)
+            render.echo(line)
     if not report.healthy:
         sys.exit(EXIT_FAILED)
 
@@ -108,12 +108,12 @@ def demo(as_json: bool) -> None:
     from node.demo import run_demo
 
     lines: list[str] = []
-    say = lines.append if as_json else click.echo
+    say = lines.append if as_json else render.echo
     report = asyncio.run(run_demo(data_dir(), say))
     if as_json:
         print_json({**report, "story": lines})
     else:
-        click.echo(f"Look around: potluck --data-dir {report['nodes'][0]} board")  # type: ignore[index]
+        render.echo(f"Look around: potluck --data-dir {report['nodes'][0]} board")  # type: ignore[index]
 
 
 COMMANDS = (log, rebuild, digest_command, doctor, demo)
