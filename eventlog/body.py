@@ -57,7 +57,7 @@ from typing import (
     get_type_hints,
 )
 
-from eventlog.errors import InvalidBody
+from eventlog.errors import BodyProblem, InvalidBody
 
 MAX_AMOUNT = 1_000_000_000
 MAX_SLOTS = 1000
@@ -110,27 +110,40 @@ def _text(max_chars: int, *, empty: bool = False, lines: bool = False) -> _Kind:
 
     def check(field: str, value: object) -> str:
         if not isinstance(value, str):
-            raise InvalidBody(field, f"must be text, got {_show(value)}")
+            raise InvalidBody(field, "not-text", "must be text, got {got}", got=_show(value))
         text = value.strip()
         if not text and not empty:
-            raise InvalidBody(field, "must not be empty")
+            raise InvalidBody(field, "required", "must not be empty")
         if len(text) > max_chars:
-            raise InvalidBody(field, f"must be at most {max_chars} characters, got {len(text)}")
+            raise InvalidBody(
+                field,
+                "too-long",
+                "must be at most {max} characters, got {n}",
+                max=max_chars,
+                n=len(text),
+            )
         bad = control.search(text)
         if bad is not None:
-            raise InvalidBody(field, f"must not contain control character U+{ord(bad.group()):04X}")
+            raise InvalidBody(
+                field,
+                "control-character",
+                "must not contain control character U+{char}",
+                char=f"{ord(bad.group()):04X}",
+            )
         return text
 
     return _Kind(check)
 
 
-def _pattern(regex: str, what: str) -> _Kind:
+def _pattern(regex: str, what: str, problem: BodyProblem) -> _Kind:
     """Text matching ``regex`` exactly, kept as is."""
     compiled = re.compile(regex)
 
     def check(field: str, value: object) -> str:
         if not isinstance(value, str) or compiled.fullmatch(value) is None:
-            raise InvalidBody(field, f"must be {what}, got {_show(value)}")
+            raise InvalidBody(
+                field, problem, "must be {what}, got {got}", what=what, got=_show(value)
+            )
         return value
 
     return _Kind(_remembered(check))
@@ -162,13 +175,21 @@ def _remembered(check: Callable[[str, object], str]) -> Callable[[str, object], 
     return check_remembering
 
 
-def _integer(low: int, high: int, what: str, *, zero: bool = True) -> _Kind:
+def _integer(low: int, high: int, what: str, problem: BodyProblem, *, zero: bool = True) -> _Kind:
     """An int in ``low..high`` (``zero=False`` excludes 0). bool is not an int here."""
 
     def check(field: str, value: object) -> int:
         # type() rather than isinstance(): True and IntEnum members must not pass.
         if type(value) is not int or not low <= value <= high or (value == 0 and not zero):
-            raise InvalidBody(field, f"must be {what}, got {_show(value)}")
+            raise InvalidBody(
+                field,
+                problem,
+                "must be {what}, got {got}",
+                what=what,
+                got=_show(value),
+                min=low,
+                max=high,
+            )
         return value
 
     return _Kind(check)
@@ -181,7 +202,11 @@ def _hours(high: int) -> _Kind:
         # The range test also refuses NaN and infinity; bool is not a number of hours.
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= high:
             raise InvalidBody(
-                field, f"must be a number of hours above 0 and at most {high}, got {_show(value)}"
+                field,
+                "bad-hours",
+                "must be a number of hours above 0 and at most {max}, got {got}",
+                max=high,
+                got=_show(value),
             )
         return float(value)
 
@@ -191,7 +216,13 @@ def _hours(high: int) -> _Kind:
 def _choice(options: tuple[str, ...]) -> _Kind:
     def check(field: str, value: object) -> str:
         if not isinstance(value, str) or value not in options:
-            raise InvalidBody(field, f"must be one of {', '.join(options)}, got {_show(value)}")
+            raise InvalidBody(
+                field,
+                "not-a-choice",
+                "must be one of {options}, got {got}",
+                options=", ".join(options),
+                got=_show(value),
+            )
         return value
 
     return _Kind(check)
@@ -203,11 +234,15 @@ _DATE_FORMAT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 def _check_date(field: str, value: object) -> str:
     """A calendar date "YYYY-MM-DD", kept as the string."""
     if not isinstance(value, str) or _DATE_FORMAT.fullmatch(value) is None:
-        raise InvalidBody(field, f"must be a date YYYY-MM-DD, got {_show(value)}")
+        raise InvalidBody(
+            field, "bad-date", "must be a date YYYY-MM-DD, got {got}", got=_show(value)
+        )
     try:
         date.fromisoformat(value)
     except ValueError:
-        raise InvalidBody(field, f"is not a calendar date: {value!r}") from None
+        raise InvalidBody(
+            field, "bad-date", "is not a calendar date: {got}", got=_show(value)
+        ) from None
     return value
 
 
@@ -226,19 +261,31 @@ def _check_datetime(field: str, value: object) -> str:
     """
     if not isinstance(value, str) or _DATETIME_FORMAT.fullmatch(value) is None:
         raise InvalidBody(
-            field, f"must be a datetime YYYY-MM-DDTHH:MM[:SS][+HH:MM], got {_show(value)}"
+            field,
+            "bad-datetime",
+            "must be a datetime YYYY-MM-DDTHH:MM[:SS][+HH:MM], got {got}",
+            got=_show(value),
         )
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidBody(field, f"is not a calendar datetime: {value!r}") from None
+        raise InvalidBody(
+            field, "bad-datetime", "is not a calendar datetime: {got}", got=_show(value)
+        ) from None
     return moment.isoformat(timespec="minutes" if moment.second == 0 else "seconds")
 
 
 def _fixed_bytes(size: int, what: str) -> _Kind:
     def check(field: str, value: object) -> bytes:
         if not isinstance(value, bytes) or len(value) != size:
-            raise InvalidBody(field, f"must be {what} of {size} bytes, got {_show(value)}")
+            raise InvalidBody(
+                field,
+                "bad-bytes",
+                "must be {what} of {size} bytes, got {got}",
+                what=what,
+                size=size,
+                got=_show(value),
+            )
         return value
 
     return _Kind(check)
@@ -249,12 +296,18 @@ def _list_of(item: _Kind, max_items: int) -> _Kind:
 
     def check(field: str, value: object) -> tuple[object, ...]:
         if not isinstance(value, (list, tuple)):
-            raise InvalidBody(field, f"must be a list, got {_show(value)}")
+            raise InvalidBody(field, "not-a-list", "must be a list, got {got}", got=_show(value))
         if len(value) > max_items:
-            raise InvalidBody(field, f"must have at most {max_items} items, got {len(value)}")
+            raise InvalidBody(
+                field,
+                "too-many-items",
+                "must have at most {max} items, got {n}",
+                max=max_items,
+                n=len(value),
+            )
         items = tuple(item.check(field, element) for element in value)
         if len(set(items)) != len(items):
-            raise InvalidBody(field, "must not repeat an item")
+            raise InvalidBody(field, "repeated-item", "must not repeat an item")
         return items
 
     return _Kind(check)
@@ -265,18 +318,32 @@ _NAME = _text(100)
 _DESCRIPTION = _text(2000, empty=True, lines=True)
 _SHORT_TEXT = _text(40)  # units and categories
 _SLUG = _pattern(
-    r"[a-z0-9][a-z0-9-]{0,39}", "a slug of a-z, 0-9 and '-' (at most 40, not starting with '-')"
+    r"[a-z0-9][a-z0-9-]{0,39}",
+    "a slug of a-z, 0-9 and '-' (at most 40, not starting with '-')",
+    "not-a-slug",
 )
 _LANGUAGES = _list_of(
-    _pattern(r"[a-z]{2,3}(?:-[A-Za-z0-9]{2,8}){0,2}", "a language tag like 'en' or 'pt-BR'"),
+    _pattern(
+        r"[a-z]{2,3}(?:-[A-Za-z0-9]{2,8}){0,2}",
+        "a language tag like 'en' or 'pt-BR'",
+        "not-a-language-tag",
+    ),
     MAX_LANGUAGES,
 )
-_POSITIVE = _integer(1, MAX_AMOUNT, f"a positive integer (at most {MAX_AMOUNT:,})")
-_NON_NEGATIVE = _integer(0, MAX_AMOUNT, f"a non-negative integer (at most {MAX_AMOUNT:,})")
-_NON_ZERO = _integer(
-    -MAX_AMOUNT, MAX_AMOUNT, f"a non-zero integer (at most {MAX_AMOUNT:,} either way)", zero=False
+_POSITIVE = _integer(
+    1, MAX_AMOUNT, f"a positive integer (at most {MAX_AMOUNT:,})", "not-a-positive-integer"
 )
-_SLOTS = _integer(1, MAX_SLOTS, f"a whole number of slots from 1 to {MAX_SLOTS}")
+_NON_NEGATIVE = _integer(
+    0, MAX_AMOUNT, f"a non-negative integer (at most {MAX_AMOUNT:,})", "not-a-non-negative-integer"
+)
+_NON_ZERO = _integer(
+    -MAX_AMOUNT,
+    MAX_AMOUNT,
+    f"a non-zero integer (at most {MAX_AMOUNT:,} either way)",
+    "not-a-non-zero-integer",
+    zero=False,
+)
+_SLOTS = _integer(1, MAX_SLOTS, f"a whole number of slots from 1 to {MAX_SLOTS}", "out-of-range")
 _SHIFT_HOURS = _hours(24)
 _WEEKLY_HOURS = _hours(7 * 24)
 _DATE = _Kind(_remembered(_check_date))
@@ -364,13 +431,19 @@ def _upcast(cls: type[BaseBody], body: Mapping[str, object]) -> Mapping[str, obj
         if type(version_value) is not int or version_value < 2:
             raise InvalidBody(
                 VERSION_KEY,
-                f"must be an integer of at least 2 (absent means 1), got {_show(version_value)}",
+                "bad-version",
+                "must be an integer of at least 2 (absent means 1), got {got}",
+                got=_show(version_value),
             )
         version = version_value
     if version > cls.VERSION:
         raise InvalidBody(
             VERSION_KEY,
-            f"{cls.TYPE} version {version} is newer than this node reads (up to {cls.VERSION})",
+            "newer-version",
+            "{type} version {version} is newer than this node reads (up to {max})",
+            type=cls.TYPE,
+            version=version,
+            max=cls.VERSION,
         )
     if version == cls.VERSION:
         return body
@@ -424,7 +497,7 @@ class BaseBody:
             value = current.get(spec.name)
             if value is None:
                 if not spec.optional:
-                    raise InvalidBody(spec.name, "is missing")
+                    raise InvalidBody(spec.name, "required", "is missing")
             else:
                 value = spec.kind.check(spec.name, value)
             object.__setattr__(value_of, spec.name, value)
@@ -588,9 +661,17 @@ class ShiftScheduled(BaseBody):
         start = datetime.fromisoformat(self.start)
         end = datetime.fromisoformat(self.end)
         if (start.tzinfo is None) != (end.tzinfo is None):
-            raise InvalidBody("end", "must carry a timezone offset exactly when start does")
+            raise InvalidBody(
+                "end", "mixed-timezones", "must carry a timezone offset exactly when start does"
+            )
         if end <= start:
-            raise InvalidBody("end", f"must be after start {self.start}, got {self.end}")
+            raise InvalidBody(
+                "end",
+                "end-before-start",
+                "must be after start {start}, got {end}",
+                start=self.start,
+                end=self.end,
+            )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -687,5 +768,5 @@ def parse(type_: str, body: Mapping[str, object]) -> Body | None:
     if cls is None:
         return None
     if not isinstance(body, Mapping):
-        raise InvalidBody("body", f"must be a map, got {_show(body)}")
+        raise InvalidBody("body", "not-a-map", "must be a map, got {got}", got=_show(body))
     return cls.from_body(body)

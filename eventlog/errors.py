@@ -23,6 +23,8 @@ asks for something that cannot be done raises a ``UsageError`` (one line on stde
 
 from __future__ import annotations
 
+from typing import Literal, TypeAlias, get_args
+
 
 class PotluckError(Exception):
     """Root of every error Potluck raises on purpose."""
@@ -66,14 +68,55 @@ class NotAMember(InvalidEvent):
     code = "not-a-member"
 
 
+BodyProblem: TypeAlias = Literal[
+    "not-a-map",
+    "required",
+    "not-text",
+    "too-long",
+    "control-character",
+    "not-a-slug",
+    "not-a-language-tag",
+    "not-a-positive-integer",
+    "not-a-non-negative-integer",
+    "not-a-non-zero-integer",
+    "out-of-range",
+    "bad-hours",
+    "not-a-choice",
+    "bad-date",
+    "bad-datetime",
+    "bad-bytes",
+    "not-a-list",
+    "too-many-items",
+    "repeated-item",
+    "bad-version",
+    "newer-version",
+    "mixed-timezones",
+    "end-before-start",
+]
+"""What can be wrong with a body field: stable names a reader (the web) can translate."""
+
+BODY_PROBLEMS: tuple[str, ...] = get_args(BodyProblem)
+
+
 class InvalidBody(InvalidEvent):
-    """A body field is wrong; the message starts with the field's name."""
+    """A body field is wrong; the message starts with the field's name.
+
+    Besides the English message (what the CLI prints), the error carries its meaning as
+    values, so a reader can say it in another language without parsing English:
+    ``field`` (the body field), ``problem`` (one of ``BODY_PROBLEMS``) and ``params``
+    (the numbers and texts the message names). ``code`` stays "invalid-body": it is the
+    wire code of every body error.
+    """
 
     code = "invalid-body"
 
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
+    def __init__(self, field: str, problem: BodyProblem, text: str, /, **params: object) -> None:
+        """``text`` is the English message after the field, a ``str.format`` template
+        filled from ``params``; the same values go to translators."""
+        super().__init__(f"{field}: {text.format(**params)}")
         self.field = field
+        self.problem: BodyProblem = problem
+        self.params: dict[str, object] = params
 
 
 class UsageError(PotluckError):

@@ -976,6 +976,71 @@ async def test_spanish_form_errors_are_spanish(web: Web) -> None:
     assert "Cuántos: Escribe un número entero de 1 o más.</a>" in response.text  # summary
 
 
+SHIFT_FORM = {"role": "driver", "location": "st-marys", "date": "2030-01-07"}
+BAD_IN_SPANISH = [
+    # (path, fields, field with the message, the whole message); body.py finds the
+    # first, third, fifth and the last two, the form the others
+    (
+        "/board/offer",
+        {"title": "x" * 201},
+        "offer-title",
+        "Demasiado largo: como máximo 200 caracteres (tiene 201).",
+    ),
+    (
+        "/board/offer",
+        {"title": "Alubias", "quantity": "tres"},
+        "offer-quantity",
+        "Escribe un número entero, como 3.",
+    ),
+    (
+        "/people/role",
+        {"name": "Cocina", "slug": "cocina", "weekly_hours": "200"},
+        "role-weekly_hours",
+        "Escribe un número de horas mayor que 0 y como máximo 168.",
+    ),
+    (
+        "/board/offer",
+        {"title": "Alubias", "until": "2026-02-30"},
+        "offer-until",
+        "Escribe una fecha como 2026-12-01.",
+    ),
+    (
+        "/board/offer",
+        {"title": "Alubias", "until": "20261201"},
+        "offer-until",
+        "Escribe una fecha como 2026-12-01.",
+    ),
+    (
+        "/roster/shift",
+        {**SHIFT_FORM, "start_time": "09:00", "end_time": "10:00", "slots": "0"},
+        "shift-slots",
+        "Escribe un número entero de 1 a 1000.",
+    ),
+    (
+        "/roster/shift",
+        {**SHIFT_FORM, "start_time": "12:00", "end_time": "09:00", "slots": "2"},
+        "shift-end_time",
+        "El final tiene que ser después del comienzo.",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "field", "message"),
+    BAD_IN_SPANISH,
+    ids=[f"{p}:{f}:{i}" for i, (p, _, f, _) in enumerate(BAD_IN_SPANISH)],
+)
+async def test_bad_input_is_refused_in_spanish(
+    web: Web, path: str, fields: dict[str, str], field: str, message: str
+) -> None:
+    await web.client.get("/board?lang=es")
+    page = "/" + path.split("/")[1]
+    response = await web.post(path, fields, page=page)
+    assert response.status_code == 400
+    assert field_error(response.text, field) == message
+    assert "No se guardó nada." in response.text
+
+
 def test_negotiate_picks_the_best_language() -> None:
     assert negotiate(None) == "en"
     assert negotiate("es") == "es"

@@ -389,7 +389,7 @@ class Web:
         except FormInvalid as exc:
             errors = exc.errors
         except InvalidBody as exc:
-            errors = {exc.field: body_problem(str(exc).split(": ", 1)[-1])}
+            errors = {exc.field: body_problem(exc)}
         except UsageError as exc:
             errors = {"": Message("error.node", {"text": str(exc)})}
         except StorageError as exc:

@@ -12,8 +12,10 @@ written in any of these cases.
         └── CsrfRejected         the form's CSRF token is missing or wrong (403)
 
 Errors raised by the node while posting (``InvalidBody``, ``UsageError``) keep their
-own classes: the web layer turns them into a ``FormInvalid`` at one place,
-``node/web/app.py:_submit``.
+own classes: the web layer turns them into messages beside the fields in
+``Fields.build`` (node/web/form.py) and ``Web.submit`` (node/web/app.py). An
+``InvalidBody`` is translated from its ``problem`` and ``params``
+(``i18n.body_problem``), not from its English text.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ numbers and dates and checks that a chosen item or place exists here (the messag
 where to add it). Every rule about the values themselves (lengths, ranges, slugs,
 dates, end after start) stays in eventlog/body.py: this module builds the body and turns
 its ``InvalidBody`` into a message on the right field, so a form cannot accept what
-the CLI would refuse, or the reverse.
+the CLI would refuse, or the reverse. The message comes from the error's ``problem``
+and ``params``, never from its English; a check made here that the body also makes
+uses the body's problem name, so both read the same.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import TypeVar, cast
 from eventlog import body as b
 from eventlog.errors import InvalidBody
 from node.web.errors import FormInvalid
-from node.web.i18n import Message, body_problem
+from node.web.i18n import Message, body_problem, problem_message
 
 B = TypeVar("B", bound=b.BaseBody)
 
@@ -71,7 +73,7 @@ class Fields:
     def _present(self, name: str, required: bool) -> str | None:
         value = self.raw(name).strip()
         if not value and required:
-            self.fail(name, Message("error.required"))
+            self.fail(name, problem_message("required"))
         return value or None
 
     def integer(self, name: str) -> int:
@@ -103,7 +105,7 @@ class Fields:
     def choice(self, name: str, options: Iterable[str]) -> str:
         value = self.raw(name)
         if value not in set(options):
-            self.fail(name, Message("error.choice"))
+            self.fail(name, problem_message("not-a-choice"))
             return ""
         return value
 
@@ -130,7 +132,7 @@ class Fields:
         try:
             datetime.date.fromisoformat(value)
         except ValueError:
-            self.fail(name, Message("error.date"))
+            self.fail(name, problem_message("bad-date"))
             return None
         return value
 
@@ -157,9 +159,8 @@ class Fields:
         try:
             return make()
         except InvalidBody as exc:
-            problem = str(exc).split(": ", 1)[-1]
             target = (rename or {}).get(exc.field, exc.field)
-            raise FormInvalid({target: body_problem(problem)}) from None
+            raise FormInvalid({target: body_problem(exc)}) from None
 
 
 def offer_body(form: Fields, known: Known) -> b.OfferPosted:
@@ -210,7 +211,7 @@ def adjust_body(form: Fields, known: Known) -> b.StockAdjusted:
     location = form.reference("location", known.locations, "error.unknown_location")
     amount = form.integer("amount")
     if amount < 0 or (amount == 0 and "amount" not in form.errors):
-        form.fail("amount", Message("error.positive"))
+        form.fail("amount", problem_message("not-a-positive-integer"))
     reason = cast(b.StockReason, form.choice("reason", ADJUST_REASONS))
     expires = form.optional_date("expires")
     sign = ADJUST_REASONS.get(reason, 1)
