@@ -4,9 +4,15 @@ finding 6; docs/reliability.md §files)."""
 from __future__ import annotations
 
 import os
+import re
+import signal
+import socket
 import stat
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -79,3 +85,80 @@ def test_a_loose_directory_that_cannot_be_changed_is_refused_with_what_to_do(
     monkeypatch.setattr(Path, "chmod", not_yours)  # root may change any mode: act as a user
     with pytest.raises(UsageError, match=r"chmod -R go-rwx .*or use a data directory"):
         tighten(tmp_path)
+
+
+def test_an_invite_qr_file_holding_the_secret_is_written_for_this_user_only(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "ana"
+    assert potluck(data, "init", "--name", "Ana", "--new-group", "Eastside").returncode == 0
+    picture = tmp_path / "invite.png"
+    picture.write_bytes(b"an older, loose copy")
+    picture.chmod(0o644)
+    proc = potluck(data, "invite", "--qr-file", str(picture))
+    assert proc.returncode == 0, proc.stderr
+    assert picture.read_bytes().startswith(b"\x89PNG")
+    assert mode(picture) == 0o600
+    svg = tmp_path / "invite.svg"
+    assert potluck(data, "invite", "--qr-file", str(svg)).returncode == 0
+    assert b"<svg" in svg.read_bytes() and mode(svg) == 0o600
+    refused = potluck(data, "invite", "--qr-file", str(tmp_path / "invite.docx"))
+    assert refused.returncode == 2 and "name the file .png or .svg" in refused.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_web_login_token_stays_out_of_a_log_and_goes_to_a_private_file(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "ana"
+    assert potluck(data, "init", "--name", "Ana", "--new-group", "Eastside").returncode == 0
+    port = _free_port()
+    serve = subprocess.Popen(
+        [
+            *POTLUCK,
+            "--data-dir",
+            str(data),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ui",
+            f"0.0.0.0:{port}",
+            "--no-discovery",
+        ],
+        stdout=subprocess.PIPE,  # as a service manager would: not a terminal
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert serve.stdout is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = serve.stdout.readline()
+            lines.append(line)
+            if "listening on" in line:  # the page is up by then
+                break
+        said = "".join(lines)
+        assert "web page on" in said, said
+        login = data / "web-login.txt"
+        assert str(login) in said and "token=" not in said
+        assert mode(login) == 0o600
+        link = login.read_text().strip()
+        assert re.fullmatch(rf"http://127\.0\.0\.1:{port}/\?token=[\w-]{{40,}}", link), link
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with browser.open(link, timeout=10) as page:  # the link really logs in
+            assert page.status == 200
+        with pytest.raises(urllib.error.HTTPError):  # and nothing opens without it
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
+    finally:
+        serve.send_signal(signal.SIGINT)
+        try:
+            serve.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.wait()

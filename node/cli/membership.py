@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from pathlib import Path
 
 import click
 import segno
 
 from eventlog.errors import UsageError
-from eventlog.identity import Group
+from eventlog.identity import Group, write_private
 from node.app import Node
 from node.cli import render
 from node.cli.common import data_dir, json_option, print_json, with_node
@@ -101,8 +102,17 @@ def invite(
     code = with_node(lambda node: node.invite(addresses, valid_for=valid_for))
     symbol = segno.make(code.upper(), error="m") if (qr or qr_file) else None
     if symbol is not None and qr_file is not None:
+        # the picture holds the group secret: written 0600, like the key files
+        picture = io.BytesIO()
+        kind = qr_file.suffix.lstrip(".").lower() or "png"
         try:
-            symbol.save(str(qr_file), scale=8, border=4)
+            symbol.save(picture, kind=kind, scale=8, border=4)
+        except ValueError:
+            raise UsageError(
+                f"cannot write a QR code as '.{kind}': name the file .png or .svg"
+            ) from None
+        try:
+            write_private(qr_file, picture.getvalue())
         except OSError as exc:
             raise UsageError(f"cannot write {qr_file}: {exc.strerror or exc}") from None
     if as_json:

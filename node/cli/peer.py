@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import datetime
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
+from eventlog.identity import write_private
 from node.app import Node
 from node.cli import render
 from node.cli.common import json_option, print_json, with_node
@@ -78,6 +80,10 @@ def serve(listen: str, peers: tuple[str, ...], ui: str, no_ui: bool, no_discover
     with_node(run)
 
 
+LOGIN_FILE = "web-login.txt"
+"""Where ``serve`` writes the web page's login link when standard output is no terminal."""
+
+
 def _web_server(node: Node, address: str, say: Callable[[str], None]) -> UiServer:
     """The web page of ``serve --ui``, with an access token unless it is only on loopback."""
     from node.web import create_server, new_token
@@ -89,10 +95,18 @@ def _web_server(node: Node, address: str, say: Callable[[str], None]) -> UiServe
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     if token is None:
         say(f"web page on http://{shown}:{port}/")
-    else:
+    elif sys.stdout.isatty():
         say(
             f"web page on http://{shown}:{port}/ : log in once per device with "
             f"http://{shown}:{port}/?token={token}"
+        )
+    else:
+        # standard output is a log a service manager keeps: the token stays out of it
+        where = node.data_dir / LOGIN_FILE
+        write_private(where, f"http://{shown}:{port}/?token={token}\n".encode())
+        say(
+            f"web page on http://{shown}:{port}/ : the login link (valid until serve "
+            f"stops) is in {where}, readable by you only"
         )
     return page
 
