@@ -15,7 +15,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from conftest import History, build_history, joined_body, make_key
+from conftest import History, build_history, joined_body
+from helpers import make_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
