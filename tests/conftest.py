@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS, missing
+from helpers import make_key
 from nacl.signing import SigningKey
 
 from eventlog import events
@@ -12,12 +16,10 @@ from eventlog.clock import HybridClock
 from eventlog.events import Envelope
 from eventlog.identity import Group, membership_proof
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
 START_MS = 1_700_000_000_000
-
-
-def make_key(n: int) -> SigningKey:
-    """A deterministic device key, distinct for each ``n``."""
-    return SigningKey(bytes([n % 256]) * 31 + bytes([n // 256]))
 
 
 def joined_body(group: Group, key: SigningKey, name: str = "Member") -> dict[str, object]:
@@ -100,3 +102,23 @@ def build_history(group: Group, n_authors: int, n_events: int, seed: int) -> His
 @pytest.fixture
 def group() -> Group:
     return Group.new("Test group")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium, one per test module; skips saying what to install if missing.
+
+    While it is open, Playwright's sync API runs its event loop in this thread, so
+    asyncio.run fails here: build nodes before requesting it, or with the command.
+    """
+    reason = missing()
+    if reason is not None:
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

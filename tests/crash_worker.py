@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
+from helpers import make_key
 from nacl.signing import SigningKey
 
 from eventlog import body as b
@@ -106,10 +107,6 @@ def random_body(rng: random.Random, posts: list[bytes]) -> b.BaseBody:
 
 
 # -- pre-made events for receive and project ---------------------------------------
-
-
-def make_key(n: int) -> SigningKey:
-    return SigningKey(bytes([n]) * 32)
 
 
 class _Author:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from helpers import make_key
 from nacl.signing import SigningKey
 
 from eventlog import body as b
@@ -48,10 +49,6 @@ Draft = tuple[str, Mapping[str, object]]
 def fixed_group(n: int = 1) -> Group:
     """A group whose id and secret are fixed, so event hashes repeat from run to run."""
     return Group(bytes([n]) * 32, bytes([n + 100]) * 32, f"Group {n}")
-
-
-def make_key(n: int) -> SigningKey:
-    return SigningKey(hashlib.blake2b(b"potluck test key %d" % n, digest_size=32).digest())
 
 
 class WallClock:

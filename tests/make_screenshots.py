@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from browser import CHROMIUM, CHROMIUM_ARGS, missing
 from playwright.async_api import ViewportSize, async_playwright
 
 from eventlog import body as b
@@ -29,16 +30,6 @@ from node.web import create_server
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "screenshots" / "board.png"
 SIZE: ViewportSize = {"width": 1280, "height": 800}
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 async def share(source: Node, target: Node) -> None:
@@ -153,7 +144,7 @@ async def shoot(url: str) -> None:
 
 
 if __name__ == "__main__":
-    if not CHROMIUM.exists():
-        sys.exit("no /usr/bin/chromium: apt-get install -y chromium")
+    if (reason := missing()) is not None:
+        sys.exit(reason)
     asyncio.run(main())
     print(OUT.relative_to(ROOT))

@@ -40,13 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from helpers import POTLUCK, ROOT, potluck, potluck_env
+
 from eventlog import body
 from eventlog.identity import Group, load_group
 from node.app import LOG_FILE, Node
 from node.cli import main as potluck_main
 
-ROOT = Path(__file__).resolve().parents[1]
-POTLUCK = [sys.executable, "-c", "from node.cli import main; main()"]
 CALL_TIMEOUT = 60
 PORT = 7717
 
@@ -102,24 +102,6 @@ def missing_capability() -> str | None:
     except OSError as exc:
         return str(exc)
     return None
-
-
-def env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "POTLUCK_HOME"}
-
-
-def potluck(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``potluck --data-dir DATA_DIR ARGS`` on the host (the log is a local file)."""
-    proc = subprocess.run(
-        [*POTLUCK, "--data-dir", str(data_dir), *args],
-        cwd=ROOT,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=CALL_TIMEOUT,
-    )
-    assert proc.returncode == 0, f"potluck {' '.join(args)}: {proc.stderr}"
-    return proc
 
 
 def digest(data_dir: Path) -> str:
@@ -181,7 +163,7 @@ class Host:
                 *extra,
             ],
             cwd=ROOT,
-            env=env(),
+            env=potluck_env(),
             stdout=self._out,
             stderr=subprocess.STDOUT,
             text=True,
@@ -652,7 +634,7 @@ def run_faults(tmp: Path, plan: FaultPlan, say: Callable[[str], None] = print) -
                 stderr=subprocess.STDOUT,
                 text=True,
                 cwd=ROOT,
-                env=env(),
+                env=potluck_env(),
             )
             for h in hosts
         ]

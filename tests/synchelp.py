@@ -1,6 +1,6 @@
 """Helpers for the sync tests: nodes on real websockets bound to 127.0.0.1.
 
-Every wait here is bounded: ``eventually`` polls a condition until a deadline and
+Every wait here is bounded: ``helpers.until`` polls a condition until a deadline and
 ``within`` puts a timeout on one await, so a broken sync fails a test instead of
 hanging the suite.
 """
@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import msgpack
+from helpers import until
 from nacl.signing import SigningKey
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -31,27 +32,11 @@ from sync.protocol import Role, State, SyncProtocol
 T = TypeVar("T")
 
 LOCAL = "127.0.0.1"
-STEP = 0.02  # seconds between two polls of a condition
 
 
 async def within(aw: Awaitable[T], seconds: float = 10.0) -> T:
     """``aw``, or TimeoutError after ``seconds``."""
     return await asyncio.wait_for(aw, seconds)
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, seconds: float = 10.0
-) -> float:
-    """Poll ``check`` until it is true; return how long it took. Fails after ``seconds``."""
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    for _ in range(int(seconds / STEP) + 2):
-        if await within(check(), seconds):
-            return loop.time() - began
-        if loop.time() - began > seconds:
-            break
-        await asyncio.sleep(STEP)
-    raise AssertionError(f"not within {seconds} s: {what}")
 
 
 def stock(
@@ -127,7 +112,7 @@ class Serving:
             )
         )
         if self.listen is not None:
-            await eventually(self._listening, "the node listens")
+            await until(self._listening, what="the node listens")
         return self
 
     async def _listening(self) -> bool:
@@ -149,7 +134,7 @@ class Serving:
         async def seen() -> bool:
             return self.count(prefix) >= n
 
-        await eventually(seen, f"{n} status line(s) '{prefix}...' in {self.lines}", seconds)
+        await until(seen, what=f"{n} status line(s) '{prefix}...' in {self.lines}", timeout=seconds)
 
     async def stop(self) -> None:
         self._stop.set()

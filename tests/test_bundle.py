@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from conftest import make_key
+from helpers import make_key
 from nacl.signing import SigningKey
 
 from eventlog import events

@@ -9,7 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from test_cli import as_json, last_line, new_id, potluck
+from helpers import potluck
+from test_cli import as_json, last_line, new_id
 
 
 def init(data_dir: Path, name: str, *group: str) -> None:

@@ -10,52 +10,24 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
 import sqlite3
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import potluck, potluck_env
 
 from node.app import LOG_FILE
 
-POTLUCK = [sys.executable, "-c", "from node.cli import main; main()"]
-TIMEOUT = 60
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
 SHIFT_START = "2026-03-02T09:00"  # ISO week 2026-W10
 SHIFT_END = "2026-03-02T12:00"
 LATER_START = "2026-03-10T17:00"  # ISO week 2026-W11
 LATER_END = "2026-03-10T19:30"
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without POTLUCK_HOME, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k != "POTLUCK_HOME"}
-    env.update(extra)
-    return env
-
-
-def potluck(
-    data_dir: Path | None, *args: str, env: dict[str, str] | None = None, ok: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """Run ``potluck [--data-dir DIR] ARGS``; with ``ok``, insist it succeeded quietly."""
-    command = [*POTLUCK, *(["--data-dir", str(data_dir)] if data_dir else []), *args]
-    proc = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env=env if env is not None else clean_env(),
-    )
-    if ok:
-        assert proc.returncode == 0, f"potluck {' '.join(args)}: {proc.stderr}"
-        assert proc.stderr == "", f"potluck {' '.join(args)} wrote to stderr: {proc.stderr}"
-    return proc
 
 
 def last_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -412,7 +384,7 @@ def test_read_commands_print_tables_for_people(
 
 def test_potluck_home_chooses_the_data_dir_when_no_option_is_given(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    env = clean_env(POTLUCK_HOME=str(home))
+    env = potluck_env(POTLUCK_HOME=str(home))
     key = last_line(potluck(None, "init", "--name", "Bo", "--new-group", "Westside", env=env))
     assert (home / "device.key").exists()
     offer = last_line(potluck(None, "offer", "post", "Tomatoes", env=env))

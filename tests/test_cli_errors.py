@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -19,32 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import TIMEOUT, potluck, potluck_env
 
 from sync.transport import dial_problem
 
-POTLUCK = [sys.executable, "-c", "from node.cli import main; main()"]
-TIMEOUT = 60
 SHIFT = ("--location", "pantry", "--start", "2026-03-02T09:00", "--end", "2026-03-02T12:00")
 
 
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "POTLUCK_HOME"}
-
-
-def command(data_dir: Path, *args: str) -> list[str]:
-    return [*POTLUCK, "--data-dir", str(data_dir), *args]
-
-
-def potluck(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command(data_dir, *args), capture_output=True, text=True, timeout=TIMEOUT, env=clean_env()
-    )
-
-
 def created(data_dir: Path, *args: str) -> str:
-    proc = potluck(data_dir, *args)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.splitlines()[-1]
+    return potluck(data_dir, *args).stdout.splitlines()[-1]
 
 
 @dataclass(frozen=True)
@@ -68,7 +50,7 @@ def state(data_dir: Path) -> State:
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
-        env=clean_env(),
+        env=potluck_env(),
     )
     assert proc.returncode == 0, proc.stderr
     digest, log = proc.stdout.split("\n", 1)
@@ -186,7 +168,7 @@ def _fill(arg: str, ids: dict[str, str]) -> str:
 def test_bad_arguments_give_one_line_and_change_nothing(
     node: Node, args: tuple[str, ...], expected: str
 ) -> None:
-    proc = potluck(node.dir, *(_fill(a, node.ids) for a in args))
+    proc = potluck(node.dir, *(_fill(a, node.ids) for a in args), ok=False)
     assert_one_line_error(proc, expected)
     assert state(node.dir) == node.before
     assert {n: (node.dir / n).read_bytes() for n in node.files} == node.files
@@ -207,7 +189,7 @@ def test_commands_before_init_say_to_run_potluck_init_and_create_nothing(
     d = tmp_path / "empty"
     if exists:
         d.mkdir()
-    proc = potluck(d, *args)
+    proc = potluck(d, *args, ok=False)
     assert_one_line_error(proc, "potluck init")
     assert (list(d.iterdir()) == []) if exists else not d.exists()
 
@@ -225,14 +207,14 @@ def test_init_with_bad_arguments_creates_no_node(
     tmp_path: Path, args: tuple[str, ...], expected: str
 ) -> None:
     d = tmp_path / "new"
-    assert_one_line_error(potluck(d, "init", *args), expected)
+    assert_one_line_error(potluck(d, "init", *args, ok=False), expected)
     assert not d.exists()
 
 
 def test_init_where_the_data_dir_cannot_be_made_gives_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    proc = potluck(blocker / "node", "init", "--name", "Ana", "--new-group", "Eastside")
+    proc = potluck(blocker / "node", "init", "--name", "Ana", "--new-group", "Eastside", ok=False)
     assert_one_line_error(proc, str(blocker / "node"))
 
 
@@ -240,7 +222,7 @@ def test_sync_with_nothing_listening_says_what_to_check_and_changes_nothing(node
     with socket.socket() as probe:  # a port that was free a moment ago: nobody listens
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    proc = potluck(node.dir, "sync", f"127.0.0.1:{port}")
+    proc = potluck(node.dir, "sync", f"127.0.0.1:{port}", ok=False)
     assert_one_line_error(proc, "is 'potluck serve' running on that computer")
     assert state(node.dir) == node.before
 

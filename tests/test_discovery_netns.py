@@ -24,15 +24,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import POTLUCK, potluck
 from netns import (
-    POTLUCK,
     Host,
     Lab,
     digest,
     events,
     missing_capability,
     peers,
-    potluck,
     run,
     wait_for,
 )

@@ -12,25 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
+import json
 import shutil
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
 import pytest
+from helpers import potluck
 
 from eventlog import body as b
 from eventlog.identity import Group
 from node import doctor
 from node.app import LOG_FILE, Node
-
-POTLUCK = [sys.executable, "-c", "from node.cli import main; main()"]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -196,18 +193,6 @@ def digest_of(data_dir: Path) -> str:
     return asyncio.run(run())
 
 
-def potluck(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "POTLUCK_HOME"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    return subprocess.run(
-        [*POTLUCK, "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
-
-
 # -- healthy ------------------------------------------------------------------------
 
 
@@ -256,7 +241,7 @@ def test_an_altered_event_is_named_and_repair_quarantines_only_it_until_a_neighb
     # before posting, or her next event would take a seq one of them already has
     assert {f.code for f in errors(fixed)} == {"own-chain"}, fixed.findings
     assert any("set aside event #3 of Bo" in line for line in fixed.repairs)
-    proc = potluck(ana, "need", "post", "Rice")
+    proc = potluck(ana, "need", "post", "Rice", ok=False)
     assert proc.returncode != 0 and "potluck sync" in proc.stderr
     quarantined = query(ana, "SELECT author, seq, source, reason FROM quarantine")
     assert [(q[0], q[1], q[2]) for q in quarantined] == [(bo.author, 3, "events")]
@@ -326,7 +311,7 @@ def test_reading_a_damaged_event_gives_one_line_pointing_to_doctor(
         "UPDATE events SET raw = ? WHERE author = ? AND seq = 3",
         (b"\x93garbage", template.members["bo"].author),
     )
-    assert_one_line_pointing_to_doctor(potluck(ana, "log"))
+    assert_one_line_pointing_to_doctor(potluck(ana, "log", ok=False))
 
 
 def test_event_columns_that_disagree_with_a_verified_event_are_rewritten(
@@ -468,7 +453,7 @@ def test_a_file_whose_first_page_is_garbage_is_salvaged_whole_by_scanning_its_pa
 ) -> None:
     overwrite_pages(ana / LOG_FILE, [1])
     for command in (("board",), ("log",), ("offer", "post", "Rice")):
-        assert_one_line_pointing_to_doctor(potluck(ana, *command))
+        assert_one_line_pointing_to_doctor(potluck(ana, *command, ok=False))
     report = examine(ana)
     assert report.exit_code == 1 and "damaged-file" in report.codes("error")
 
@@ -478,8 +463,7 @@ def test_a_file_whose_first_page_is_garbage_is_salvaged_whole_by_scanning_its_pa
     assert len(kept) == 1 and kept[0].read_bytes()[:4096] != b"SQLite format 3\x00"
     assert log_hashes(ana) == template.hashes
     assert digest_of(ana) == template.digest
-    proc = potluck(ana, "board")
-    assert proc.returncode == 0, proc.stderr
+    potluck(ana, "board")
 
 
 def test_a_file_with_garbage_pages_and_a_cut_tail_keeps_every_intact_verified_event(
@@ -499,7 +483,7 @@ def test_a_file_with_garbage_pages_and_a_cut_tail_keeps_every_intact_verified_ev
     damaged = path.read_bytes()
     expected = intact_events(template, damaged)
     assert 0 < len(expected) < len(template.hashes)
-    assert_one_line_pointing_to_doctor(potluck(ana, "log"))
+    assert_one_line_pointing_to_doctor(potluck(ana, "log", ok=False))
 
     fixed = repair(ana)
     saved = log_hashes(ana) | {
@@ -528,18 +512,11 @@ def test_examine_of_a_directory_without_a_log_says_to_run_init(tmp_path: Path) -
 def test_doctor_command_prints_plain_findings_and_exits_1_then_0(
     ana: Path, template: Template
 ) -> None:
-    from node import cli
-
-    if "doctor" not in cli.cli.commands:
-        pytest.skip("the doctor command is not in node/cli.py yet")
     edit(ana, "UPDATE board_entries SET title = 'Free caviar' WHERE title = 'Soup 1'")
-    proc = potluck(ana, "doctor")
+    proc = potluck(ana, "doctor", ok=False)
     assert proc.returncode == 1 and "PROBLEM" in proc.stdout and "--repair" in proc.stdout
-    proc = potluck(ana, "doctor", "--repair", "--json")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    import json
-
-    report = json.loads(proc.stdout)
+    report = json.loads(potluck(ana, "doctor", "--repair", "--json").stdout)
     assert report["healthy"] and report["repairs"]
     assert any(f["code"] == "projections" for f in report["found"])
-    assert potluck(ana, "doctor").returncode == 0
+    potluck(ana, "doctor")
+    assert digest_of(ana) == template.digest

@@ -9,33 +9,18 @@ Then Di joins with `potluck invite` / `potluck init --join` and catches up.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import POTLUCK, potluck, potluck_env, until
 
-CLI = [sys.executable, "-c", "from node.cli import main; main()"]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 DEADLINE = 30.0
-
-
-def potluck(data_dir: Path, *args: str) -> str:
-    proc = subprocess.run(
-        [*CLI, "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=ENV,
-        check=False,
-    )
-    assert proc.returncode == 0, f"potluck {' '.join(args)}: {proc.stderr}"
-    return proc.stdout
+POLL = 0.3  # seconds between polls: each one runs potluck processes
 
 
 def last_line(output: str) -> str:
@@ -46,11 +31,19 @@ class Server:
     """A `potluck serve` subprocess; knows its port from its 'listening on' line."""
 
     def __init__(self, data_dir: Path, *peers: str) -> None:
-        args = [*CLI, "--data-dir", str(data_dir), "serve", "--listen", "127.0.0.1:0", "--no-ui"]
+        args = [
+            *POTLUCK,
+            "--data-dir",
+            str(data_dir),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-ui",
+        ]
         for peer in peers:
             args += ["--peer", peer]
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=potluck_env()
         )
         self.lines: list[str] = []
         self.address = self._wait_for(r"listening on (\S+)")
@@ -92,39 +85,35 @@ def servers() -> Iterator[list[Server]]:
             server.proc.wait()
 
 
-def eventually(check: Callable[[], bool], what: str) -> None:
-    end = time.monotonic() + DEADLINE
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def board(data_dir: Path) -> dict[str, list[dict[str, object]]]:
-    data: dict[str, list[dict[str, object]]] = json.loads(potluck(data_dir, "board", "--json"))
+    data: dict[str, list[dict[str, object]]] = json.loads(
+        potluck(data_dir, "board", "--json").stdout
+    )
     return data
 
 
 def digest(data_dir: Path) -> str:
-    return last_line(potluck(data_dir, "digest"))
+    return last_line(potluck(data_dir, "digest").stdout)
 
 
-def test_three_nodes_apart_over_claim_then_agree_and_a_fourth_joins(
+async def test_three_nodes_apart_over_claim_then_agree_and_a_fourth_joins(
     tmp_path: Path, servers: list[Server]
 ) -> None:
     ana, bo, cy, di = (tmp_path / n for n in ("ana", "bo", "cy", "di"))
     potluck(ana, "init", "--name", "Ana", "--new-group", "Eastside Mutual Aid")
-    code = last_line(potluck(ana, "invite", "--address", "127.0.0.1:9"))
+    code = last_line(potluck(ana, "invite", "--address", "127.0.0.1:9").stdout)
     potluck(bo, "init", "--name", "Bo", "--join", code)
     potluck(cy, "init", "--name", "Cy", "--join", code)
 
     # Ana and Bo online together; Cy offline.
     servers.append(a := Server(ana))
     servers.append(b := Server(bo, a.address))
-    offer = last_line(potluck(ana, "offer", "post", "Canned beans", "--quantity", "10"))
-    eventually(
-        lambda: any(o["id"] == offer for o in board(bo)["offers"]), "Ana's offer to reach Bo live"
+    offer = last_line(potluck(ana, "offer", "post", "Canned beans", "--quantity", "10").stdout)
+    await until(
+        lambda: any(o["id"] == offer for o in board(bo)["offers"]),
+        what="Ana's offer to reach Bo live",
+        timeout=DEADLINE,
+        step=POLL,
     )
 
     # The Wi-Fi goes: Bo's node stops. Each promises 6 of the 10 cans.
@@ -142,7 +131,7 @@ def test_three_nodes_apart_over_claim_then_agree_and_a_fourth_joins(
     def agreed() -> bool:
         return len({digest(n) for n in nodes}) == 1 and board(cy)["offers"] != []
 
-    eventually(agreed, "all three nodes to reach one digest")
+    await until(agreed, what="all three nodes to reach one digest", timeout=DEADLINE, step=POLL)
     for node in nodes:
         [entry] = board(node)["offers"]
         assert entry["claimed"] == 12 and entry["remaining"] == -2
@@ -152,10 +141,15 @@ def test_three_nodes_apart_over_claim_then_agree_and_a_fourth_joins(
         assert sum("needs-decision" in c["flags"] for c in claims) == 2
 
     # Di joins with a fresh invite pointing at Ana's running node, and catches up.
-    code = last_line(potluck(ana, "invite", "--address", a.address))
+    code = last_line(potluck(ana, "invite", "--address", a.address).stdout)
     potluck(di, "init", "--name", "Di", "--join", code)
-    report = json.loads(potluck(di, "sync", a.address, "--json"))
+    report = json.loads(potluck(di, "sync", a.address, "--json").stdout)
     assert report["received"] >= 5
-    eventually(lambda: len({digest(n) for n in (*nodes, di)}) == 1, "Di to reach the same digest")
-    peers = json.loads(potluck(di, "peers", "--json"))["peers"]
+    await until(
+        lambda: len({digest(n) for n in (*nodes, di)}) == 1,
+        what="Di to reach the same digest",
+        timeout=DEADLINE,
+        step=POLL,
+    )
+    peers = json.loads(potluck(di, "peers", "--json").stdout)["peers"]
     assert [p["found"] for p in peers] == ["invite"]

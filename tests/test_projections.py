@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from eventgen import Draft, Node, WallClock, fixed_group, make_key
+from eventgen import Draft, Node, WallClock, fixed_group
+from helpers import make_key
 from nacl.signing import SigningKey
 
 from eventlog import events

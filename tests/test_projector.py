@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from synchelp import Serving, append_stock, close_all, digest, eventually, new_nodes, within
+from helpers import until
+from synchelp import Serving, append_stock, close_all, digest, new_nodes, within
 
 from eventlog import events
 from eventlog.events import Envelope
@@ -59,7 +60,7 @@ async def projector_up(node: Node) -> None:
     async def ready() -> bool:
         return node._projector_ready()
 
-    await eventually(ready, "the projector started", 30)
+    await until(ready, what="the projector started", timeout=30)
 
 
 async def received_while_frozen(bo: Node, everything: list[Envelope]) -> subprocess.Popen[bytes]:
@@ -88,7 +89,7 @@ async def test_a_large_receive_is_folded_by_the_projector_process(
         async def folded() -> bool:
             return await behind(bo) == 0
 
-        await eventually(folded, "the projector folded the backlog", 30)
+        await until(folded, what="the projector folded the backlog", timeout=30)
         assert await bo.store.read(page.last_id) == EVENTS + 2
         await assert_folded_as_a_rebuild(bo)
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT, potluck
 
 
 def readme_commands() -> list[str]:
@@ -31,22 +29,7 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
 def test_readme_demo_command_shows_the_over_claim_on_both_nodes(tmp_path: Path) -> None:
     demo = next(c for c in readme_commands() if c.endswith("demo"))
     assert "potluck --data-dir ./potluck-demo demo" in demo
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from node.cli import main; main()",
-            "--data-dir",
-            str(tmp_path / "potluck-demo"),
-            "demo",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = potluck(tmp_path / "potluck-demo", "demo", "--json", timeout=120)
     report = json.loads(proc.stdout)
     offer = report["board"]["offers"][0]
     assert offer["claimed"] == 12 and offer["remaining"] == -2

@@ -13,7 +13,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from eventgen import Node, fixed_group, make_key
+from eventgen import Node, fixed_group
+from helpers import make_key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey

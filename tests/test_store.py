@@ -15,7 +15,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from conftest import History, build_history, joined_body, make_key
+from conftest import History, build_history, joined_body
+from helpers import make_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
@@ -636,8 +637,16 @@ async def test_every_stored_event_verifies_on_its_own(tmp_path: Path, group: Gro
     e1, e2, e3 = history.write(key), history.write(key), history.write(key)
     bad_sig = with_sig(e2, bytes(64))
     async with opened(tmp_path / "log.db", group) as store:
-        await store.receive([e1, bad_sig, e3])
-        for env in await all_events(store):
+        result = await store.receive([e1, bad_sig, e3])
+        assert [env.hash for env in result.stored] == [e1.hash]
+        assert [env.hash for env, _ in result.rejected] == [bad_sig.hash]
+        assert result.held == 1  # e3 follows the real e2, not the forgery
+        assert await hashes(store) == {e1.hash}
+        released = await store.receive([e2])
+        assert [env.hash for env in released.stored] == [e2.hash, e3.hash]
+        stored = await all_events(store)
+        assert [env.hash for env in stored] == [e1.hash, e2.hash, e3.hash]
+        for env in stored:
             events.verify_signature(env)
 
 

@@ -13,12 +13,9 @@ CLI) without a reload.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import Future
@@ -26,43 +23,26 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from browser import needs_browser
+from helpers import potluck
 
 from eventlog import body as b
 from node.app import Node
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ROOT = Path(__file__).parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "web"
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
 PAGES = ("board", "inventory", "roster", "people", "sync")
 SIZES = {"phone": (390, 844), "desktop": (1280, 800)}
-POTLUCK = [sys.executable, "-c", "from node.cli import main; main()"]
 
 try:
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
+    from playwright.sync_api import Browser, Page, expect
 
     expect.set_options(timeout=5000)
-except ImportError:  # pragma: no cover - the skip says what to install
-    sync_playwright = None  # type: ignore[assignment]
+except ImportError:  # pragma: no cover - needs_browser skips the module, saying why
+    pass
 
-pytestmark = [
-    pytest.mark.skipif(
-        sync_playwright is None,
-        reason="Playwright for Python is not installed: pip install playwright",
-    ),
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install -y chromium"
-    ),
-]
+pytestmark = needs_browser
 
 T = TypeVar("T")
 
@@ -139,15 +119,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveNode]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert sync_playwright is not None
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 390, "height": 844}, locale="en-GB")
@@ -155,19 +126,6 @@ def page(browser: Browser) -> Iterator[Page]:
     tab.set_default_timeout(5000)
     yield tab
     context.close()
-
-
-def potluck(data_dir: Path, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "POTLUCK_HOME"}
-    proc = subprocess.run(
-        [*POTLUCK, "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 # -- using it -------------------------------------------------------------------------------

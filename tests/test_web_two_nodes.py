@@ -18,12 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -33,6 +31,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
+from helpers import POTLUCK, potluck, potluck_env
 
 from eventlog import body as b
 from eventlog.identity import Group
@@ -41,34 +40,13 @@ from node.web import create_app, create_server
 from node.web.feed import ShareWatch, merged
 
 BASE = "http://127.0.0.1"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts" / "web"
 SIZES = {"phone": (390, 844), "desktop": (1280, 800)}
-POTLUCK = [sys.executable, "-c", "from node.cli import main; main()"]
-ENV = {**{k: v for k, v in os.environ.items() if k != "POTLUCK_HOME"}, "PYTHONUNBUFFERED": "1"}
 START_DEADLINE = 30.0
 LIVE_MS = 5000  # the issue: without a reload, within a few seconds (we allow 5 s)
 
-try:
-    from playwright.sync_api import Page, expect, sync_playwright
-except ImportError:  # pragma: no cover - the skip says what to install
-    sync_playwright = None  # type: ignore[assignment]
-
-needs_playwright = pytest.mark.skipif(
-    sync_playwright is None, reason="Playwright for Python is not installed: pip install playwright"
-)
-needs_chromium = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install -y chromium"
-)
+with contextlib.suppress(ImportError):  # else the browser fixture skips, saying why
+    from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 Vector = dict[bytes, tuple[int, bytes]]
 
@@ -325,9 +303,9 @@ async def next_shared(lines: AsyncIterator[str]) -> dict[str, object]:
 # -- the page's own part: the flash moves from "not yet" to "shared" by itself ----------------
 
 
-@needs_playwright
-@needs_chromium
-def test_page_says_shared_by_itself_once_a_peer_has_the_event(tmp_path: Path) -> None:
+def test_page_says_shared_by_itself_once_a_peer_has_the_event(
+    tmp_path: Path, browser: Browser
+) -> None:
     from test_web_browser import LiveNode
 
     peers = FakePeers()
@@ -342,51 +320,30 @@ def test_page_says_shared_by_itself_once_a_peer_has_the_event(tmp_path: Path) ->
             finally:
                 await self.node.close()
 
-    async def make() -> None:
-        made = await Node.init(tmp_path / "ana", "Ana", Group.new("Riverside Mutual Aid"))
-        await made.close()
-
-    asyncio.run(make())
+    # By the command, not asyncio.run: Playwright's sync API runs its loop in this thread.
+    potluck(tmp_path / "ana", "init", "--name", "Ana", "--new-group", "Riverside Mutual Aid")
     live = SharingNode(tmp_path / "ana").start()
-    assert sync_playwright is not None
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            try:
-                tab = browser.new_page(viewport={"width": 390, "height": 844}, locale="en-GB")
-                tab.set_default_timeout(LIVE_MS)
-                tab.goto(f"{live.url}/board")
-                tab.get_by_text("Post an offer").click()
-                tab.locator("#offer-title").fill("Soup pots to lend")
-                tab.get_by_role("button", name="Post the offer").click()
-                expect(tab.locator(".flash")).to_contain_text("Saved on this device.")
-                expect(tab.locator("#shared")).to_have_text("Not on any other device yet.")
-                expect(tab.locator("#live-status")).to_have_class("live-status connected")
-                tab.evaluate("window.notReloaded = true")
-                seq, digest = live.call(head(live.node))
-                peers.vectors = [{live.node.author: (seq, digest)}]
-                expect(tab.locator("#shared")).to_have_text("Shared with 1 peer.", timeout=2000)
-                peers.vectors = []  # the peer leaves; it still has the offer
-                tab.wait_for_timeout(600)
-                expect(tab.locator("#shared")).to_have_text("Shared with 1 peer.")
-                assert tab.evaluate("window.notReloaded") is True
-            finally:
-                browser.close()
+        tab = browser.new_page(viewport={"width": 390, "height": 844}, locale="en-GB")
+        tab.set_default_timeout(LIVE_MS)
+        tab.goto(f"{live.url}/board")
+        tab.get_by_text("Post an offer").click()
+        tab.locator("#offer-title").fill("Soup pots to lend")
+        tab.get_by_role("button", name="Post the offer").click()
+        expect(tab.locator(".flash")).to_contain_text("Saved on this device.")
+        expect(tab.locator("#shared")).to_have_text("Not on any other device yet.")
+        expect(tab.locator("#live-status")).to_have_class("live-status connected")
+        tab.evaluate("window.notReloaded = true")
+        seq, digest = live.call(head(live.node))
+        peers.vectors = [{live.node.author: (seq, digest)}]
+        expect(tab.locator("#shared")).to_have_text("Shared with 1 peer.", timeout=2000)
+        peers.vectors = []  # the peer leaves; it still has the offer
+        tab.wait_for_timeout(600)
+        expect(tab.locator("#shared")).to_have_text("Shared with 1 peer.")
+        assert tab.evaluate("window.notReloaded") is True
+        tab.close()
     finally:
         live.stop()
-
-
-def potluck(data_dir: Path, *args: str) -> str:
-    proc = subprocess.run(
-        [*POTLUCK, "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=ENV,
-        check=False,
-    )
-    assert proc.returncode == 0, f"potluck {' '.join(args)}: {proc.stderr}"
-    return proc.stdout
 
 
 def free_port() -> int:
@@ -415,7 +372,7 @@ class Serve:
         for peer in peers:
             args += ["--peer", peer]
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=potluck_env()
         )
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -475,14 +432,12 @@ def serves() -> Iterator[list[Serve]]:
             serve.stop()
 
 
-@needs_playwright
-@needs_chromium
 def test_offer_and_claim_travel_live_between_two_nodes_pages(
-    tmp_path: Path, serves: list[Serve]
+    tmp_path: Path, serves: list[Serve], browser: Browser
 ) -> None:
     ana, bo = tmp_path / "ana", tmp_path / "bo"
     potluck(ana, "init", "--name", "Ana", "--new-group", "Eastside Mutual Aid")
-    code = potluck(ana, "invite", "--address", "127.0.0.1:1").strip().splitlines()[-1]
+    code = potluck(ana, "invite", "--address", "127.0.0.1:1").stdout.strip().splitlines()[-1]
     potluck(bo, "init", "--name", "Bo", "--join", code)
     serves.append(a := Serve(ana))
     serves.append(b_ := Serve(bo, a.address))
@@ -490,67 +445,65 @@ def test_offer_and_claim_travel_live_between_two_nodes_pages(
     a.wait_for(r"(caught up with \S+)")
     b_.wait_for(r"(caught up with \S+)")
 
-    assert sync_playwright is not None
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            width, height = SIZES["phone"]
-            pages: dict[str, Page] = {}
-            for who, serve in (("ana", a), ("bo", b_)):
-                context = browser.new_context(
-                    viewport={"width": width, "height": height}, locale="en-GB"
+    contexts: list[BrowserContext] = []
+    try:
+        width, height = SIZES["phone"]
+        pages: dict[str, Page] = {}
+        for who, serve in (("ana", a), ("bo", b_)):
+            context = browser.new_context(
+                viewport={"width": width, "height": height}, locale="en-GB"
+            )
+            contexts.append(context)
+            tab = context.new_page()
+            tab.set_default_timeout(LIVE_MS)
+            tab.goto(f"{serve.url}/board")
+            expect(tab.locator("#live-status")).to_have_class("live-status connected")
+            pages[who] = tab
+        ana_page, bo_page = pages["ana"], pages["bo"]
+        bo_page.evaluate("window.notReloaded = true")
+
+        # Ana posts an offer of 10 in her page.
+        ana_page.get_by_text("Post an offer").click()
+        ana_page.locator("#offer-title").fill("Tins of tomatoes")
+        ana_page.locator("#offer-quantity").fill("10")
+        ana_page.get_by_role("button", name="Post the offer").click()
+        expect(ana_page.locator(".flash")).to_contain_text("Offer posted. Saved on this device.")
+
+        # It appears in Bo's open page, without a reload.
+        offer = bo_page.locator("article", has_text="Tins of tomatoes")
+        expect(offer).to_contain_text("10 offered, 0 claimed, 10 left", timeout=LIVE_MS)
+        assert bo_page.evaluate("window.notReloaded") is True
+
+        # Bo has it: Ana's page says so, by itself.
+        assert ana_page.locator("#shared").count() == 1, (
+            "Ana's page says nothing about sharing: `potluck serve` does not pass "
+            "peer_vectors to create_server (docs/web.md, 'Forms never lie')"
+        )
+        expect(ana_page.locator("#shared")).to_have_text("Shared with 1 peer.", timeout=LIVE_MS)
+        ana_page.evaluate("window.notReloaded = true")
+
+        # Bo claims 3 in his page.
+        offer.locator("input[name=quantity]").fill("3")
+        offer.get_by_role("button", name=re.compile(r"^Claim\b")).click()
+        expect(bo_page.locator(".flash")).to_contain_text("Claim made. Saved on this device.")
+        expect(bo_page.locator("#shared")).to_have_text("Shared with 1 peer.", timeout=LIVE_MS)
+
+        # Ana's page shows 3 claimed, without a reload.
+        mine = ana_page.locator("article", has_text="Tins of tomatoes")
+        expect(mine).to_contain_text("10 offered, 3 claimed, 7 left", timeout=LIVE_MS)
+        expect(mine.locator(".claim", has_text="Bo")).to_contain_text("3")
+        assert ana_page.evaluate("window.notReloaded") is True
+
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        for size, (width, height) in SIZES.items():
+            for who, tab in pages.items():
+                tab.set_viewport_size({"width": width, "height": height})
+                tab.screenshot(
+                    path=str(ARTIFACTS / f"two-nodes-{who}-board-{size}.png"), full_page=True
                 )
-                tab = context.new_page()
-                tab.set_default_timeout(LIVE_MS)
-                tab.goto(f"{serve.url}/board")
-                expect(tab.locator("#live-status")).to_have_class("live-status connected")
-                pages[who] = tab
-            ana_page, bo_page = pages["ana"], pages["bo"]
-            bo_page.evaluate("window.notReloaded = true")
-
-            # Ana posts an offer of 10 in her page.
-            ana_page.get_by_text("Post an offer").click()
-            ana_page.locator("#offer-title").fill("Tins of tomatoes")
-            ana_page.locator("#offer-quantity").fill("10")
-            ana_page.get_by_role("button", name="Post the offer").click()
-            expect(ana_page.locator(".flash")).to_contain_text(
-                "Offer posted. Saved on this device."
-            )
-
-            # It appears in Bo's open page, without a reload.
-            offer = bo_page.locator("article", has_text="Tins of tomatoes")
-            expect(offer).to_contain_text("10 offered, 0 claimed, 10 left", timeout=LIVE_MS)
-            assert bo_page.evaluate("window.notReloaded") is True
-
-            # Bo has it: Ana's page says so, by itself.
-            assert ana_page.locator("#shared").count() == 1, (
-                "Ana's page says nothing about sharing: `potluck serve` does not pass "
-                "peer_vectors to create_server (docs/web.md, 'Forms never lie')"
-            )
-            expect(ana_page.locator("#shared")).to_have_text("Shared with 1 peer.", timeout=LIVE_MS)
-            ana_page.evaluate("window.notReloaded = true")
-
-            # Bo claims 3 in his page.
-            offer.locator("input[name=quantity]").fill("3")
-            offer.get_by_role("button", name=re.compile(r"^Claim\b")).click()
-            expect(bo_page.locator(".flash")).to_contain_text("Claim made. Saved on this device.")
-            expect(bo_page.locator("#shared")).to_have_text("Shared with 1 peer.", timeout=LIVE_MS)
-
-            # Ana's page shows 3 claimed, without a reload.
-            mine = ana_page.locator("article", has_text="Tins of tomatoes")
-            expect(mine).to_contain_text("10 offered, 3 claimed, 7 left", timeout=LIVE_MS)
-            expect(mine.locator(".claim", has_text="Bo")).to_contain_text("3")
-            assert ana_page.evaluate("window.notReloaded") is True
-
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            for size, (width, height) in SIZES.items():
-                for who, tab in pages.items():
-                    tab.set_viewport_size({"width": width, "height": height})
-                    tab.screenshot(
-                        path=str(ARTIFACTS / f"two-nodes-{who}-board-{size}.png"), full_page=True
-                    )
-            for who in pages:
-                for size in SIZES:
-                    assert (ARTIFACTS / f"two-nodes-{who}-board-{size}.png").stat().st_size
-        finally:
-            browser.close()
+        for who in pages:
+            for size in SIZES:
+                assert (ARTIFACTS / f"two-nodes-{who}-board-{size}.png").stat().st_size
+    finally:
+        for context in contexts:
+            context.close()
