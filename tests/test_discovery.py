@@ -396,7 +396,7 @@ async def test_a_stranger_re_advertising_a_members_txt_record_is_not_dialled() -
     seen_a, seen_b = Seen(), Seen()
     a, b = _node(g, 47121, seen_a), _node(g, 47122, seen_b)
     async with running(a, b):
-        await until(lambda: bool(seen_b.found), "b finds a")
+        await until(lambda: bool(seen_b.found), what="b finds a")
         assert a._info is not None
         # the stranger copies a's TXT record, word for word, into its own advert
         lure = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
@@ -424,14 +424,14 @@ async def test_the_advert_changes_its_names_with_the_hint_and_is_not_lost() -> N
     a = _node(g, 47131, seen_a, poll_seconds=0.2, clock=lambda: now[0])
     b = _node(g, 47132, seen_b)
     async with running(a, b):
-        await until(lambda: bool(seen_b.found), "b finds a")
+        await until(lambda: bool(seen_b.found), what="b finds a")
         first = a.instance
         assert a._info is not None and a._info.server == f"{first}.local."
         now[0] += WINDOW_SECONDS  # the hint turns, and the names with it
-        await until(lambda: a.instance != first, "a re-announces under a new name")
+        await until(lambda: a.instance != first, what="a re-announces under a new name")
         await until(
             lambda: any(instance == a.instance for _, instance in seen_b.found),
-            "b recognises the new name",
+            what="b recognises the new name",
         )
         assert a._info is not None and a._info.server == f"{a.instance}.local."
         await asyncio.sleep(2 * d.LOST_GRACE)  # the old name's goodbye has been handled
