@@ -63,6 +63,24 @@ def known_slugs(db: sqlite3.Connection) -> dict[str, set[str]]:
     }
 
 
+def catalog(db: sqlite3.Connection) -> dict[str, list[dict[str, object]]]:
+    """Items and locations with their names, by name: what pages show beside the
+    slugs the other views list (node/web/page.py)."""
+    items: list[dict[str, object]] = [
+        {"slug": slug, "name": name, "unit": unit, "category": category, "storage": storage}
+        for slug, name, unit, category, storage in db.execute(
+            "SELECT slug, name, unit, category, storage FROM items ORDER BY name, slug"
+        )
+    ]
+    locations: list[dict[str, object]] = [
+        {"slug": slug, "name": name, "kind": kind}
+        for slug, name, kind in db.execute(
+            "SELECT slug, name, kind FROM locations ORDER BY name, slug"
+        )
+    ]
+    return {"items": items, "locations": locations}
+
+
 def board_entry(db: sqlite3.Connection, id_: bytes) -> dict[str, object] | None:
     """The offer or need ``id_``: found through its entity, the rows' primary key."""
     row = db.execute(

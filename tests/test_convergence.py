@@ -33,9 +33,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from eventlog import store as store_module
 from eventlog.events import Envelope
-from projections import runner as runner_module
 from projections.projector import fold_chunk
 from projections.runner import Runner
+from projections.runner import engine as runner_module
 
 T = TypeVar("T")
 

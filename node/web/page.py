@@ -65,24 +65,8 @@ _LABELS = {("assign", "until"): "field.role_until"}
 
 
 def catalog(db: sqlite3.Connection) -> dict[str, list[Row]]:
-    """Items and locations with their names; the views only list their slugs.
-
-    Reads the catalog projection's tables directly until projections/views.py offers
-    the same (then this becomes a call to it).
-    """
-    items = [
-        {"slug": slug, "name": name, "unit": unit, "category": category, "storage": storage}
-        for slug, name, unit, category, storage in db.execute(
-            "SELECT slug, name, unit, category, storage FROM items ORDER BY name, slug"
-        )
-    ]
-    locations = [
-        {"slug": slug, "name": name, "kind": kind}
-        for slug, name, kind in db.execute(
-            "SELECT slug, name, kind FROM locations ORDER BY name, slug"
-        )
-    ]
-    return {"items": items, "locations": locations}
+    """Items and locations with their names; the views only list their slugs."""
+    return views.catalog(db)
 
 
 def last_id(db: sqlite3.Connection) -> int:
