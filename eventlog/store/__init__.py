@@ -1,18 +1,19 @@
 """The append-only log in SQLite: the only package that touches the log's file.
 
 Why one package behind one class: every write (events, heads, held events, fork
-evidence and, through hooks, the projections) happens in one SQLite transaction on one
-thread, so a node killed at any instant restarts with a log and projections that agree
-(docs/reliability.md). aiosqlite owns that thread; ``Store._run`` hands it a whole
-batch at once instead of one statement at a time, because each hop between the event
-loop and the thread costs more than the inserts themselves.
+evidence, known peers and, through hooks, the projections) happens in one SQLite
+transaction on one thread, so a node killed at any instant restarts with a log and
+projections that agree (docs/reliability.md). aiosqlite owns that thread; ``Store._run``
+hands it a whole batch at once instead of one statement at a time, because each hop
+between the event loop and the thread costs more than the inserts themselves.
 
 The modules: ``connection`` (settings, the write transaction, errors), ``schema`` (the
 file's tables, created and checked in one place), ``append`` (this node's events),
-``receive`` (a peer's: validity, held events, forks), ``read`` (queries); this module
-binds them to the database thread. ``append`` and ``receive`` return only after the
-commit reached the disk, so whatever they return is acknowledged. Memory stays
-bounded: reads stream in chunks (``read_since``, ``iter_events``).
+``receive`` (a peer's: validity, held events, forks), ``read`` (queries), ``peer``
+(the ``peers`` table); this module binds them to the database thread. ``append`` and
+``receive`` return only after the commit reached the disk, so whatever they return is
+acknowledged. Memory stays bounded: reads stream in chunks (``read_since``,
+``iter_events``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from eventlog.errors import StorageError
 from eventlog.events import Envelope
 from eventlog.identity import Group, membership_proof
 from eventlog.store import append as append_module
-from eventlog.store import read, schema
+from eventlog.store import peer, read, schema
 from eventlog.store import receive as receive_module
 from eventlog.store.append import Draft
 from eventlog.store.connection import (
@@ -47,6 +48,7 @@ from eventlog.store.connection import (
     in_transaction,
     read_only,
 )
+from eventlog.store.peer import PeerRow
 from eventlog.store.read import (
     CHUNK,
     IN_CHUNK,
@@ -75,6 +77,7 @@ __all__ = [
     "WAL_KEEP_BYTES",
     "Draft",
     "Head",
+    "PeerRow",
     "ProjectionHook",
     "ReceiveResult",
     "Store",
@@ -465,7 +468,7 @@ class Store:
         the proof a peer needs to cut them off at the same place; None without a fork."""
         return await self._run(functools.partial(read.fork_versions, author=author), write=False)
 
-    # -- settings kept with the log ------------------------------------------------
+    # -- settings and peers, kept with the log -------------------------------------
 
     async def get_meta(self, key: str) -> object:
         """A small setting kept with the log (e.g. where ``serve`` listens); None if unset."""
@@ -473,3 +476,49 @@ class Store:
 
     async def set_meta(self, key: str, value: str | int | bytes) -> None:
         await self._run(functools.partial(schema.set_meta, key=key, value=value), write=True)
+
+    async def remember_peer(self, address: str, found: str) -> None:
+        """Keep ``address`` as one to dial, across restarts; a known one keeps how it
+        was found (``found``: manual, invite, mdns, bundle)."""
+        await self._run(functools.partial(peer.remember, address=address, found=found), write=True)
+
+    async def known_peers(self) -> list[PeerRow]:
+        """Every peer this node dials or was dialled by, ordered by address."""
+        return await self._run(peer.known_peers, write=False)
+
+    async def record_peer(
+        self,
+        address: str,
+        key: bytes | None,
+        *,
+        connected: bool,
+        error: str | None = None,
+        behind: int | None = None,
+        ahead: int | None = None,
+        found: str = "inbound",
+        remote: str | None = None,
+        now_ms: int | None = None,
+    ) -> None:
+        """Record what a session showed of the peer at ``address`` (added if new, as
+        not dialled): ``now_ms`` is when it was last seen. None for ``key``,
+        ``behind``, ``ahead``, ``remote`` or ``now_ms`` keeps the value known before;
+        ``error`` is the last session's, None clearing it."""
+        await self._run(
+            functools.partial(
+                peer.record,
+                address=address,
+                key=key,
+                connected=connected,
+                error=error,
+                behind=behind,
+                ahead=ahead,
+                found=found,
+                remote=remote,
+                now_ms=now_ms,
+            ),
+            write=True,
+        )
+
+    async def mark_peers_disconnected(self) -> None:
+        """Mark every peer not connected: sessions end with the process that ran them."""
+        await self._run(peer.mark_disconnected, write=True)

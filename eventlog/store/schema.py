@@ -1,7 +1,8 @@
 """The tables of the log file, and the one place that creates and checks them.
 
-Why one owner: the log's tables are created here, in one transaction, when a log
-opens; no other module issues DDL on them.
+Why one owner: every table of the file (the log's, and ``peers``, which sync keeps
+there so ``potluck peers`` can read it while ``serve`` runs) is created here, in one
+transaction, when a log opens; no other module issues DDL on the log's own tables.
 The projections' tables are the runner's (projections/runner.py), versioned apart.
 """
 
@@ -54,7 +55,24 @@ CREATE TABLE IF NOT EXISTS forks (
 ) WITHOUT ROWID;
 """
 
-_TABLES = ("meta",)
+_PEERS = """
+CREATE TABLE IF NOT EXISTS peers (
+    address   TEXT PRIMARY KEY,      -- host:port we dial, or 'inbound:<key hex>'
+    key       BLOB,                  -- the peer's device key, once authenticated
+    found     TEXT NOT NULL,         -- manual, invite, mdns, bundle, inbound
+    dial      INTEGER NOT NULL,      -- 1 when we dial this address ourselves
+    connected INTEGER NOT NULL DEFAULT 0,
+    last_seen INTEGER,               -- unix ms of the last frame or connect
+    behind    INTEGER,               -- events we hold that the peer lacks
+    ahead     INTEGER,               -- events the peer holds that we lack
+    last_error TEXT,
+    remote    TEXT                   -- where the last session came from
+)
+"""
+"""Known peers (eventlog/store/peer.py). Created with the log since this version; a
+log from before has it only if it ever synced, so it is made on the next open."""
+
+_TABLES = ("meta", "peers")
 """Tables whose presence, with the ``meta`` rows, proves the schema complete."""
 
 
@@ -68,7 +86,7 @@ def prepare(db: sqlite3.Connection, group_id: bytes) -> None:
 def _create(db: sqlite3.Connection, group_id: bytes) -> None:
     """Create what is missing, or refuse a log of another schema or group."""
     db.execute("BEGIN IMMEDIATE")
-    for statement in _LOG.split(";"):
+    for statement in (*_LOG.split(";"), _PEERS):
         if statement.strip():
             db.execute(statement)
     row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -89,9 +107,10 @@ def _create(db: sqlite3.Connection, group_id: bytes) -> None:
 
 def _ready(db: sqlite3.Connection, group_id: bytes) -> bool:
     """True when the log already has this schema and this group: tables and the
-    ``meta`` rows are created in one transaction, so the rows prove the tables. A
-    read, so that opening the log (every ``potluck`` command does) does not wait for
-    the write lock that a busy ``potluck serve`` may hold for a while."""
+    ``meta`` rows are created in one transaction, so the rows (and ``peers``, which
+    older logs may lack) prove the tables. A read, so that opening the log (every
+    ``potluck`` command does) does not wait for the write lock that a busy
+    ``potluck serve`` may hold for a while."""
     marks = ",".join("?" * len(_TABLES))
     present = db.execute(
         f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ({marks})",
