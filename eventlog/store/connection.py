@@ -27,6 +27,19 @@ LOCK_POLL_S = (0.0002, 0.002)
 """First and longest pause between tries for the write lock (``begin_write``)."""
 
 
+def connect(path: str | Path) -> sqlite3.Connection:
+    """A connection on the log at ``path`` with the store's settings, in autocommit
+    mode: writes go through ``in_transaction``. For a process that works on the log
+    beside the store (the projector)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        configure(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 def configure(db: sqlite3.Connection) -> None:
     """The settings of every connection that writes the log: this store's, and the
     projector's (projections/projector.py)."""
