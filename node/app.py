@@ -42,7 +42,6 @@ from projections import projector, views
 from projections.board import ALLOWED_FROM
 from projections.runner import Runner
 from sync import invite
-from sync import peers as peer_table
 from sync.discovery import Discovery, interfaces_for
 from sync.peers import PeerManager
 from sync.protocol import State
@@ -402,12 +401,12 @@ class Node:
 
     async def remember_peer(self, address: str, found: str) -> None:
         host, port = _address(address)
-        await self.store.write(lambda db: peer_table.remember(db, f"{host}:{port}", found))
+        await self.store.remember_peer(f"{host}:{port}", found)
 
     async def peers(self) -> list[dict[str, object]]:
         """Known and connected peers: the schema of ``potluck peers --json``."""
         names = await self.names()
-        rows = await self.store.read(peer_table.known_peers)
+        rows = await self.store.known_peers()
         return [
             {
                 "address": r.remote if r.address.startswith("inbound:") else r.address,

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from eventlog import gc_tuning
 from eventlog.signer import child_env
-from eventlog.store import BUSY_TIMEOUT_S, configure, in_transaction
+from eventlog.store import BUSY_TIMEOUT_S, connect, in_transaction
 from projections.runner import Runner
 
 READY = b"ready\n"
@@ -120,8 +120,7 @@ def serve(log_path: str, wake: int, said: int) -> int:
     the parent closes the pipe; ``said``: where it says READY once it has opened the
     log. Returns the exit status (1: the log is not ready)."""
     gc_tuning.tune()
-    db = sqlite3.connect(log_path, isolation_level=None)
-    configure(db)
+    db = connect(log_path)
     runner = Runner()
     if not runner.ready(db):  # a projection of another version: the node rebuilds
         return 1

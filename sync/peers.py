@@ -16,8 +16,9 @@ message, a bundle import in any process), its two versions are offered to every 
 session. Each core drops evidence its peer holds, so it is sent once per peer that
 lacks it and never back; a point moves only down, so this ends by itself.
 
-Peers are remembered in the log's database (``peers`` table) so ``potluck peers`` can
-read them from another process while ``serve`` runs.
+Peers are remembered in the log's database (``peers`` table, kept by the store:
+eventlog/store/peer.py) so ``potluck peers`` can read them from another process while
+``serve`` runs.
 """
 
 from __future__ import annotations
@@ -25,16 +26,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 
 from nacl.signing import SigningKey
 from websockets.asyncio.server import Server
 
 from eventlog.events import Envelope
+from eventlog.store import PeerRow as PeerRow  # re-exported: it lived here
 from eventlog.store import Store
+from eventlog.store.peer import known_peers as known_peers  # re-exported, as PeerRow
 from sync.limits import (
     CREDIT_TIMEOUT,
     DEFAULT_LIMITS,
@@ -52,64 +53,6 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
 STABLE_SECONDS = 30.0  # a session that lasted this long resets the backoff
 CUT_CODES = (RATE_LIMIT, CREDIT_TIMEOUT, HANDSHAKE_TIMEOUT)  # said even for a stranger
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS peers (
-    address   TEXT PRIMARY KEY,      -- host:port we dial, or 'inbound:<key hex>'
-    key       BLOB,                  -- the peer's device key, once authenticated
-    found     TEXT NOT NULL,         -- manual, invite, mdns, bundle, inbound
-    dial      INTEGER NOT NULL,      -- 1 when we dial this address ourselves
-    connected INTEGER NOT NULL DEFAULT 0,
-    last_seen INTEGER,               -- unix ms of the last frame or connect
-    behind    INTEGER,               -- events we hold that the peer lacks
-    ahead     INTEGER,               -- events the peer holds that we lack
-    last_error TEXT,
-    remote    TEXT                   -- where the last session came from
-)
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class PeerRow:
-    address: str
-    key: bytes | None
-    found: str
-    dial: bool
-    connected: bool
-    last_seen: int | None
-    behind: int | None
-    ahead: int | None
-    last_error: str | None
-    remote: str | None
-
-
-def setup(db: sqlite3.Connection) -> None:
-    db.execute(_SCHEMA)
-
-
-def known_peers(db: sqlite3.Connection) -> list[PeerRow]:
-    if _missing(db):
-        return []
-    return [
-        PeerRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5], r[6], r[7], r[8], r[9])
-        for r in db.execute(
-            "SELECT address, key, found, dial, connected, last_seen, "
-            "behind, ahead, last_error, remote FROM peers "
-            "ORDER BY address"
-        )
-    ]
-
-
-def _missing(db: sqlite3.Connection) -> bool:
-    return db.execute("SELECT 1 FROM sqlite_master WHERE name = 'peers'").fetchone() is None
-
-
-def remember(db: sqlite3.Connection, address: str, found: str) -> None:
-    """Add a dial address (kept across restarts); an existing one keeps how it was found."""
-    setup(db)
-    db.execute(
-        "INSERT OR IGNORE INTO peers (address, found, dial) VALUES (?, ?, 1)", (address, found)
-    )
 
 
 def lag(
@@ -157,8 +100,7 @@ class PeerManager:
 
     async def start(self, host: str | None = None, port: int | None = None) -> int | None:
         """Start pushing and, when ``host`` is given, listening; return the bound port."""
-        await self.store.write(setup)
-        await self.store.write(lambda db: db.execute("UPDATE peers SET connected = 0"))
+        await self.store.mark_peers_disconnected()
         self._running = True
         self.store.on_change(self._wake.set)
         self._spawn(self._feed())
@@ -179,7 +121,7 @@ class PeerManager:
             )
             bound = self._server.sockets[0].getsockname()[1] if self._server.sockets else port
             self.say(f"listening on {host}:{bound}")
-        for row in await self.store.read(known_peers):
+        for row in await self.store.known_peers():
             if row.dial and row.found != "mdns":  # mdns peers are found again, live
                 self.add_peer(row.address, row.found)
         return bound
@@ -214,7 +156,7 @@ class PeerManager:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
         with contextlib.suppress(Exception):
-            await self.store.write(lambda db: db.execute("UPDATE peers SET connected = 0"))
+            await self.store.mark_peers_disconnected()
 
     # -- sessions ------------------------------------------------------------------
 
@@ -242,7 +184,7 @@ class PeerManager:
             self._dialing.discard(address)
 
     async def _dial_until_dropped(self, address: str, found: str) -> None:
-        await self.store.write(lambda db: remember(db, address, found))
+        await self.store.remember_peer(address, found)
         delay = BACKOFF_FIRST
         while self._running and address in self._wanted:
             began = time.monotonic()
@@ -424,18 +366,16 @@ class PeerManager:
     ) -> None:
         now = int(time.time() * 1000) if key is not None else None
         with contextlib.suppress(Exception):
-            await self.store.write(
-                lambda db: db.execute(
-                    "INSERT INTO peers (address, key, found, dial, connected, last_seen, behind, "
-                    "ahead, last_error, remote) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (address) DO UPDATE SET key = coalesce(excluded.key, key), "
-                    "connected = excluded.connected, "
-                    "last_seen = coalesce(excluded.last_seen, last_seen), "
-                    "behind = coalesce(excluded.behind, behind), "
-                    "ahead = coalesce(excluded.ahead, ahead), last_error = excluded.last_error, "
-                    "remote = coalesce(excluded.remote, remote)",
-                    (address, key, found, int(connected), now, behind, ahead, error, remote),
-                )
+            await self.store.record_peer(
+                address,
+                key,
+                connected=connected,
+                error=error,
+                behind=behind,
+                ahead=ahead,
+                found=found,
+                remote=remote,
+                now_ms=now,
             )
 
     def _label(self, key: bytes) -> str:

@@ -912,6 +912,51 @@ async def test_opening_a_log_does_not_wait_for_a_writer(tmp_path: Path, group: G
         writer.close()
 
 
+async def test_a_log_from_before_the_peers_table_gets_it_at_open(
+    tmp_path: Path, group: Group
+) -> None:
+    """Logs of earlier versions had ``peers`` only once they had synced: they open as
+    they are and gain the table, with no step by hand."""
+    path = tmp_path / "log.db"
+    async with opened(path, group):
+        pass
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE peers")
+    async with opened(path, group) as store:
+        assert await store.known_peers() == []
+        await store.remember_peer("example.org:7070", "manual")
+        assert [r.address for r in await store.known_peers()] == ["example.org:7070"]
+
+
+async def test_peers_are_remembered_recorded_and_marked_disconnected(
+    tmp_path: Path, group: Group
+) -> None:
+    key = bytes(make_key(2).verify_key)
+    async with opened(path := tmp_path / "log.db", group) as store:
+        await store.remember_peer("z.example:1", "invite")
+        await store.remember_peer("z.example:1", "manual")  # keeps how it was found
+        await store.record_peer(
+            "a.example:2", key, connected=True, behind=3, ahead=4, remote="10.0.0.2", now_ms=5
+        )
+        await store.record_peer("a.example:2", None, connected=False, error="gone")
+        first, second = await store.known_peers()
+        assert (first.address, first.key, first.found, first.dial) == (
+            "a.example:2",
+            key,
+            "inbound",
+            False,
+        )
+        assert (first.connected, first.last_seen, first.behind, first.ahead) == (False, 5, 3, 4)
+        assert (first.last_error, first.remote) == ("gone", "10.0.0.2")
+        assert (second.address, second.found, second.dial) == ("z.example:1", "invite", True)
+        await store.record_peer("z.example:1", key, connected=True, now_ms=6)
+        assert [r.connected for r in await store.known_peers()] == [False, True]
+        await store.mark_peers_disconnected()
+        assert [r.connected for r in await store.known_peers()] == [False, False]
+    async with opened(path, group) as store:
+        assert [r.last_seen for r in await store.known_peers()] == [5, 6]
+
+
 @pytest.mark.asyncio
 async def test_read_arrivals_gives_wanted_events_in_arrival_order_at_a_cost_of_the_slice(
     tmp_path: Path, group: Group
