@@ -461,6 +461,7 @@ def test_a_file_whose_first_page_is_garbage_is_salvaged_whole_by_scanning_its_pa
     assert fixed.healthy, fixed.findings
     kept = list(ana.glob(LOG_FILE + ".damaged-*"))
     assert len(kept) == 1 and kept[0].read_bytes()[:4096] != b"SQLite format 3\x00"
+    assert kept[0].stat().st_mode & 0o077 == 0  # it holds the group's events: ours alone
     assert log_hashes(ana) == template.hashes
     assert digest_of(ana) == template.digest
     potluck(ana, "board")

@@ -103,6 +103,19 @@ def authenticate(envelopes: Sequence[Envelope]) -> set[bytes]:
     return good
 
 
+def hold(
+    db: sqlite3.Connection, env: Envelope, waiting: bytes | None, not_before: int | None = None
+) -> None:
+    """Keep ``env`` in ``pending`` until ``waiting`` (a dep; None: its predecessor)
+    arrives, or until ``not_before`` (unix ms) for one stamped too far ahead. The doctor
+    holds an event back the same way when it finds a log that broke this rule."""
+    # REPLACE: an event released and held again waits for something else now.
+    db.execute(
+        "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?, ?)",
+        (env.hash, env.author, env.seq, waiting, env.raw, not_before),
+    )
+
+
 def record_fork(db: sqlite3.Connection, env: Envelope) -> None:
     """Keep ``env`` and the log's version of its (author, seq) as fork evidence."""
     db.execute(
@@ -153,11 +166,7 @@ class _ReceiveRun:
             self._by_dep.setdefault(waiting, set()).add(hash_)
 
     def hold(self, env: Envelope, waiting: bytes | None, not_before: int | None = None) -> None:
-        # REPLACE: an event released and held again waits for something else now.
-        self.db.execute(
-            "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?, ?)",
-            (env.hash, env.author, env.seq, waiting, env.raw, not_before),
-        )
+        hold(self.db, env, waiting, not_before)
         if self._in_memory:
             self._index(env.hash, env.author, env.seq, waiting)
 

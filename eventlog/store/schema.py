@@ -8,6 +8,7 @@ The projections' tables are the runner's (projections/runner.py), versioned apar
 
 from __future__ import annotations
 
+import re
 import sqlite3
 
 from eventlog.errors import StorageError
@@ -72,6 +73,8 @@ CREATE TABLE IF NOT EXISTS peers (
 """Known peers (eventlog/store/peer.py). Created with the log since this version; a
 log from before has it only if it ever synced, so it is made on the next open."""
 
+LOG_TABLES: tuple[str, ...] = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _LOG))
+"""The tables of the log itself (not the remembered peers): what a log must hold."""
 _TABLES = ("meta", "peers")
 """Tables whose presence, with the ``meta`` rows, proves the schema complete."""
 

@@ -19,7 +19,10 @@ from eventlog.clock import wall_ms
 from eventlog.errors import HlcRegression, InvalidEvent, SeqGap, UnknownGroup
 from eventlog.events import Envelope
 from eventlog.identity import Group
-from eventlog.store import Head, _check_first, _hold, _load_heads, _resolve, hash_key
+from eventlog.store import Head, hash_key
+from eventlog.store.append import check_first
+from eventlog.store.read import load_heads, resolve
+from eventlog.store.receive import hold
 from node.doctor import projection
 from node.doctor.database import QUARANTINE_SCHEMA, set_aside
 from node.doctor.report import MAX_DETAILS, Finding, Severity, plural
@@ -266,7 +269,7 @@ class Checkup:
 
     def check_heads(self) -> None:
         """``heads`` is what sync tells peers we have: wrong, it loses or repeats events."""
-        computed, stored = self._computed_heads(), _load_heads(self.db)
+        computed, stored = self._computed_heads(), load_heads(self.db)
         if computed == stored:
             self._find(
                 "ok", "heads", "the record of each member's latest event agrees with the log"
@@ -310,7 +313,7 @@ class Checkup:
     def _store_heads(self) -> None:
         """After events left the log, heads must follow (silently: already reported)."""
         computed = self._computed_heads()
-        if computed != _load_heads(self.db):
+        if computed != load_heads(self.db):
             self._write_heads(computed)
 
     # -- 4. chains ------------------------------------------------------------------
@@ -343,7 +346,7 @@ class Checkup:
                 try:
                     events.verify_chain([env for _, env in chunk], previous)
                     if previous is None:
-                        _check_first(self.group, chunk[0][1])
+                        check_first(self.group, chunk[0][1])
                     previous = chunk[-1][1]
                     continue
                 except InvalidEvent:
@@ -356,7 +359,7 @@ class Checkup:
                 try:
                     events.check_follows(env, previous)
                     if previous is None:
-                        _check_first(self.group, env)
+                        check_first(self.group, env)
                 except SeqGap:
                     broken = True
                     self._gap(author, range(previous.seq + 1 if previous else 1, env.seq))
@@ -397,7 +400,7 @@ class Checkup:
         except InvalidEvent:
             self._quarantine_row(id_, env.author, env.seq, env.raw, "its signature does not verify")
             return
-        _hold(self.db, env, waiting)
+        hold(self.db, env, waiting)
         self._gone.add(env.hash)
         self.db.execute("DELETE FROM events WHERE id = ?", (id_,))
         self.db.execute("DELETE FROM seen WHERE author = ? AND seq = ?", (env.author, env.seq))
@@ -422,7 +425,7 @@ class Checkup:
                 self._orphan(id_, env)
                 continue
             wanted = tuple(dict.fromkeys((*env.deps, *references(env.type, env.body))))
-            found = _resolve(self.db, wanted)
+            found = resolve(self.db, wanted)
             absent = next((dep for dep in wanted if dep not in found), None)
             if absent is not None:
                 missing += 1

@@ -7,16 +7,16 @@ damaged or of another schema, and those are exactly the files doctor must read.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from pathlib import Path
 
 from eventlog import events
-from eventlog.store import _SCHEMA, BUSY_TIMEOUT_S
+from eventlog.store import BUSY_TIMEOUT_S
+from eventlog.store.schema import LOG_TABLES
 
 LOG_FILE = "log.db"  # the same name as node.app.LOG_FILE
 SQLITE_HEADER = b"SQLite format 3\x00"
-REQUIRED_TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
+REQUIRED_TABLES = LOG_TABLES
 """The store's tables, read from its schema: a log without one of them is damaged."""
 
 QUARANTINE_SCHEMA = """

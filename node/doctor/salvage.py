@@ -62,8 +62,7 @@ async def salvage(data_dir: Path, group: Group, now_ms: Callable[[], int]) -> li
     for suffix in ("", "-wal"):
         original = Path(str(path) + suffix)
         if original.exists():
-            shutil.copyfile(original, Path(str(damaged) + suffix))
-            _fsync(Path(str(damaged) + suffix))
+            _copy_private(original, Path(str(damaged) + suffix))
     tally: Counter[str] = Counter()
     seen: set[bytes] = set()
     store = await Store.open(fresh, group, now_ms=now_ms)
@@ -113,6 +112,16 @@ async def salvage(data_dir: Path, group: Group, now_ms: Callable[[], int]) -> li
     os.replace(fresh, path)
     _fsync(data_dir)
     return _salvage_report(damaged, counts, tally)
+
+
+def _copy_private(source: Path, target: Path) -> None:
+    """Copy ``source`` to a new ``target`` readable by this user only, and fsync it: the
+    copy holds the group's events as the log does (security review, finding 6)."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+        shutil.copyfileobj(src, out, 1 << 20)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _salvage_report(damaged: Path, counts: tuple[int, int], tally: Counter[str]) -> list[str]:
