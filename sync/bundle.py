@@ -56,8 +56,8 @@ from nacl.exceptions import CryptoError
 from eventlog import events
 from eventlog.errors import InvalidEvent, MalformedEvent, UsageError
 from eventlog.identity import GROUP_SECRET_BYTES, Group, replace_durably
-from eventlog.store import Store
 from sync.errors import BadEvidence
+from sync.log import SyncLog
 
 MAGIC = b"POTLUCKB"
 FORMAT_VERSION = 1
@@ -196,7 +196,7 @@ def _packb(value: object) -> bytes:
 
 
 async def export_bundle(
-    store: Store, path: Path, since: Mapping[bytes, int] | None = None
+    store: SyncLog, path: Path, since: Mapping[bytes, int] | None = None
 ) -> BundleInfo:
     """Write every event of ``store`` newer than ``since`` (author -> seq) to ``path``.
 
@@ -324,7 +324,7 @@ def _read_problem(path: Path, exc: OSError) -> str:
     return f"cannot read {path}: {exc.strerror or exc}"
 
 
-async def import_bundle(store: Store, path: Path) -> ImportResult:
+async def import_bundle(store: SyncLog, path: Path) -> ImportResult:
     """Store the events of the bundle at ``path``; checked like events from a peer.
 
     Idempotent: importing the same bundle again stores nothing new. Raises UsageError
@@ -342,7 +342,7 @@ async def import_bundle(store: Store, path: Path) -> ImportResult:
         file.close()
 
 
-async def _import(store: Store, path: Path, file: BinaryIO) -> ImportResult:
+async def _import(store: SyncLog, path: Path, file: BinaryIO) -> ImportResult:
     header = await _read(file, HEADER_BYTES)
     _check_header(path, header)
     secret = store.group.secret
@@ -433,7 +433,7 @@ async def _import(store: Store, path: Path, file: BinaryIO) -> ImportResult:
     return result
 
 
-async def _import_evidence(store: Store, raws: object, number: int, result: ImportResult) -> bool:
+async def _import_evidence(store: SyncLog, raws: object, number: int, result: ImportResult) -> bool:
     """Keep the bundle's ``number``-th proof of a fork; False if the chunk is not two
     byte strings. A proof that does not hold (not two versions of one event, another
     group, a forged signature) is refused like a bad event and the import goes on."""
@@ -495,7 +495,7 @@ async def _read(file: BinaryIO, n: int) -> bytes:
 # -- vector files ----------------------------------------------------------------------
 
 
-async def write_vector_file(store: Store, path: Path) -> dict[bytes, int]:
+async def write_vector_file(store: SyncLog, path: Path) -> dict[bytes, int]:
     """Write what ``store`` has (author -> seq) to ``path``, atomically; return it.
 
     Carry the file to a node that has more, export a bundle there with ``since`` read

@@ -8,6 +8,8 @@ the disk or the event loop. The transport feeds it what arrived and writes what 
 produced; the node answers the questions it asks. Everything that happens on the wire
 is decided here, so the whole protocol can be tested by handing bytes from one object
 to another (docs/protocol.md is the specification; § numbers below refer to it).
+What a frame looks like and whether it is well formed is sync/wire.py's; what it means
+in the state the connection is in, and what the answer is, is this module's.
 
 *Inputs* are ``receive_data(frame)`` for each binary websocket frame and
 ``receive_eof()`` when the stream ends; *commands* are ``send_have``,
@@ -75,7 +77,6 @@ the evidence.
 from __future__ import annotations
 
 import enum
-import re
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ from eventlog.events import (
     verify_chain,
     verify_signature,
 )
+from sync import wire
 from sync.errors import (
     BadEvidence,
     ConnectionLost,
@@ -106,33 +108,40 @@ from sync.errors import (
     ProtocolError,
     RemoteError,
     UnexpectedMessage,
-    UnknownMessage,
     VersionMismatch,
 )
-from sync.handshake import TAG_BYTES, Handshake, Session
+from sync.handshake import Handshake, Session
 
-PROTOCOL_NAME: Final = "potluck-sync"
-VERSIONS: Final = (1, 2)
-EVIDENCE_VERSION: Final = 2  # the first version with evidence and fork points (§versions)
+# Re-exported (``as``): these names were defined here before sync/wire.py took them.
+from sync.wire import ADDED_IN as ADDED_IN
+from sync.wire import BYE as BYE
+from sync.wire import CODE_PATTERN as CODE_PATTERN
+from sync.wire import CREDIT as CREDIT
+from sync.wire import ERROR as ERROR
+from sync.wire import EVENTS as EVENTS
+from sync.wire import EVIDENCE as EVIDENCE
+from sync.wire import EVIDENCE_VERSION as EVIDENCE_VERSION
+from sync.wire import HANDSHAKE as HANDSHAKE
+from sync.wire import HAVE as HAVE
+from sync.wire import HELLO as HELLO
+from sync.wire import MAX_BATCH_BYTES as MAX_BATCH_BYTES
+from sync.wire import MAX_CLEAR_FRAME_BYTES as MAX_CLEAR_FRAME_BYTES
+from sync.wire import MAX_CREDIT_GRANT as MAX_CREDIT_GRANT
+from sync.wire import MAX_FRAME_BYTES as MAX_FRAME_BYTES
+from sync.wire import MAX_HAVE_ENTRIES as MAX_HAVE_ENTRIES
+from sync.wire import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
+from sync.wire import MAX_REASON_CHARS as MAX_REASON_CHARS
+from sync.wire import MAX_VERSIONS as MAX_VERSIONS
+from sync.wire import MESSAGE_TYPES as MESSAGE_TYPES
+from sync.wire import PROTOCOL_NAME as PROTOCOL_NAME
+from sync.wire import VERSIONS as VERSIONS
+from sync.wire import Message as Message
 
-# Limits, docs/protocol.md §limits.
-MAX_BATCH_BYTES: Final = 1 << 20  # event bytes in one events message
-MAX_MESSAGE_BYTES: Final = MAX_BATCH_BYTES + (64 << 10)  # plaintext of any frame
-MAX_FRAME_BYTES: Final = MAX_MESSAGE_BYTES + TAG_BYTES  # any frame on the wire
-MAX_CLEAR_FRAME_BYTES: Final = 4096  # hello and handshake frames
-MAX_HAVE_ENTRIES: Final = 8192
-MAX_VERSIONS: Final = 32
-MAX_CREDIT_GRANT: Final = (1 << 32) - 1
-MAX_CREDIT: Final = 1 << 40
-DEFAULT_WINDOW: Final = 4 << 20
-MAX_REASON_CHARS: Final = 1024
-CODE_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
-
-# What msgpack.unpackb raises for bad input (all ValueError subclasses in msgpack 1.x).
-_UNPACK_ERRORS: Final = (ValueError, TypeError, msgpack.exceptions.UnpackException)
+# Limits of a connection's flow control (docs/protocol.md §credit, §limits).
+MAX_CREDIT: Final = 1 << 40  # outstanding credit, either way
+DEFAULT_WINDOW: Final = 4 << 20  # credit granted to the peer on open
 
 Vector: TypeAlias = Mapping[bytes, tuple[int, bytes]]
-Message: TypeAlias = dict[str, object]
 
 
 class Role(enum.Enum):
@@ -152,22 +161,7 @@ class State(enum.Enum):
     FAILED = "failed"
 
 
-# Message types on the wire (§messages) ...
-HELLO, HANDSHAKE, HAVE, EVENTS, EVIDENCE, CREDIT, ERROR, BYE = (
-    "hello",
-    "handshake",
-    "have",
-    "events",
-    "evidence",
-    "credit",
-    "error",
-    "bye",
-)
-MESSAGE_TYPES: Final = frozenset({HELLO, HANDSHAKE, HAVE, EVENTS, EVIDENCE, CREDIT, ERROR, BYE})
-# The version that added each type after version 1: in an older negotiated version it
-# is ``unknown-message``, as it would be for a node of that version.
-ADDED_IN: Final[Mapping[str, int]] = {EVIDENCE: EVIDENCE_VERSION}
-# ... and this side's commands, which move the state too.
+# This side's commands, which move the state too, as messages received do.
 SEND_HAVE, SEND_EVENTS, SEND_EVIDENCE, SEND_CREDIT, SEND_BYE = (
     "send have",
     "send events",
@@ -373,7 +367,7 @@ class SyncProtocol:
             ERROR: self._on_error,
             BYE: self._on_bye,
         }
-        self._hello = _pack({"t": HELLO, "protocol": PROTOCOL_NAME, "versions": self._versions})
+        self._hello = wire.pack(wire.make_hello(self._versions))
         self._peer_hello = b""
         self._out.append(self._hello)
 
@@ -528,16 +522,7 @@ class SyncProtocol:
                     raise LocalProtocolError("fork points are author -> seq >= 1")
                 _lower(self._our_forks, author, seq)
                 points.append([author, seq])
-        chunks, point_chunks = _chunks(entries), _chunks(points)
-        count = max(len(chunks), len(point_chunks), 1)
-        for i in range(count):
-            message: Message = {
-                "t": HAVE,
-                "vector": chunks[i] if i < len(chunks) else [],
-                "end": i == count - 1,
-            }
-            if i < len(point_chunks):
-                message["forks"] = point_chunks[i]
+        for message in wire.make_haves(entries, points):
             self._write(message)
         if self._peer_vector_complete:
             for author in vector:
@@ -609,7 +594,7 @@ class SyncProtocol:
             return
         self._peer_forks[author] = seq
         self._evidence_sent += 1
-        self._write({"t": EVIDENCE, "events": [first, second]})
+        self._write(wire.make_evidence(first, second))
 
     def send_credit(self, size: int) -> None:
         """Let the peer send ``size`` more event bytes; call after storing a batch
@@ -622,7 +607,7 @@ class SyncProtocol:
         if self._credit_in + size > MAX_CREDIT:
             raise LocalProtocolError("outstanding credit would pass 2^40 bytes")
         self._credit_in += size
-        self._write({"t": CREDIT, "bytes": size})
+        self._write(wire.make_credit(size))
 
     def send_bye(self) -> None:
         """Promise to send no more have or events. The bye frame follows every queued
@@ -665,10 +650,10 @@ class SyncProtocol:
         self._queue.clear()
         self._backlog = 0
         if tell_peer:
-            self._write({"t": ERROR, "code": exc.code, "reason": exc.reason[:MAX_REASON_CHARS]})
+            self._write(wire.make_error(exc.code, exc.reason))
 
     def _write(self, message: Message) -> None:
-        data = _pack(message)
+        data = wire.pack(message)
         if self._session is not None:
             data = self._session.send.encrypt(data)
         self._out.append(data)
@@ -681,32 +666,10 @@ class SyncProtocol:
                 f"frame of {len(frame)} bytes, limit {limit} in state {self._state.name}"
             )
         data = self._session.receive.decrypt(frame) if self._session is not None else frame
-        try:
-            message = msgpack.unpackb(data, raw=False, strict_map_key=True)
-        except _UNPACK_ERRORS:
-            raise MalformedFrame("frame is not one msgpack value") from None
-        if not isinstance(message, dict):
-            raise MalformedFrame("frame is not a msgpack map")
-        kind = message.get("t")
-        if not isinstance(kind, str):
-            raise MalformedFrame("frame has no string field t")
-        if kind not in MESSAGE_TYPES:
-            raise UnknownMessage(f"unknown message type {_show(kind)}")
-        added = ADDED_IN.get(kind)
-        if added is not None and self.version is not None and self.version < added:
-            raise UnknownMessage(f"{kind} is not a message of version {self.version}")
-        return kind, message
+        return wire.parse(data, self.version)
 
     def _on_hello(self, message: Message) -> None:
-        protocol, versions = message.get("protocol"), message.get("versions")
-        if protocol != PROTOCOL_NAME:
-            raise VersionMismatch(f"peer speaks {_show(protocol)}, not {PROTOCOL_NAME!r}")
-        if (
-            not isinstance(versions, list)
-            or not 1 <= len(versions) <= MAX_VERSIONS
-            or not all(type(v) is int and 1 <= v <= 0xFFFF for v in versions)
-        ):
-            raise MalformedFrame("hello: versions must be a list of 1..32 integers")
+        versions = wire.read_hello(message)
         common = set(self._versions) & set(versions)
         if not common:
             raise VersionMismatch(
@@ -728,55 +691,36 @@ class SyncProtocol:
             ephemeral=self._ephemeral,
         )
         if initiator:
-            self._write({"t": HANDSHAKE, "noise": self._handshake.start()})
+            self._write(wire.make_handshake(self._handshake.start()))
 
     def _on_handshake(self, message: Message) -> None:
-        noise = message.get("noise")
-        if not isinstance(noise, bytes):
-            raise MalformedFrame("handshake: noise must be bytes")
+        noise = wire.read_handshake(message)
         assert self._handshake is not None
         reply = self._handshake.receive(noise)
         if reply is not None:
-            self._write({"t": HANDSHAKE, "noise": reply})
+            self._write(wire.make_handshake(reply))
         session = self._handshake.session
         if session is not None:
             self._session, self._handshake = session, None
             self._credit_in = self._window
-            self._write({"t": CREDIT, "bytes": self._window})
+            self._write(wire.make_credit(self._window))
             self._requests.append(VectorWanted())
 
     def _on_have(self, message: Message) -> None:
-        vector, end = message.get("vector"), message.get("end", False)
-        if not isinstance(vector, list) or len(vector) > MAX_HAVE_ENTRIES:
-            raise MalformedFrame(
-                f"have: vector must be a list of at most {MAX_HAVE_ENTRIES} entries"
-            )
-        if not isinstance(end, bool):
-            raise MalformedFrame("have: end must be a boolean")
-        forks = message.get("forks") if self._speaks_evidence else None
-        if forks is not None and (not isinstance(forks, list) or len(forks) > MAX_HAVE_ENTRIES):
-            raise MalformedFrame(
-                f"have: forks must be a list of at most {MAX_HAVE_ENTRIES} entries"
-            )
-        authors: list[bytes] = []
-        for entry in vector:
-            author, seq, head = _have_entry(entry)
+        have = wire.read_have(message, forks=self._speaks_evidence)
+        for author, seq, head in have.vector:
             known = self._peer.get(author)
             # The peer's first vector is the truth; later ones only move forward.
             if not self._peer_vector_complete or known is None or seq > known[0]:
                 self._peer[author] = (seq, head)
-            authors.append(author)
-        forked: list[bytes] = []
-        for entry in forks or ():
-            author, seq = _fork_entry(entry)
+        for author, seq in have.forks:
             _lower(self._peer_forks, author, seq)  # fork points only go down
-            forked.append(author)
         if self._peer_vector_complete:
-            for author in authors:
+            for author, _, _ in have.vector:
                 self._compare(author)
-            for author in forked:
+            for author, _ in have.forks:
                 self._compare_forks(author)
-        elif end:
+        elif have.end:
             self._peer_vector_complete = True
             for author in list(self._ours):
                 self._compare(author)
@@ -784,18 +728,8 @@ class SyncProtocol:
                 self._compare_forks(author)
 
     def _on_events(self, message: Message) -> None:
-        author, raws = message.get("author"), message.get("events")
-        if not isinstance(author, bytes) or len(author) != KEY_BYTES:
-            raise MalformedFrame("events: author must be 32 bytes")
-        if (
-            not isinstance(raws, list)
-            or not raws
-            or not all(isinstance(raw, bytes) for raw in raws)
-        ):
-            raise MalformedFrame("events: events must be a non-empty list of bytes")
-        size = sum(len(raw) for raw in raws)
-        if size > MAX_BATCH_BYTES:
-            raise FrameTooLarge(f"events batch of {size} bytes, limit {MAX_BATCH_BYTES}")
+        batch = wire.read_events(message)
+        author, raws, size = batch.author, batch.raws, batch.size
         if size > self._credit_in:
             raise CreditExceeded(
                 f"peer sent {size} event bytes with only {self._credit_in} granted"
@@ -821,13 +755,7 @@ class SyncProtocol:
 
     def _on_evidence(self, message: Message) -> None:
         """Two versions of one (author, seq), each checked on its own (§evidence)."""
-        raws = message.get("events")
-        if (
-            not isinstance(raws, list)
-            or len(raws) != 2
-            or not all(isinstance(raw, bytes) for raw in raws)
-        ):
-            raise MalformedFrame("evidence: events must be a list of two byte strings")
+        raws = wire.read_evidence(message)
         try:
             first, second = decode(raws[0]), decode(raws[1])
         except InvalidEvent as exc:
@@ -857,21 +785,15 @@ class SyncProtocol:
         self._compare_forks(author)  # we may know a lower point than the one just sent
 
     def _on_credit(self, message: Message) -> None:
-        size = message.get("bytes")
-        if type(size) is not int or not 1 <= size <= MAX_CREDIT_GRANT:
-            raise MalformedFrame(f"credit: bytes must be 1..{MAX_CREDIT_GRANT}")
+        size = wire.read_credit(message)
         if self._credit_out + size > MAX_CREDIT:
             raise MalformedFrame("credit: outstanding credit would pass 2^40 bytes")
         self._credit_out += size
         self._flush()
 
     def _on_error(self, message: Message) -> None:
-        code, reason = message.get("code"), message.get("reason", "")
-        if not isinstance(code, str) or not CODE_PATTERN.fullmatch(code):
-            raise MalformedFrame("error: code must be [a-z0-9-], 1..64 chars")
-        if not isinstance(reason, str):
-            raise MalformedFrame("error: reason must be a string")
-        self._error = RemoteError(reason[:MAX_REASON_CHARS], code=code)
+        code, reason = wire.read_error(message)
+        self._error = RemoteError(reason, code=code)
         self._queue.clear()
         self._backlog = 0
 
@@ -920,24 +842,13 @@ class SyncProtocol:
             batch, item.pos = item.raws[item.pos : end], end
             self._credit_out -= size
             self._backlog -= size
-            self._write({"t": EVENTS, "author": item.author, "events": batch})
+            self._write(wire.make_events(item.author, batch))
             if item.pos == len(item.raws):
                 self._queue.popleft()
         if self._bye_requested:
             self._bye_requested = False
             self._state = TRANSITIONS[self.role][self._state][SEND_BYE]
-            self._write({"t": BYE})
-
-
-def _pack(message: Message) -> bytes:
-    data: bytes = msgpack.packb(message, use_bin_type=True)
-    return data
-
-
-def _show(value: object) -> str:
-    """A short, safe rendering of a peer's value for an error reason."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+            self._write(wire.make_bye())
 
 
 def _advance(table: dict[bytes, tuple[int, bytes]], author: bytes, seq: int, head: bytes) -> None:
@@ -952,23 +863,6 @@ def _lower(table: dict[bytes, int], author: bytes, seq: int) -> None:
         table[author] = seq
 
 
-def _chunks(entries: list[list[object]]) -> list[list[list[object]]]:
-    return [entries[i : i + MAX_HAVE_ENTRIES] for i in range(0, len(entries), MAX_HAVE_ENTRIES)]
-
-
-def _fork_entry(entry: object) -> tuple[bytes, int]:
-    if isinstance(entry, list) and len(entry) == 2:
-        author, seq = entry
-        if (
-            isinstance(author, bytes)
-            and len(author) == KEY_BYTES
-            and type(seq) is int
-            and 1 <= seq < (1 << 64)
-        ):
-            return author, seq
-    raise MalformedFrame("have: each fork point is [author (32 bytes), seq >= 1]")
-
-
 def _fork_of(first: bytes, second: bytes) -> tuple[bytes, int]:
     """(author, seq) of two of our stored versions of one event, or a driver error."""
     try:
@@ -980,27 +874,12 @@ def _fork_of(first: bytes, second: bytes) -> tuple[bytes, int]:
     return a.author, a.seq
 
 
-def _have_entry(entry: object) -> tuple[bytes, int, bytes]:
-    if isinstance(entry, list) and len(entry) == 3:
-        author, seq, head = entry
-        if (
-            isinstance(author, bytes)
-            and len(author) == KEY_BYTES
-            and type(seq) is int
-            and 1 <= seq < (1 << 64)
-            and isinstance(head, bytes)
-            and len(head) == HASH_BYTES
-        ):
-            return author, seq, head
-    raise MalformedFrame("have: each entry is [author (32 bytes), seq >= 1, head (32 bytes)]")
-
-
 def _peek(raw: bytes) -> tuple[bytes, int]:
     """Author and seq of one of our own encoded events, without full verification."""
     try:
         fields = msgpack.unpackb(raw, raw=False)
         author, seq = fields["author"], fields["seq"]
-    except (*_UNPACK_ERRORS, KeyError):  # anything that is not an event map
+    except (*wire.UNPACK_ERRORS, KeyError):  # anything that is not an event map
         raise LocalProtocolError("send_events takes encoded events (Envelope.raw)") from None
     if not isinstance(author, bytes) or type(seq) is not int:
         raise LocalProtocolError("send_events takes encoded events (Envelope.raw)")

@@ -27,9 +27,9 @@ from websockets.protocol import State as WsState
 
 from eventlog.errors import InvalidEvent, StorageError
 from eventlog.events import Envelope
-from eventlog.store import Store
 from sync.errors import LocalProtocolError
 from sync.limits import CLOSE_TRY_AGAIN_LATER, DEFAULT_LIMITS, Limits, SessionGuard
+from sync.log import SyncLog
 from sync.protocol import (
     MAX_FRAME_BYTES,
     EventsWanted,
@@ -87,7 +87,7 @@ class Session:
         self,
         ws: Connection,
         protocol: SyncProtocol,
-        store: Store,
+        store: SyncLog,
         *,
         address: str,
         one_shot: bool = False,
@@ -461,7 +461,7 @@ class Session:
             await asyncio.wait_for(self.ws.close(), CLOSE_TIMEOUT)
 
 
-def make_protocol(role: Role, key: SigningKey, store: Store) -> SyncProtocol:
+def make_protocol(role: Role, key: SigningKey, store: SyncLog) -> SyncProtocol:
     return SyncProtocol(role, device_key=key, group_secret=store.group.secret, group=store.group.id)
 
 
@@ -494,7 +494,7 @@ def dial_problem(exc: BaseException) -> str:
 async def connect_session(
     address: str,
     key: SigningKey,
-    store: Store,
+    store: SyncLog,
     *,
     one_shot: bool = False,
     on_stored: Callable[[Session, Sequence[Envelope]], None] | None = None,
@@ -532,7 +532,7 @@ async def listen(
     host: str,
     port: int,
     key: SigningKey,
-    store: Store,
+    store: SyncLog,
     on_session: Callable[[Session], Awaitable[None]],
     on_stored: Callable[[Session, Sequence[Envelope]], None] | None = None,
     limits: Limits = DEFAULT_LIMITS,

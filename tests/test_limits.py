@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from sync.errors import CreditTimeout, HandshakeTimeout, RateLimited
@@ -127,16 +127,20 @@ class Flood:
     cost: int
     interval: float  # the peer's own pace between two frames
 
-    def run(self, max_frames: int) -> tuple[int, float, float | None]:
-        """Until the cut: (frames accounted, time of the cut, time of the first pause)."""
+    def run(self, max_frames: int) -> tuple[int, float, float | None, float | None]:
+        """Until the cut: (frames accounted, time of the cut, time of the first pause,
+        time of the first frame found over the limit before the cut)."""
         began = self.clock.now
         first_pause: float | None = None
+        first_over: float | None = None
         ready = began  # when the peer's next frame is on the wire
         for n in range(1, max_frames + 1):
             self.clock.now = max(self.clock.now, ready)
             verdict = self.limiter.account(100, events=self.cost)
             if verdict.code is not None:
-                return n, self.clock.now - began, first_pause
+                return n, self.clock.now - began, first_pause, first_over
+            if self.limiter.over and first_over is None:
+                first_over = self.clock.now - began
             if verdict.pause and first_pause is None:
                 first_pause = self.clock.now - began
             self.clock.advance(verdict.pause)
@@ -152,6 +156,9 @@ class Flood:
     per_frame=st.floats(0.0005, 0.2),
 )
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+# It failed once: the one frame over the limit before the cut owes 3 ms (carried, not
+# slept), and the peer's next frame, 117 ms later at its own pace, is past the grace.
+@example(rate=1059.0, burst_seconds=1.16796875, factor=1.5, grace=0.109375, per_frame=0.17578125)
 def test_a_flood_is_throttled_to_the_rate_then_cut_after_the_grace(
     rate: float, burst_seconds: float, factor: float, grace: float, per_frame: float
 ) -> None:
@@ -163,14 +170,25 @@ def test_a_flood_is_throttled_to_the_rate_then_cut_after_the_grace(
     flood = Flood(limiter, clock, cost, interval=cost / (rate * factor))
     # frames until the burst is spent, then ~rate/cost per second for the grace
     expected = burst / cost / (1 - 1 / factor) + (grace + 1) * rate / cost + 10
-    frames, cut_at, first_pause = flood.run(max_frames=int(expected * 2) + 100)
-    assert first_pause is not None, "cut without being throttled first"
+    frames, cut_at, first_pause, first_over = flood.run(max_frames=int(expected * 2) + 100)
+    assert first_over is not None, "cut without being found over the limit first"
     stats = limiter.stats
-    assert stats.throttled >= 1 and stats.pauses >= 1
+    assert stats.throttled == 1
+    if first_pause is None:
+        # Throttled without a sleep: a debt under MIN_PAUSE is carried to the next
+        # frame, not slept. That happens only when the stretch's first frame owed less
+        # than MIN_PAUSE and the peer's own pace put its next frame past the grace: the
+        # cut then comes at the same frame and time as if the debt had been slept.
+        assert stats.pauses == 0
+        assert flood.interval > grace
+        assert cut_at - first_over == pytest.approx(flood.interval, abs=1e-9)
+    else:
+        assert stats.pauses >= 1
+        assert first_over <= first_pause
     # the cut comes after the grace, counted from the first frame over the limit
     # (a debt under MIN_PAUSE is carried, not paused: the stretch may start earlier) ...
     assert grace < stats.over <= grace + cost / rate + MIN_PAUSE + 1e-6
-    assert cut_at - first_pause <= stats.over
+    assert cut_at - first_over == pytest.approx(stats.over, abs=1e-9)
     # ... which is soon after the burst is spent
     spent = burst / (rate * factor - rate)
     assert cut_at <= spent + grace + 2 * cost / rate + MIN_PAUSE + 1e-6
