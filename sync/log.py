@@ -7,22 +7,20 @@ keeps sync/ from leaning on the store's internals (its SQL, its hooks, its signe
 tests/conformance_sync_log.py is the behaviour behind the names: any implementation
 must pass it.
 
-``PeerBook`` is what the peer manager needs to remember peers. It is apart because the
-store is gaining those methods in parallel (issue 14); once they land, ``PeerRow``
-comes from eventlog.store and the two may merge.
+``PeerBook`` is what the peer manager needs besides: where it remembers peers (the
+``peers`` table, created and written by eventlog/store like every table of the log).
+A log that is only synced (a bundle's source, a test double) need not remember peers,
+so the two are apart.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from eventlog.events import Envelope
 from eventlog.identity import Group
-from eventlog.store import Head, ReceiveResult
-
-if TYPE_CHECKING:  # sync.peers imports the transport, which imports this module
-    from sync.peers import PeerRow
+from eventlog.store import Head, PeerRow, ReceiveResult
 
 
 class SyncLog(Protocol):
@@ -128,3 +126,7 @@ class PeerBook(Protocol):
     async def mark_peers_disconnected(self) -> None:
         """No session is open (the node starts or stops)."""
         ...
+
+
+class PeeredLog(SyncLog, PeerBook, Protocol):
+    """A log the peer manager both syncs and remembers its peers in: the node's store."""

@@ -34,7 +34,6 @@ from websockets.asyncio.server import Server
 
 from eventlog.events import Envelope
 from eventlog.store import PeerRow as PeerRow  # re-exported: it lived here
-from eventlog.store import Store
 from eventlog.store.peer import known_peers as known_peers  # re-exported, as PeerRow
 from sync.limits import (
     CREDIT_TIMEOUT,
@@ -44,6 +43,7 @@ from sync.limits import (
     ConnectionLimits,
     Limits,
 )
+from sync.log import PeeredLog
 from sync.transport import DialError, Session, connect_session, listen
 
 POLL_SECONDS = 0.2
@@ -72,7 +72,7 @@ class PeerManager:
 
     def __init__(
         self,
-        store: Store,
+        store: PeeredLog,
         key: SigningKey,
         *,
         say: Callable[[str], None] = lambda line: None,
