@@ -289,3 +289,13 @@ def test_conflict_flags_are_the_same_for_any_delivery_of_the_event_set(
 
     asyncio.run(check())
 
+
+async def test_the_demo_shows_an_item_defined_two_ways(tmp_path: Path) -> None:
+    from node.demo import run_demo
+
+    lines: list[str] = []
+    report = await run_demo(tmp_path, lines.append)
+    items = report["items"]
+    assert isinstance(items, dict)
+    assert items["rice"]["flags"] == ["conflicting-definitions"]
+    assert any("conflicting-definitions" in line for line in lines)
