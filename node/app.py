@@ -211,7 +211,7 @@ class Node:
         if entry is None:
             raise UsageError("that offer or need is not on this node's board")
         if entry["status"] != "open":
-            raise UsageError(f"that {entry['kind']} was withdrawn")
+            raise UsageError(f"that {entry['kind']} was {entry['status']}")  # withdrawn, met
 
     async def _check_claim_step(self, body: b.ClaimStep) -> None:
         claim = await self.store.read(lambda db: views.claim(db, body.claim))

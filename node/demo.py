@@ -1,8 +1,9 @@
 """``potluck demo``: two volunteers, one network, an outage, and the last cans of beans.
 
 Why a demo: the first thing a newcomer should see is the point of Potluck: two people
-who work offline make a conflicting promise, their nodes meet, and the conflict is shown
-to both, identically, instead of one of them silently winning. Everything here goes
+who work offline make a conflicting promise (and define the same item two ways), their
+nodes meet, and the conflict is shown to both, identically, instead of one of them
+silently winning. Everything here goes
 through the same Node API as the CLI, and the two nodes sync over a real websocket on
 127.0.0.1.
 """
@@ -61,6 +62,13 @@ async def run_demo(root: Path, say: Callable[[str], None]) -> dict[str, object]:
         await bo.post(
             b.NeedPosted(title="Baby formula", category="baby", quantity=4, urgency="urgent")
         )
+        say("Meanwhile Ana adds rice to the catalog counted in kg, and Bo in bags.")
+        for node, unit in ((ana, "kg"), (bo, "bag")):
+            await node.post(
+                b.ItemDefined(
+                    slug="rice", name="Rice", unit=unit, category="food", storage="ambient"
+                )
+            )
         say("The Wi-Fi comes back and the two laptops sync again.")
         moved = await sync(ana, bo)
         say(f"  {moved} events crossed.")
@@ -79,9 +87,23 @@ async def run_demo(root: Path, say: Callable[[str], None]) -> dict[str, object]:
                 f"{claim['status']}, flags {claim['flags']}"
             )
         say("Ana holds the cans, so she decides: confirm one claim, decline the other.")
+        items = await ana.store.read(lambda db: views.definitions(db, "items"))
+        rice = items["rice"]
+        versions = rice["versions"]
+        assert isinstance(versions, list)
+        say(
+            f"Rice is flagged {rice['flags']}: "
+            + ", ".join(f"{v['unit']} ({v['by_name']})" for v in versions)
+            + "; whoever defines it again, having seen both, settles it."
+        )
         digests = [await node.store.read(node.runner.digest) for node in (ana, bo)]
         say(f"Digest on Ana's node: {digests[0][:16]}…  on Bo's: {digests[1][:16]}…")
-        return {"board": board, "digests": digests, "nodes": [str(ana_dir), str(bo_dir)]}
+        return {
+            "board": board,
+            "items": items,
+            "digests": digests,
+            "nodes": [str(ana_dir), str(bo_dir)],
+        }
     finally:
         await ana.close()
         await bo.close()

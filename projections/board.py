@@ -1,4 +1,4 @@
-"""The board: open offers and needs, their claims, and the over-claims offline work made.
+"""The board: offers and needs, their claims, and the conflicts offline work made.
 
 Entity: one offer or need with all its claims (``board:<id hex>``), because whether a
 claim is covered depends on every other claim on the same target.
@@ -11,11 +11,20 @@ flagged ``needs-decision`` so the holder sees whom to confirm and whom to declin
 
 Claim steps: confirm/decline by the holder; release by the claimant; fulfil by either.
 From ``pending`` any step applies; from ``confirmed`` only release or fulfil; declined,
-released and fulfilled are final. A step that breaks these rules is ignored.
+released and fulfilled are final. A step that breaks these rules is ignored, but for one
+case: a release and a fulfilment made apart (neither had seen the other). A fulfilment
+is a fact about goods that changed hands, so the claim counts as fulfilled, whichever
+sorts first, and is flagged ``disputed`` with both steps kept.
+
+A claim still pending or confirmed when its target is withdrawn is flagged
+``target-withdrawn``, so its claimant is told. A need whose fulfilled claims cover its
+quantity (or, without a quantity, that has a fulfilled claim and none pending or
+confirmed) is ``met``: off the open board, still in its history.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 
 from eventlog import body as b
@@ -35,11 +44,13 @@ ACTIVE = ("pending", "confirmed", "fulfilled")
 
 # The state of an entity: {"post": [kind, author, hlc, title, category, item, quantity,
 # location, until, urgency] or None, "withdrawn": bool, "claims": {claim id: [claimant,
-# quantity, hlc, seq, status]}}. Lists, not maps of field names: a busy commit rewrites
+# quantity, hlc, seq, status, step, disputed]}}, where step is the step that set the
+# status and disputed the step made apart that it overruled, each [status, hlc, actor,
+# seq] or None (VERSION 3). Lists, not maps of field names: a busy commit rewrites
 # the states of hundreds of posts, and with names and hex ids they took twice the
 # pages (VERSION 2). The post's id is the entity's; a claim's author is its claimant.
 KIND, AUTHOR, HLC, TITLE, CATEGORY, ITEM, QUANTITY, LOCATION, UNTIL, URGENCY = range(10)
-CLAIMANT, AMOUNT, MADE_HLC, MADE_SEQ, STATUS = range(5)
+CLAIMANT, AMOUNT, MADE_HLC, MADE_SEQ, STATUS, STEP, DISPUTED = range(7)
 _STEP_STATUS = {
     "claim.confirmed": "confirmed",
     "claim.declined": "declined",
@@ -63,7 +74,7 @@ def entity_of(target: bytes) -> str:
 
 class Board:
     NAME = "board"
-    VERSION = 2  # 2: compact states
+    VERSION = 3  # 2: compact states; 3: disputed, target-withdrawn, met
     TYPES: frozenset[str] = frozenset(
         {
             "offer.posted",
@@ -108,6 +119,7 @@ class Board:
                 ("status", "TEXT"),
                 ("rank", "INTEGER"),
                 ("flags", "TEXT"),
+                ("steps", "TEXT"),
             ),
             ("id",),
             "target",
@@ -146,16 +158,19 @@ class Board:
             if isinstance(post, list) and post[AUTHOR] == event.author:
                 s["withdrawn"] = True
         elif isinstance(body, b.ClaimMade):
-            claims[event.hash] = [event.author, body.quantity, event.hlc, event.seq, "pending"]
+            claims[event.hash] = [
+                event.author,
+                body.quantity,
+                event.hlc,
+                event.seq,
+                "pending",
+                None,
+                None,
+            ]
         elif isinstance(body, b.ClaimStep):
             claim = claims.get(body.claim)
             if isinstance(claim, list):
-                _step(
-                    claim,
-                    event.body.TYPE,
-                    event.author,
-                    post[AUTHOR] if isinstance(post, list) else None,
-                )
+                _step(claim, event, post[AUTHOR] if isinstance(post, list) else None, causality)
         return s
 
     def fold(self, entity: str, events: Sequence[Event], causality: Causality) -> State | None:
@@ -175,6 +190,7 @@ class Board:
         )  # stable: by made
         claimed = sum(int(claim[AMOUNT]) for _, claim in ranked)
         over = isinstance(quantity, int) and claimed > quantity
+        withdrawn = bool(state["withdrawn"])
         flags_of: dict[bytes, list[str]] = {}
         rank_of: dict[bytes, int] = {}
         running = 0
@@ -185,6 +201,10 @@ class Board:
                 flags.append("over")
             if over and claim[STATUS] == "pending":
                 flags.append("needs-decision")
+            if claim[DISPUTED] is not None:
+                flags.append("disputed")
+            if withdrawn and claim[STATUS] != "fulfilled":
+                flags.append("target-withdrawn")
             rank_of[id_] = rank
             flags_of[id_] = flags
         post_id = bytes.fromhex(entity[len(_PREFIX) :])
@@ -198,6 +218,7 @@ class Board:
                 claim[STATUS],
                 rank_of.get(id_),
                 ",".join(flags_of.get(id_, [])),
+                _steps_text(claim),
             )
             for id_, claim in in_order
         ]
@@ -214,10 +235,17 @@ class Board:
             post[LOCATION],
             post[UNTIL],
             post[URGENCY],
-            "withdrawn" if state["withdrawn"] else "open",
+            "withdrawn" if withdrawn else "met" if _met(post, in_order) else "open",
             claimed,
             remaining,
-            "over-claimed" if over else "",
+            ",".join(
+                flag
+                for flag, on in (
+                    ("over-claimed", over),
+                    ("disputed", any(c[DISPUTED] is not None for _, c in in_order)),
+                )
+                if on
+            ),
         )
         return {"board_entries": [entry], "board_claims": claim_rows}
 
@@ -244,10 +272,22 @@ def _post(event: Event, body: b.OfferPosted | b.NeedPosted) -> list[object]:
     ]
 
 
-def _step(claim: list[object], type_: str, actor: bytes, holder: object) -> None:
-    new = _STEP_STATUS[type_]
-    if claim[STATUS] not in ALLOWED_FROM[new]:
-        return
+def _met(post: list[object], claims: Sequence[tuple[bytes, list[object]]]) -> bool:
+    """A need is met when fulfilled claims cover its quantity; one without a quantity,
+    when a claim was fulfilled and none is still pending or confirmed."""
+    if post[KIND] != "need":
+        return False
+    quantity = post[QUANTITY]
+    statuses = [claim[STATUS] for _, claim in claims]
+    if isinstance(quantity, int):
+        amounts = [c[AMOUNT] for _, c in claims if c[STATUS] == "fulfilled"]
+        return sum(a for a in amounts if isinstance(a, int)) >= quantity
+    return "fulfilled" in statuses and not {"pending", "confirmed"} & set(statuses)
+
+
+def _step(claim: list[object], event: Event, holder: object, causality: Causality) -> None:
+    new = _STEP_STATUS[event.body.TYPE]
+    actor = event.author
     by_holder = actor == holder
     by_claimant = actor == claim[CLAIMANT]
     allowed = {
@@ -256,5 +296,36 @@ def _step(claim: list[object], type_: str, actor: bytes, holder: object) -> None
         "released": by_claimant,
         "fulfilled": by_holder or by_claimant,
     }[new]
-    if allowed:
-        claim[STATUS] = new
+    if not allowed:
+        return
+    step = [new, event.hlc, actor, event.seq]
+    if claim[STATUS] in ALLOWED_FROM[new]:
+        claim[STATUS], claim[STEP] = new, step
+        return
+    last = claim[STEP]
+    if (
+        {claim[STATUS], new} == {"released", "fulfilled"}
+        and claim[DISPUTED] is None
+        and isinstance(last, list)
+        and not causality.happened_before(last[1:], event.ref)
+    ):  # a release and a fulfilment made apart: the fulfilment stands
+        if new == "fulfilled":
+            claim[STATUS], claim[STEP], claim[DISPUTED] = new, step, last
+        else:
+            claim[DISPUTED] = step
+
+
+def _steps_text(claim: list[object]) -> str:
+    """The step that set the claim's status, and the one it overruled when disputed, as
+    JSON [status, actor hex, hlc] in canonical order; '' for a pending claim."""
+    steps = sorted(
+        (step for step in (claim[STEP], claim[DISPUTED]) if isinstance(step, list)),
+        key=lambda step: ref_key(step[1:]),
+    )
+    if not steps:
+        return ""
+    listed = []
+    for status, hlc, actor, _ in steps:
+        assert isinstance(actor, bytes)
+        listed.append([status, actor.hex(), hlc])
+    return json.dumps(listed, separators=(",", ":"))

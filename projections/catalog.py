@@ -1,8 +1,10 @@
 """The catalog: members, items and locations, the names people choose and read.
 
-Entities: ``member:<author hex>``, ``item:<slug>``, ``location:<slug>``. Each is
-last-writer-wins in canonical order (hlc, author, seq): two people who define the same
-slug while apart both see the later definition everywhere once they meet.
+Entities: ``member:<author hex>``, ``item:<slug>``, ``location:<slug>``. The row shows
+the last definition in canonical order (hlc, author, seq), but two people who define
+the same slug differently while apart are not overruled by the clock: the row is
+flagged ``conflicting-definitions`` and keeps both versions until someone defines it
+again after seeing both (docs/events.md §definitions).
 """
 
 from __future__ import annotations
@@ -10,12 +12,26 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from eventlog import body as b
-from projections.fold import Causality, Event, Lookup, Row, State, Table, fold_by_apply
+from projections.fold import (
+    Causality,
+    Event,
+    Lookup,
+    Row,
+    State,
+    Table,
+    define,
+    fold_by_apply,
+    versions_text,
+)
+
+_DEFINITION = (("flags", "TEXT"), ("versions", "TEXT"))
+"""Columns of every defined thing: ``conflicting-definitions`` or '', and the
+versions that disagree (``fold.versions_text``)."""
 
 
 class Catalog:
     NAME = "catalog"
-    VERSION = 1
+    VERSION = 2  # 2: concurrent definitions are flagged, not overruled
     TYPES: frozenset[str] = frozenset({"member.joined", "item.defined", "location.defined"})
     TABLES: tuple[Table, ...] = (
         Table(
@@ -32,12 +48,16 @@ class Catalog:
                 ("unit", "TEXT"),
                 ("category", "TEXT"),
                 ("storage", "TEXT"),
+                *_DEFINITION,
             ),
             ("slug",),
             "slug",
         ),
         Table(
-            "locations", (("slug", "TEXT"), ("name", "TEXT"), ("kind", "TEXT")), ("slug",), "slug"
+            "locations",
+            (("slug", "TEXT"), ("name", "TEXT"), ("kind", "TEXT"), *_DEFINITION),
+            ("slug",),
+            "slug",
         ),
     )
 
@@ -55,18 +75,26 @@ class Catalog:
         self, entity: str, state: State | None, event: Event, causality: Causality
     ) -> State | None:
         body = event.body
-        row: Row
+        table = entity.split(":", 1)[0] + "s"
         if isinstance(body, b.MemberJoined):
             earlier = state["row"] if state else None
             joined = earlier[3] if isinstance(earlier, list) else event.hlc
-            row = (event.author, body.name, ",".join(body.languages or ()), joined)
-        elif isinstance(body, b.ItemDefined):
-            row = (body.slug, body.name, body.unit, body.category, body.storage)
+            row = [event.author, body.name, ",".join(body.languages or ()), joined]
+            return {"table": table, "row": row}
+        fields: list[object]
+        if isinstance(body, b.ItemDefined):
+            fields = [body.name, body.unit, body.category, body.storage]
         elif isinstance(body, b.LocationDefined):
-            row = (body.slug, body.name, body.kind)
+            fields = [body.name, body.kind]
         else:
             return state
-        return {"table": entity.split(":", 1)[0] + "s", "row": list(row)}
+        heads = state["heads"] if state else []
+        assert isinstance(heads, list)
+        return {
+            "table": table,
+            "row": [body.slug, *fields],
+            "heads": define(heads, event, fields, causality),
+        }
 
     def fold(self, entity: str, events: Sequence[Event], causality: Causality) -> State | None:
         return fold_by_apply(self, entity, events, causality)
@@ -74,4 +102,8 @@ class Catalog:
     def rows(self, entity: str, state: State) -> dict[str, list[Row]]:
         row = state["row"]
         assert isinstance(row, list)
+        heads = state.get("heads")
+        if isinstance(heads, list):
+            versions = versions_text(heads)
+            row = [*row, "conflicting-definitions" if versions else "", versions]
         return {str(state["table"]): [tuple(row)]}

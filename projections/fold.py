@@ -15,6 +15,7 @@ is itself a function of the event set.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -122,3 +123,44 @@ def ref_key(ref: Sequence[object]) -> Key:
     hlc, author, seq = ref
     assert isinstance(hlc, int) and isinstance(author, bytes) and isinstance(seq, int)
     return (hlc, author, seq)
+
+
+Head = list[object]
+"""One standing definition: [ref, fields] (``define``)."""
+
+
+def define(
+    heads: list[Head], event: Event, fields: list[object], causality: Causality
+) -> list[Head]:
+    """The definitions of one slug that stand after ``event`` defines it: a definition
+    replaces those it had seen; those it had not (made apart) stand beside it, so the
+    conflict is shown rather than settled by the clock (docs/events.md §definitions).
+    Folded in canonical order, no later definition is in an earlier one's past."""
+    kept = []
+    for head in heads:
+        ref = head[0]
+        assert isinstance(ref, list)
+        if not causality.happened_before(ref, event.ref):
+            kept.append(head)
+    kept.append([event.ref, fields])
+    return kept
+
+
+def conflicting(heads: Sequence[Head]) -> bool:
+    """True when the standing definitions disagree: the same fields defined apart twice
+    are no conflict."""
+    return len({repr(head[1]) for head in heads}) > 1
+
+
+def versions_text(heads: Sequence[Head]) -> str:
+    """The disagreeing definitions as the rows keep them: JSON [author hex, hlc, *fields]
+    in canonical order, or '' when they agree."""
+    if not conflicting(heads):
+        return ""
+    listed = []
+    for ref, fields in heads:
+        assert isinstance(ref, list) and isinstance(fields, list)
+        hlc, author = ref[0], ref[1]
+        assert isinstance(author, bytes)
+        listed.append([author.hex(), hlc, *fields])
+    return json.dumps(listed, separators=(",", ":"), ensure_ascii=False)

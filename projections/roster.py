@@ -8,7 +8,9 @@ apart both stay signed up; the shift is flagged ``over-filled`` and sign-ups bey
 slots, ranked by (hlc, author) of the sign-up, are flagged ``over``. A member who
 withdraws and signs up again goes to the back. Hours are what the member reported with
 ``shift.completed`` (the last report counts), booked to the ISO week of the shift's start.
-A role's definition is last-writer-wins in canonical order; so is each assignment.
+A role's definition shows the last in canonical order, flagged ``conflicting-definitions``
+with both versions while two made apart disagree (docs/events.md §definitions); each
+assignment is last-writer-wins in canonical order.
 """
 
 from __future__ import annotations
@@ -17,7 +19,18 @@ import datetime
 from collections.abc import Iterable, Sequence
 
 from eventlog import body as b
-from projections.fold import Causality, Event, Lookup, Row, State, Table, fold_by_apply, ref_key
+from projections.fold import (
+    Causality,
+    Event,
+    Lookup,
+    Row,
+    State,
+    Table,
+    define,
+    fold_by_apply,
+    ref_key,
+    versions_text,
+)
 
 
 def shift_entity(shift: bytes) -> str:
@@ -36,7 +49,7 @@ def iso_week(start: str) -> str:
 
 class Roster:
     NAME = "roster"
-    VERSION = 1
+    VERSION = 2  # 2: concurrent role definitions are flagged, not overruled
     TYPES: frozenset[str] = frozenset(
         {
             "shift.scheduled",
@@ -95,6 +108,8 @@ class Roster:
                 ("name", "TEXT"),
                 ("description", "TEXT"),
                 ("weekly_hours", "REAL"),
+                ("flags", "TEXT"),
+                ("versions", "TEXT"),
             ),
             ("slug",),
             "slug",
@@ -129,10 +144,16 @@ class Roster:
         body = event.body
         if entity.startswith("role:"):
             r: State = (
-                state if state is not None else {"slug": entity[5:], "def": None, "assigned": {}}
+                state
+                if state is not None
+                else {"slug": entity[5:], "def": None, "heads": [], "assigned": {}}
             )
             if isinstance(body, b.RoleDefined):
-                r["def"] = [body.name, body.description, body.weekly_hours]
+                fields: list[object] = [body.name, body.description, body.weekly_hours]
+                heads = r["heads"]
+                assert isinstance(heads, list)
+                r["def"] = fields
+                r["heads"] = define(heads, event, fields, causality)
             elif isinstance(body, b.RoleAssigned):
                 assigned = r["assigned"]
                 assert isinstance(assigned, dict)
@@ -216,5 +237,9 @@ def _role_rows(state: State) -> dict[str, list[Row]]:
         "role_assignments": [(slug, member, until) for member, until in sorted(assigned.values())],
     }
     if isinstance(definition, list):
-        rows["roles"] = [(slug, *definition)]
+        heads = state["heads"]
+        assert isinstance(heads, list)
+        versions = versions_text(heads)
+        flags = "conflicting-definitions" if versions else ""
+        rows["roles"] = [(slug, *definition, flags, versions)]
     return rows

@@ -9,6 +9,7 @@ are added here, at read time, because folds never read the clock.
 from __future__ import annotations
 
 import datetime
+import json
 import sqlite3
 from typing import TypedDict
 
@@ -81,6 +82,34 @@ def catalog(db: sqlite3.Connection) -> dict[str, list[dict[str, object]]]:
     return {"items": items, "locations": locations}
 
 
+_DEFINED_FIELDS = {
+    "items": ("name", "unit", "category", "storage"),
+    "locations": ("name", "kind"),
+    "roles": ("name", "description", "weekly_hours"),
+}
+
+
+def _versions(text: str | None, table: str, names: dict[bytes, str]) -> list[dict[str, object]]:
+    """The definitions made apart that disagree (``fold.versions_text``), each with its
+    fields, who defined it and when; [] when there is no conflict."""
+    listed: list[dict[str, object]] = []
+    for author, hlc, *fields in json.loads(text or "[]"):
+        version: dict[str, object] = dict(zip(_DEFINED_FIELDS[table], fields, strict=True))
+        version.update(by=author, by_name=names.get(bytes.fromhex(author)), defined=hlc_time(hlc))
+        listed.append(version)
+    return listed
+
+
+def definitions(db: sqlite3.Connection, table: str) -> dict[str, dict[str, object]]:
+    """Per slug of ``table`` (items, locations or roles): its ``flags``
+    (``conflicting-definitions``) and the ``versions`` that disagree."""
+    names = _names(db)
+    return {
+        slug: {"flags": _flags(flags), "versions": _versions(versions, table, names)}
+        for slug, flags, versions in db.execute(f"SELECT slug, flags, versions FROM {table}")
+    }
+
+
 def board_entry(db: sqlite3.Connection, id_: bytes) -> dict[str, object] | None:
     """The offer or need ``id_``: found through its entity, the rows' primary key."""
     row = db.execute(
@@ -108,12 +137,42 @@ def claim(db: sqlite3.Connection, id_: bytes) -> dict[str, object] | None:
     return {"status": row[0], "claimant": row[1], "holder": row[2], "kind": row[3]}
 
 
-def board(db: sqlite3.Connection) -> dict[str, list[dict[str, object]]]:
-    """Open offers and needs with their claims: the schema of ``potluck board --json``."""
+def _today() -> datetime.date:
+    return datetime.datetime.now(datetime.UTC).date()
+
+
+def _steps(text: str | None, names: dict[bytes, str]) -> list[dict[str, object]]:
+    """A claim's deciding steps (``board._steps_text``) as documents."""
+    return [
+        {
+            "step": step,
+            "by": actor,
+            "by_name": names.get(bytes.fromhex(actor)),
+            "at": hlc_time(hlc),
+        }
+        for step, actor, hlc in json.loads(text or "[]")
+    ]
+
+
+def _days_open(hlc: int, today: datetime.date) -> int:
+    posted = datetime.datetime.fromtimestamp(wall_ms(hlc) / 1000, tz=datetime.UTC).date()
+    return max((today - posted).days, 0)
+
+
+def board(
+    db: sqlite3.Connection, today: datetime.date | None = None
+) -> dict[str, list[dict[str, object]]]:
+    """Offers and needs with their claims: the schema of ``potluck board --json``.
+
+    ``offers`` and ``needs`` are the open ones; ``met`` the needs their fulfilled claims
+    cover; ``withdrawn`` the withdrawn posts that still hold claims not fulfilled
+    (flagged ``target-withdrawn``), so their claimants see them. ``days_open`` and
+    ``overdue`` depend on ``today`` (UTC by default), so they are decided here."""
+    today = today or _today()
     names = _names(db)
     claims: dict[bytes, list[dict[str, object]]] = {}
-    for cid, target, claimant, quantity, hlc, status, rank, flags in db.execute(
-        "SELECT id, target, claimant, quantity, hlc, status, rank, flags "
+    for cid, target, claimant, quantity, hlc, status, rank, flags, steps in db.execute(
+        "SELECT id, target, claimant, quantity, hlc, status, rank, flags, steps "
         "FROM board_claims ORDER BY hlc, claimant"
     ):
         claims.setdefault(target, []).append(
@@ -126,10 +185,15 @@ def board(db: sqlite3.Connection) -> dict[str, list[dict[str, object]]]:
                 "rank": rank,
                 "made": hlc_time(hlc),
                 "flags": _flags(flags),
+                "steps": _steps(steps, names),
             }
         )
-    offers: list[dict[str, object]] = []
-    needs: list[dict[str, object]] = []
+    lists: dict[str, list[dict[str, object]]] = {
+        "offers": [],
+        "needs": [],
+        "met": [],
+        "withdrawn": [],
+    }
     for (
         id_,
         kind,
@@ -142,13 +206,15 @@ def board(db: sqlite3.Connection) -> dict[str, list[dict[str, object]]]:
         location,
         until,
         urgency,
+        status,
         claimed,
         remaining,
         flags,
     ) in db.execute(
         "SELECT id, kind, author, hlc, title, category, item, quantity, location, "
-        "until, urgency, claimed, remaining, flags FROM board_entries "
-        "WHERE status = 'open' ORDER BY hlc DESC, id"
+        "until, urgency, status, claimed, remaining, flags FROM board_entries "
+        "WHERE status != 'withdrawn' OR id IN (SELECT target FROM board_claims "
+        "WHERE flags LIKE '%target-withdrawn%') ORDER BY hlc DESC, id"
     ):
         entry: dict[str, object] = {
             "id": id_.hex(),
@@ -163,20 +229,29 @@ def board(db: sqlite3.Connection) -> dict[str, list[dict[str, object]]]:
             "author_name": names.get(author),
             "posted": hlc_time(hlc),
             "claims": claims.get(id_, []),
+            "kind": kind,
+            "status": status,
         }
+        if status == "open":
+            entry["days_open"] = _days_open(hlc, today)
         if kind == "offer":
             entry.update(item=item, until=until)
-            offers.append(entry)
         else:
             entry.update(urgency=urgency, by=until)
-            needs.append(entry)
-    needs.sort(key=lambda n: _URGENCY_RANK.get(str(n["urgency"]), 1))  # stable: newest next
-    return {"offers": offers, "needs": needs}
+            if status == "open" and until is not None and until < today.isoformat():
+                entry["flags"] = [*_flags(flags), "overdue"]
+        if status != "open":
+            lists[str(status)].append(entry)
+        else:
+            lists["offers" if kind == "offer" else "needs"].append(entry)
+    lists["needs"].sort(key=lambda n: _URGENCY_RANK.get(str(n["urgency"]), 1))  # stable
+    return lists
 
 
 def inventory(db: sqlite3.Connection, today: datetime.date) -> dict[str, list[dict[str, object]]]:
     """Stock per item and location: the schema of ``potluck inventory --json``."""
     horizon = (today + datetime.timedelta(days=EXPIRING_DAYS)).isoformat()
+    items, locations = definitions(db, "items"), definitions(db, "locations")
     rows: list[dict[str, object]] = []
     for item, location, on_hand, expires, flags in db.execute(
         "SELECT i.item, i.location, i.on_hand, i.expires, i.flags FROM inventory i "
@@ -185,6 +260,12 @@ def inventory(db: sqlite3.Connection, today: datetime.date) -> dict[str, list[di
         all_flags = _flags(flags)
         if expires is not None and on_hand > 0 and expires <= horizon:
             all_flags.append("expired" if expires < today.isoformat() else "expiring")
+        versions = {
+            "item": items.get(item, {}).get("versions", []),
+            "location": locations.get(location, {}).get("versions", []),
+        }
+        if any(versions.values()):
+            all_flags.append("conflicting-definitions")
         rows.append(
             {
                 "item": item,
@@ -192,6 +273,7 @@ def inventory(db: sqlite3.Connection, today: datetime.date) -> dict[str, list[di
                 "on_hand": on_hand,
                 "expires": expires,
                 "flags": all_flags,
+                "versions": versions,
             }
         )
     return {"rows": rows}
@@ -253,8 +335,8 @@ def roster(db: sqlite3.Connection, week: str | None) -> dict[str, list[dict[str,
         assigned.setdefault(role, []).append(
             {"key": member.hex(), "name": names.get(member), "until": until}
         )
-    for slug, name, description, weekly_hours in db.execute(
-        "SELECT slug, name, description, weekly_hours FROM roles ORDER BY slug"
+    for slug, name, description, weekly_hours, flags, versions in db.execute(
+        "SELECT slug, name, description, weekly_hours, flags, versions FROM roles ORDER BY slug"
     ):
         roles.append(
             {
@@ -263,6 +345,8 @@ def roster(db: sqlite3.Connection, week: str | None) -> dict[str, list[dict[str,
                 "description": description,
                 "weekly_hours": weekly_hours,
                 "members": assigned.get(slug, []),
+                "flags": _flags(flags),
+                "versions": _versions(versions, "roles", names),
             }
         )
     return {"shifts": shifts, "hours": hours, "roles": roles}

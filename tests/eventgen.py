@@ -203,7 +203,8 @@ KINDS = (
     "sync",
     "sync",
 )
-"""Operation kinds; repeats make a kind more frequent when drawn uniformly."""
+"""Operation kinds; repeats make a kind more frequent when drawn uniformly. Not drawn
+here: ``settle`` (a release or fulfilment, for tests/test_conflicts.py)."""
 
 Op = tuple[str, int, int, int]
 """(kind, actor, x, y): the actor is an author's index, x and y pick among choices."""
@@ -387,6 +388,14 @@ class Network:
             else:
                 step = STEPS[y % 4]
             return [(step, {"claim": claim.hash})]
+        if kind == "settle":  # the last word each side may have: release or fulfil
+            claims = peer.known("claim.made")
+            if not claims:
+                return []
+            claim = claims[x % len(claims)]
+            if peer.author == claim.author and y % 2:
+                return [("claim.released", {"claim": claim.hash})]
+            return [("claim.fulfilled", {"claim": claim.hash})]
         if kind == "shift":
             start = STARTS[y % 3]
             end = start[:11] + f"{int(start[11:13]) + 2:02d}" + start[13:]

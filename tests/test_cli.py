@@ -203,8 +203,10 @@ def test_json_of_a_creating_command_is_its_id_and_type(walk: Walk) -> None:
 
 def test_board_json_has_the_documented_schema_and_claim_states(walk: Walk) -> None:
     data = as_json(walk.dir, "board")
-    assert set(data) == {"offers", "needs"}
+    assert set(data) == {"offers", "needs", "met", "withdrawn"}
+    assert (data["met"], data["withdrawn"]) == ([], [])
     for entry in [*data["offers"], *data["needs"]]:
+        assert entry["status"] == "open" and isinstance(entry["days_open"], int)
         for key, kind in (
             ("id", str),
             ("title", str),
@@ -270,6 +272,7 @@ def test_inventory_json_adds_a_negative_delta_after_a_count_and_flags_expiry(wal
                 "on_hand": 7,
                 "expires": walk.expires,
                 "flags": ["expiring"],
+                "versions": {"item": [], "location": []},
             }
         ]
     }

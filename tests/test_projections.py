@@ -754,6 +754,8 @@ async def test_a_role_is_defined_and_assigned_and_the_last_word_wins(
             "name": "Driver",
             "description": "Picks up donations",
             "weekly_hours": 4.0,
+            "flags": "",
+            "versions": "",
         }
     ]
     assert await kiosk.rows("role_assignments") == [
@@ -815,6 +817,8 @@ async def test_item_and_location_definitions_are_last_writer_wins(
             "unit": "bag",
             "category": "grains",
             "storage": "ambient",
+            "flags": "",  # Bo had seen Ann's definition: no conflict
+            "versions": "",
         }
     ]
     locations = {r["slug"]: (r["name"], r["kind"]) for r in await kiosk.rows("locations")}

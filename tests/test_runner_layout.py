@@ -208,7 +208,7 @@ async def test_board_states_of_version_1_are_rebuilt_into_the_compact_ones(tmp_p
     after = await reopened(data_dir)
 
     assert PROBE not in after.meta, "board 1's states must be rebuilt"
-    assert after.meta["board"] == Board.VERSION == 2
+    assert after.meta["board"] == Board.VERSION == 3
     assert after.digest == digest and after.offer_found
     with sqlite3.connect(data_dir / LOG_FILE) as db:
         [(packed,)] = db.execute(

@@ -93,9 +93,13 @@ def whoami(info: dict[str, object]) -> None:
 
 
 def board(data: dict[str, Rows]) -> None:
-    """Offers, then needs, each followed by its claims, indented."""
-    for kind in ("offers", "needs"):
-        table = _table(kind.capitalize(), ("id", "title", "qty", "claimed", "left", "flags"))
+    """Offers, then needs, each followed by its claims, indented; then withdrawn posts
+    that still hold claims (flagged ``target-withdrawn``) when there are any."""
+    columns = ("id", "title", "qty", "claimed", "left", "days", "flags")
+    for kind in ("offers", "needs", "withdrawn"):
+        if kind == "withdrawn" and not data.get(kind):
+            continue
+        table = _table(kind.capitalize(), columns)
         for entry in data[kind]:
             _add(
                 table,
@@ -104,6 +108,7 @@ def board(data: dict[str, Rows]) -> None:
                 _text(entry["quantity"]),
                 str(entry["claimed"]),
                 _text(entry["remaining"]),
+                _text(entry.get("days_open")),
                 _flag_text(entry["flags"]),
             )
             claims = entry["claims"]
@@ -115,6 +120,7 @@ def board(data: dict[str, Rows]) -> None:
                     f"  claim by {c['claimant_name']}",
                     str(c["quantity"]),
                     c["status"],
+                    "",
                     "",
                     _flag_text(c["flags"]),
                 )

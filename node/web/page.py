@@ -122,7 +122,7 @@ def _who(t: Translator, key: object, name: object, me: str) -> str:
 
 async def board_view(node: Node, t: Translator, now: datetime.datetime) -> dict[str, Any]:
     def read(db: sqlite3.Connection) -> tuple[int, dict[str, list[Row]], dict[str, list[Row]]]:
-        return last_id(db), views.board(db), catalog(db)
+        return last_id(db), views.board(db, now.astimezone(datetime.UTC).date()), catalog(db)
 
     live_id, data, cat = await node.store.read(read)
     me = node.author.hex()
@@ -130,10 +130,12 @@ async def board_view(node: Node, t: Translator, now: datetime.datetime) -> dict[
     today = now.astimezone().date()
     needs = [_entry(t, e, "need", me, places, now, today) for e in data["needs"]]
     offers = [_entry(t, e, "offer", me, places, now, today) for e in data["offers"]]
+    withdrawn = [_entry(t, e, str(e["kind"]), me, places, now, today) for e in data["withdrawn"]]
     return {
         "live_id": live_id,
         "needs": needs,
         "offers": offers,
+        "withdrawn": withdrawn,
         "items": cat["items"],
         "locations": cat["locations"],
     }
@@ -192,6 +194,10 @@ def _entry(
         "claims": claims,
         "active_claims": [c for c in claims if c["active"]],
         "can_claim": not mine,
+        "open_for": t.plural("board.days_open", int(e["days_open"]))
+        if e.get("days_open") is not None
+        else None,
+        "flags": [t(f"board.flag.{f}") for f in e["flags"] if f != "over-claimed"],
     }
 
 
@@ -213,6 +219,16 @@ def _claim(t: Translator, c: Row, holder: object, me: str) -> Row:
         "status": status,
         "status_label": t(f"claim.status.{status}"),
         "flags": [t(f"claim.flag.{f}") for f in c["flags"]],
+        "steps": [
+            t(
+                "claim.step_by",
+                step=t(f"claim.status.{s['step']}"),
+                name=_who(t, s["by"], s["by_name"], me),
+            )
+            for s in c["steps"]
+        ]
+        if "disputed" in c["flags"]
+        else [],
         "needs_decision": "needs-decision" in c["flags"],
         "active": status in ("pending", "confirmed", "fulfilled"),
         "actions": actions,
@@ -249,6 +265,7 @@ async def inventory_view(node: Node, t: Translator, today: datetime.date) -> dic
                 ),
                 "expires": t.date_text(row["expires"], today) if row["expires"] else "",
                 "flags": [{"flag": f, "label": t(f"flag.{f}")} for f in flags],
+                "versions": _versions_text(t, row["versions"]),
                 "warn": bool(flags),
             }
         )
@@ -272,6 +289,16 @@ async def inventory_view(node: Node, t: Translator, today: datetime.date) -> dic
     }
 
 
+def _versions_text(t: Translator, versions: dict[str, list[Row]]) -> str | None:
+    """The definitions made apart of a stock row's item and location, in a sentence."""
+    listed = [
+        ", ".join(str(v[f]) for f in ("name", "unit", "kind") if f in v) + f" ({v['by_name']})"
+        for kind in ("item", "location")
+        for v in versions.get(kind, [])
+    ]
+    return t("definition.versions", versions="; ".join(listed)) if listed else None
+
+
 # -- roster --------------------------------------------------------------------------
 
 
@@ -283,6 +310,7 @@ async def roster_view(node: Node, t: Translator, week: str, today: datetime.date
     me = node.author.hex()
     places = _names(cat["locations"])
     roles = {str(r["slug"]): str(r["name"]) for r in data["roles"]}
+    conflicting = {str(r["slug"]) for r in data["roles"] if r["flags"]}
     year, number = (int(part) for part in week.split("-W"))
     monday = datetime.date.fromisocalendar(year, number, 1)
     days: list[Row] = [
@@ -308,6 +336,9 @@ async def roster_view(node: Node, t: Translator, week: str, today: datetime.date
         shift = {
             "id": s["id"],
             "role": roles.get(str(s["role"]), s["role"]),
+            "role_flag": t("flag.conflicting-definitions")
+            if str(s["role"]) in conflicting
+            else None,
             "where": places.get(str(s["location"]), s["location"]),
             "time": t("roster.time", start=start.strftime("%H:%M"), end=end_text),
             "filled": t("roster.filled", filled=filled, slots=slots),
