@@ -11,13 +11,22 @@ from __future__ import annotations
 import datetime
 import json
 import sqlite3
-from typing import TypedDict
+from collections.abc import Callable
+from typing import TypedDict, TypeVar, overload
 
 from eventlog import body as b
 from eventlog.clock import wall_ms
 from projections.board import entity_of
 from projections.roster import iso_week
-from projections.runner import ENTITY_COLUMN, NUMBER_OF, number_of, stored_event
+from projections.runner import (
+    ENTITY_COLUMN,
+    NUMBER_OF,
+    number_of,
+    stored_event,
+)
+from projections.runner import (
+    folded_through as folded_through,  # re-exported: how far the pages are folded
+)
 
 EXPIRING_DAYS = 3
 _URGENCY_RANK = {"urgent": 0, "normal": 1, "low": 2}
@@ -350,3 +359,25 @@ def roster(db: sqlite3.Connection, week: str | None) -> dict[str, list[dict[str,
             }
         )
     return {"shifts": shifts, "hours": hours, "roles": roles}
+
+
+A = TypeVar("A")
+B = TypeVar("B")
+C = TypeVar("C")
+View = Callable[[sqlite3.Connection], A]
+"""A read of the projections: what ``Store.read`` runs on the database thread."""
+
+
+@overload
+def together(first: View[A], second: View[B], /) -> View[tuple[A, B]]: ...
+@overload
+def together(first: View[A], second: View[B], third: View[C], /) -> View[tuple[A, B, C]]: ...
+def together(*views: View[object]) -> View[tuple[object, ...]]:
+    """One read of several views, in one transaction: a page shows them from the same
+    moment of the log. Callers hand the result to ``Store.read``; they never hold the
+    connection (docs/architecture.md §house)."""
+
+    def read(db: sqlite3.Connection) -> tuple[object, ...]:
+        return tuple(view(db) for view in views)
+
+    return read

@@ -419,7 +419,7 @@ class Web:
 
     async def _open_entry(self, hex_id: str) -> Mapping[str, object]:
         id_ = _entity_id(hex_id)
-        entry = await self.node.store.read(lambda db: views.board_entry(db, id_))
+        entry = await self.node.store.read(functools.partial(views.board_entry, id_=id_))
         if entry is None or entry["status"] != "open":
             raise FormInvalid({"": Message("error.gone_entry")})
         return entry
@@ -469,7 +469,7 @@ class Web:
         id_ = _entity_id(hex_id)
 
         async def build(fields: f.Fields, known: f.Known) -> b.BaseBody:
-            claim = await self.node.store.read(lambda db: views.claim(db, id_))
+            claim = await self.node.store.read(functools.partial(views.claim, id_=id_))
             if claim is None:
                 raise FormInvalid({"": Message("error.gone_claim")})
             assert step is not None

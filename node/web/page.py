@@ -10,8 +10,8 @@ only names it, sorts it for reading and says which buttons this member may press
 from __future__ import annotations
 
 import datetime
+import functools
 import inspect
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 from node.app import Node
 from node.web.form import Known
 from node.web.i18n import EN, Message, Translator
-from projections import runner, views
+from projections import views
 from projections.board import ALLOWED_FROM
 from projections.roster import iso_week
 
@@ -64,31 +64,26 @@ _LABELS = {("assign", "until"): "field.role_until"}
 # -- reads the views do not have yet ----------------------------------------------
 
 
-def catalog(db: sqlite3.Connection) -> dict[str, list[Row]]:
-    """Items and locations with their names; the views only list their slugs."""
-    return views.catalog(db)
+def _rows(view: dict[str, list[dict[str, object]]]) -> dict[str, list[Row]]:
+    """A view's lists of rows, as the templates take them (values of any type)."""
+    return {name: list(rows) for name, rows in view.items()}
 
 
-def last_id(db: sqlite3.Connection) -> int:
-    """How far the projections the pages show are folded, as the log's arrival counter:
-    what the live feed compares (node/web/feed.py). Not the log's newest event: during
-    a large sync the projector folds behind the log, and a page redrawn when an event
-    was stored but not yet folded would wait for the next event to show it."""
-    return runner.folded_through(db)
+last_id = views.folded_through
+"""How far the projections the pages show are folded, as the log's arrival counter:
+what the live feed compares (node/web/feed.py). Not the log's newest event: during a
+large sync the projector folds behind the log, and a page redrawn when an event was
+stored but not yet folded would wait for the next event to show it."""
 
 
 async def known(node: Node) -> Known:
-    def read(db: sqlite3.Connection) -> Known:
-        slugs = views.known_slugs(db)
-        members = frozenset(m["key"] for m in views.members(db))
-        return Known(
-            items=frozenset(slugs["items"]),
-            locations=frozenset(slugs["locations"]),
-            roles=frozenset(slugs["roles"]),
-            members=members,
-        )
-
-    return await node.store.read(read)
+    slugs, members = await node.store.read(views.together(views.known_slugs, views.members))
+    return Known(
+        items=frozenset(slugs["items"]),
+        locations=frozenset(slugs["locations"]),
+        roles=frozenset(slugs["roles"]),
+        members=frozenset(m["key"] for m in members),
+    )
 
 
 def current_week(today: datetime.date) -> str:
@@ -121,10 +116,11 @@ def _who(t: Translator, key: object, name: object, me: str) -> str:
 
 
 async def board_view(node: Node, t: Translator, now: datetime.datetime) -> dict[str, Any]:
-    def read(db: sqlite3.Connection) -> tuple[int, dict[str, list[Row]], dict[str, list[Row]]]:
-        return last_id(db), views.board(db, now.astimezone(datetime.UTC).date()), catalog(db)
+    today = now.astimezone(datetime.UTC).date()
+    read = views.together(last_id, functools.partial(views.board, today=today), views.catalog)
 
-    live_id, data, cat = await node.store.read(read)
+    live_id, view, catalog = await node.store.read(read)
+    data, cat = _rows(view), _rows(catalog)
     me = node.author.hex()
     places = _names(cat["locations"])
     today = now.astimezone().date()
@@ -239,10 +235,10 @@ def _claim(t: Translator, c: Row, holder: object, me: str) -> Row:
 
 
 async def inventory_view(node: Node, t: Translator, today: datetime.date) -> dict[str, Any]:
-    def read(db: sqlite3.Connection) -> tuple[int, dict[str, list[Row]], dict[str, list[Row]]]:
-        return last_id(db), views.inventory(db, today), catalog(db)
+    read = views.together(last_id, functools.partial(views.inventory, today=today), views.catalog)
 
-    live_id, data, cat = await node.store.read(read)
+    live_id, view, catalog = await node.store.read(read)
+    data, cat = _rows(view), _rows(catalog)
     items = {str(i["slug"]): i for i in cat["items"]}
     places = _names(cat["locations"])
     groups: dict[str, list[Row]] = {}
@@ -303,10 +299,10 @@ def _versions_text(t: Translator, versions: dict[str, list[Row]]) -> str | None:
 
 
 async def roster_view(node: Node, t: Translator, week: str, today: datetime.date) -> dict[str, Any]:
-    def read(db: sqlite3.Connection) -> tuple[int, dict[str, list[Row]], dict[str, list[Row]]]:
-        return last_id(db), views.roster(db, week), catalog(db)
+    read = views.together(last_id, functools.partial(views.roster, week=week), views.catalog)
 
-    live_id, data, cat = await node.store.read(read)
+    live_id, view, catalog = await node.store.read(read)
+    data, cat = _rows(view), _rows(catalog)
     me = node.author.hex()
     places = _names(cat["locations"])
     roles = {str(r["slug"]): str(r["name"]) for r in data["roles"]}
@@ -389,10 +385,10 @@ async def roster_view(node: Node, t: Translator, week: str, today: datetime.date
 async def people_view(node: Node, t: Translator, today: datetime.date) -> dict[str, Any]:
     week = current_week(today)
 
-    def read(db: sqlite3.Connection) -> tuple[int, list[views.Member], dict[str, list[Row]]]:
-        return last_id(db), views.members(db), views.roster(db, week)
+    read = views.together(last_id, views.members, functools.partial(views.roster, week=week))
 
-    live_id, members, roster = await node.store.read(read)
+    live_id, members, roster_view = await node.store.read(read)
+    roster = _rows(roster_view)
     me = node.author.hex()
     held: dict[str, list[str]] = {}
     roles = []
@@ -444,8 +440,7 @@ async def people_view(node: Node, t: Translator, today: datetime.date) -> dict[s
 
 
 async def sync_view(node: Node, t: Translator, now: datetime.datetime) -> dict[str, Any]:
-    def read(db: sqlite3.Connection) -> tuple[int, list[views.Member]]:
-        return last_id(db), views.members(db)
+    read = views.together(last_id, views.members)
 
     live_id, members = await node.store.read(read)
     me = next((m for m in members if m["key"] == node.author.hex()), None)
