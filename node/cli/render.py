@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -66,14 +67,72 @@ def _text(value: object) -> str:
 
 
 def _flag_text(flags: object) -> str:
-    return ", ".join(flags) if isinstance(flags, list) else ""
+    """One flag a line: a narrow column wraps between flags, never inside one."""
+    return "\n".join(flags) if isinstance(flags, list) else ""
 
 
 def _table(title: str, columns: tuple[str, ...]) -> Table:
-    table = Table(title=title, title_justify="left")
+    """A table that fits the terminal (or $COLUMNS, else 80): no frame at the sides,
+    columns of dates, times, ids and numbers never cut (``no_wrap``), text wrapped at
+    spaces instead (issue 19, item 8)."""
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     for column in columns:
-        table.add_column(column)
+        fixed = column in _FIXED
+        table.add_column(
+            column,
+            no_wrap=fixed,
+            overflow="fold",
+            min_width=_FIXED.get(column),
+            justify="right" if column in _NUMBERS else "left",
+        )
     return table
+
+
+_FIXED = {
+    "id": 8,
+    "until": 10,
+    "by": 10,
+    "expires": 10,
+    "when": 16,
+    "week": 8,
+    "last seen": 20,
+    "urgency": 6,
+    "filled": 6,
+    "claimed": 7,
+    "left": 4,
+    "hours": 5,
+    "on hand": 7,
+}
+"""Columns cut by nothing: their least width (a date's ten characters) is kept."""
+_NUMBERS = frozenset({"claimed", "left", "filled", "hours", "behind", "ahead"})
+
+
+def _named(names: dict[str, dict[str, dict[str, object]]], table: str, slug: object) -> str:
+    """The name people gave a slug, else the slug."""
+    if slug is None:
+        return ""
+    found = names.get(table, {}).get(str(slug))
+    return str(found["name"]) if found and found.get("name") else str(slug)
+
+
+def _posted_by(entry: dict[str, object], names: dict[str, dict[str, dict[str, object]]]) -> str:
+    """``Ana, at Church pantry``: who posted it and where, the line under its title."""
+    who = str(entry.get("author_name") or short(str(entry.get("author", ""))))
+    where = entry.get("location")
+    return who + (f", at {_named(names, 'locations', where)}" if where else "")
+
+
+def _amounts(entry: dict[str, object]) -> str:
+    """``3/10`` claimed of the quantity, or the claimed count alone."""
+    quantity = entry.get("quantity")
+    return f"{entry['claimed']}/{quantity}" if quantity is not None else str(entry["claimed"])
 
 
 def whoami(info: dict[str, object]) -> None:
@@ -92,17 +151,26 @@ def whoami(info: dict[str, object]) -> None:
         )
 
 
-def board(data: dict[str, Rows]) -> None:
-    """Offers, then needs, each followed by its claims, indented."""
+def board(data: dict[str, Rows], names: dict[str, dict[str, dict[str, object]]]) -> None:
+    """Offers, then needs (most urgent first): title with who posted it and where, the
+    date it is good until or needed by, urgency, claimed of quantity, what is left;
+    under each post one row per claim, indented."""
     for kind in ("offers", "needs"):
-        table = _table(kind.capitalize(), ("id", "title", "qty", "claimed", "left", "flags"))
+        offers = kind == "offers"
+        columns: tuple[str, ...] = ("id", kind[:-1], "until" if offers else "by")
+        columns += () if offers else ("urgency",)
+        columns += ("claimed", "left", "flags")
+        table = _table(kind.capitalize(), columns)
         for entry in data[kind]:
+            date = entry.get("until") if offers else entry.get("by")
+            urgency = () if offers else (str(entry.get("urgency", "")),)
             _add(
                 table,
                 short(str(entry["id"])),
-                str(entry["title"]),
-                _text(entry["quantity"]),
-                str(entry["claimed"]),
+                f"{entry['title']}\n  {_posted_by(entry, names)}",
+                _text(date),
+                *urgency,
+                _amounts(entry),
                 _text(entry["remaining"]),
                 _flag_text(entry["flags"]),
             )
@@ -111,45 +179,56 @@ def board(data: dict[str, Rows]) -> None:
             for c in claims:
                 _add(
                     table,
-                    "  " + short(c["id"]),
-                    f"  claim by {c['claimant_name']}",
+                    short(c["id"]),
+                    f"  claim by {c['claimant_name']}: {c['status']}",
+                    "",
+                    *(("",) if not offers else ()),
                     str(c["quantity"]),
-                    c["status"],
                     "",
                     _flag_text(c["flags"]),
                 )
         _console.print(table)
 
 
-def inventory(data: dict[str, Rows]) -> None:
-    table = _table("Inventory", ("location", "item", "on hand", "expires", "flags"))
+def inventory(data: dict[str, Rows], names: dict[str, dict[str, dict[str, object]]]) -> None:
+    """Stock per place and item, by name (the slug, which commands take, in brackets),
+    with its unit."""
+    table = _table("Inventory", ("where", "item", "on hand", "expires", "flags"))
     for row in data["rows"]:
+        item = names.get("items", {}).get(str(row["item"]))
+        unit = f" {item['unit']}" if item else ""
         _add(
             table,
-            str(row["location"]),
-            str(row["item"]),
-            str(row["on_hand"]),
+            f"{_named(names, 'locations', row['location'])} ({row['location']})",
+            f"{_named(names, 'items', row['item'])} ({row['item']})",
+            f"{row['on_hand']}{unit}",
             _text(row["expires"]),
             _flag_text(row["flags"]),
         )
     _console.print(table)
 
 
-def roster(data: dict[str, Rows]) -> None:
+def _when(start: str, end: str) -> str:
+    """``2026-03-02 09:00`` over ``to 12:00`` (the end's date only when it differs)."""
+    first = start.replace("T", " ", 1)
+    last = end[11:] if end[:10] == start[:10] else end.replace("T", " ", 1)
+    return f"{first}\nto {last}"
+
+
+def roster(data: dict[str, Rows], names: dict[str, dict[str, dict[str, object]]]) -> None:
     """The shifts with who fills them, then the hours per person per week."""
-    table = _table("Shifts", ("id", "role", "where", "start", "end", "filled", "people", "flags"))
+    table = _table("Shifts", ("id", "shift", "when", "filled", "people", "flags"))
     for s in data["shifts"]:
         members = s["members"]
         assert isinstance(members, list)
         _add(
             table,
             short(str(s["id"])),
-            str(s["role"]),
-            str(s["location"]),
-            str(s["start"]),
-            str(s["end"]),
+            f"{_named(names, 'roles', s['role'])}\n  at "
+            + _named(names, "locations", s["location"]),
+            _when(str(s["start"]), str(s["end"])),
             f"{s['filled']}/{s['slots']}",
-            ", ".join(str(m["name"]) for m in members),
+            "\n".join(str(m["name"]) for m in members),
             _flag_text(s["flags"]),
         )
     _console.print(table)
