@@ -38,7 +38,7 @@ def with_node(action: Callable[[Node], Awaitable[T]]) -> T:
     """Open the node of ``--data-dir``, run ``action``, close it."""
 
     async def run() -> T:
-        node = await Node.open(data_dir())
+        node = await Node.open(data_dir(), render.busy)
         try:
             return await action(node)
         finally:

@@ -6,13 +6,20 @@ the commands only fetch and hand over the same data their ``--json`` prints.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import re
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import click
 from rich import box
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sync.bundle import BundleInfo, ImportResult
@@ -270,6 +277,9 @@ def synced(report: dict[str, object]) -> None:
         f"Synced with {who} at {report['address']}: received {report['received']} "
         f"events, sent {report['sent']}."
     )
+    changes = report.get("changes")
+    if isinstance(changes, dict):
+        changed(changes)
     if report["held_future"]:
         echo(
             f"Held {report['held_future']} events stamped more than 24 hours ahead of "
@@ -282,6 +292,34 @@ def synced(report: dict[str, object]) -> None:
             f"{report['evidence_in']}, sent {report['evidence_out']}. Their events "
             "from there on are left out of the board; 'potluck whoami' names them."
         )
+
+
+def changed(changes: dict[str, Rows]) -> None:
+    """What a sync brought, this member's decisions first: ``Needs your decision:
+    "Canned beans" (your offer) is over-claimed.``, then other new flags, then the
+    posts new on the board and those that left it."""
+    flags = changes.get("new_flags", [])
+    yours = [f for f in flags if f["yours"]]
+    others = [f for f in flags if not f["yours"]]
+    for f in yours:
+        echo(f"Needs your decision: {_flagged(f)}")
+    for f in others:
+        echo(f"New on the board: {_flagged(f)}")
+    for post in changes.get("new_posts", []):
+        urgency = f"{post['urgency']} " if post.get("urgency") not in (None, "normal") else ""
+        amount = f"{post['quantity']} " if post.get("quantity") else ""
+        echo(f'New {urgency}{post["kind"]}: {amount}"{post["title"]}" from {post["author_name"]}.')
+    for post in changes.get("closed_posts", []):
+        echo(f'Off the board now: {post["kind"]} "{post["title"]}" from {post["author_name"]}.')
+    if not flags and not changes.get("new_posts") and not changes.get("closed_posts"):
+        echo("Nothing new on the board, roster or inventory.")
+
+
+def _flagged(thing: dict[str, object]) -> str:
+    """``the offer "Canned beans" is over-claimed.``"""
+    what = thing["what"]
+    title = f'"{thing["title"]}"' if what in ("offer", "need") else str(thing["title"])
+    return f"{'the ' + str(what) + ' ' if what != 'claim' else ''}{title}: {thing['flag']}."
 
 
 def bundle_exported(file: Path, info: BundleInfo) -> None:
@@ -310,3 +348,61 @@ def bundle_imported(result: ImportResult) -> None:
         )
     for reason in result.reasons:
         echo(f"  refused: {reason}")
+
+
+PROGRESS_AFTER = "POTLUCK_PROGRESS_AFTER"
+"""Seconds a step runs before its progress is shown (default 2): quick steps stay quiet."""
+LINE_EVERY = 5.0
+"""Seconds between progress lines when standard error is no terminal (a log)."""
+Poll = Callable[[], tuple[int, int | None]]
+"""How far a step is: (done, total or None when not known)."""
+
+
+@contextlib.asynccontextmanager
+async def busy(what: str, poll: Poll | None = None, unit: str = "events") -> AsyncIterator[None]:
+    """Show that ``what`` is under way once it has taken PROGRESS_AFTER seconds, on
+    standard error (standard output stays the command's result): a progress bar on a
+    terminal, else a line every LINE_EVERY seconds and one when it ends (issue 19,
+    item 12). ``poll`` gives how far it is; without it only the time is shown."""
+    after = float(os.environ.get(PROGRESS_AFTER) or 2)
+    started = time.monotonic()
+    shown: list[bool] = []
+    ticker = asyncio.create_task(_tick(what, poll, unit, after, shown))
+    try:
+        yield
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        if shown and not sys.stderr.isatty():
+            echo(f"{what}: done in {time.monotonic() - started:.0f} s.", err=True)
+
+
+async def _tick(what: str, poll: Poll | None, unit: str, after: float, shown: list[bool]) -> None:
+    await asyncio.sleep(after)
+    shown.append(True)
+    started = time.monotonic() - after
+    if not sys.stderr.isatty():
+        while True:
+            done, total = poll() if poll else (0, None)
+            so_far = (
+                f"{done:,} of {total:,} {unit}, "
+                if total
+                else (f"{done:,} {unit} so far, " if poll else "")
+            )
+            echo(f"{what}: {so_far}{time.monotonic() - started:.0f} s", err=True)
+            await asyncio.sleep(LINE_EVERY)
+    bar = Progress(
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}" + (f" {unit}" if poll else "")),
+        TimeElapsedColumn(),
+        console=Console(stderr=True, markup=False, emoji=False, highlight=False),
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task(plain(what), total=None)
+        while True:
+            done, total = poll() if poll else (0, None)
+            bar.update(task, completed=done, total=total)
+            await asyncio.sleep(0.2)
