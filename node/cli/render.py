@@ -295,16 +295,20 @@ def synced(report: dict[str, object]) -> None:
 
 
 def changed(changes: dict[str, Rows]) -> None:
-    """What a sync brought, this member's decisions first: ``Needs your decision:
-    "Canned beans" (your offer) is over-claimed.``, then other new flags, then the
-    posts new on the board and those that left it."""
+    """What a sync brought, this member's decisions first (``Needs your decision: the
+    offer "Canned beans": over-claimed.``), one line per thing with all its new flags,
+    then the other new flags, the posts new on the board and those that left it."""
     flags = changes.get("new_flags", [])
-    yours = [f for f in flags if f["yours"]]
-    others = [f for f in flags if not f["yours"]]
-    for f in yours:
-        echo(f"Needs your decision: {_flagged(f)}")
-    for f in others:
-        echo(f"New on the board: {_flagged(f)}")
+    grouped: dict[tuple[object, object, object], list[str]] = {}
+    for f in flags:  # one line per thing, with all its new flags
+        grouped.setdefault((f["what"], f["id"], f["title"]), []).append(str(f["flag"]))
+    yours = {(f["what"], f["id"], f["title"]) for f in flags if f["yours"]}
+    for mine in (True, False):
+        for key, names in grouped.items():
+            if (key in yours) == mine:
+                what, _, title = key
+                said = _flagged(what, title, names)
+                echo(f"Needs your decision: {said}" if mine else f"New on the board: {said}")
     for post in changes.get("new_posts", []):
         urgency = f"{post['urgency']} " if post.get("urgency") not in (None, "normal") else ""
         amount = f"{post['quantity']} " if post.get("quantity") else ""
@@ -315,11 +319,10 @@ def changed(changes: dict[str, Rows]) -> None:
         echo("Nothing new on the board, roster or inventory.")
 
 
-def _flagged(thing: dict[str, object]) -> str:
-    """``the offer "Canned beans" is over-claimed.``"""
-    what = thing["what"]
-    title = f'"{thing["title"]}"' if what in ("offer", "need") else str(thing["title"])
-    return f"{'the ' + str(what) + ' ' if what != 'claim' else ''}{title}: {thing['flag']}."
+def _flagged(what: object, title: object, flags: list[str]) -> str:
+    """``the offer "Canned beans": over-claimed.``"""
+    quoted = f'"{title}"' if what in ("offer", "need") else str(title)
+    return f"{'the ' + str(what) + ' ' if what != 'claim' else ''}{quoted}: {', '.join(flags)}."
 
 
 def bundle_exported(file: Path, info: BundleInfo) -> None:
