@@ -215,6 +215,18 @@ def test_every_table_fits_80_columns_without_cutting_a_date(
         assert text in out, f"{text!r} missing or cut in 'potluck {command}':\n{out}"
 
 
+@pytest.mark.parametrize("command", ["board", "inventory", "roster", "peers"])
+def test_a_narrower_terminal_leaves_out_columns_rather_than_cut_dates(
+    crowded: Path, command: str
+) -> None:
+    out = potluck(crowded, command, env=clean_env(COLUMNS="60")).stdout
+    for line in out.splitlines():
+        assert len(line) <= 60, f"{command}: {len(line)} columns: {line!r}"
+    assert "…" not in out
+    dates = re.findall(r"\b\d{4}-\d[\d-]*", out)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d", d) for d in dates), dates
+
+
 # -- 9: forgiving input -------------------------------------------------------------
 
 

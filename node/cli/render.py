@@ -118,6 +118,40 @@ _FIXED = {
     "on hand": 7,
 }
 """Columns cut by nothing: their least width (a date's ten characters) is kept."""
+_TEXT_WIDTH = {"flags": 14}
+"""The least width a wrapped column is given when choosing columns ("needs-decision")."""
+_TEXT_LEAST = 12
+
+
+class _Fitted:
+    """A table with the columns that fit the width: ``optional`` ones (least needed
+    first) are left out, in turn, while the rest would not fit; a row is given
+    every column's cell and keeps those of the columns kept."""
+
+    def __init__(self, title: str, columns: tuple[str, ...], optional: tuple[str, ...] = ()):
+        kept = list(columns)
+        for column in optional:
+            if _least(kept) <= _console.width:
+                break
+            kept.remove(column)
+        self.columns = columns
+        self.kept = frozenset(kept)
+        self.table = _table(title, tuple(kept))
+
+    def add(self, *cells: object) -> None:
+        _add(
+            self.table,
+            *(cell for name, cell in zip(self.columns, cells, strict=True) if name in self.kept),
+        )
+
+
+def _least(columns: list[str]) -> int:
+    """The width ``columns`` need at least: fixed ones whole, text ones a few words."""
+    return sum(_FIXED.get(c, _TEXT_WIDTH.get(c, _TEXT_LEAST)) for c in columns) + 2 * (
+        len(columns) - 1
+    )
+
+
 _NUMBERS = frozenset({"claimed", "left", "filled", "hours", "behind", "ahead"})
 
 
@@ -167,12 +201,11 @@ def board(data: dict[str, Rows], names: dict[str, dict[str, dict[str, object]]])
         columns: tuple[str, ...] = ("id", kind[:-1], "until" if offers else "by")
         columns += () if offers else ("urgency",)
         columns += ("claimed", "left", "flags")
-        table = _table(kind.capitalize(), columns)
+        fitted = _Fitted(kind.capitalize(), columns, ("claimed", "until" if offers else "by"))
         for entry in data[kind]:
             date = entry.get("until") if offers else entry.get("by")
             urgency = () if offers else (str(entry.get("urgency", "")),)
-            _add(
-                table,
+            fitted.add(
                 short(str(entry["id"])),
                 f"{entry['title']}\n  {_posted_by(entry, names)}",
                 _text(date),
@@ -184,17 +217,17 @@ def board(data: dict[str, Rows], names: dict[str, dict[str, dict[str, object]]])
             claims = entry["claims"]
             assert isinstance(claims, list)
             for c in claims:
-                _add(
-                    table,
+                fitted.add(
                     short(c["id"]),
-                    f"  claim by {c['claimant_name']}: {c['status']}",
+                    f"  {c['claimant_name']} {'claims' if offers else 'pledges'} "
+                    f"{c['quantity']}: {c['status']}",
                     "",
                     *(("",) if not offers else ()),
-                    str(c["quantity"]),
+                    "",
                     "",
                     _flag_text(c["flags"]),
                 )
-        _console.print(table)
+        _console.print(fitted.table)
 
 
 def inventory(data: dict[str, Rows], names: dict[str, dict[str, dict[str, object]]]) -> None:
@@ -224,12 +257,11 @@ def _when(start: str, end: str) -> str:
 
 def roster(data: dict[str, Rows], names: dict[str, dict[str, dict[str, object]]]) -> None:
     """The shifts with who fills them, then the hours per person per week."""
-    table = _table("Shifts", ("id", "shift", "when", "filled", "people", "flags"))
+    fitted = _Fitted("Shifts", ("id", "shift", "when", "filled", "people", "flags"), ("filled",))
     for s in data["shifts"]:
         members = s["members"]
         assert isinstance(members, list)
-        _add(
-            table,
+        fitted.add(
             short(str(s["id"])),
             f"{_named(names, 'roles', s['role'])}\n  at "
             + _named(names, "locations", s["location"]),
@@ -238,7 +270,7 @@ def roster(data: dict[str, Rows], names: dict[str, dict[str, dict[str, object]]]
             "\n".join(str(m["name"]) for m in members),
             _flag_text(s["flags"]),
         )
-    _console.print(table)
+    _console.print(fitted.table)
     hours = _table("Hours", ("week", "who", "hours"))
     for h in data["hours"]:
         _add(hours, str(h["week"]), str(h["name"]), f"{h['hours']:g}")
@@ -252,13 +284,14 @@ def log(entries: Rows) -> None:
 
 
 def peers(rows: Rows) -> None:
-    table = _table(
-        "Peers", ("who", "address", "found", "connected", "last seen", "behind", "ahead")
+    fitted = _Fitted(
+        "Peers",
+        ("who", "address", "found", "connected", "last seen", "behind", "ahead"),
+        ("found", "ahead", "behind"),
     )
     for r in rows:
         who = r["name"] or (short(str(r["key"])) if r["key"] else "")
-        _add(
-            table,
+        fitted.add(
             str(who),
             str(r["address"]),
             str(r["found"]),
@@ -267,7 +300,7 @@ def peers(rows: Rows) -> None:
             _text(r["behind"]),
             _text(r["ahead"]),
         )
-    _console.print(table)
+    _console.print(fitted.table)
 
 
 def synced(report: dict[str, object]) -> None:
