@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import click
 import ifaddr
@@ -38,6 +39,7 @@ from eventlog.identity import (
     tighten,
 )
 from eventlog.store import Store
+from node.port import first_free
 from projections import projector, views
 from projections.board import ALLOWED_FROM
 from projections.runner import Runner
@@ -45,7 +47,7 @@ from sync import invite
 from sync.discovery import Discovery, interfaces_for
 from sync.peers import PeerManager
 from sync.protocol import State
-from sync.transport import DialError, connect_session, parse_address
+from sync.transport import DialError, Session, connect_session, parse_address
 
 DEFAULT_PORT = 7717
 
@@ -87,16 +89,21 @@ class Node:
         return self.store.group
 
     @classmethod
-    async def open(cls, data_dir: Path) -> Node:
+    async def open(cls, data_dir: Path, busy: Busy | None = None) -> Node:
+        """Open the node of ``data_dir``; ``busy`` shows the progress of a long rebuild
+        or catch-up on the way (the CLI's progress bar)."""
         key = load_device_key(data_dir)
         group = load_group(data_dir)
         loose = tighten(data_dir)  # before the log is opened: it holds the group's events
         if loose:
             log.info("made readable by this user only: %s", ", ".join(loose))
-        return await cls._start(data_dir, key, group)
+        return await cls._start(data_dir, key, group, busy or quiet)
 
     @classmethod
-    async def _start(cls, data_dir: Path, key: SigningKey, group: Group) -> Node:
+    async def _start(
+        cls, data_dir: Path, key: SigningKey, group: Group, busy: Busy | None = None
+    ) -> Node:
+        busy = busy or quiet
         gc_tuning.tune()
         store = await Store.open(data_dir / LOG_FILE, group)
         runner = Runner()
@@ -105,8 +112,9 @@ class Node:
             if not await store.read(runner.ready):
                 stale = await store.write(runner.setup)
                 if stale:
-                    await store.write(runner.rebuild)
-            await _catch_up(store, runner)  # stopped while a projector was behind
+                    async with busy("Rebuilding the tables after an upgrade"):
+                        await store.write(runner.rebuild)
+            await _catch_up(store, runner, busy)  # stopped while a projector was behind
         except BaseException:
             await store.close()
             raise
@@ -173,9 +181,9 @@ class Node:
         if self._projector is not None:
             self._projector.wake()
 
-    async def catch_up(self) -> int:
+    async def catch_up(self, busy: Busy | None = None) -> int:
         """Fold here what the log holds beyond the projections; how many events."""
-        return await _catch_up(self.store, self.runner)
+        return await _catch_up(self.store, self.runner, busy)
 
     # -- writing -------------------------------------------------------------------
 
@@ -271,8 +279,11 @@ class Node:
     async def names(self) -> dict[bytes, str]:
         return {bytes.fromhex(m["key"]): m["name"] for m in await self.store.read(views.members)}
 
-    async def sync_once(self, address: str) -> dict[str, object]:
-        """Catch up both ways with the node at ``address``, then close: ``potluck sync``."""
+    async def sync_once(
+        self, address: str, on_session: Callable[[Session], None] | None = None
+    ) -> dict[str, object]:
+        """Catch up both ways with the node at ``address``, then close: ``potluck sync``.
+        ``on_session`` sees the session before it runs (to show its progress)."""
         host, port = _address(address)
         async with self.folding_behind():
             try:
@@ -281,8 +292,15 @@ class Node:
                 )
             except DialError as exc:
                 raise UsageError(str(exc)) from None
+            if on_session is not None:
+                on_session(session)
             await session.run()
         key = session.peer_key
+        if key == self.author:  # its own serve: nothing to exchange, and not a peer
+            raise UsageError(
+                f"{address} is this node itself (its own 'potluck serve'): sync with "
+                "another member's node"
+            )
         if session.error is not None or session.protocol.state != State.CLOSED:
             raise UsageError(f"sync with {address} failed: {session.error or 'connection lost'}")
         return {
@@ -329,10 +347,12 @@ class Node:
         stop: asyncio.Event,
         say: Callable[[str], None],
         discover: bool = False,
+        listen_tries: int = 1,
     ) -> None:
         """Run sessions until ``stop`` is set: listen, dial ``peers``, push, relay; with
         ``discover`` (on in ``potluck serve``), also advertise this node on the local
-        network and dial the group's nodes found there (docs/discovery.md)."""
+        network and dial the group's nodes found there (docs/discovery.md). With
+        ``listen_tries`` > 1, a taken port gives way to the next free one (said)."""
         names: dict[bytes, str] = await self.names()
 
         def refresh() -> None:
@@ -345,6 +365,11 @@ class Node:
         manager = PeerManager(self.store, self.key, say=say, name_of=names.get)
         self.peer_manager = manager
         host, port = _address(listen) if listen else (None, None)
+        if host is not None and port:  # before the manager starts anything
+            free = first_free(host, port, tries=listen_tries)
+            if free != port:
+                say(f"port {port} is taken (another node on this computer?): using {free}")
+                port = free
         try:
             bound = await manager.start(host, port)
         except OSError as exc:
@@ -407,6 +432,7 @@ class Node:
         """Known and connected peers: the schema of ``potluck peers --json``."""
         names = await self.names()
         rows = await self.store.known_peers()
+        rows = [r for r in rows if r.key != self.author]  # a sync with itself, refused
         return [
             {
                 "address": r.remote if r.address.startswith("inbound:") else r.address,
@@ -433,18 +459,39 @@ def local_addresses() -> list[str]:
     return found
 
 
-async def _catch_up(store: Store, runner: Runner) -> int:
+async def _catch_up(store: Store, runner: Runner, busy: Busy | None = None) -> int:
     """Fold the backlog as it stands, ``projector.CHUNK`` events a transaction: a
     ``serve`` writing beside this waits for one chunk at most, never for all of it,
     and what arrives meanwhile is its projector's to fold."""
     backlog = await store.read(runner.behind)
     folded = 0
-    while folded < backlog:
-        step = await store.write(functools.partial(runner.catch_up, limit=projector.CHUNK))
-        if step <= 0:
-            break
-        folded += step
+    if not backlog:
+        return 0
+    async with (busy or quiet)("Folding events into the tables", lambda: (folded, backlog)):
+        while folded < backlog:
+            step = await store.write(functools.partial(runner.catch_up, limit=projector.CHUNK))
+            if step <= 0:
+                break
+            folded += step
     return folded
+
+
+Poll = Callable[[], tuple[int, int | None]]
+"""How far a long step is: (done, total or None when it is not known)."""
+
+
+class Busy(Protocol):
+    """Shows the progress of a step that may take long, while inside (render.busy)."""
+
+    def __call__(
+        self, what: str, poll: Poll | None = None, unit: str = "events"
+    ) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+
+@contextlib.asynccontextmanager
+async def quiet(what: str, poll: Poll | None = None, unit: str = "events") -> AsyncIterator[None]:
+    """A ``Busy`` that shows nothing: the web page and tests open nodes without one."""
+    yield
 
 
 def _address(text: str) -> tuple[str, int]:

@@ -30,6 +30,9 @@ def potluck_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "POTLUCK_HOME"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
+    # progress lines (stderr, after 2 s) only where a test asks for them: on a loaded
+    # machine a plain open could take 2 s and break a test that wants stderr empty
+    env.setdefault("POTLUCK_PROGRESS_AFTER", "600")
     env.update(extra)
     return env
 

@@ -7,6 +7,7 @@ transaction per write; a created thing's id alone on the last line; ``--json`` a
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -14,8 +15,9 @@ from typing import TypeVar
 import click
 
 from eventlog import body as b
+from eventlog.errors import UsageError
 from node.app import Node, default_data_dir
-from node.cli import render
+from node.cli import phrase, render
 
 T = TypeVar("T")
 EXIT_USAGE = 2
@@ -36,7 +38,7 @@ def with_node(action: Callable[[Node], Awaitable[T]]) -> T:
     """Open the node of ``--data-dir``, run ``action``, close it."""
 
     async def run() -> T:
-        node = await Node.open(data_dir())
+        node = await Node.open(data_dir(), render.busy)
         try:
             return await action(node)
         finally:
@@ -69,20 +71,96 @@ def created(what: str, id_: str, summary: str, as_json: bool) -> None:
     render.echo(id_)
 
 
-def post(body: b.BaseBody) -> str:
-    """Append ``body`` as this node's next event; return the new event's id (hex)."""
+Describe = Callable[[sqlite3.Connection, b.BaseBody], str]
+"""Words for what a written body did, read from the projections right after it."""
 
-    async def run(node: Node) -> str:
-        return (await node.post(body)).hash.hex()
+
+def act(
+    build: b.BaseBody | Callable[[Node], Awaitable[b.BaseBody]], describe: Describe
+) -> tuple[str, str]:
+    """Append a body (or build one, resolving what it names, then append it) and describe
+    what it did in the words of ``phrase``: (the new event's id, the sentence)."""
+
+    async def run(node: Node) -> tuple[str, str]:
+        body = build if isinstance(build, b.BaseBody) else await build(node)
+        envelope = await node.post(body)
+        text = await node.store.read(lambda db: describe(db, body))
+        return envelope.hash.hex(), text
 
     return with_node(run)
 
 
-def post_ref(build: Callable[[bytes], b.BaseBody], prefix: str, types: Sequence[str]) -> str:
-    """Resolve ``prefix`` to an entity id, build the body with it and append it."""
+def act_on(
+    build: Callable[[bytes], b.BaseBody], prefix: str, types: Sequence[str], describe: Describe
+) -> tuple[str, str]:
+    """``act`` on the entity whose id starts with ``prefix``."""
 
-    async def run(node: Node) -> str:
-        target = await node.resolve(prefix, types)
-        return (await node.post(build(target))).hash.hex()
+    async def resolved(node: Node) -> b.BaseBody:
+        return build(await node.resolve(prefix, types))
 
-    return with_node(run)
+    return act(resolved, describe)
+
+
+def define(
+    what: str,
+    slug: str,
+    given: dict[str, object | None],
+    defaults: dict[str, object],
+    make: Callable[[dict[str, object]], b.BaseBody],
+) -> str:
+    """Define an item, location or role, or change a defined one (issue 19, item 10):
+    a field left out (None in ``given``) keeps its current value, else takes its
+    default, else is asked for. Returns the sentence saying which it was."""
+    table = what + "s"
+
+    async def run(node: Node) -> tuple[phrase.Row | None, dict[str, object]]:
+        before = await node.store.read(lambda db: phrase.definition(db, table, slug))
+        fields: dict[str, object] = {}
+        for key, value in given.items():
+            if value is not None:
+                fields[key] = value
+            elif before is not None and before.get(key) is not None:
+                fields[key] = before[key]
+            elif key in defaults:
+                fields[key] = defaults[key]
+            else:
+                option = "--" + key.replace("_", "-")
+                raise UsageError(f"a new {what} needs {option} (there is no {what} '{slug}' yet)")
+        await node.post(make(fields))
+        return before, fields
+
+    before, fields = with_node(run)
+    if before is None:
+        return f"New {what} {slug}: {_fields_text(fields)}."
+    changed = [k for k in fields if fields[k] != before.get(k)]
+    kept = [k for k in fields if k not in changed]
+    if not changed:
+        return f"The {what} {slug} was already defined so: nothing changed."
+    return (
+        f"Changed the existing {what} {slug}: "
+        + ", ".join(_change_text(k, before.get(k), fields[k]) for k in changed)
+        + (f"; kept its {', '.join(_label(k) for k in kept)}" if kept else "")
+        + "."
+    )
+
+
+def _label(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def _value_text(key: str, value: object) -> str:
+    if key == "description":
+        return "(none)" if not value else f"{len(str(value))} characters"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return f'"{value}"' if key == "name" else str(value)
+
+
+def _change_text(key: str, old: object, new: object) -> str:
+    return f"{_label(key)} {_value_text(key, old)} -> {_value_text(key, new)}"
+
+
+def _fields_text(fields: dict[str, object]) -> str:
+    return ", ".join(
+        f"{_label(k)} {_value_text(k, v)}" for k, v in fields.items() if k != "description"
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,12 +16,20 @@ import click
 
 from eventlog.identity import write_private
 from node.app import Node
-from node.cli import render
+from node.cli import change, render
 from node.cli.common import json_option, print_json, with_node
-from sync.bundle import export_bundle, import_bundle, read_vector_file, write_vector_file
+from node.port import TRIES, bind
+from sync.bundle import (
+    ImportResult,
+    export_bundle,
+    import_bundle,
+    read_vector_file,
+    write_vector_file,
+)
 
 if TYPE_CHECKING:
     from node.web.server import UiServer
+    from sync.transport import Session
 
 
 @click.command()
@@ -54,7 +63,12 @@ if TYPE_CHECKING:
     help="Neither advertise this node nor look for the group's nodes on the local network (mDNS).",
 )
 def serve(listen: str, peers: tuple[str, ...], ui: str, no_ui: bool, no_discovery: bool) -> None:
-    """Run this node: accept peers, dial known ones, push and relay events live."""
+    """Run this node: accept peers, dial known ones, push and relay events live.
+
+    A web page port that is taken gives way to the next free one, and so does the sync
+    port unless --listen was given (others may dial that one by number)."""
+    source = click.get_current_context().get_parameter_source("listen")
+    listen_given = source is not click.core.ParameterSource.DEFAULT
 
     def say(line: str) -> None:
         stamp = datetime.datetime.now().strftime("%H:%M:%S")
@@ -65,11 +79,20 @@ def serve(listen: str, peers: tuple[str, ...], ui: str, no_ui: bool, no_discover
         loop = asyncio.get_running_loop()
         for signame in ("SIGINT", "SIGTERM"):
             loop.add_signal_handler(getattr(signal, signame), stop.set)
-        page = None if no_ui else _web_server(node, ui, say)
-        page_task = asyncio.create_task(page.serve()) if page is not None else None
+        page, sock = (None, None) if no_ui else _web_server(node, ui, say)
+        page_task = (
+            asyncio.create_task(page.serve(sockets=[sock]))
+            if page is not None and sock is not None
+            else None
+        )
         try:
             await node.serve(
-                listen=listen, peers=peers, stop=stop, say=say, discover=not no_discovery
+                listen=listen,
+                peers=peers,
+                stop=stop,
+                say=say,
+                discover=not no_discovery,
+                listen_tries=1 if listen_given else TRIES,
             )
         finally:
             if page is not None and page_task is not None:
@@ -84,14 +107,21 @@ LOGIN_FILE = "web-login.txt"
 """Where ``serve`` writes the web page's login link when standard output is no terminal."""
 
 
-def _web_server(node: Node, address: str, say: Callable[[str], None]) -> UiServer:
-    """The web page of ``serve --ui``, with an access token unless it is only on loopback."""
+def _web_server(
+    node: Node, address: str, say: Callable[[str], None]
+) -> tuple[UiServer, socket.socket]:
+    """The web page of ``serve --ui``, with an access token unless it is only on
+    loopback, and the socket it listens on: the asked port or the next free one."""
     from node.web import create_server, new_token
     from node.web.server import is_loopback, parse_address
 
-    host, port = parse_address(address)
+    host, asked = parse_address(address)
     token = None if is_loopback(host) else new_token()
-    page = create_server(node, host, port, token=token, peer_vectors=node.peer_vectors)
+    page = create_server(node, host, asked, token=token, peer_vectors=node.peer_vectors)
+    sock = bind(host, asked)
+    port = sock.getsockname()[1]
+    if port != asked and asked:
+        say(f"port {asked} is taken (another node's web page?): using {port}")
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     if token is None:
         say(f"web page on http://{shown}:{port}/")
@@ -108,15 +138,29 @@ def _web_server(node: Node, address: str, say: Callable[[str], None]) -> UiServe
             f"web page on http://{shown}:{port}/ : the login link (valid until serve "
             f"stops) is in {where}, readable by you only"
         )
-    return page
+    return page, sock
 
 
 @click.command("sync")
 @click.argument("address", metavar="HOST:PORT")
 @json_option
 def sync_command(address: str, as_json: bool) -> None:
-    """Catch up both ways with one node, then exit."""
-    report = with_node(lambda node: node.sync_once(address))
+    """Catch up both ways with one node, then exit; say what changed on the board."""
+
+    async def run(node: Node) -> dict[str, object]:
+        before = await node.store.read(lambda db: change.snapshot(db, node.author))
+        sessions: list[Session] = []
+
+        def moved() -> tuple[int, int | None]:
+            stats = sessions[0].stats if sessions else None
+            return (stats.events_in + stats.events_out, None) if stats else (0, None)
+
+        async with render.busy(f"Syncing with {address}", moved):
+            report = await node.sync_once(address, on_session=sessions.append)
+        after = await node.store.read(lambda db: change.snapshot(db, node.author))
+        return {**report, "changes": change.compare(before, after)}
+
+    report = with_node(run)
     if as_json:
         print_json(report)
         return
@@ -173,7 +217,12 @@ def bundle_export(file: Path, since_file: Path | None, as_json: bool) -> None:
 @json_option
 def bundle_import(file: Path, as_json: bool) -> None:
     """Add the events of a bundle FILE to this node (checked like any peer's)."""
-    result = with_node(lambda node: import_bundle(node.store, file))
+
+    async def run(node: Node) -> ImportResult:
+        async with render.busy(f"Importing {file.name}"):
+            return await import_bundle(node.store, file)
+
+    result = with_node(run)
     if as_json:
         print_json(
             {

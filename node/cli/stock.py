@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import sqlite3
 
 import click
 
 from eventlog import body as b
-from node.cli import render
-from node.cli.common import created, json_option, post, print_json, with_node
+from node.cli import phrase, render
+from node.cli.argument import DATE, slug_and_name
+from node.cli.common import act, created, define, json_option, print_json, with_node
 from projections import views
 
 
@@ -19,13 +21,21 @@ def location() -> None:
 
 @location.command("add")
 @click.argument("slug")
-@click.argument("name")
-@click.option("--kind", type=click.Choice(b.LOCATION_KINDS), default="other", show_default=True)
+@click.argument("name", required=False)
+@click.option("--kind", type=click.Choice(b.LOCATION_KINDS), default=None, help="Default: other.")
 @json_option
-def location_add(slug: str, name: str, kind: str, as_json: bool) -> None:
-    """Define a location (SLUG is a short name like 'church-pantry')."""
-    post(b.LocationDefined(slug=slug, name=name, kind=kind))  # type: ignore[arg-type]
-    created("location", slug, f"Location {slug} ({name}) saved.", as_json)
+def location_add(slug: str, name: str | None, kind: str | None, as_json: bool) -> None:
+    """Define a location: 'location add "Church pantry"', or with a slug of your own,
+    'location add pantry "Church pantry"'. Again for a defined one changes what is given."""
+    slug, name, named = slug_and_name(slug, name, "location")
+    text = define(
+        "location",
+        slug,
+        {"name": name if named else None, "kind": kind},
+        {"name": name, "kind": "other"},
+        lambda f: b.LocationDefined(slug=slug, **f),  # type: ignore[arg-type]
+    )
+    created("location", slug, text, as_json)
 
 
 @click.group()
@@ -35,15 +45,31 @@ def item() -> None:
 
 @item.command("add")
 @click.argument("slug")
-@click.argument("name")
-@click.option("--unit", required=True, help="What one of it is: can, kg, pack.")
-@click.option("--category", default="general", show_default=True)
-@click.option("--storage", type=click.Choice(b.STORAGES), default="ambient", show_default=True)
+@click.argument("name", required=False)
+@click.option("--unit", default=None, help="What one of it is: can, kg, pack.")
+@click.option("--category", default=None, help="Default: general.")
+@click.option("--storage", type=click.Choice(b.STORAGES), default=None, help="Default: ambient.")
 @json_option
-def item_add(slug: str, name: str, unit: str, category: str, storage: str, as_json: bool) -> None:
-    """Define an item."""
-    post(b.ItemDefined(slug=slug, name=name, unit=unit, category=category, storage=storage))  # type: ignore[arg-type]
-    created("item", slug, f"Item {slug} ({name}, per {unit}) saved.", as_json)
+def item_add(
+    slug: str,
+    name: str | None,
+    unit: str | None,
+    category: str | None,
+    storage: str | None,
+    as_json: bool,
+) -> None:
+    """Define an item: 'item add "Canned beans" --unit can' (its slug: canned-beans), or
+    'item add beans "Black beans" --unit can'. Again for a defined one changes what is
+    given and keeps the rest."""
+    slug, name, named = slug_and_name(slug, name, "item")
+    text = define(
+        "item",
+        slug,
+        {"name": name if named else None, "unit": unit, "category": category, "storage": storage},
+        {"name": name, "category": "general", "storage": "ambient"},
+        lambda f: b.ItemDefined(slug=slug, **f),  # type: ignore[arg-type]
+    )
+    created("item", slug, text, as_json)
 
 
 @click.group()
@@ -61,7 +87,7 @@ def stock() -> None:
     default=None,
     help="Default: donation when DELTA > 0, distribution when < 0.",
 )
-@click.option("--expires", metavar="YYYY-MM-DD", default=None)
+@click.option("--expires", metavar="YYYY-MM-DD", type=DATE, default=None)
 @json_option
 def stock_adjust(
     item_slug: str,
@@ -73,21 +99,35 @@ def stock_adjust(
 ) -> None:
     """Add (DELTA > 0) or take away (DELTA < 0) stock of ITEM at LOCATION."""
     chosen = reason or ("donation" if delta > 0 else "distribution")
-    env = post(
-        b.StockAdjusted(
-            item=item_slug,
-            location=location_slug,
-            delta=delta,
-            reason=chosen,  # type: ignore[arg-type]
-            expires=expires,
-        )
+    body = b.StockAdjusted(
+        item=item_slug,
+        location=location_slug,
+        delta=delta,
+        reason=chosen,  # type: ignore[arg-type]
+        expires=expires,
     )
-    created(
-        "stock.adjusted",
-        env,
-        f"Stock of {item_slug} at {location_slug}: {delta:+d} ({chosen}).",
-        as_json,
+    id_, text = act(body, _adjusted)
+    created("stock.adjusted", id_, text, as_json)
+
+
+def _adjusted(db: sqlite3.Connection, body: b.BaseBody) -> str:
+    """``Added 12 cans of Black beans at Church pantry (donation); 19 on hand.``"""
+    assert isinstance(body, b.StockAdjusted)
+    verb = "Added" if body.delta > 0 else "Took away"
+    lot = f", good until {body.expires}" if body.expires else ""
+    return (
+        f"{verb} {phrase.amount(db, body.item, abs(body.delta))} at "
+        f"{phrase.name_of(db, 'locations', body.location)} ({body.reason}{lot})"
+        f"{_on_hand(db, body.item, body.location)}."
     )
+
+
+def _on_hand(db: sqlite3.Connection, item_slug: str, location_slug: str) -> str:
+    row = db.execute(
+        "SELECT on_hand FROM inventory WHERE item = ? AND location = ?",
+        (item_slug, location_slug),
+    ).fetchone()
+    return "" if row is None else f"; {row[0]} on hand"
 
 
 @stock.command("count", context_settings={"ignore_unknown_options": True})
@@ -97,8 +137,17 @@ def stock_adjust(
 @json_option
 def stock_count(item_slug: str, location_slug: str, count: int, as_json: bool) -> None:
     """Record a physical count of ITEM at LOCATION."""
-    env = post(b.StockCounted(item=item_slug, location=location_slug, count=count))
-    created("stock.counted", env, f"Counted {count} of {item_slug} at {location_slug}.", as_json)
+    id_, text = act(b.StockCounted(item=item_slug, location=location_slug, count=count), _counted)
+    created("stock.counted", id_, text, as_json)
+
+
+def _counted(db: sqlite3.Connection, body: b.BaseBody) -> str:
+    assert isinstance(body, b.StockCounted)
+    return (
+        f"Counted {phrase.amount(db, body.item, body.count)} at "
+        f"{phrase.name_of(db, 'locations', body.location)}"
+        f"{_on_hand(db, body.item, body.location)}."
+    )
 
 
 @click.command()
@@ -106,11 +155,15 @@ def stock_count(item_slug: str, location_slug: str, count: int, as_json: bool) -
 def inventory(as_json: bool) -> None:
     """Stock on hand per item and location."""
     today = datetime.date.today()
-    data = with_node(lambda node: node.store.read(lambda db: views.inventory(db, today)))
+
+    def read(db: sqlite3.Connection) -> tuple[dict[str, list[dict[str, object]]], phrase.Names]:
+        return views.inventory(db, today), phrase.names(db)
+
+    data, names = with_node(lambda node: node.store.read(read))
     if as_json:
         print_json(data)
         return
-    render.inventory(data)
+    render.inventory(data, names)
 
 
 COMMANDS = (location, item, stock, inventory)

@@ -54,7 +54,8 @@ def rebuild(as_json: bool) -> None:
     """Fold every event again into fresh projections."""
 
     async def run(node: Node) -> tuple[int, str]:
-        count = await node.store.write(node.runner.rebuild)
+        async with render.busy("Rebuilding the tables from the log"):
+            count = await node.store.write(node.runner.rebuild)
         return count, await node.store.read(node.runner.digest)
 
     count, digest = with_node(run)
@@ -86,8 +87,13 @@ def doctor(fix: bool, as_json: bool) -> None:
     """Check the database in plain words; exit 1 while problems remain."""
     from node import doctor as checkup  # the node is not opened: it may be damaged
 
-    run = checkup.repair if fix else checkup.examine
-    report = asyncio.run(run(data_dir()))
+    check = checkup.repair if fix else checkup.examine
+
+    async def run() -> checkup.Report:
+        async with render.busy("Repairing" if fix else "Checking the database"):
+            return await check(data_dir())
+
+    report = asyncio.run(run())
     if as_json:
         print_json(report.to_json())
     else:
