@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import HEX64, POTLUCK, TIMEOUT, as_json, clean_env, last_line, new_id, potluck
+from helpers import POTLUCK, TIMEOUT, potluck
+from helpers import potluck_env as clean_env
+from test_cli import HEX64, as_json, last_line, new_id
 
 from node.app import LOG_FILE
 
