@@ -219,7 +219,13 @@ class RawPeer:
         self.frames_in: list[bytes] = []
 
     @classmethod
-    async def connect(cls, port: int, key: SigningKey, *, secret: bytes, group: bytes) -> RawPeer:
+    async def connect(
+        cls, port: int, key: SigningKey, *, secret: bytes, group: bytes, joined: bytes | None = None
+    ) -> RawPeer:
+        """``joined``: the member.joined presented in the handshake; by default a valid
+        one for ``key`` (a holder of the secret can make it: a hostile member)."""
+        if joined is None:
+            joined = Author(Group(group, secret, "Raw"), key).joined().raw
         ws = await within(
             connect(
                 f"ws://{LOCAL}:{port}/potluck",
@@ -229,7 +235,9 @@ class RawPeer:
                 close_timeout=2,
             )
         )
-        protocol = SyncProtocol(Role.INITIATOR, device_key=key, group_secret=secret, group=group)
+        protocol = SyncProtocol(
+            Role.INITIATOR, device_key=key, group_secret=secret, group=group, joined=joined
+        )
         return cls(ws, protocol)
 
     async def flush(self) -> None:
