@@ -79,8 +79,8 @@ class RecordingRelay:
 
 async def reply_to(address: str, frames: list[bytes]) -> tuple[list[object], int | None, str]:
     """Send ``frames`` to the node at ``address`` as a dialling client; return what it
-    answers: its frames (a hello decoded, without its nonce), and its close code and
-    reason."""
+    answers: its frames (a hello decoded, without its nonce; we hang up after any other
+    frame), and its close code and reason."""
     ws = await within(connect(f"ws://{address}/potluck", compression=None, max_size=None))
     for frame in frames:
         await ws.send(frame)
@@ -91,10 +91,11 @@ async def reply_to(address: str, frames: list[bytes]) -> tuple[list[object], int
             assert isinstance(frame, bytes)
             message = msgpack.unpackb(frame, raw=False)
             if isinstance(message, dict) and message.get("t") == wire.HELLO:
-                assert isinstance(message.pop("nonce"), bytes)  # fresh in each session
+                message.pop("nonce", None)  # fresh in each session
                 answer.append(message)
-            else:
+            else:  # message 2 (or anything else): the node answered; stop here
                 answer.append(frame)
+                await within(ws.close())
     await within(ws.wait_closed(), 10)
     return answer, ws.close_code, ws.close_reason
 
