@@ -34,6 +34,7 @@ from eventlog.store import Store
 from node.app import Node
 from sync import wire
 from sync.errors import RemoteError
+from sync.protocol import Role, State, SyncProtocol
 from sync.transport import Session, connect_session, listen
 
 
@@ -226,3 +227,20 @@ async def test_the_refused_strangers_potluck_sync_says_why_in_one_line(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "that node does not know you as a member of this group" in lines[0]
+
+
+def test_a_nonce_is_required_in_version_3_only(group: Group) -> None:
+    """A node older than version 3 sends no nonce and still syncs; a version 3 hello
+    without one is broken (docs/protocol.md §hello)."""
+    for versions, code in (([1, 2], None), ([1, 2, 3], "malformed-frame")):
+        core = SyncProtocol(
+            Role.RESPONDER,
+            device_key=SigningKey.generate(),
+            group_secret=group.secret,
+            group=group.id,
+        )
+        core.receive_data(
+            msgpack.packb({"t": "hello", "protocol": "potluck-sync", "versions": versions})
+        )
+        assert (core.error.code if core.error else None) == code
+        assert core.state is (State.FAILED if code else State.AWAIT_MESSAGE_1)
