@@ -27,7 +27,7 @@ from websockets.protocol import State as WsState
 
 from eventlog.errors import InvalidEvent, StorageError
 from eventlog.events import Envelope, decode
-from sync.errors import LocalProtocolError
+from sync.errors import LocalProtocolError, PeerNotAMember, RemoteError
 from sync.limits import CLOSE_TRY_AGAIN_LATER, DEFAULT_LIMITS, Limits, SessionGuard
 from sync.log import SyncLog
 from sync.protocol import (
@@ -120,11 +120,19 @@ class Session:
         self._peer_closed = False
         self.error: str | None = None
         self.member: Member | None = None  # who the peer is, once _admit_member said so
-        self.refused: str | None = None  # why we refused the peer as a member
 
     @property
     def peer_key(self) -> bytes | None:
         return self.protocol.peer_key
+
+    @property
+    def refused(self) -> str | None:
+        """Why this side refused the peer as no member (§members), else None: the
+        credential it presented was false (the core), or our log does not know it."""
+        error = self.protocol.error
+        if error is None or isinstance(error, RemoteError) or error.code != PeerNotAMember.code:
+            return None
+        return error.reason
 
     @property
     def open(self) -> bool:
@@ -289,12 +297,12 @@ class Session:
             name = joined.body.get("name")
             self.member = Member(key, name if isinstance(name, str) else "", joined)
             return True
-        self.refused = (
+        self.protocol.fail(
+            PeerNotAMember.code,
             f"device key {key.hex()[:12]} is not a member here: this node's log has no "
             "member.joined with a valid membership proof for it, and the handshake "
-            "presented none"
+            "presented none",
         )
-        self.protocol.fail("not-a-member", self.refused)
         return False
 
     async def _record_evidence(self, evidence: EvidenceReceived) -> None:

@@ -177,7 +177,11 @@ async def test_a_stranger_presenting_a_forged_member_joined_is_refused(
             await peer.flush()
         error = peer.protocol.error
         assert isinstance(error, RemoteError) and error.code == "not-a-member"
+        assert "presented no member.joined of its own" in error.reason
         await peer.close()
+        await serving.wait_line("refused ")
+        [line] = [line for line in serving.lines if line.startswith("refused ")]
+        assert "not-a-member" in line and forged.author.hex()[:8] in line
     finally:
         await serving.stop()
 
@@ -203,7 +207,9 @@ async def test_a_freshly_joined_member_syncs_at_once_its_join_travelling_in_the_
         await within(server.wait_closed(), 10)
     assert moved["peer_name"] == "Ana" and moved["sent"] == 1
     [session] = sessions
-    assert session.error is None and session.member is not None
+    # (not session.error: a credit after both byes may make it unexpected-message,
+    # docs/reliability.md's observation; Cy's sync_once above checked a clean end)
+    assert session.member is not None
     assert (session.member.name, session.member.key) == ("Cy", cy_key)  # from the handshake
     assert await ana.store.read_raw(cy_key, 1, 1)
 
