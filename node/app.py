@@ -45,6 +45,7 @@ from projections.board import ALLOWED_FROM
 from projections.runner import Runner
 from sync import invite
 from sync.discovery import Discovery, interfaces_for
+from sync.errors import RemoteError
 from sync.peers import PeerManager
 from sync.protocol import State
 from sync.transport import DialError, Session, connect_session, parse_address
@@ -301,12 +302,18 @@ class Node:
                 f"{address} is this node itself (its own 'potluck serve'): sync with "
                 "another member's node"
             )
+        error = session.protocol.error
+        if isinstance(error, RemoteError) and error.code == "not-a-member":
+            raise UsageError(
+                f"sync with {address} failed: that node does not know you as a member "
+                f"of this group: {error.reason}"
+            )
         if session.error is not None or session.protocol.state != State.CLOSED:
             raise UsageError(f"sync with {address} failed: {session.error or 'connection lost'}")
         return {
             "address": f"{host}:{port}",
             "peer": key.hex() if key else None,
-            "peer_name": (await self.names()).get(key) if key else None,
+            "peer_name": session.member.name if session.member else None,
             "received": session.stats.events_in,
             "sent": session.stats.events_out,
             "held_future": session.stats.future,

@@ -21,6 +21,7 @@ blamed on the peer. Codes are listed in docs/protocol.md §errors.
         │   ├── HandshakeTimeout      handshake-timeout: no handshake and vector in time
         │   ├── EventRejected         an event of a batch is invalid: its InvalidEvent code
         │   ├── BadEvidence           bad-evidence: an evidence message's versions are no fork
+        │   ├── PeerNotAMember        not-a-member: the peer's device key never joined
         │   ├── ConnectionLost        connection-lost: end of stream before both byes
         │   └── RemoteError           the peer sent an error frame: the peer's code
         └── LocalProtocolError        this side used the API wrongly; nothing was sent
@@ -119,6 +120,14 @@ class BadEvidence(ProtocolError):
     version that is itself invalid is refused with its event's code instead."""
 
     code = "bad-evidence"
+
+
+class PeerNotAMember(ProtocolError):
+    """The peer's device key has no ``member.joined`` with a valid membership proof: not
+    in our log, and none (or a false one) presented in the handshake (docs/protocol.md
+    §members). Holding the group secret is not enough to be a session's peer."""
+
+    code = "not-a-member"
 
 
 class ConnectionLost(ProtocolError):

@@ -15,6 +15,12 @@ handshake hash at that point, prefixed by a role label; the reader checks the si
 *and* that the key converts to the static key Noise authenticated. So the peer key we
 report is proven by the DH and by a signature bound to this very session.
 
+Credentials (protocol version 3): after its key proof, each side's payload may carry a
+*credential*, its own ``member.joined`` event, so that a member whose join no peer has
+seen yet is known on its first sync (docs/protocol.md §members). The credential is
+encrypted like the proof and covered by the handshake hash; what it says is the
+state machine's to check (sync/protocol.py), not the handshake's.
+
 Primitives: X25519, ChaCha20-Poly1305 (IETF) and Ed25519 from libsodium via PyNaCl;
 BLAKE2b-512 and RFC 2104 HMAC from Python's hashlib/hmac (the same BLAKE2b as
 libsodium's crypto_generichash). The Noise engine below follows the specification
@@ -302,12 +308,14 @@ class NoiseState:
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    """What a finished handshake yields: the peer's device key and the frame ciphers."""
+    """What a finished handshake yields: the peer's device key and the frame ciphers,
+    and the credential the peer presented (empty when none)."""
 
     peer_key: bytes
     send: CipherState
     receive: CipherState
     handshake_hash: bytes
+    peer_credential: bytes = b""
 
 
 class Handshake:
@@ -317,6 +325,8 @@ class Handshake:
     Responder: ``receive(message 1)`` gives message 2; ``receive(message 3)`` gives None.
     After the last step ``session`` is set. Any failure raises HandshakeFailed; the
     object is then useless. ``prologue`` must be byte-identical on both sides.
+    ``credential``: None for the fixed-size payloads of versions 1 and 2; else bytes
+    (maybe empty) sent after our key proof, and the peer's may follow its own.
     """
 
     def __init__(
@@ -327,10 +337,12 @@ class Handshake:
         group_secret: bytes,
         prologue: bytes,
         ephemeral: bytes | None = None,
+        credential: bytes | None = None,
     ) -> None:
         if len(group_secret) != SECRET_BYTES:
             raise LocalProtocolError(f"group secret must be {SECRET_BYTES} bytes")
         self._initiator = initiator
+        self._credential = credential
         self._device_key = device_key
         self._noise = NoiseState(
             name=NOISE_NAME,
@@ -357,7 +369,10 @@ class Handshake:
         expected = {(True, 1): 1, (False, 0): 0, (False, 2): 2}.get((self._initiator, self._step))
         if expected is None:
             raise LocalProtocolError("no handshake message expected now")
-        if len(message) != MESSAGE_BYTES[expected]:
+        size = MESSAGE_BYTES[expected]
+        if len(message) != size and not (
+            self._credential is not None and expected > 0 and len(message) > size
+        ):
             raise HandshakeFailed(
                 f"handshake message {expected + 1} is {len(message)} bytes, "
                 f"expected {MESSAGE_BYTES[expected]}"
@@ -371,18 +386,20 @@ class Handshake:
             self._step = 2
             return self._write_signed(RESPONDER_LABEL)
         label = INITIATOR_LABEL if expected == 2 else RESPONDER_LABEL
-        peer_key = self._check_payload(payload, transcript, label)
+        peer_key = self._check_payload(payload[:PAYLOAD_BYTES], transcript, label)
         reply = self._write_signed(INITIATOR_LABEL) if self._initiator else None
         i_to_r, r_to_i = self._noise.split()
         send, receive = (i_to_r, r_to_i) if self._initiator else (r_to_i, i_to_r)
-        self.session = Session(peer_key, send, receive, self._noise.handshake_hash)
+        self.session = Session(
+            peer_key, send, receive, self._noise.handshake_hash, payload[PAYLOAD_BYTES:]
+        )
         self._step = 3
         return reply
 
     def _write_signed(self, label: bytes) -> bytes:
         tokens = self._noise.write_tokens()
         signature = self._device_key.sign(label + self._noise.handshake_hash).signature
-        payload = bytes(self._device_key.verify_key) + signature
+        payload = bytes(self._device_key.verify_key) + signature + (self._credential or b"")
         return tokens + self._noise.write_payload(payload)
 
     def _check_payload(self, payload: bytes, transcript: bytes, label: bytes) -> bytes:

@@ -225,12 +225,16 @@ class PeerManager:
         if session in self._announced and key is not None:
             self._announced.discard(session)
             self.say(
-                f"peer lost: {self._label(key)} at {session.address}"
+                f"peer lost: {self._label(session)} at {session.address}"
                 + (f" ({session.error})" if session.error else "")
             )
+        elif session.refused is not None:
+            self.say(
+                f"refused {self._label(session)} at {session.address} (not-a-member: "
+                f"{session.refused})"
+            )
         elif session.error and session.error.split(":", 1)[0] in CUT_CODES:
-            who = self._label(key) if key is not None else "an unauthenticated peer"
-            self.say(f"cut off {who} at {session.address} ({session.error})")
+            self.say(f"cut off {self._label(session)} at {session.address} ({session.error})")
         await self._record(
             address or _inbound(key),
             key,
@@ -337,17 +341,17 @@ class PeerManager:
                 if session.stats.future > self._future_said.get(session, 0):
                     self._future_said[session] = session.stats.future
                     self.say(
-                        f"held {session.stats.future} events from {self._label(key)} "
+                        f"held {session.stats.future} events from {self._label(session)} "
                         "stamped more than 24 h ahead of this clock: they wait for "
                         "their time (check both clocks)"
                     )
                 if session not in self._announced:
                     self._announced.add(session)
-                    self.say(f"peer connected: {self._label(key)} at {session.address}")
+                    self.say(f"peer connected: {self._label(session)} at {session.address}")
                 if session not in self._caught_up and ahead == 0 and behind == 0:
                     self._caught_up.add(session)
                     self.say(
-                        f"caught up with {self._label(key)}: received "
+                        f"caught up with {self._label(session)}: received "
                         f"{session.stats.events_in} events, sent "
                         f"{session.stats.events_out}"
                     )
@@ -378,8 +382,13 @@ class PeerManager:
                 now_ms=now,
             )
 
-    def _label(self, key: bytes) -> str:
-        name = self.name_of(key)
+    def _label(self, session: Session) -> str:
+        """'Ana (3f2a9c01)': the member the session's check found (Session.member);
+        ``name_of`` only for a peer it did not find (a refused one has no name)."""
+        key = session.peer_key
+        if key is None:
+            return "an unauthenticated peer"
+        name = session.member.name if session.member is not None else self.name_of(key)
         return f"{name} ({key.hex()[:8]})" if name else key.hex()[:8]
 
 

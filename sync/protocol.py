@@ -20,8 +20,11 @@ in the state the connection is in, and what the answer is, is this module's.
 ``VectorWanted``, ``EventsWanted``, ``EvidenceWanted``), ``close_expected()`` and
 ``error``. Call the outputs after every input or command.
 
-*States.* Every side first sends ``hello`` (protocol name, versions); both pick the
-highest common version, so they agree without another round trip (§versions). Then
+*States.* Every side first sends ``hello`` (protocol name, versions, a fresh nonce);
+both pick the highest common version, so they agree without another round trip
+(§versions). Both hellos, nonces included, are the Noise prologue, and the initiator
+writes message 1 only once it has the responder's hello: a message 1 recorded from
+another session fails to authenticate, as garbage does (§hello). Then
 the three Noise messages run (§handshake): the initiator, the websocket client, waits
 for message 2; the responder for messages 1 and 3. After them the connection is
 OPEN and every frame is AEAD-encrypted with a per-direction counter as nonce
@@ -32,6 +35,12 @@ commands given, is one entry of ``TRANSITIONS``: (role, state, message or comman
 -> next state. Anything missing there is refused: a message is an
 ``UnexpectedMessage`` naming the state, a command a ``LocalProtocolError``. Once
 CLOSED or FAILED, commands are ignored, because drivers race with endings.
+
+*Members* (version 3, §members). Each side's handshake payload carries its own
+``member.joined`` (``joined``), checked on arrival: that very key, seq 1, the group's
+membership proof, its signature. A false one fails with ``not-a-member``; a true one
+is ``peer_member``. A peer that presents none must be found in the node's log: the
+driver checks that on ``VectorWanted`` and calls ``fail("not-a-member", ...)``.
 
 *Errors.* ``receive_data`` never raises for what the peer does. The first
 ``ProtocolError`` is recorded in ``error``, the state becomes FAILED, and, once the
@@ -77,6 +86,7 @@ the evidence.
 from __future__ import annotations
 
 import enum
+import secrets
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -96,6 +106,7 @@ from eventlog.events import (
     verify_chain,
     verify_signature,
 )
+from eventlog.identity import Group, check_membership_proof, group_id_of
 from sync import wire
 from sync.errors import (
     BadEvidence,
@@ -105,6 +116,7 @@ from sync.errors import (
     FrameTooLarge,
     LocalProtocolError,
     MalformedFrame,
+    PeerNotAMember,
     ProtocolError,
     RemoteError,
     UnexpectedMessage,
@@ -132,7 +144,9 @@ from sync.wire import MAX_HAVE_ENTRIES as MAX_HAVE_ENTRIES
 from sync.wire import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
 from sync.wire import MAX_REASON_CHARS as MAX_REASON_CHARS
 from sync.wire import MAX_VERSIONS as MAX_VERSIONS
+from sync.wire import MEMBER_VERSION as MEMBER_VERSION
 from sync.wire import MESSAGE_TYPES as MESSAGE_TYPES
+from sync.wire import NONCE_BYTES as NONCE_BYTES
 from sync.wire import PROTOCOL_NAME as PROTOCOL_NAME
 from sync.wire import VERSIONS as VERSIONS
 from sync.wire import Message as Message
@@ -290,6 +304,16 @@ class EvidenceReceived:
 Request: TypeAlias = VectorWanted | EventsWanted | EvidenceWanted
 
 
+@dataclass(frozen=True, slots=True)
+class Member:
+    """Who a session's peer is: its device key, and the ``member.joined`` that makes it
+    a member (with the name it joined under)."""
+
+    key: bytes
+    name: str
+    joined: Envelope
+
+
 @dataclass(slots=True)
 class _Outgoing:
     author: bytes
@@ -302,9 +326,10 @@ class SyncProtocol:
 
     ``group`` (when given) refuses events of another group; ``validate`` is called on
     every received envelope and may raise an InvalidEvent (for instance NotAMember).
-    ``window`` is the credit granted to the peer on open. ``ephemeral`` fixes the
-    X25519 ephemeral key, for tests only. Right after construction ``data_to_send()``
-    holds our hello.
+    ``window`` is the credit granted to the peer on open. ``joined`` is this node's
+    own ``member.joined`` (wire bytes), presented in the handshake from version 3.
+    ``ephemeral`` and ``nonce`` fix the X25519 ephemeral key and the hello's nonce, for
+    tests only. Right after construction ``data_to_send()`` holds our hello.
     """
 
     def __init__(
@@ -317,7 +342,9 @@ class SyncProtocol:
         validate: Callable[[Envelope], None] | None = None,
         versions: Sequence[int] = VERSIONS,
         window: int = DEFAULT_WINDOW,
+        joined: bytes | None = None,
         ephemeral: bytes | None = None,
+        nonce: bytes | None = None,
     ) -> None:
         if not versions or not all(type(v) is int and 1 <= v <= 0xFFFF for v in versions):
             raise LocalProtocolError("versions must be integers 1..65535")
@@ -325,6 +352,8 @@ class SyncProtocol:
             raise LocalProtocolError(f"window must be {MAX_EVENT_BYTES}..{MAX_CREDIT_GRANT} bytes")
         if len(group_secret) != 32:
             raise LocalProtocolError("group secret must be 32 bytes")
+        if nonce is not None and len(nonce) != NONCE_BYTES:
+            raise LocalProtocolError(f"nonce must be {NONCE_BYTES} bytes")
         self.role = role
         self._device_key = device_key
         self._group_secret = group_secret
@@ -333,6 +362,8 @@ class SyncProtocol:
         self._versions = sorted(set(versions))
         self._window = window
         self._ephemeral = ephemeral
+        self._joined = joined
+        self._member: Member | None = None
         self._state = State.HELLO
         self._error: ProtocolError | None = None
         self._eof = False
@@ -367,7 +398,8 @@ class SyncProtocol:
             ERROR: self._on_error,
             BYE: self._on_bye,
         }
-        self._hello = wire.pack(wire.make_hello(self._versions))
+        nonce = nonce if nonce is not None else secrets.token_bytes(NONCE_BYTES)
+        self._hello = wire.pack(wire.make_hello(self._versions, nonce))
         self._peer_hello = b""
         self._out.append(self._hello)
 
@@ -386,6 +418,12 @@ class SyncProtocol:
     def peer_key(self) -> bytes | None:
         """The peer's Ed25519 device key, proven by the handshake; None before it."""
         return self._session.peer_key if self._session is not None else None
+
+    @property
+    def peer_member(self) -> Member | None:
+        """The peer as the ``member.joined`` it presented and we verified (version 3);
+        None before the handshake or when it presented none (§members)."""
+        return self._member
 
     @property
     def peer_vector(self) -> dict[bytes, tuple[int, bytes]]:
@@ -677,6 +715,9 @@ class SyncProtocol:
                 f"speaks {self._versions}: upgrade the older node"
             )
         self.version = max(common)
+        members = self.version >= MEMBER_VERSION
+        if members and wire.read_nonce(message) is None:
+            raise MalformedFrame(f"hello: version {self.version} needs a nonce")
         initiator = self.role is Role.INITIATOR
         first, second = (
             (self._hello, self._peer_hello) if initiator else (self._peer_hello, self._hello)
@@ -689,6 +730,7 @@ class SyncProtocol:
             group_secret=self._group_secret,
             prologue=prologue,
             ephemeral=self._ephemeral,
+            credential=(self._joined or b"") if members else None,
         )
         if initiator:
             self._write(wire.make_handshake(self._handshake.start()))
@@ -702,9 +744,39 @@ class SyncProtocol:
         session = self._handshake.session
         if session is not None:
             self._session, self._handshake = session, None
+            if session.peer_credential:  # after our reply: a refusal goes out encrypted
+                self._member = self._check_credential(session.peer_key, session.peer_credential)
             self._credit_in = self._window
             self._write(wire.make_credit(self._window))
             self._requests.append(VectorWanted())
+
+    def _check_credential(self, key: bytes, raw: bytes) -> Member:
+        """The peer's own ``member.joined``, presented in the handshake (§members)."""
+        who = key.hex()[:12]
+        try:
+            joined = decode(raw)
+            group = self._group if self._group is not None else group_id_of(self._group_secret)
+            check_group(joined, group)
+            verify_signature(joined)
+        except InvalidEvent as exc:
+            raise PeerNotAMember(
+                f"device key {who} presented an invalid member.joined: {exc}"
+            ) from None
+        name = joined.body.get("name")
+        if (
+            joined.author != key
+            or joined.seq != 1
+            or joined.type != "member.joined"
+            or not isinstance(name, str)
+            or not check_membership_proof(
+                Group(group, self._group_secret, name), key, joined.body.get("proof")
+            )
+        ):
+            raise PeerNotAMember(
+                f"device key {who} presented no member.joined of its own with a valid "
+                "membership proof"
+            )
+        return Member(key, name, joined)
 
     def _on_have(self, message: Message) -> None:
         have = wire.read_have(message, forks=self._speaks_evidence)

@@ -26,8 +26,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.protocol import State as WsState
 
 from eventlog.errors import InvalidEvent, StorageError
-from eventlog.events import Envelope
-from sync.errors import LocalProtocolError
+from eventlog.events import Envelope, decode
+from sync.errors import LocalProtocolError, PeerNotAMember, RemoteError
 from sync.limits import CLOSE_TRY_AGAIN_LATER, DEFAULT_LIMITS, Limits, SessionGuard
 from sync.log import SyncLog
 from sync.protocol import (
@@ -35,6 +35,7 @@ from sync.protocol import (
     EventsWanted,
     EvidenceReceived,
     EvidenceWanted,
+    Member,
     Received,
     Role,
     State,
@@ -118,10 +119,20 @@ class Session:
         self._bye_sent = False
         self._peer_closed = False
         self.error: str | None = None
+        self.member: Member | None = None  # who the peer is, once _admit_member said so
 
     @property
     def peer_key(self) -> bytes | None:
         return self.protocol.peer_key
+
+    @property
+    def refused(self) -> str | None:
+        """Why this side refused the peer as no member (§members), else None: the
+        credential it presented was false (the core), or our log does not know it."""
+        error = self.protocol.error
+        if error is None or isinstance(error, RemoteError) or error.code != PeerNotAMember.code:
+            return None
+        return error.reason
 
     @property
     def open(self) -> bool:
@@ -257,6 +268,8 @@ class Session:
             while requests := self.protocol.requests():  # incl. what send_have asks
                 for request in requests:
                     if isinstance(request, VectorWanted):
+                        if not await self._admit_member():
+                            break
                         self.protocol.send_have(
                             await self.store.vector(), await self.store.fork_points()
                         )
@@ -266,6 +279,31 @@ class Session:
             self._answering -= 1
         self._maybe_bye()
         await self._flush()
+
+    async def _admit_member(self) -> bool:
+        """Refuse a peer whose device key is no member (docs/protocol.md §members): its
+        member.joined is in our log, or it presented one in the handshake (the core
+        verified it). Otherwise ``not-a-member``, before the peer is told or sent
+        anything of the log."""
+        key = self.protocol.peer_key
+        if key is None:
+            return False
+        if self.protocol.peer_member is not None:  # its chain, joined first, follows
+            self.member = self.protocol.peer_member
+            return True
+        first = await self.store.read_raw(key, 1, 1)
+        if first:
+            joined = decode(first[0])
+            name = joined.body.get("name")
+            self.member = Member(key, name if isinstance(name, str) else "", joined)
+            return True
+        self.protocol.fail(
+            PeerNotAMember.code,
+            f"device key {key.hex()[:12]} is not a member here: this node's log has no "
+            "member.joined with a valid membership proof for it, and the handshake "
+            "presented none",
+        )
+        return False
 
     async def _record_evidence(self, evidence: EvidenceReceived) -> None:
         """Keep the peer's proof of a fork; tell the relay when it was news."""
@@ -461,8 +499,23 @@ class Session:
             await asyncio.wait_for(self.ws.close(), CLOSE_TIMEOUT)
 
 
-def make_protocol(role: Role, key: SigningKey, store: SyncLog) -> SyncProtocol:
-    return SyncProtocol(role, device_key=key, group_secret=store.group.secret, group=store.group.id)
+def make_protocol(
+    role: Role, key: SigningKey, store: SyncLog, joined: bytes | None = None
+) -> SyncProtocol:
+    """``joined``: our own member.joined, presented in the handshake (own_joined)."""
+    return SyncProtocol(
+        role,
+        device_key=key,
+        group_secret=store.group.secret,
+        group=store.group.id,
+        joined=joined,
+    )
+
+
+async def own_joined(key: SigningKey, store: SyncLog) -> bytes | None:
+    """This node's member.joined (its seq 1), or None if the log lacks it."""
+    first = await store.read_raw(bytes(key.verify_key), 1, 1)
+    return first[0] if first else None
 
 
 def dial_problem(exc: BaseException) -> str:
@@ -518,7 +571,7 @@ async def connect_session(
         raise DialError(f"cannot reach {address}: {dial_problem(exc)}") from None
     return Session(
         ws,
-        make_protocol(Role.INITIATOR, key, store),
+        make_protocol(Role.INITIATOR, key, store, await own_joined(key, store)),
         store,
         address=address,
         one_shot=one_shot,
@@ -545,6 +598,7 @@ async def listen(
     ``admit(remote host)`` may refuse a connection before anything is said: it returns
     the reason, sent as the close reason with code 1013 (try again later); an admitted
     one is ``release``d when it ends (connection limits, sync/peers.py)."""
+    joined = [await own_joined(key, store)]  # read again per connection until present
 
     async def handler(ws: ServerConnection) -> None:
         remote = ws.remote_address
@@ -558,9 +612,11 @@ async def listen(
                 )
             return
         try:
+            if joined[0] is None:
+                joined[0] = await own_joined(key, store)
             session = Session(
                 ws,
-                make_protocol(Role.RESPONDER, key, store),
+                make_protocol(Role.RESPONDER, key, store, joined[0]),
                 store,
                 address=address,
                 on_stored=on_stored,

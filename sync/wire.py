@@ -16,7 +16,7 @@ not define are ignored. ``hello`` and the three ``handshake`` frames are sent in
 (sync/handshake.py), so on the wire it is the plaintext map plus a 16-byte tag, at most
 ``MAX_FRAME_BYTES``.
 
-*Messages* (§messages): ``hello`` {protocol, versions}, ``handshake`` {noise},
+*Messages* (§messages): ``hello`` {protocol, versions, nonce}, ``handshake`` {noise},
 ``have`` {vector, end, forks (version 2)}, ``events`` {author, events},
 ``evidence`` {events: two versions} (version 2), ``credit`` {bytes},
 ``error`` {code, reason} and ``bye`` {}. Each ``make_*`` function builds one; each
@@ -42,8 +42,12 @@ from sync.errors import FrameTooLarge, MalformedFrame, UnknownMessage, VersionMi
 from sync.handshake import TAG_BYTES
 
 PROTOCOL_NAME: Final = "potluck-sync"
-VERSIONS: Final = (1, 2)
+VERSIONS: Final = (1, 2, 3)
 EVIDENCE_VERSION: Final = 2  # the first version with evidence and fork points (§versions)
+# The first version whose hellos must carry a nonce and whose handshake carries each
+# side's member.joined (§hello, §members).
+MEMBER_VERSION: Final = 3
+NONCE_BYTES: Final = 16  # the hello's fresh random nonce: binds message 1 to the session
 
 # Limits, docs/protocol.md §limits.
 MAX_BATCH_BYTES: Final = 1 << 20  # event bytes in one events message
@@ -104,8 +108,10 @@ def pack(message: Message) -> bytes:
     return data
 
 
-def make_hello(versions: Sequence[int]) -> Message:
-    return {"t": HELLO, "protocol": PROTOCOL_NAME, "versions": list(versions)}
+def make_hello(versions: Sequence[int], nonce: bytes) -> Message:
+    """Every hello carries a fresh nonce, whatever versions it offers: the hellos are
+    the Noise prologue, so a message 1 recorded elsewhere fails here (§hello)."""
+    return {"t": HELLO, "protocol": PROTOCOL_NAME, "versions": list(versions), "nonce": nonce}
 
 
 def make_handshake(noise: bytes) -> Message:
@@ -185,6 +191,16 @@ def read_hello(message: Message) -> list[int]:
     ):
         raise MalformedFrame("hello: versions must be a list of 1..32 integers")
     return versions
+
+
+def read_nonce(message: Message) -> bytes | None:
+    """The hello's nonce; None when absent (a node older than version 3 sends none)."""
+    nonce = message.get("nonce")
+    if nonce is None:
+        return None
+    if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
+        raise MalformedFrame(f"hello: nonce must be {NONCE_BYTES} bytes")
+    return nonce
 
 
 def read_handshake(message: Message) -> bytes:

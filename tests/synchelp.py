@@ -209,6 +209,26 @@ class CountingProxy:
 # -- a peer driven by hand over a raw websocket --------------------------------------
 
 
+def joined_raw(key: SigningKey, secret: bytes, group: bytes) -> bytes:
+    """A valid member.joined for ``key``: what a holder of the group secret can write,
+    and presents in the handshake (docs/protocol.md §members)."""
+    return Author(Group(group, secret, "Raw"), key).joined().raw
+
+
+def member_core(secret: bytes, group: bytes, **options: object) -> SyncProtocol:
+    """An initiator core with a fresh device key that presents its own member.joined:
+    a hostile member, as far as the node can tell."""
+    key = SigningKey.generate()
+    return SyncProtocol(
+        Role.INITIATOR,
+        device_key=key,
+        group_secret=secret,
+        group=group,
+        joined=joined_raw(key, secret, group),
+        **options,  # type: ignore[arg-type]
+    )
+
+
 class RawPeer:
     """A ``SyncProtocol`` driven by the test over a plain websockets client, so frames
     no honest node would write can be sent, and what the node answers can be read."""
@@ -219,7 +239,13 @@ class RawPeer:
         self.frames_in: list[bytes] = []
 
     @classmethod
-    async def connect(cls, port: int, key: SigningKey, *, secret: bytes, group: bytes) -> RawPeer:
+    async def connect(
+        cls, port: int, key: SigningKey, *, secret: bytes, group: bytes, joined: bytes | None = None
+    ) -> RawPeer:
+        """``joined``: the member.joined presented in the handshake; by default a valid
+        one for ``key`` (a holder of the secret can make it: a hostile member)."""
+        if joined is None:
+            joined = joined_raw(key, secret, group)
         ws = await within(
             connect(
                 f"ws://{LOCAL}:{port}/potluck",
@@ -229,7 +255,9 @@ class RawPeer:
                 close_timeout=2,
             )
         )
-        protocol = SyncProtocol(Role.INITIATOR, device_key=key, group_secret=secret, group=group)
+        protocol = SyncProtocol(
+            Role.INITIATOR, device_key=key, group_secret=secret, group=group, joined=joined
+        )
         return cls(ws, protocol)
 
     async def flush(self) -> None:

@@ -1,10 +1,17 @@
 """Released byte formats stay put: today's code against files written once and committed
 (tests/fixtures/README.md: never edited).
 
-``sync-frames-v2.json``: the frames two sans-I/O protocol cores exchange to sync a small
+``sync-frames-v3.json``: the frames two sans-I/O protocol cores exchange to sync a small
 log, handshake included. Everything that could vary is fixed (device keys, X25519
-ephemerals, the group, the events and their clock; Ed25519 signatures and the counter
-nonces are deterministic), so today's frames must be exactly those bytes.
+ephemerals, the hellos' nonces, the group, the events and their clock; Ed25519
+signatures and the counter nonces are deterministic), so today's frames must be exactly
+those bytes.
+
+``sync-frames-v2.json``: the same for version 2, whose hellos had no nonce. Today's
+hellos always carry one (security review finding 1), so no core of today writes those
+frames again; the file is kept as a record a version 3 node must still understand:
+today's Noise engine, given those hellos as prologue, reproduces its handshake byte for
+byte, and every later frame decrypts and parses with today's wire module.
 
 ``bundle-v1.potluck``: a bundle exported from the same log. Its salt and chunk nonces are
 random, so no export repeats its bytes: both files are opened by the byte layout of
@@ -28,18 +35,22 @@ from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_decrypt
 from eventlog import body as b
 from eventlog.events import decode
 from eventlog.identity import Group
+from sync import wire
 from sync.bundle import export_bundle, import_bundle
+from sync.handshake import Handshake
 from sync.protocol import EventsWanted, Role, SyncProtocol, VectorWanted
 
 FIXTURES = Path(__file__).parent / "fixtures"
-FRAMES = FIXTURES / "sync-frames-v2.json"
+FRAMES = FIXTURES / "sync-frames-v3.json"
+FRAMES_V2 = FIXTURES / "sync-frames-v2.json"
 BUNDLE = FIXTURES / "bundle-v1.potluck"
 BUNDLE_FACTS = FIXTURES / "bundle-v1.json"
 
 GROUP = Group.from_secret(bytes(range(200, 232)), "Golden pantry")
 ANA, BO = make_key(1), make_key(2)
-RECORDED_VERSIONS = (1, 2)  # what both sides offered when the frames were recorded
+RECORDED_VERSIONS = (1, 2, 3)  # what both sides offered when the v3 frames were recorded
 EPHEMERAL = {Role.INITIATOR: bytes([0xE1]) * 32, Role.RESPONDER: bytes([0xE2]) * 32}
+NONCE = {Role.INITIATOR: bytes([0xA1]) * 16, Role.RESPONDER: bytes([0xA2]) * 16}
 
 Chains = dict[bytes, list[bytes]]  # author -> wire bytes of its events, in seq order
 
@@ -80,9 +91,14 @@ def exchange(initiator_has: Chains, responder_has: Chains) -> list[tuple[str, by
             group_secret=GROUP.secret,
             group=GROUP.id,
             ephemeral=EPHEMERAL[role],
+            nonce=NONCE[role],
             versions=RECORDED_VERSIONS,
+            joined=next(iter(chains.values()))[0],  # its own member.joined
         )
-        for role, key in ((Role.INITIATOR, ANA), (Role.RESPONDER, BO))
+        for role, key, chains in (
+            (Role.INITIATOR, ANA, initiator_has),
+            (Role.RESPONDER, BO, responder_has),
+        )
     }
     has = {Role.INITIATOR: initiator_has, Role.RESPONDER: responder_has}
     frames: list[tuple[str, bytes]] = []
@@ -143,6 +159,41 @@ async def test_two_cores_sync_a_fixed_log_with_exactly_the_released_frames(
     assert len(today) == len(released["frames"])
     for n, (now, then) in enumerate(zip(today, released["frames"], strict=True)):
         assert now == then, f"frame {n} differs from the released one"
+
+
+def test_the_version_2_frames_still_authenticate_and_parse_with_todays_code() -> None:
+    """Decoding only (tests/fixtures/README.md): see the module docstring."""
+    frames = [
+        (row["from"], bytes.fromhex(row["frame"]))
+        for row in json.loads(FRAMES_V2.read_text())["frames"]
+    ]
+    (_, hello_i), (_, hello_r) = frames[0], frames[1]
+    for hello in (hello_i, hello_r):
+        kind, message = wire.parse(hello, None)
+        assert kind == wire.HELLO and wire.read_hello(message) == [1, 2]
+        assert wire.read_nonce(message) is None
+    prologue = b"".join(len(h).to_bytes(4, "big") + h for h in (hello_i, hello_r))
+    sides = {
+        role: Handshake(
+            initiator=role is Role.INITIATOR,
+            device_key=key,
+            group_secret=GROUP.secret,
+            prologue=prologue,
+            ephemeral=EPHEMERAL[role],
+        )
+        for role, key in ((Role.INITIATOR, ANA), (Role.RESPONDER, BO))
+    }
+    noise = [wire.read_handshake(wire.parse(frame, None)[1]) for _, frame in frames[2:5]]
+    assert sides[Role.INITIATOR].start() == noise[0]
+    assert sides[Role.RESPONDER].receive(noise[0]) == noise[1]
+    assert sides[Role.INITIATOR].receive(noise[1]) == noise[2]
+    assert sides[Role.RESPONDER].receive(noise[2]) is None
+    kinds = []
+    for sender, frame in frames[5:]:
+        session = sides[Role.RESPONDER if sender == "initiator" else Role.INITIATOR].session
+        assert session is not None
+        kinds.append(wire.parse(session.receive.decrypt(frame), 2)[0])
+    assert set(kinds) == {wire.HAVE, wire.EVENTS, wire.CREDIT, wire.BYE}
 
 
 # -- (b) bundle ------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def test_handshake_completes_and_each_side_learns_the_others_device_key() -> Non
     a, b = connect()
     assert a.peer_key == bytes(BOB.verify_key)
     assert b.peer_key == bytes(ALICE.verify_key)
-    assert a.version == b.version == 2
+    assert a.version == b.version == 3
     assert a.error is None and b.error is None and not a.close_expected()
 
 
@@ -200,13 +200,16 @@ def test_version_mismatch_fails_both_sides_with_a_clear_reason() -> None:
 
 
 def test_hello_of_another_protocol_is_a_version_mismatch() -> None:
-    b = make(Role.RESPONDER, BOB)
+    b = make(Role.RESPONDER, BOB, nonce=bytes(range(16)))
     b.receive_data(msgpack.packb({"t": "hello", "protocol": "gossip", "versions": [1]}))
     assert code_of(b) == "version-mismatch"
-    our_hello = msgpack.packb({"t": "hello", "protocol": "potluck-sync", "versions": [1, 2]})
+    our_hello = msgpack.packb(
+        {"t": "hello", "protocol": "potluck-sync", "versions": [1, 2, 3], "nonce": bytes(range(16))}
+    )
     assert b.data_to_send() == [our_hello]  # and nothing else: no error before the handshake
-    assert our_hello.hex() == (  # the example of docs/protocol.md §messages, 43 bytes
-        "83a174a568656c6c6fa870726f746f636f6cac706f746c75636b2d73796e63a876657273696f6e73920102"
+    assert our_hello.hex() == (  # the example of docs/protocol.md §messages, 68 bytes
+        "84a174a568656c6c6fa870726f746f636f6cac706f746c75636b2d73796e63a876657273696f6e73"
+        "93010203a56e6f6e6365c410000102030405060708090a0b0c0d0e0f"
     )
 
 

@@ -139,8 +139,9 @@ async def test_a_stranger_without_the_group_secret_cannot_complete_the_handshake
         await stranger.flush()  # our hello
         hello = await stranger.read()
         assert hello is not None and len(hello) <= MAX_CLEAR_FRAME_BYTES
-        # the node's hello says nothing of the group or its device
-        assert set(msgpack.unpackb(hello, raw=False)) == {"t", "protocol", "versions"}
+        # the node's hello says nothing of the group or its device (the nonce is fresh
+        # random bytes, docs/protocol.md §hello)
+        assert set(msgpack.unpackb(hello, raw=False)) == {"t", "protocol", "versions", "nonce"}
         await stranger.flush()  # Noise message 1, sealed with the wrong secret
         assert await stranger.read() is None  # closed without a word
         assert stranger.frames_in == [hello]  # no message 2, no encrypted frame
@@ -733,6 +734,10 @@ async def test_a_version_one_peer_is_served_without_fork_points_or_evidence(
     await hand_over(net.a, mal.author, [joined.raw, left.raw])
     await hand_over(net.a, mal.author, [right.raw])
     await until(lambda: flagged(net.ana, mal.author), what="Ana flags Mal")
+    # an old peer presents no member.joined in the handshake: Ana must know its key
+    old = Author(group)
+    await hand_over(net.a, old.author, [old.joined("Old").raw])
+    await until(lambda: has_seq(net.ana, old.author, 1), what="Ana knows the old peer")
     for versions in ((1,), (1, 2)):
         ws_peer = await RawPeer.connect(
             net.port, SigningKey.generate(), secret=group.secret, group=group.id
@@ -741,7 +746,7 @@ async def test_a_version_one_peer_is_served_without_fork_points_or_evidence(
             ws_peer.ws,
             SyncProtocol(
                 Role.INITIATOR,
-                device_key=SigningKey.generate(),
+                device_key=old.key,
                 group_secret=group.secret,
                 group=group.id,
                 versions=versions,

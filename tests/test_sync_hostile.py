@@ -27,7 +27,6 @@ from pathlib import Path
 import msgpack
 import pytest
 from helpers import until
-from nacl.signing import SigningKey
 from synchelp import (
     LOCAL,
     Author,
@@ -38,6 +37,7 @@ from synchelp import (
     digest,
     events_message,
     has_seq,
+    member_core,
     new_nodes,
     seq_of,
     stop_all,
@@ -60,7 +60,7 @@ from sync.limits import (
     Rate,
 )
 from sync.peers import PeerManager
-from sync.protocol import DEFAULT_WINDOW, Role, State, SyncProtocol
+from sync.protocol import DEFAULT_WINDOW, State
 from sync.transport import Session
 
 FLOOD_SECONDS = 10.0  # no flood in this file runs longer than this
@@ -115,13 +115,7 @@ class Hub:
         )
         peer = RawPeer(
             ws,
-            SyncProtocol(
-                Role.INITIATOR,
-                device_key=SigningKey.generate(),
-                group_secret=group.secret,
-                group=group.id,
-                window=window or DEFAULT_WINDOW,
-            ),
+            member_core(group.secret, group.id, window=window or DEFAULT_WINDOW),
         )
         if handshake:
             await peer.handshake()
@@ -328,12 +322,7 @@ def have_flood(
         )
         peer = RawPeer(
             ws,
-            SyncProtocol(
-                Role.INITIATOR,
-                device_key=SigningKey.generate(),
-                group_secret=secret,
-                group=group_id,
-            ),
+            member_core(secret, group_id),
         )
         await peer.handshake()
         vector = [[os.urandom(32), 1, os.urandom(32)] for _ in range(8192)]
@@ -603,12 +592,7 @@ async def _attack(
         )
         raw = RawPeer(
             ws,
-            SyncProtocol(
-                Role.INITIATOR,
-                device_key=SigningKey.generate(),
-                group_secret=secret,
-                group=group_id,
-            ),
+            member_core(secret, group_id),
         )
         if handshake:
             await raw.handshake()
