@@ -231,7 +231,7 @@ async def test_todays_export_of_the_fixed_log_holds_what_the_released_bundle_hol
     try:
         await export_bundle(node.store, tmp_path / "today.potluck")
         facts = json.loads(BUNDLE_FACTS.read_text())
-        assert await digest_of(node) == facts["digest"]
+        assert await node.store.count() == facts["events"]
     finally:
         await node.close()
     today = opened_bundle((tmp_path / "today.potluck").read_bytes(), GROUP.secret)
@@ -241,12 +241,22 @@ async def test_todays_export_of_the_fixed_log_holds_what_the_released_bundle_hol
 async def test_the_released_bundle_imports_into_an_empty_node_with_the_same_digest(
     tmp_path: Path,
 ) -> None:
+    """The same events and the same projections as the log the bundle was made from.
+    The digest recorded beside the bundle is that of its release's projections; a newer
+    projection version changes it (the board's version 3), so the digest compared is
+    today's fold of the fixed log."""
     facts = json.loads(BUNDLE_FACTS.read_text())
+    golden = await golden_node(tmp_path / "golden.db")
+    try:
+        want = (await digest_of(golden), [e.hash async for e in golden.store.iter_events()])
+    finally:
+        await golden.close()
     node = await Node.open(tmp_path / "empty.db", GROUP)
     try:
         result = await import_bundle(node.store, BUNDLE)
         assert (result.stored, result.rejected, result.held) == (facts["events"], 0, 0)
         assert await node.store.count() == facts["events"]
-        assert await digest_of(node) == facts["digest"]
+        got = (await digest_of(node), [e.hash async for e in node.store.iter_events()])
+        assert got == want
     finally:
         await node.close()
