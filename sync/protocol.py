@@ -103,6 +103,7 @@ from sync.errors import (
     CreditExceeded,
     EventRejected,
     FrameTooLarge,
+    HaveLimit,
     LocalProtocolError,
     MalformedFrame,
     ProtocolError,
@@ -111,6 +112,7 @@ from sync.errors import (
     VersionMismatch,
 )
 from sync.handshake import Handshake, Session
+from sync.limits import DEFAULT_LIMITS
 
 # Re-exported (``as``): these names were defined here before sync/wire.py took them.
 from sync.wire import ADDED_IN as ADDED_IN
@@ -303,8 +305,10 @@ class SyncProtocol:
     ``group`` (when given) refuses events of another group; ``validate`` is called on
     every received envelope and may raise an InvalidEvent (for instance NotAMember).
     ``window`` is the credit granted to the peer on open. ``ephemeral`` fixes the
-    X25519 ephemeral key, for tests only. Right after construction ``data_to_send()``
-    holds our hello.
+    X25519 ephemeral key, for tests only. ``have_entries`` and ``have_bytes`` bound
+    what the peer's ``have`` messages make this side hold: entries of its vector and
+    fork points, and bytes of ``have`` frames in all (``have-limit``, sync/limits.py).
+    Right after construction ``data_to_send()`` holds our hello.
     """
 
     def __init__(
@@ -318,6 +322,8 @@ class SyncProtocol:
         versions: Sequence[int] = VERSIONS,
         window: int = DEFAULT_WINDOW,
         ephemeral: bytes | None = None,
+        have_entries: int = DEFAULT_LIMITS.have_entries,
+        have_bytes: int = DEFAULT_LIMITS.have_bytes,
     ) -> None:
         if not versions or not all(type(v) is int and 1 <= v <= 0xFFFF for v in versions):
             raise LocalProtocolError("versions must be integers 1..65535")
@@ -347,6 +353,10 @@ class SyncProtocol:
         self._peer: dict[bytes, tuple[int, bytes]] = {}
         self._our_forks: dict[bytes, int] = {}  # author -> lowest forked seq we can prove
         self._peer_forks: dict[bytes, int] = {}  # the same, as far as we know the peer's
+        self._have_entries = have_entries
+        self._have_bytes = have_bytes
+        self._have_received = 0  # bytes of have frames received
+        self._frame_bytes = 0  # size of the frame being handled
         self._evidence: list[EvidenceReceived] = []
         self._evidence_sent = 0
         self._peer_vector_complete = False
@@ -475,6 +485,7 @@ class SyncProtocol:
             return
         try:
             kind, message = self._open_frame(frame)
+            self._frame_bytes = len(frame)
             if kind == HELLO:
                 self._peer_hello = frame
             self._state = self._next(kind)
@@ -707,6 +718,13 @@ class SyncProtocol:
             self._requests.append(VectorWanted())
 
     def _on_have(self, message: Message) -> None:
+        self._have_received += self._frame_bytes
+        if self._have_received > self._have_bytes:
+            self._drop_peer_vector()
+            raise HaveLimit(
+                f"{self._have_received} bytes of have frames received, "
+                f"limit {self._have_bytes} a session"
+            )
         have = wire.read_have(message, forks=self._speaks_evidence)
         for author, seq, head in have.vector:
             known = self._peer.get(author)
@@ -715,6 +733,13 @@ class SyncProtocol:
                 self._peer[author] = (seq, head)
         for author, seq in have.forks:
             _lower(self._peer_forks, author, seq)  # fork points only go down
+        held = len(self._peer) + len(self._peer_forks)
+        if held > self._have_entries:  # at most one frame (8192 entries) over, then freed
+            self._drop_peer_vector()
+            raise HaveLimit(
+                f"the peer's vector and fork points reached {held} entries, "
+                f"limit {self._have_entries} a session"
+            )
         if self._peer_vector_complete:
             for author, _, _ in have.vector:
                 self._compare(author)
@@ -726,6 +751,11 @@ class SyncProtocol:
                 self._compare(author)
             for author in list(self._our_forks):
                 self._compare_forks(author)
+
+    def _drop_peer_vector(self) -> None:
+        """Free what the peer's have messages made us hold: the session ends."""
+        self._peer = {}
+        self._peer_forks = {}
 
     def _on_events(self, message: Message) -> None:
         batch = wire.read_events(message)
