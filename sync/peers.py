@@ -41,6 +41,7 @@ from sync.limits import (
     HANDSHAKE_TIMEOUT,
     HAVE_LIMIT,
     RATE_LIMIT,
+    TOO_MANY_CONNECTIONS,
     ConnectionLimits,
     Eviction,
     Limits,
@@ -268,6 +269,8 @@ class PeerManager:
         elif session.error and session.error.split(":", 1)[0] in CUT_CODES:
             who = self._label(key) if key is not None else "an unauthenticated peer"
             self.say(f"cut off {who} at {session.address} ({session.error})")
+        elif address is not None and (session.error or "").startswith(TOO_MANY_CONNECTIONS):
+            self.say(f"refused by {address}: {session.error}")  # we dialled: say why
         await self._record(
             address or _inbound(key),
             key,

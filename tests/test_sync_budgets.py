@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed
 
 from eventlog.identity import Group
 from sync.limits import DEFAULT_LIMITS, HAVE_LIMIT, TOO_MANY_CONNECTIONS, Limits
+from sync.peers import PeerManager
 from sync.protocol import MAX_FRAME_BYTES, MAX_HAVE_ENTRIES, Role, State, SyncProtocol
 from sync.transport import MAX_QUEUE
 
@@ -322,3 +323,23 @@ async def test_a_refused_sync_says_why_in_one_line_and_the_node_logs_it(
         finally:
             await holder.close()
         print(f"node: {ana.said('refused')}")
+
+
+async def test_a_serving_member_refused_by_a_peer_says_why(tmp_path: Path, group: Group) -> None:
+    """``potluck serve`` dials its peers: a refusal is one status line with the reason."""
+    [bo] = await new_nodes(tmp_path, group, "Bo")
+    lines: list[str] = []
+    async with hub(tmp_path, group, Limits(inbound=1)) as ana:
+        holder = await ana.raw_peer(handshake=True)  # the one member slot
+        manager = PeerManager(bo.store, bo.key, say=lines.append)
+        try:
+            await within(manager.start())
+            manager.add_peer(ana.address)
+            await until(lambda: any("refused by" in line for line in lines), what="said")
+        finally:
+            await within(manager.stop(), 20)
+            await holder.close()
+            await close_all([bo])
+    [line] = [line for line in lines if "refused by" in line][:1]
+    print(f"\nserve: {line}")
+    assert f"refused by {ana.address}: {TOO_MANY_CONNECTIONS}: 1 inbound sessions open" in line
