@@ -193,28 +193,21 @@ class Session:
             return
         refused = self._on_authenticated(self)
         if refused is not None:
-            code, _, reason = refused.partition(": ")
-            self.protocol.fail(
-                code if CODE_PATTERN.fullmatch(code) else TOO_MANY_CONNECTIONS, reason
-            )
+            self.protocol.fail(*split_reason(refused))
 
     def _ended_by_peer(self) -> None:
         """The stream ended. A node that refused us (close 1013, before the handshake)
         gave its reason as the close reason: that, not connection-lost, is the error."""
         reason = self.ws.close_reason if self.ws.close_code == CLOSE_TRY_AGAIN_LATER else None
         if reason and self.protocol.peer_key is None:
-            code, _, text = reason.partition(": ")
-            if CODE_PATTERN.fullmatch(code) and text:
-                self.protocol.fail(code, f"refused by the node: {text}")
-            else:
-                self.protocol.fail("refused", f"refused by the node: {reason}")
+            code, text = split_reason(reason, "refused")
+            self.protocol.fail(code, f"refused by the node: {text}")
         self.protocol.receive_eof()
 
     async def refuse(self, reason: str) -> None:
         """Close a connection still in its handshake (evicted): code 1013 and the reason,
         nothing else is said to a peer that has not proven itself."""
-        code, _, text = reason.partition(": ")
-        self.protocol.fail(code if CODE_PATTERN.fullmatch(code) else TOO_MANY_CONNECTIONS, text)
+        self.protocol.fail(*split_reason(reason))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
                 self.ws.close(CLOSE_TRY_AGAIN_LATER, reason[:120]), CLOSE_TIMEOUT
@@ -508,6 +501,13 @@ class Session:
             await self._flush()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.ws.close(), CLOSE_TIMEOUT)
+
+
+def split_reason(reason: str, default: str = TOO_MANY_CONNECTIONS) -> tuple[str, str]:
+    """A refusal worded ``code: text`` (sync/limits.py) as (code, text); a reason not
+    so worded is ``default`` and the whole reason."""
+    code, _, text = reason.partition(": ")
+    return (code, text) if CODE_PATTERN.fullmatch(code) and text else (default, reason)
 
 
 def make_protocol(
