@@ -106,6 +106,12 @@ class HandshakeTimeout(ProtocolError):
     code = "handshake-timeout"
 
 
+class HaveLimit(ProtocolError):
+    """The peer's ``have`` messages went beyond what a session holds (sync/limits.py)."""
+
+    code = "have-limit"
+
+
 class EventRejected(ProtocolError):
     """An event of a received batch breaks a rule; ``code`` is the InvalidEvent's code."""
 

@@ -37,13 +37,25 @@ queued byte went out for ``credit_timeout`` seconds. A slow peer that grants cre
 it stores is not cut: every grant that lets an events frame out restarts the clock. A
 grant too small for the next event does not (a peer dribbling 1-byte grants is cut).
 
-*Handshake.* A connection that has not finished the handshake and received the peer's
-whole first vector within ``handshake_timeout`` is cut with ``handshake-timeout``
-(before the handshake, without a word): otherwise it holds a slot forever, because
+*Handshake.* A connection that has not finished the Noise handshake within
+``pending_timeout`` (short: it proves nothing yet), or not received the peer's whole
+first vector within ``handshake_timeout``, is cut with ``handshake-timeout`` (before
+the handshake, without a word): otherwise it holds a slot forever, because
 websockets' pings keep any open socket alive.
 
-*Connections.* ``ConnectionLimits`` counts inbound sessions per remote address and in
-total and refuses extras at accept time (``too-many-connections``).
+*Vector.* What a peer's ``have`` messages make a session hold is bounded too: at most
+``have_entries`` entries (its vector and fork points) and ``have_bytes`` bytes of
+``have`` frames in the session; beyond either the core cuts it with ``have-limit``
+(sync/protocol.py keeps the count; the figures are here).
+
+*Connections.* Two budgets, because a stranger without the secret must not be able to
+take a member's place. ``PendingLimits`` counts inbound connections that have not
+finished the handshake, per address (an IPv6 /64 is one address) and in total: over
+the first, a new one is refused; over the second, the oldest pending one is evicted,
+so strangers cannot hold every slot and a member, whose handshake takes milliseconds,
+gets in. ``ConnectionLimits`` counts the sessions of members (handshake done) per
+address and in total; a member over them is refused after the handshake, with the
+reason in an encrypted error frame (``too-many-connections``).
 
 The defaults are far above what honest sync does (docs/protocol.md §limits has the
 reasoning and figures): honest peers are never throttled.
@@ -53,11 +65,11 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Generic, TypeVar
 
-from sync.errors import CreditTimeout, HandshakeTimeout, RateLimited
+from sync.errors import CreditTimeout, HandshakeTimeout, HaveLimit, RateLimited
 
 Clock = Callable[[], float]
 
@@ -65,6 +77,7 @@ Clock = Callable[[], float]
 RATE_LIMIT: Final = RateLimited.code
 CREDIT_TIMEOUT: Final = CreditTimeout.code
 HANDSHAKE_TIMEOUT: Final = HandshakeTimeout.code
+HAVE_LIMIT: Final = HaveLimit.code
 TOO_MANY_CONNECTIONS: Final = "too-many-connections"  # websocket close reason, code 1013
 CLOSE_TRY_AGAIN_LATER: Final = 1013  # RFC 6455 §7.4.1 (IANA registry): try again later
 
@@ -98,20 +111,42 @@ class Limits:
     max_pause: float = 5.0  # one frame needing a longer pause is cut at once
     credit_timeout: float = 60.0  # seconds with events queued and none sent
     handshake_timeout: float = 20.0  # seconds to handshake and send the whole vector
-    per_address: int = 16  # open inbound sessions from one remote address
-    inbound: int = 128  # open inbound sessions in total
+    pending_timeout: float = 5.0  # seconds to finish the Noise handshake alone
+    per_address: int = 16  # open member sessions (handshake done) from one address
+    inbound: int = 128  # open member sessions in total
+    pending_per_address: int = 8  # inbound connections in their handshake, one address
+    pending: int = 64  # inbound connections in their handshake in total (then evict)
+    have_entries: int = 16_384  # peer vector entries and fork points a session holds
+    have_bytes: int = 4 << 20  # bytes of have frames one session may receive
 
     def __post_init__(self) -> None:
-        for name in ("grace", "calm", "max_pause", "credit_timeout", "handshake_timeout"):
+        for name in (
+            "grace",
+            "calm",
+            "max_pause",
+            "credit_timeout",
+            "handshake_timeout",
+            "pending_timeout",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
-        if self.per_address < 1 or self.inbound < 1:
-            raise ValueError("connection limits must be at least 1")
+        for name in (
+            "per_address",
+            "inbound",
+            "pending_per_address",
+            "pending",
+            "have_entries",
+            "have_bytes",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
 
     @property
     def tick(self) -> float:
         """How often the timeouts are checked: a quarter of the shortest, at most 1 s."""
-        return min(1.0, self.credit_timeout / 4, self.handshake_timeout / 4)
+        return min(
+            1.0, self.credit_timeout / 4, self.handshake_timeout / 4, self.pending_timeout / 4
+        )
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -297,11 +332,19 @@ class SessionGuard:
             self.credit.progress()
         return self.rates.account(nbytes, events)
 
-    def tick(self, *, ready: bool, backlog: int) -> Verdict:
+    def tick(self, *, ready: bool, backlog: int, authenticated: bool = True) -> Verdict:
         """Called every ``limits.tick`` s. ``ready``: the handshake is done and the
-        peer's first vector is complete; ``backlog``: as for ``CreditWatch.check``."""
+        peer's first vector is complete; ``backlog``: as for ``CreditWatch.check``;
+        ``authenticated``: the Noise handshake is done (``pending_timeout``)."""
         if not ready:
             waited = self._clock() - self.started
+            if not authenticated and waited > self.limits.pending_timeout:
+                return Verdict(
+                    code=HANDSHAKE_TIMEOUT,
+                    reason=(
+                        f"no handshake within {self.limits.pending_timeout:g} s ({waited:.1f} s)"
+                    ),
+                )
             if waited > self.limits.handshake_timeout:
                 return Verdict(
                     code=HANDSHAKE_TIMEOUT,
@@ -318,22 +361,39 @@ class SessionGuard:
 
 
 def address_key(host: str) -> str:
-    """The remote address sessions are counted by: the IP address, an IPv4-mapped
-    IPv6 address as its IPv4 form, without a zone; anything else as given."""
+    """The remote address connections are counted by: the IPv4 address (an IPv4-mapped
+    IPv6 address as its IPv4 form), the /64 of an IPv6 address (one LAN: a device picks
+    any address in it at will), without a zone; anything else as given."""
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return host
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
 
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """A connection refused at accept time. ``report``: say so in the log now (at
-    most once per ``REPORT_EVERY`` s per address; ``reason`` then counts the others)."""
+    """A connection refused. ``report``: say so in the log now (at most once per
+    ``REPORT_EVERY`` s per address; ``reason`` then counts the others)."""
 
+    reason: str
+    report: bool
+
+
+T = TypeVar("T", bound=Hashable)
+
+
+@dataclass(frozen=True, slots=True)
+class Eviction(Generic[T]):
+    """The new connection is admitted, ``evicted`` (the oldest pending one) must be
+    closed with ``reason``; ``report`` as for ``Refusal``."""
+
+    evicted: T
+    address: str
     reason: str
     report: bool
 
@@ -344,8 +404,39 @@ class _Refused:
     since_said: int = 0
 
 
+class _Reports:
+    """Refusals per address, said at most once per ``REPORT_EVERY`` s with a count."""
+
+    def __init__(self, clock: Clock, bound: int) -> None:
+        self._clock = clock
+        self._bound = bound
+        self._refused: dict[str, _Refused] = {}
+
+    def refusal(self, key: str, why: str) -> Refusal:
+        now = self._clock()
+        seen = self._refused.get(key)
+        if seen is None or now - seen.said >= REPORT_EVERY:
+            more = seen.since_said if seen is not None else 0
+            self._refused[key] = _Refused(now)
+            if len(self._refused) > self._bound:  # bounded: forget the oldest
+                oldest = min(self._refused, key=lambda k: self._refused[k].said)
+                del self._refused[oldest]
+            tail = f"; {more} more refused since the last report" if more else ""
+            return Refusal(f"{TOO_MANY_CONNECTIONS}: {why}{tail}", True)
+        seen.since_said += 1
+        return Refusal(f"{TOO_MANY_CONNECTIONS}: {why}", False)
+
+
+def _drop(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
 class ConnectionLimits:
-    """Open inbound sessions per remote address and in total."""
+    """Open member sessions (handshake done) per remote address and in total."""
 
     def __init__(
         self,
@@ -355,9 +446,8 @@ class ConnectionLimits:
     ) -> None:
         self.per_address = per_address
         self.total = total
-        self._clock = clock
         self.counts: dict[str, int] = {}  # address key -> open sessions
-        self._refused: dict[str, _Refused] = {}
+        self._reports = _Reports(clock, 4 * total)
 
     @property
     def count(self) -> int:
@@ -375,27 +465,64 @@ class ConnectionLimits:
             if here >= self.per_address
             else f"{total} inbound sessions open (limit {self.total})"
         )
-        now = self._clock()
-        seen = self._refused.get(key)
-        if seen is None or now - seen.said >= REPORT_EVERY:
-            more = seen.since_said if seen is not None else 0
-            self._refused[key] = _Refused(now)
-            if len(self._refused) > 4 * self.total:  # bounded: forget the oldest
-                oldest = min(self._refused, key=lambda k: self._refused[k].said)
-                del self._refused[oldest]
-            tail = f"; {more} more refused since the last report" if more else ""
-            return Refusal(f"{TOO_MANY_CONNECTIONS}: {why}{tail}", True)
-        seen.since_said += 1
-        return Refusal(f"{TOO_MANY_CONNECTIONS}: {why}", False)
+        return self._reports.refusal(key, why)
 
     def release(self, host: str) -> None:
         """A session admitted from ``host`` ended."""
+        _drop(self.counts, address_key(host))
+
+
+class PendingLimits(Generic[T]):
+    """Inbound connections that have not finished the handshake, each a ``T`` (the
+    session): per address, refused beyond ``per_address``; in total, the oldest is
+    evicted beyond ``total``. Strangers can hold no slot longer than it takes
+    ``total`` newer connections to arrive, and never a member's (``ConnectionLimits``)."""
+
+    def __init__(
+        self,
+        per_address: int = DEFAULT_LIMITS.pending_per_address,
+        total: int = DEFAULT_LIMITS.pending,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.per_address = per_address
+        self.total = total
+        self.counts: dict[str, int] = {}  # address key -> pending connections
+        self._open: dict[T, str] = {}  # pending connection -> address key, oldest first
+        self._reports = _Reports(clock, 4 * total)
+
+    @property
+    def count(self) -> int:
+        return len(self._open)
+
+    def __contains__(self, token: object) -> bool:
+        return token in self._open
+
+    def admit(self, host: str, token: T) -> Refusal | Eviction[T] | None:
+        """Count ``token`` from ``host`` (None, or an Eviction to carry out), or refuse it."""
         key = address_key(host)
-        left = self.counts.get(key, 0) - 1
-        if left > 0:
-            self.counts[key] = left
-        else:
-            self.counts.pop(key, None)
+        here = self.counts.get(key, 0)
+        if here >= self.per_address:
+            why = f"{here} connections from {key} in their handshake (limit {self.per_address})"
+            return self._reports.refusal(key, why)
+        eviction: Eviction[T] | None = None
+        if len(self._open) >= self.total:
+            oldest, its_key = next(iter(self._open.items()))
+            self.release(oldest)
+            said = self._reports.refusal(
+                its_key,
+                f"evicted: {self.total} connections in their handshake "
+                f"(limit {self.total}), this one the oldest",
+            )
+            eviction = Eviction(oldest, its_key, said.reason, said.report)
+        self._open[token] = key
+        self.counts[key] = self.counts.get(key, 0) + 1
+        return eviction
+
+    def release(self, token: T) -> None:
+        """``token`` finished its handshake or ended (no-op when it was not counted)."""
+        key = self._open.pop(token, None)
+        if key is not None:
+            _drop(self.counts, key)
 
 
 def _figure(value: float) -> str:

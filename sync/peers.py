@@ -39,9 +39,13 @@ from sync.limits import (
     CREDIT_TIMEOUT,
     DEFAULT_LIMITS,
     HANDSHAKE_TIMEOUT,
+    HAVE_LIMIT,
     RATE_LIMIT,
+    TOO_MANY_CONNECTIONS,
     ConnectionLimits,
+    Eviction,
     Limits,
+    PendingLimits,
 )
 from sync.log import PeeredLog
 from sync.transport import DialError, Session, connect_session, listen
@@ -52,7 +56,7 @@ RECORD_SECONDS = 10.0  # a connected peer's row is rewritten at least this often
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
 STABLE_SECONDS = 30.0  # a session that lasted this long resets the backoff
-CUT_CODES = (RATE_LIMIT, CREDIT_TIMEOUT, HANDSHAKE_TIMEOUT)  # said even for a stranger
+CUT_CODES = (RATE_LIMIT, CREDIT_TIMEOUT, HANDSHAKE_TIMEOUT, HAVE_LIMIT)  # said even for a stranger
 
 
 def lag(
@@ -68,7 +72,8 @@ class PeerManager:
     """Runs the sessions of one node. ``say`` receives one status line per change.
 
     ``limits`` are the per-peer limits of every session, inbound and dialled, and the
-    inbound connection limits (sync/limits.py, docs/protocol.md §limits)."""
+    inbound connection limits: ``pending`` counts connections still in their handshake,
+    ``connections`` the sessions of members (sync/limits.py, docs/protocol.md §limits)."""
 
     def __init__(
         self,
@@ -85,6 +90,10 @@ class PeerManager:
         self.name_of = name_of
         self.limits = limits
         self.connections = ConnectionLimits(limits.per_address, limits.inbound)
+        self.pending: PendingLimits[Session] = PendingLimits(
+            limits.pending_per_address, limits.pending
+        )
+        self._members: set[Session] = set()  # inbound sessions counted in ``connections``
         self.sessions: set[Session] = set()
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -116,8 +125,9 @@ class PeerManager:
                 on_stored=self._stored,
                 limits=self.limits,
                 admit=self._admit,
-                release=self.connections.release,
+                release=self._release,
                 on_forked=self._forked,
+                authenticated=self._authenticated,
             )
             bound = self._server.sockets[0].getsockname()[1] if self._server.sockets else port
             self.say(f"listening on {host}:{bound}")
@@ -165,14 +175,42 @@ class PeerManager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _admit(self, host: str) -> str | None:
-        """Count an inbound connection, or refuse it: the reason, said now and then."""
+    def _admit(self, host: str, session: Session) -> str | None:
+        """Count a new inbound connection as pending its handshake, or refuse it (the
+        reason, said now and then); the oldest pending one may be evicted for it."""
+        verdict = self.pending.admit(host, session)
+        if isinstance(verdict, Eviction):
+            evicted = verdict.evicted
+            if verdict.report:
+                self.say(
+                    f"evicted a connection from {evicted.address} before its handshake: "
+                    f"{verdict.reason}"
+                )
+            self._spawn(evicted.refuse(verdict.reason))
+            return None
+        if verdict is None:
+            return None
+        if verdict.report:
+            self.say(f"refused a connection from {host}: {verdict.reason}")
+        return verdict.reason
+
+    def _authenticated(self, host: str, session: Session) -> str | None:
+        """The handshake is done: the pending slot becomes a member's, or the member is
+        refused (the reason goes to it in an error frame, and to the log)."""
+        self.pending.release(session)
         refusal = self.connections.admit(host)
         if refusal is None:
+            self._members.add(session)
             return None
         if refusal.report:
             self.say(f"refused a connection from {host}: {refusal.reason}")
         return refusal.reason
+
+    def _release(self, host: str, session: Session) -> None:
+        self.pending.release(session)
+        if session in self._members:
+            self._members.discard(session)
+            self.connections.release(host)
 
     async def _serve_session(self, session: Session) -> None:
         await self._run_session(session, None, "inbound")
@@ -235,6 +273,8 @@ class PeerManager:
             )
         elif session.error and session.error.split(":", 1)[0] in CUT_CODES:
             self.say(f"cut off {self._label(session)} at {session.address} ({session.error})")
+        elif address is not None and (session.error or "").startswith(TOO_MANY_CONNECTIONS):
+            self.say(f"refused by {address}: {session.error}")  # we dialled: say why
         await self._record(
             address or _inbound(key),
             key,
@@ -271,12 +311,17 @@ class PeerManager:
                         runs[-1][1].append(raw)
                     else:
                         runs.append((author, [raw]))
-                for session in list(self.sessions):
-                    for author, raws in runs:
-                        session.push(author, raws)
-                    with contextlib.suppress(Exception):
-                        await session.flush()
+                await self._push(runs)
             points = await self._relay_evidence(points)
+
+    async def _push(self, runs: list[tuple[bytes, list[bytes]]]) -> None:
+        """Offer ``runs`` to every open session (a method: no loop variable of ``_feed``
+        keeps an ended session alive until the next events)."""
+        for session in list(self.sessions):
+            for author, raws in runs:
+                session.push(author, raws)
+            with contextlib.suppress(Exception):
+                await session.flush()
 
     async def _relay_evidence(self, known: dict[bytes, int]) -> dict[bytes, int]:
         """Offer every session the evidence of fork points new since ``known``; return
@@ -302,59 +347,63 @@ class PeerManager:
                 continue
             ours = await self.store.vector()
             now = time.monotonic()
-            for session in list(self.sessions):
-                key = session.peer_key
-                if (
-                    key is None
-                    or not session.protocol.peer_vector_complete
-                    or session not in self.sessions
-                ):  # ended during an await below
-                    continue
-                behind, ahead = lag(ours, session.protocol.peer_vector)
-                address = (
-                    session.address if session.protocol.role.name == "INITIATOR" else _inbound(key)
+            waiting = list(self.sessions)  # emptied: no loop variable keeps a session
+            while waiting:
+                await self._status_of(waiting.pop(0), ours, now)
+
+    async def _status_of(
+        self, session: Session, ours: dict[bytes, tuple[int, bytes]], now: float
+    ) -> None:
+        """One session's status; its own frame, so no local outlives the round and keeps
+        an ended session (and what it held) alive."""
+        key = session.peer_key
+        if (
+            key is None or not session.protocol.peer_vector_complete or session not in self.sessions
+        ):  # ended during an await below
+            return
+        behind, ahead = lag(ours, session.protocol.peer_vector)
+        address = session.address if session.protocol.role.name == "INITIATOR" else _inbound(key)
+        last = self._recorded.get(session)
+        if last is None or last[:2] != (behind, ahead) or now - last[2] > RECORD_SECONDS:
+            # a write (an fsync) only when the lag moved, or to refresh last_seen
+            self._recorded[session] = (behind, ahead, now)
+            await self._record(
+                address,
+                key,
+                connected=True,
+                behind=behind,
+                ahead=ahead,
+                found=self._found.get(address, "inbound"),
+                remote=session.address,
+            )
+            if session not in self.sessions:  # it ended while we wrote: the
+                # row must not stay "connected" if our write landed after its end
+                await self._record(
+                    address,
+                    key,
+                    connected=False,
+                    error=session.error,
+                    remote=session.address,
+                    found=self._found.get(address, "inbound"),
                 )
-                last = self._recorded.get(session)
-                if last is None or last[:2] != (behind, ahead) or now - last[2] > RECORD_SECONDS:
-                    # a write (an fsync) only when the lag moved, or to refresh last_seen
-                    self._recorded[session] = (behind, ahead, now)
-                    await self._record(
-                        address,
-                        key,
-                        connected=True,
-                        behind=behind,
-                        ahead=ahead,
-                        found=self._found.get(address, "inbound"),
-                        remote=session.address,
-                    )
-                    if session not in self.sessions:  # it ended while we wrote: the
-                        # row must not stay "connected" if our write landed after its end
-                        await self._record(
-                            address,
-                            key,
-                            connected=False,
-                            error=session.error,
-                            remote=session.address,
-                            found=self._found.get(address, "inbound"),
-                        )
-                        continue
-                if session.stats.future > self._future_said.get(session, 0):
-                    self._future_said[session] = session.stats.future
-                    self.say(
-                        f"held {session.stats.future} events from {self._label(session)} "
-                        "stamped more than 24 h ahead of this clock: they wait for "
-                        "their time (check both clocks)"
-                    )
-                if session not in self._announced:
-                    self._announced.add(session)
-                    self.say(f"peer connected: {self._label(session)} at {session.address}")
-                if session not in self._caught_up and ahead == 0 and behind == 0:
-                    self._caught_up.add(session)
-                    self.say(
-                        f"caught up with {self._label(session)}: received "
-                        f"{session.stats.events_in} events, sent "
-                        f"{session.stats.events_out}"
-                    )
+                return
+        if session.stats.future > self._future_said.get(session, 0):
+            self._future_said[session] = session.stats.future
+            self.say(
+                f"held {session.stats.future} events from {self._label(session)} "
+                "stamped more than 24 h ahead of this clock: they wait for "
+                "their time (check both clocks)"
+            )
+        if session not in self._announced:
+            self._announced.add(session)
+            self.say(f"peer connected: {self._label(session)} at {session.address}")
+        if session not in self._caught_up and ahead == 0 and behind == 0:
+            self._caught_up.add(session)
+            self.say(
+                f"caught up with {self._label(session)}: received "
+                f"{session.stats.events_in} events, sent "
+                f"{session.stats.events_out}"
+            )
 
     async def _record(
         self,

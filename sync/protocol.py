@@ -114,6 +114,7 @@ from sync.errors import (
     CreditExceeded,
     EventRejected,
     FrameTooLarge,
+    HaveLimit,
     LocalProtocolError,
     MalformedFrame,
     PeerNotAMember,
@@ -123,6 +124,7 @@ from sync.errors import (
     VersionMismatch,
 )
 from sync.handshake import Handshake, Session
+from sync.limits import DEFAULT_LIMITS
 
 # Re-exported (``as``): these names were defined here before sync/wire.py took them.
 from sync.wire import ADDED_IN as ADDED_IN
@@ -329,7 +331,10 @@ class SyncProtocol:
     ``window`` is the credit granted to the peer on open. ``joined`` is this node's
     own ``member.joined`` (wire bytes), presented in the handshake from version 3.
     ``ephemeral`` and ``nonce`` fix the X25519 ephemeral key and the hello's nonce, for
-    tests only. Right after construction ``data_to_send()`` holds our hello.
+    tests only. ``have_entries`` and ``have_bytes`` bound what the peer's ``have``
+    messages make this side hold: entries of its vector and fork points, and bytes of
+    ``have`` frames in all (``have-limit``, sync/limits.py). Right after construction
+    ``data_to_send()`` holds our hello.
     """
 
     def __init__(
@@ -345,6 +350,8 @@ class SyncProtocol:
         joined: bytes | None = None,
         ephemeral: bytes | None = None,
         nonce: bytes | None = None,
+        have_entries: int = DEFAULT_LIMITS.have_entries,
+        have_bytes: int = DEFAULT_LIMITS.have_bytes,
     ) -> None:
         if not versions or not all(type(v) is int and 1 <= v <= 0xFFFF for v in versions):
             raise LocalProtocolError("versions must be integers 1..65535")
@@ -378,6 +385,10 @@ class SyncProtocol:
         self._peer: dict[bytes, tuple[int, bytes]] = {}
         self._our_forks: dict[bytes, int] = {}  # author -> lowest forked seq we can prove
         self._peer_forks: dict[bytes, int] = {}  # the same, as far as we know the peer's
+        self._have_entries = have_entries
+        self._have_bytes = have_bytes
+        self._have_received = 0  # bytes of have frames received
+        self._frame_bytes = 0  # size of the frame being handled
         self._evidence: list[EvidenceReceived] = []
         self._evidence_sent = 0
         self._peer_vector_complete = False
@@ -513,6 +524,7 @@ class SyncProtocol:
             return
         try:
             kind, message = self._open_frame(frame)
+            self._frame_bytes = len(frame)
             if kind == HELLO:
                 self._peer_hello = frame
             self._state = self._next(kind)
@@ -779,6 +791,13 @@ class SyncProtocol:
         return Member(key, name, joined)
 
     def _on_have(self, message: Message) -> None:
+        self._have_received += self._frame_bytes
+        if self._have_received > self._have_bytes:
+            self._drop_peer_vector()
+            raise HaveLimit(
+                f"{self._have_received} bytes of have frames received, "
+                f"limit {self._have_bytes} a session"
+            )
         have = wire.read_have(message, forks=self._speaks_evidence)
         for author, seq, head in have.vector:
             known = self._peer.get(author)
@@ -787,6 +806,13 @@ class SyncProtocol:
                 self._peer[author] = (seq, head)
         for author, seq in have.forks:
             _lower(self._peer_forks, author, seq)  # fork points only go down
+        held = len(self._peer) + len(self._peer_forks)
+        if held > self._have_entries:  # at most one frame (8192 entries) over, then freed
+            self._drop_peer_vector()
+            raise HaveLimit(
+                f"the peer's vector and fork points reached {held} entries, "
+                f"limit {self._have_entries} a session"
+            )
         if self._peer_vector_complete:
             for author, _, _ in have.vector:
                 self._compare(author)
@@ -798,6 +824,11 @@ class SyncProtocol:
                 self._compare(author)
             for author in list(self._our_forks):
                 self._compare_forks(author)
+
+    def _drop_peer_vector(self) -> None:
+        """Free what the peer's have messages made us hold: the session ends."""
+        self._peer = {}
+        self._peer_forks = {}
 
     def _on_events(self, message: Message) -> None:
         batch = wire.read_events(message)

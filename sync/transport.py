@@ -28,9 +28,16 @@ from websockets.protocol import State as WsState
 from eventlog.errors import InvalidEvent, StorageError
 from eventlog.events import Envelope, decode
 from sync.errors import LocalProtocolError, PeerNotAMember, RemoteError
-from sync.limits import CLOSE_TRY_AGAIN_LATER, DEFAULT_LIMITS, Limits, SessionGuard
+from sync.limits import (
+    CLOSE_TRY_AGAIN_LATER,
+    DEFAULT_LIMITS,
+    TOO_MANY_CONNECTIONS,
+    Limits,
+    SessionGuard,
+)
 from sync.log import SyncLog
 from sync.protocol import (
+    CODE_PATTERN,
     MAX_FRAME_BYTES,
     EventsWanted,
     EvidenceReceived,
@@ -82,6 +89,8 @@ class Session:
     catch-up is sent. ``on_stored`` is called after events from the peer were stored,
     ``on_forked`` after what the peer sent made this node record fork evidence it did
     not have (a forked event, or an ``evidence`` message): both are for relaying.
+    ``on_authenticated`` is called once the handshake proved the peer; a reason it
+    returns refuses the peer, in an error frame (connection limits, sync/peers.py).
     """
 
     def __init__(
@@ -95,6 +104,7 @@ class Session:
         on_stored: Callable[[Session, Sequence[Envelope]], None] | None = None,
         on_forked: Callable[[Session], None] | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        on_authenticated: Callable[[Session], str | None] | None = None,
     ) -> None:
         self.ws = ws
         self.protocol = protocol
@@ -106,6 +116,8 @@ class Session:
         self._held: tuple[int | None, int | None] | None = None  # see _hold
         self._on_stored = on_stored
         self._on_forked = on_forked
+        self._on_authenticated = on_authenticated
+        self._authenticated = False
         self._answering = 0  # requests being answered (reads from the store) right now
         self._send_lock = asyncio.Lock()
         self._credit = asyncio.Event()
@@ -160,6 +172,9 @@ class Session:
                     )
                     if verdict.code is not None:
                         self.protocol.fail(verdict.code, verdict.reason)
+                    if not self._authenticated and self.protocol.peer_key is not None:
+                        self._authenticated = True
+                        self._claim_slot()
                     resume = loop.time() + verdict.pause
                     self._hold(self.guard.rates.over)
                 await self._process()
@@ -168,9 +183,9 @@ class Session:
                 if resume > loop.time():  # backpressure: stop reading from this peer
                     await asyncio.sleep(resume - loop.time())
             else:
-                self.protocol.receive_eof()
+                self._ended_by_peer()
         except ConnectionClosed:
-            self.protocol.receive_eof()
+            self._ended_by_peer()
         except StorageError as exc:
             self.protocol.fail("store-failed", str(exc))
         finally:
@@ -182,6 +197,32 @@ class Session:
             discard.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await discard
+
+    def _claim_slot(self) -> None:
+        """The handshake is done: ask for a member's slot; refused, say why."""
+        if self._on_authenticated is None:
+            return
+        refused = self._on_authenticated(self)
+        if refused is not None:
+            self.protocol.fail(*split_reason(refused))
+
+    def _ended_by_peer(self) -> None:
+        """The stream ended. A node that refused us (close 1013, before the handshake)
+        gave its reason as the close reason: that, not connection-lost, is the error."""
+        reason = self.ws.close_reason if self.ws.close_code == CLOSE_TRY_AGAIN_LATER else None
+        if reason and self.protocol.peer_key is None:
+            code, text = split_reason(reason, "refused")
+            self.protocol.fail(code, f"refused by the node: {text}")
+        self.protocol.receive_eof()
+
+    async def refuse(self, reason: str) -> None:
+        """Close a connection still in its handshake (evicted): code 1013 and the reason,
+        nothing else is said to a peer that has not proven itself."""
+        self.protocol.fail(*split_reason(reason))
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                self.ws.close(CLOSE_TRY_AGAIN_LATER, reason[:120]), CLOSE_TIMEOUT
+            )
 
     def _hold(self, on: bool) -> None:
         """While the peer is over a rate limit, websockets reads from its socket only
@@ -224,6 +265,7 @@ class Session:
                     self.protocol.peer_vector_complete or self.protocol.state is State.PEER_DONE
                 ),
                 backlog=self.protocol.outgoing_backlog,
+                authenticated=self.protocol.peer_key is not None,
             )
             if verdict.code is not None and not self.protocol.close_expected():
                 self.protocol.fail(verdict.code, verdict.reason)
@@ -499,16 +541,30 @@ class Session:
             await asyncio.wait_for(self.ws.close(), CLOSE_TIMEOUT)
 
 
+def split_reason(reason: str, default: str = TOO_MANY_CONNECTIONS) -> tuple[str, str]:
+    """A refusal worded ``code: text`` (sync/limits.py) as (code, text); a reason not
+    so worded is ``default`` and the whole reason."""
+    code, _, text = reason.partition(": ")
+    return (code, text) if CODE_PATTERN.fullmatch(code) and text else (default, reason)
+
+
 def make_protocol(
-    role: Role, key: SigningKey, store: SyncLog, joined: bytes | None = None
+    role: Role,
+    key: SigningKey,
+    store: SyncLog,
+    joined: bytes | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> SyncProtocol:
-    """``joined``: our own member.joined, presented in the handshake (own_joined)."""
+    """``joined``: our own member.joined, presented in the handshake (own_joined);
+    ``limits``: what a peer's ``have`` messages may make this session hold."""
     return SyncProtocol(
         role,
         device_key=key,
         group_secret=store.group.secret,
         group=store.group.id,
         joined=joined,
+        have_entries=limits.have_entries,
+        have_bytes=limits.have_bytes,
     )
 
 
@@ -571,7 +627,7 @@ async def connect_session(
         raise DialError(f"cannot reach {address}: {dial_problem(exc)}") from None
     return Session(
         ws,
-        make_protocol(Role.INITIATOR, key, store, await own_joined(key, store)),
+        make_protocol(Role.INITIATOR, key, store, await own_joined(key, store), limits),
         store,
         address=address,
         one_shot=one_shot,
@@ -589,22 +645,41 @@ async def listen(
     on_session: Callable[[Session], Awaitable[None]],
     on_stored: Callable[[Session, Sequence[Envelope]], None] | None = None,
     limits: Limits = DEFAULT_LIMITS,
-    admit: Callable[[str], str | None] | None = None,
-    release: Callable[[str], None] | None = None,
+    admit: Callable[[str, Session], str | None] | None = None,
+    release: Callable[[str, Session], None] | None = None,
     on_forked: Callable[[Session], None] | None = None,
+    authenticated: Callable[[str, Session], str | None] | None = None,
 ) -> Server:
     """Accept sessions on ``host:port``; ``on_session`` runs each one (and awaits it).
 
-    ``admit(remote host)`` may refuse a connection before anything is said: it returns
-    the reason, sent as the close reason with code 1013 (try again later); an admitted
-    one is ``release``d when it ends (connection limits, sync/peers.py)."""
+    ``admit(remote host, session)`` may refuse a connection before anything is said:
+    it returns the reason, sent as the close reason with code 1013 (try again later);
+    ``authenticated(remote host, session)`` may refuse it once the handshake is done,
+    the reason then goes in an error frame; an admitted one is ``release``d when it
+    ends (connection limits, sync/peers.py)."""
     joined = [await own_joined(key, store)]  # read again per connection until present
 
     async def handler(ws: ServerConnection) -> None:
         remote = ws.remote_address
         address = f"{remote[0]}:{remote[1]}" if remote else "unknown"
         host = str(remote[0]) if remote else "unknown"
-        refused = admit(host) if admit is not None else None
+        if joined[0] is None:
+            joined[0] = await own_joined(key, store)
+        session = Session(
+            ws,
+            make_protocol(Role.RESPONDER, key, store, joined[0], limits),
+            store,
+            address=address,
+            on_stored=on_stored,
+            on_forked=on_forked,
+            limits=limits,
+            on_authenticated=(
+                (lambda session: authenticated(host, session))
+                if authenticated is not None
+                else None
+            ),
+        )
+        refused = admit(host, session) if admit is not None else None
         if refused is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
@@ -612,21 +687,10 @@ async def listen(
                 )
             return
         try:
-            if joined[0] is None:
-                joined[0] = await own_joined(key, store)
-            session = Session(
-                ws,
-                make_protocol(Role.RESPONDER, key, store, joined[0]),
-                store,
-                address=address,
-                on_stored=on_stored,
-                on_forked=on_forked,
-                limits=limits,
-            )
             await on_session(session)
         finally:
             if release is not None:
-                release(host)
+                release(host, session)
 
     return await serve(
         handler,

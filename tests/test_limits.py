@@ -23,9 +23,12 @@ from sync.limits import (
     TOO_MANY_CONNECTIONS,
     ConnectionLimits,
     CreditWatch,
+    Eviction,
     Limits,
+    PendingLimits,
     Rate,
     RateLimiter,
+    Refusal,
     SessionGuard,
     address_key,
 )
@@ -442,9 +445,88 @@ def test_refusals_are_reported_once_per_interval_with_a_count() -> None:
 
 def test_address_keys() -> None:
     assert address_key("::ffff:192.0.2.7") == "192.0.2.7"
-    assert address_key("fe80::1%eth0") == "fe80::1"
-    assert address_key("2001:db8::1") == "2001:db8::1"
+    assert address_key("fe80::1%eth0") == "fe80::/64"
+    assert address_key("2001:db8::1") == "2001:db8::/64"
     assert address_key("unknown") == "unknown"
+
+
+def test_ipv6_addresses_are_counted_by_their_64_prefix() -> None:
+    """A device picks any address of its /64 at will: 2^64 addresses are one LAN, so
+    they share one budget (finding 3 of issue 16); another /64 has its own."""
+    pending: PendingLimits[int] = PendingLimits(per_address=2, total=100, clock=FakeClock())
+    assert pending.admit("2001:db8:0:1::1", 1) is None
+    assert pending.admit("2001:db8:0:1:ffff:ffff:ffff:ffff", 2) is None
+    refused = pending.admit("2001:db8:0:1:1234::9%eth0", 3)
+    assert isinstance(refused, Refusal)
+    assert "2 connections from 2001:db8:0:1::/64 in their handshake (limit 2)" in refused.reason
+    assert pending.admit("2001:db8:0:2::1", 4) is None  # the next /64
+    assert pending.counts == {"2001:db8:0:1::/64": 2, "2001:db8:0:2::/64": 1}
+    members = ConnectionLimits(per_address=1, total=10, clock=FakeClock())
+    assert members.admit("2001:db8::1") is None
+    assert members.admit("2001:db8::2") is not None
+    assert members.admit("2001:db8:0:0:1::2") is not None  # still the first /64
+    assert members.admit("2001:db8:0:1::1") is None
+
+
+def test_pending_connections_are_refused_per_address_and_the_oldest_evicted_in_total() -> None:
+    clock = FakeClock()
+    pending: PendingLimits[str] = PendingLimits(per_address=2, total=3, clock=clock)
+    assert pending.admit("10.0.0.1", "a") is None
+    assert pending.admit("10.0.0.1", "b") is None
+    refused = pending.admit("10.0.0.1", "c")
+    assert isinstance(refused, Refusal) and refused.reason.startswith(TOO_MANY_CONNECTIONS)
+    assert pending.admit("10.0.0.2", "d") is None
+    evicted = pending.admit("10.0.0.3", "e")  # full: "a", the oldest, makes room
+    assert isinstance(evicted, Eviction) and evicted.evicted == "a"
+    assert evicted.address == "10.0.0.1"  # refused a moment ago: said then, not again
+    assert "evicted: 3 connections in their handshake (limit 3)" in evicted.reason
+    assert "a" not in pending and "e" in pending and pending.count == 3
+    pending.release("d")  # finished its handshake: a member now
+    pending.release("d")  # twice is harmless
+    assert pending.admit("10.0.0.4", "f") is None
+    assert pending.counts == {"10.0.0.1": 1, "10.0.0.3": 1, "10.0.0.4": 1}
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 5)), max_size=300))
+@settings(max_examples=200, deadline=None)
+def test_pending_counts_follow_a_model(ops: list[tuple[bool, int]]) -> None:
+    """Never more than ``per_address`` from one address nor ``total`` in all; a new
+    connection is refused only for its own address, and evicts the oldest otherwise."""
+    pending: PendingLimits[int] = PendingLimits(per_address=2, total=4, clock=FakeClock())
+    model: list[tuple[int, str]] = []  # (token, host), oldest first
+    for token, (opening, n) in enumerate(ops):
+        host = f"10.0.0.{n}"
+        if opening:
+            verdict = pending.admit(host, token)
+            if sum(1 for _, h in model if h == host) >= 2:
+                assert isinstance(verdict, Refusal)
+                continue
+            if len(model) >= 4:
+                assert isinstance(verdict, Eviction) and verdict.evicted == model[0][0]
+                model.pop(0)
+            else:
+                assert verdict is None
+            model.append((token, host))
+        elif model:
+            gone = model.pop(n % len(model))
+            pending.release(gone[0])
+        expect: dict[str, int] = {}
+        for _, h in model:
+            expect[h] = expect.get(h, 0) + 1
+        assert pending.counts == expect and pending.count == len(model)
+
+
+def test_a_stranger_has_a_short_deadline_for_the_handshake_itself() -> None:
+    clock = FakeClock()
+    guard = SessionGuard(Limits(pending_timeout=2.0, handshake_timeout=20.0), clock)
+    assert guard.limits.tick == 0.5
+    clock.advance(1.9)
+    assert guard.tick(ready=False, backlog=0, authenticated=False) == GO_ON
+    clock.advance(0.2)
+    verdict = guard.tick(ready=False, backlog=0, authenticated=False)
+    assert verdict.code == HANDSHAKE_TIMEOUT and "no handshake within 2 s" in verdict.reason
+    # a member (handshake done) has the longer deadline for its vector
+    assert guard.tick(ready=False, backlog=0, authenticated=True) == GO_ON
 
 
 @given(
