@@ -28,8 +28,7 @@ from pathlib import Path
 
 import msgpack
 from helpers import potluck, until
-from nacl.signing import SigningKey
-from synchelp import LOCAL, RawPeer, close_all, new_nodes, within
+from synchelp import LOCAL, RawPeer, close_all, member_core, new_nodes, within
 from test_protocol import assert_refused, connect, seal
 from test_sync_hostile import Hub, hub, open_ws
 from websockets.asyncio.client import ClientConnection
@@ -39,7 +38,7 @@ from websockets.exceptions import ConnectionClosed
 from eventlog.identity import Group
 from sync.limits import DEFAULT_LIMITS, HAVE_LIMIT, TOO_MANY_CONNECTIONS, Limits
 from sync.peers import PeerManager
-from sync.protocol import MAX_FRAME_BYTES, MAX_HAVE_ENTRIES, Role, State, SyncProtocol
+from sync.protocol import MAX_FRAME_BYTES, MAX_HAVE_ENTRIES, State, SyncProtocol
 from sync.transport import MAX_QUEUE
 
 MIB = 1 << 20
@@ -167,15 +166,7 @@ def have_floods(
             ),
             20,
         )
-        peer = RawPeer(
-            ws,
-            SyncProtocol(
-                Role.INITIATOR,
-                device_key=SigningKey.generate(),
-                group_secret=secret,
-                group=group_id,
-            ),
-        )
+        peer = RawPeer(ws, member_core(secret, group_id))  # a member, as the node sees it
         await peer.handshake()
         same = msgpack.packb(have(random_entries(MAX_HAVE_ENTRIES)), use_bin_type=True)
         ready.append(i)
