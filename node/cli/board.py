@@ -176,7 +176,7 @@ def _claimed(db: sqlite3.Connection, body: b.BaseBody) -> str:
 def _claim_step(name: str, cls: type[b.ClaimStep], past: str) -> None:
     """Add ``claim NAME CLAIM_ID``: one step a claim goes through, all alike but the body."""
 
-    @claim.command(name)
+    @claim.command(name, help=f"Mark a claim {past}; prints the step's id.")
     @click.argument("claim_id", metavar="CLAIM_ID")
     @json_option
     def step(claim_id: str, as_json: bool) -> None:
@@ -193,8 +193,6 @@ def _claim_step(name: str, cls: type[b.ClaimStep], past: str) -> None:
 
         id_, text = act_on(lambda id_: cls(claim=id_), claim_id, CLAIM_TYPES, said)
         created(cls.TYPE, id_, text, as_json)
-
-    step.__doc__ = f"Mark a claim {past}."
 
 
 _claim_step("confirm", b.ClaimConfirmed, "confirmed")

@@ -122,21 +122,21 @@ def _shift_said(past: str) -> Callable[[sqlite3.Connection, b.BaseBody], str]:
     return said
 
 
-def _shift_step(name: str, cls: type[b.ShiftSignedUp] | type[b.ShiftWithdrawn], past: str) -> None:
+def _shift_step(
+    name: str, cls: type[b.ShiftSignedUp] | type[b.ShiftWithdrawn], past: str, help_: str
+) -> None:
     """Add ``shift NAME SHIFT_ID``: signing up and withdrawing differ only in the body."""
 
-    @shift.command(name)
+    @shift.command(name, help=help_)
     @click.argument("shift_id", metavar="SHIFT_ID")
     @json_option
     def step(shift_id: str, as_json: bool) -> None:
         id_, text = act_on(lambda id_: cls(shift=id_), shift_id, SHIFT_TYPES, _shift_said(past))
         created(cls.TYPE, id_, text, as_json)
 
-    step.__doc__ = f"You {past} a shift."
 
-
-_shift_step("signup", b.ShiftSignedUp, "signed up for")
-_shift_step("withdraw", b.ShiftWithdrawn, "withdrew from")
+_shift_step("signup", b.ShiftSignedUp, "signed up for", "Sign up for a shift; prints the id.")
+_shift_step("withdraw", b.ShiftWithdrawn, "withdrew from", "Withdraw from a shift; prints the id.")
 
 
 @shift.command("complete")
