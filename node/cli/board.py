@@ -10,7 +10,7 @@ import click
 from eventlog import body as b
 from node.cli import phrase, render
 from node.cli.argument import DATE
-from node.cli.common import act, act_on, created, json_option, print_json, with_node
+from node.cli.common import act, act_on, created, json_option, show
 from projections import views
 
 OFFER_TYPES = ("offer.posted",)
@@ -206,14 +206,7 @@ _claim_step("fulfil", b.ClaimFulfilled, "fulfilled")
 def board(as_json: bool) -> None:
     """Open offers and needs, with claims and over-claims."""
 
-    def read(db: sqlite3.Connection) -> tuple[dict[str, list[dict[str, object]]], phrase.Names]:
-        return views.board(db), phrase.names(db)
-
-    data, names = with_node(lambda node: node.store.read(read))
-    if as_json:
-        print_json(data)
-        return
-    render.board(data, names)
+    show(views.board, render.board, as_json)
 
 
 COMMANDS = (offer, need, claim, board)

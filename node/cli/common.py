@@ -18,6 +18,7 @@ from eventlog import body as b
 from eventlog.errors import UsageError
 from node.app import Node, default_data_dir
 from node.cli import phrase, render
+from projections import views
 
 T = TypeVar("T")
 EXIT_USAGE = 2
@@ -164,3 +165,20 @@ def _fields_text(fields: dict[str, object]) -> str:
     return ", ".join(
         f"{_label(k)} {_value_text(k, v)}" for k, v in fields.items() if k != "description"
     )
+
+
+Report = dict[str, list[dict[str, object]]]
+
+
+def show(
+    view: Callable[[sqlite3.Connection], Report],
+    draw: Callable[[Report, phrase.Names], None],
+    as_json: bool,
+) -> None:
+    """Print one of the read models: ``view``'s document as JSON, or drawn by ``draw``
+    with the names of the slugs it holds, both read in one transaction."""
+    data, names = with_node(lambda node: node.store.read(views.together(view, phrase.names)))
+    if as_json:
+        print_json(data)
+        return
+    draw(data, names)

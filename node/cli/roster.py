@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import sqlite3
 from collections.abc import Callable
 
@@ -12,7 +13,7 @@ from eventlog import body as b
 from node.app import Node
 from node.cli import phrase, render
 from node.cli.argument import DATE, DATETIME, HOURS, Count, slug_and_name
-from node.cli.common import act, act_on, created, define, json_option, print_json, with_node
+from node.cli.common import act, act_on, created, define, json_option, show
 from projections import views
 
 SHIFT_TYPES = ("shift.scheduled",)
@@ -167,14 +168,7 @@ def roster(as_json: bool, week: str | None) -> None:
                 f"'{week}' is not an ISO week like 2026-W48", param_hint="--week"
             ) from None
 
-    def read(db: sqlite3.Connection) -> tuple[dict[str, list[dict[str, object]]], phrase.Names]:
-        return views.roster(db, week), phrase.names(db)
-
-    data, names = with_node(lambda node: node.store.read(read))
-    if as_json:
-        print_json(data)
-        return
-    render.roster(data, names)
+    show(functools.partial(views.roster, week=week), render.roster, as_json)
 
 
 COMMANDS = (role, shift, roster)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import sqlite3
 
 import click
@@ -10,7 +11,7 @@ import click
 from eventlog import body as b
 from node.cli import phrase, render
 from node.cli.argument import DATE, slug_and_name
-from node.cli.common import act, created, define, json_option, print_json, with_node
+from node.cli.common import act, created, define, json_option, show
 from projections import views
 
 
@@ -154,16 +155,7 @@ def _counted(db: sqlite3.Connection, body: b.BaseBody) -> str:
 @json_option
 def inventory(as_json: bool) -> None:
     """Stock on hand per item and location."""
-    today = datetime.date.today()
-
-    def read(db: sqlite3.Connection) -> tuple[dict[str, list[dict[str, object]]], phrase.Names]:
-        return views.inventory(db, today), phrase.names(db)
-
-    data, names = with_node(lambda node: node.store.read(read))
-    if as_json:
-        print_json(data)
-        return
-    render.inventory(data, names)
+    show(functools.partial(views.inventory, today=datetime.date.today()), render.inventory, as_json)
 
 
 COMMANDS = (location, item, stock, inventory)
